@@ -1,0 +1,131 @@
+"""Distances between feature stacks, exactly as the published protocol (PROTOCOL.md §4).
+
+Every distance takes two stacks of shape [N, L, T, D] (N windows, L layers, T tokens, D
+channels) and returns one score per window, shape [N], higher = more different. Conv maps
+[N, L, C, H, W] are accepted by `l2` and `cos` (the cosine runs along the last axis, width,
+as the published code did). Pure torch, any device, vectorised over windows, layers and
+columns. Inputs are promoted to float32: half-precision features are compared in fp32.
+
+`DISTANCES` is the one table; adding a distance is one entry.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+EPS_SOFTMAX = 1e-10
+
+
+def _fp32(*xs):
+    return [x.float() for x in xs]
+
+
+def l2(f_dis, f_ref):
+    """Σ over layers of the mean over everything else of the squared difference."""
+    f_dis, f_ref = _fp32(f_dis, f_ref)
+    return (f_dis - f_ref).pow(2).flatten(2).mean(-1).sum(1)
+
+
+def cos(f_dis, f_ref, skip_nonfinite=False):
+    """Σ over layers of the mean over tokens of 1 − cos along the last axis (eps 1e-8).
+
+    skip_nonfinite reproduces the published clip_rn50 quirk: inf set to 0, NaN left out."""
+    f_dis, f_ref = _fp32(f_dis, f_ref)
+    one_minus = (1 - F.cosine_similarity(f_dis, f_ref, dim=-1, eps=1e-8)).flatten(2)
+    if skip_nonfinite:
+        one_minus = one_minus.masked_fill(one_minus.isinf(), 0).nanmean(-1)
+    else:
+        one_minus = one_minus.mean(-1)
+    return one_minus.sum(1)
+
+
+def to_columns(f):
+    """[N, L, T, D] → [N, 64, M]: pad/crop T and D to multiples of 8 the published way
+    (zeros at the bottom rows and left columns; a negative amount crops there), then view
+    the flat buffer of each window as 64 rows. Columns are not spatial patches (§4.3)."""
+    n, layers, t, d = f.shape
+    row = round(t / 8) * 8 - t  # Python round: half to even, as published
+    col = round(d / 8) * 8 - d
+    f = F.pad(f, (col, 0, 0, row))  # F.pad crops on negative amounts, like ZeroPad2d
+    return f.reshape(n, 64, -1)
+
+
+def _l2_weight(dist):
+    """The published weight of the L2 term: 1 / (sqrt(exp(−1/(d+10))) · (d+10)²)."""
+    return 1 / (torch.sqrt(torch.exp(-1 / (dist + 10))) * (dist + 10) ** 2)
+
+
+def _softmax_rows(x):
+    return (torch.softmax(x, dim=1) + EPS_SOFTMAX).clamp_min(EPS_SOFTMAX)
+
+
+def _finish(value):
+    """Mean over columns, then log(raw + 1) ** 0.25 (the published squashing)."""
+    return torch.log(value.mean(-1) + 1) ** 0.25
+
+
+def _columns_and_l2(f_dis, f_ref):
+    x, y = (to_columns(f) for f in _fp32(f_dis, f_ref))
+    return x, y, (x - y).pow(2).sum(1)
+
+
+def skld(f_dis, f_ref):
+    """Symmetric KL between softmax-over-rows column distributions, plus a weighted L2 term."""
+    x, y, sq = _columns_and_l2(f_dis, f_ref)
+    p, q = _softmax_rows(x), _softmax_rows(y)
+    log_p, log_q = p.log(), q.log()
+    terms = p * (log_p - log_q) + q * (log_q - log_p)
+    kld = terms.masked_fill(terms.isinf(), 0).sum(1) / 2
+    return _finish(kld + sq * _l2_weight(kld))
+
+
+def jsd(f_dis, f_ref):
+    """Jensen-Shannon divergence between softmax-over-rows column distributions (no L2 term)."""
+    x, y, _ = _columns_and_l2(f_dis, f_ref)
+    p, q = _softmax_rows(x), _softmax_rows(y)
+    log_m = ((p + q) / 2 + 1e-17).log()
+    value = ((p * (p.log() - log_m)).sum(1) + (q * (q.log() - log_m)).sum(1)) / 2
+    return _finish(value)
+
+
+def wsd(f_dis, f_ref):
+    """1-D Wasserstein-1 per column on support 0…63 with softmax-over-columns weights (not
+    re-normalised per column, as POT 0.9 wasserstein_1d saw them), plus a weighted L2 term.
+    With a shared integer support, W = Σ_{x<63} |cdf_u(x) − cdf_v(x)| exactly."""
+    x, y, sq = _columns_and_l2(f_dis, f_ref)
+    cu = torch.softmax(x, dim=-1).cumsum(1)
+    cv = torch.softmax(y, dim=-1).cumsum(1)
+    w = (cu - cv)[:, :-1].abs().sum(1)
+    return _finish(w + sq * _l2_weight(w))
+
+
+def swd(f_dis, f_ref, seed=0):
+    """Sliced Wasserstein over positions: the L-dim vector at each of the T·D positions is
+    projected on L seeded random unit directions; sorted projections are compared."""
+    f_dis, f_ref = _fp32(f_dis, f_ref)
+    n, layers = f_dis.shape[:2]
+    gen = torch.Generator().manual_seed(seed)
+    dirs = F.normalize(torch.randn(layers, layers, generator=gen), dim=1).to(f_dis.device)
+    proj_dis = torch.einsum("kl,nlp->nkp", dirs, f_dis.reshape(n, layers, -1)).sort(-1).values
+    proj_ref = torch.einsum("kl,nlp->nkp", dirs, f_ref.reshape(n, layers, -1)).sort(-1).values
+    return (proj_dis - proj_ref).pow(2).mean(1).sum(-1)
+
+
+@dataclass(frozen=True)
+class Distance:
+    """A registered distance: the function and what it can be applied to."""
+    fn: Callable
+    maps_ok: bool        # defined on conv maps [N, L, C, H, W] too
+    summary: str
+    lower_better: bool = True
+
+
+DISTANCES = {
+    "l2": Distance(l2, True, "Σ_layers mean squared difference"),
+    "cos": Distance(cos, True, "Σ_layers mean (1 − cosine) over tokens"),
+    "skld": Distance(skld, False, "symmetric KL of column distributions + weighted L2"),
+    "jsd": Distance(jsd, False, "Jensen-Shannon of column distributions"),
+    "wsd": Distance(wsd, False, "Wasserstein-1 of column distributions + weighted L2"),
+    "swd": Distance(swd, False, "sliced Wasserstein over layer vectors (seeded)"),
+}

@@ -1,0 +1,333 @@
+"""The scoring engine and the Python API shared by the CLIs.
+
+    from engine import Scorer
+    metric = Scorer("dinov1", "wsd")               # weights resolved as in README
+    metric("ref.png", "dis.png")                   # tensor([score])
+    Scorer("clip_vitb32", ["l2", "cos"])(refs, dises)   # {"l2": tensor[N], "cos": tensor[N]}
+
+How it is fast without changing a number: windows of many pairs go through the backbone in
+one batch; each distinct reference is encoded once and its features stay in a slot pool on
+the device until its last distorted image is done; every requested distance comes from the
+same feature pass; images are decoded in DataLoader workers while the device computes.
+Per-pair score = mean over its windows of the per-window distance (PROTOCOL.md §2).
+"""
+import collections
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from distances import DISTANCES
+from models import FeatureExtractor, get_backbone
+from utils import (UserError, check_pair_sizes, open_image, pil_to_tensor, resize_square,
+                   to_float, window_count, windows)
+
+
+def parse_distances(distances, backbone):
+    """'wsd' | 'l2,cos' | 'all' | list → validated tuple of names for this backbone."""
+    if isinstance(distances, str):
+        distances = backbone.distances if distances == "all" else [d.strip() for d in distances.split(",") if d.strip()]
+    distances = tuple(dict.fromkeys(distances))
+    if not distances:
+        raise UserError("no distance given")
+    for d in distances:
+        if d not in DISTANCES:
+            raise UserError(f"unknown distance '{d}'; known: {', '.join(DISTANCES)}")
+        if d not in backbone.distances:
+            raise UserError(f"distance '{d}' does not apply to {backbone.name}; it takes: {', '.join(backbone.distances)}")
+    return distances
+
+
+@dataclass
+class Chunk:
+    """Some distorted images of one reference, decoded. `ref` may be None when an earlier
+    chunk already carried this reference; `last` marks the reference's final chunk."""
+    ref_key: object
+    ref: Optional[torch.Tensor]
+    dis: list
+    pair_ids: list
+    last: bool = True
+
+
+class SlotPool:
+    """Device buffers holding the features of the references in flight, one slot per
+    window; slots are reserved when a reference is queued and freed after its last pair."""
+
+    def __init__(self):
+        self.buffers, self.capacity, self.free = None, 0, []
+
+    def reserve(self, count):
+        if len(self.free) < count:
+            grow = max(count - len(self.free), self.capacity, 16)
+            self.free.extend(range(self.capacity, self.capacity + grow))
+            self.capacity += grow
+        slots, self.free = self.free[:count], self.free[count:]
+        return slots
+
+    def release(self, slots):
+        self.free.extend(slots)
+
+    def write(self, slots, feats):
+        if self.buffers is None or self.buffers[0].shape[0] < self.capacity:
+            fresh = [f.new_empty((self.capacity,) + f.shape[1:]) for f in feats]
+            if self.buffers is not None:
+                for new, old in zip(fresh, self.buffers):
+                    new[: old.shape[0]] = old
+            self.buffers = fresh
+        for buf, f in zip(self.buffers, feats):
+            buf[slots] = f
+
+    def read(self, slots):
+        return [buf[slots] for buf in self.buffers]
+
+
+def _as_groups(feats):
+    """Features as a list of groups [N, L_g, ...]: one group for token stacks, one per
+    shape for conv maps."""
+    return list(feats) if isinstance(feats, (list, tuple)) else [feats]
+
+
+class Scorer:
+    """A backbone, its distances and a device, built once; score pairs by calling it.
+
+    model: a registry name (see `models.BACKBONES`); distances: one name, a comma list, a
+    list, or 'all'; device: auto|cpu|cuda; precision: published|fp32|fp16|bf16; weights:
+    a checkpoint path (else $ZSIQA_WEIGHTS_DIR, the library caches, then download);
+    batch_size: windows per forward pass; workers: image-decoding processes for files;
+    resize: optional N for the published `-r N` square resize."""
+
+    def __init__(self, model="dinov1", distances="all", device="auto", precision="published",
+                 weights=None, batch_size=None, workers=None, resize=None, swd_seed=0):
+        self.backbone = get_backbone(model)
+        self.distances = parse_distances(distances, self.backbone)
+        self.single = isinstance(distances, str) and distances != "all" and "," not in distances
+        self.extractor = FeatureExtractor(self.backbone, weights, device, precision)
+        self.device = self.extractor.device
+        gpu = self.device.type == "cuda"
+        self.batch_size = int(batch_size or (256 if gpu else 16))
+        self.workers = (min(8, os.cpu_count() or 1) if gpu else 0) if workers is None else int(workers)
+        self.resize = resize
+        self.swd_seed = swd_seed
+        if self.batch_size < 1:
+            raise UserError("--batch-size must be at least 1")
+
+    # ------------------------------------------------------------ the one-call API
+    def __call__(self, ref, dis):
+        """Score pairs. ref, dis: a path, a PIL image, a tensor [3,H,W] or [N,3,H,W] in
+        [0, 1], or a list of those (same length). Returns a tensor [N] when the scorer was
+        built with one distance name, else {distance: tensor [N]}."""
+        refs, dises = self._as_list(ref), self._as_list(dis)
+        if len(refs) != len(dises):
+            raise UserError(f"{len(refs)} references but {len(dises)} distorted images")
+        keys = [os.fspath(r) if isinstance(r, (str, os.PathLike)) else id(r) for r in refs]
+        groups = collections.OrderedDict()
+        for i, k in enumerate(keys):
+            groups.setdefault(k, []).append(i)
+        chunks = (Chunk(k, self._prepare(refs[idx[0]]), [self._prepare(dises[i]) for i in idx], idx)
+                  for k, idx in groups.items())
+        out = np.zeros((len(refs), len(self.distances)))
+        for i, row in self.score_chunks(chunks):
+            out[i] = row
+        result = {d: torch.from_numpy(out[:, j]) for j, d in enumerate(self.distances)}
+        return result[self.distances[0]] if self.single else result
+
+    def _as_list(self, x):
+        if torch.is_tensor(x) and x.dim() == 4:
+            return list(x.unbind(0))
+        return list(x) if isinstance(x, (list, tuple)) else [x]
+
+    def _prepare(self, x):
+        if torch.is_tensor(x):
+            if x.dim() != 3 or x.shape[0] != 3:
+                raise UserError(f"image tensors must be [3, H, W] or [N, 3, H, W], got {list(x.shape)}")
+            return x
+        im = x if isinstance(x, Image.Image) else open_image(x)
+        if self.resize:
+            im = resize_square(im, self.resize)
+        return pil_to_tensor(im)
+
+    def score_files(self, pairs, transform=None, progress=None):
+        """Score (ref_path, dis_path) pairs read from disk (decoded in `workers` processes),
+        yielding (pair index, np.array of scores in self.distances order) as pairs finish,
+        in input order of their reference group. transform(ref_pil, dis_pil) → (ref, dis)
+        is applied after loading (the robustness shifts)."""
+        loader = make_loader(pairs, self.resize, transform, self.workers, self.device.type == "cuda")
+        for i, row in self.score_chunks(loader):
+            if progress is not None:
+                progress.update(1)
+            yield i, row
+
+    # ------------------------------------------------------------ the engine
+    def encode(self, windows_batch):
+        """Windows [B, 3, 224, 224] (uint8 or float in [0, 1]) → list of feature groups."""
+        return _as_groups(self.extractor(to_float(windows_batch.to(self.device, non_blocking=True))))
+
+    def window_scores(self, f_dis, f_ref):
+        """Per-window scores [B, n_distances] (float64) for feature groups of equal length."""
+        cols = []
+        for name in self.distances:
+            fn = DISTANCES[name].fn
+            kw = {"seed": self.swd_seed} if name == "swd" else {}
+            cols.append(sum(fn(d, r, **kw) for d, r in zip(f_dis, f_ref)))
+        return torch.stack(cols, dim=1).double()
+
+    def score_chunks(self, chunks):
+        """The batched engine. Consumes Chunks; yields (pair id, scores) as pairs finish.
+
+        Windows are queued (a reference's windows before its distorted images'); whenever
+        `batch_size` are queued they go through the backbone together; reference features
+        go to the slot pool, distorted ones are compared against their reference's slots."""
+        pool = SlotPool()
+        ref_slots = {}                  # ref_key → (slots of its windows, its (H, W))
+        queue = collections.deque()     # (windows [k,3,224,224], is_ref, slots, rows)
+        queued = 0
+        acc = torch.zeros(0, len(self.distances), dtype=torch.float64, device=self.device)
+        pending = collections.deque()   # (end position, pair id, row, n windows, ref to release)
+        rows_free, next_row = [], 0
+        position = 0                    # windows enqueued so far
+
+        def flush(limit):
+            nonlocal queued, acc
+            done = []
+            while queued >= limit and queued > 0:
+                take, parts = min(self.batch_size, queued), []
+                while take:
+                    wins, is_ref, slots, rows = queue[0]
+                    n = min(take, wins.shape[0])
+                    parts.append((wins[:n], is_ref, slots[:n], rows[:n]))
+                    if n == wins.shape[0]:
+                        queue.popleft()
+                    else:
+                        queue[0] = (wins[n:], is_ref, slots[n:], rows[n:])
+                    take -= n
+                    queued -= n
+                feats = self.encode(torch.cat([p[0] for p in parts]))
+                is_ref = torch.cat([torch.full((p[0].shape[0],), p[1]) for p in parts]).to(self.device)
+                slots = torch.cat([p[2] for p in parts]).to(self.device)
+                rows = torch.cat([p[3] for p in parts]).to(self.device)
+                if is_ref.any():
+                    pool.write(slots[is_ref], [f[is_ref] for f in feats])
+                dis = ~is_ref
+                if dis.any():
+                    f_dis = [f[dis] for f in feats]
+                    f_ref = pool.read(slots[dis])
+                    scores = self.window_scores(f_dis, f_ref)
+                    if acc.shape[0] < next_row:
+                        grown = torch.zeros(max(next_row, 2 * acc.shape[0]), acc.shape[1], dtype=acc.dtype, device=acc.device)
+                        grown[: acc.shape[0]] = acc
+                        acc = grown
+                    acc.index_add_(0, rows[dis], scores)
+                done.append(position - queued)
+            return done
+
+        def finished(upto):
+            """Pop the pairs whose last window is below `upto`; one device→host copy."""
+            ready = []
+            while pending and pending[0][0] <= upto:
+                ready.append(pending.popleft())
+            if not ready:
+                return []
+            idx = torch.tensor([r[2] for r in ready], device=self.device)
+            sums = acc[idx].cpu().numpy()
+            acc[idx] = 0
+            out = []
+            for (end, pair_id, row, n, release), s in zip(ready, sums):
+                rows_free.append(row)
+                if release is not None:
+                    pool.release(ref_slots.pop(release)[0])
+                out.append((pair_id, s / n))
+            return out
+
+        for chunk in chunks:
+            if isinstance(chunk, Exception):
+                raise chunk
+            if chunk.ref_key not in ref_slots:
+                if chunk.ref is None:
+                    raise RuntimeError("a reference's first chunk must carry its image")
+                wins = windows(chunk.ref.to(self.device, non_blocking=True))
+                slots = pool.reserve(wins.shape[0])
+                ref_slots[chunk.ref_key] = (slots, tuple(chunk.ref.shape[-2:]))
+                queue.append((wins, True, torch.tensor(slots), torch.zeros(len(slots), dtype=torch.long)))
+                queued += wins.shape[0]
+                position += wins.shape[0]
+            slots, ref_shape = ref_slots[chunk.ref_key]
+            for j, (img, pair_id) in enumerate(zip(chunk.dis, chunk.pair_ids)):
+                check_pair_sizes(ref_shape, tuple(img.shape[-2:]), f"reference of pair {pair_id}", f"distorted image of pair {pair_id}")
+                wins = windows(img.to(self.device, non_blocking=True))
+                if rows_free:
+                    row = rows_free.pop()
+                else:
+                    row, next_row = next_row, next_row + 1
+                queue.append((wins, False, torch.tensor(slots), torch.full((len(slots),), row)))
+                queued += wins.shape[0]
+                position += wins.shape[0]
+                last = chunk.last and j == len(chunk.dis) - 1
+                pending.append((position, pair_id, row, wins.shape[0], chunk.ref_key if last else None))
+            for upto in flush(self.batch_size):
+                yield from finished(upto)
+        for upto in flush(1):
+            yield from finished(upto)
+
+
+# ---------------------------------------------------------------- reading files
+
+def group_by_reference(pairs, max_per_chunk=32):
+    """Pair indices grouped by reference (first-appearance order), split into chunks:
+    [(ref_path, [(pair index, dis_path), ...], is_last_chunk_of_ref)]."""
+    groups = collections.OrderedDict()
+    for i, (ref, dis) in enumerate(pairs):
+        groups.setdefault(os.fspath(ref), []).append((i, os.fspath(dis)))
+    out = []
+    for ref, items in groups.items():
+        for s in range(0, len(items), max_per_chunk):
+            out.append((ref, items[s:s + max_per_chunk], s + max_per_chunk >= len(items)))
+    return out
+
+
+class PairFiles(torch.utils.data.Dataset):
+    """Decodes one chunk (a reference and some of its distorted images) per item, in a
+    worker process. Errors come back as UserError objects, not worker tracebacks."""
+
+    def __init__(self, pairs, resize=None, transform=None):
+        self.chunks = group_by_reference(pairs)
+        self.resize, self.transform = resize, transform
+        self.first = {}
+        for k, (ref, _, _) in enumerate(self.chunks):
+            self.first.setdefault(ref, k)
+
+    def __len__(self):
+        return len(self.chunks)
+
+    def _load(self, path):
+        im = open_image(path)
+        return resize_square(im, self.resize) if self.resize else im
+
+    def __getitem__(self, k):
+        ref_path, items, last = self.chunks[k]
+        try:
+            ref_im = self._load(ref_path)
+            dis, ref_t = [], None
+            for _, dis_path in items:
+                dis_im = self._load(dis_path)
+                if ref_im.size != dis_im.size:
+                    raise UserError(f"{ref_path} is {ref_im.size[0]}x{ref_im.size[1]} but {dis_path} is "
+                                    f"{dis_im.size[0]}x{dis_im.size[1]}; reference and distorted must match")
+                r, d = self.transform(ref_im, dis_im) if self.transform else (ref_im, dis_im)
+                if ref_t is None:
+                    ref_t = pil_to_tensor(r)
+                dis.append(pil_to_tensor(d))
+            return Chunk(ref_path, ref_t if self.first[ref_path] == k else None, dis, [i for i, _ in items], last)
+        except UserError as e:
+            return e
+
+
+def make_loader(pairs, resize=None, transform=None, workers=0, pin=False):
+    """Chunks of decoded pairs, in order; `workers` processes decode ahead of the device."""
+    ds = PairFiles(pairs, resize, transform)
+    if workers <= 0:
+        return (ds[k] for k in range(len(ds)))
+    return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                                       pin_memory=pin, prefetch_factor=4, persistent_workers=False)

@@ -1,0 +1,68 @@
+"""Shared fixtures: the ../shared spec folder, seeded stand-in checkpoints (made once per
+session), and a tiny random ViT backbone for fast pipeline tests."""
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from utils import quiet_library_warnings  # noqa: E402
+
+quiet_library_warnings()
+
+SHARED = Path(os.environ.get("ZSIQA_SHARED", ROOT.parent / "shared"))
+GOLDEN = SHARED / "golden"
+HAVE_SHARED = (GOLDEN / "expected.json").is_file()
+needs_shared = pytest.mark.skipif(not HAVE_SHARED, reason=f"the spec folder {SHARED} (golden values, stand-in checkpoint tool) is absent")
+
+RTOL, ATOL = 1e-4, 1e-6
+
+
+def close(got, want):
+    return abs(got - want) <= RTOL * abs(want) + ATOL
+
+
+@pytest.fixture(scope="session")
+def golden():
+    return json.loads((GOLDEN / "expected.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """checkpoint(name) → path of the seed-0 stand-in, written by shared/tools once."""
+    spec = importlib.util.spec_from_file_location("make_checkpoints", SHARED / "tools" / "make_checkpoints.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    outdir = os.environ.get("ZSIQA_TEST_CKPT_DIR") or str(tmp_path_factory.mktemp("ckpt"))
+    return lambda name: tool.make(name, outdir, 0)
+
+
+TINY = "tiny_vit_test"
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """A seeded 2-block, 32-wide ViT/16 in timm's layout."""
+    import timm
+    torch.manual_seed(0)
+    m = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, depth=2, embed_dim=32, num_heads=2, mlp_ratio=2)
+    path = tmp_path_factory.mktemp("tiny") / "tiny_vit.pth"
+    torch.save(m.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture
+def tiny(monkeypatch, tiny_weights):
+    """Register the tiny backbone for this test; returns (name, weights path)."""
+    import models
+    fam = models.TimmViT("vit_base_patch16_224", depth=2, embed_dim=32, num_heads=2, mlp_ratio=2)
+    w = models.Weights("tiny_vit.pth", None, lambda: [], "the test suite")
+    monkeypatch.setitem(models.BACKBONES, TINY, models.Backbone(TINY, "tiny ViT", fam, w, "layers", "fp32", (2, 197, 32)))
+    monkeypatch.setitem(models.BACKBONES, "embed_" + TINY, models.Backbone("embed_" + TINY, "tiny ViT", fam, w, "embed", "fp32", (1, 197, 32)))
+    return TINY, tiny_weights

@@ -1,0 +1,104 @@
+"""Every bad input: one line on stderr, exit code 2, no traceback, nothing silently wrong."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import run_single_img
+from conftest import ROOT
+
+
+@pytest.fixture
+def imgs(tmp_path):
+    def make(name, w=240, h=230, seed=0):
+        p = tmp_path / name
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+        return str(p)
+    return make
+
+
+def _fails(capsys, argv, match):
+    with pytest.raises(SystemExit) as e:
+        run_single_img.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert match in err, err
+
+
+def _base(tiny, ref, dis, *extra):
+    name, weights = tiny
+    return ["-ref", ref, "-dis", dis, "-m", name, "--weights", weights, "--device", "cpu", *extra]
+
+
+def test_missing_file(tiny, imgs, capsys, tmp_path):
+    _fails(capsys, _base(tiny, imgs("a.png"), str(tmp_path / "nope.png")), "image not found")
+
+
+def test_not_an_image_and_corrupt(tiny, imgs, capsys, tmp_path):
+    (tmp_path / "t.png").write_text("hello")
+    _fails(capsys, _base(tiny, imgs("a.png"), str(tmp_path / "t.png")), "cannot read image")
+    good = imgs("b.png")
+    (tmp_path / "cut.png").write_bytes(open(good, "rb").read()[:100])
+    _fails(capsys, _base(tiny, imgs("a.png"), str(tmp_path / "cut.png")), "cannot read image")
+
+
+def test_different_sizes(tiny, imgs, capsys):
+    _fails(capsys, _base(tiny, imgs("a.png", 240, 230), imgs("b.png", 250, 230)), "must match")
+
+
+def test_side_under_224_unless_resized(tiny, imgs, capsys):
+    ref, dis = imgs("a.png", 200, 230), imgs("b.png", 200, 230, 1)
+    _fails(capsys, _base(tiny, ref, dis), "under 224")
+    assert run_single_img.main(_base(tiny, ref, dis, "-r", "224")) == 0
+    assert capsys.readouterr().out.startswith("wsd\t")
+
+
+def test_unknown_model_and_distance(tiny, imgs, capsys):
+    a, b = imgs("a.png"), imgs("b.png", seed=1)
+    _fails(capsys, ["-ref", a, "-dis", b, "-m", "resnet9000"], "unknown model")
+    _fails(capsys, _base(tiny, a, b, "-d", "l2,psnr"), "unknown distance")
+    _fails(capsys, _base(tiny, a, b, "--precision", "fp8"), "unknown precision")
+    _fails(capsys, _base(tiny, a, b, "--bogus-flag"), "unrecognized arguments")
+
+
+def test_distance_the_backbone_cannot_take(tiny, imgs, capsys):
+    name, weights = tiny
+    _fails(capsys, ["-ref", imgs("a.png"), "-dis", imgs("b.png", seed=1), "-m", "embed_" + name, "-d", "l2",
+                    "--weights", weights], "does not apply")
+
+
+def test_weights_of_wrong_architecture(tiny, imgs, capsys, tmp_path):
+    a, b = imgs("a.png"), imgs("b.png", seed=1)
+    _fails(capsys, ["-ref", a, "-dis", b, "-m", "clip_vitb32", "--weights", tiny[1]], "does not fit clip_vitb32")
+    _fails(capsys, ["-ref", a, "-dis", b, "-m", "dinov1", "--weights", tiny[1]], "does not fit dinov1")
+    (tmp_path / "junk.pt").write_bytes(b"\x00junk" * 10)
+    _fails(capsys, ["-ref", a, "-dis", b, "-m", "dinov1", "--weights", str(tmp_path / "junk.pt")], "cannot read weights")
+    _fails(capsys, ["-ref", a, "-dis", b, "-m", "dinov1", "--weights", str(tmp_path / "none.pt")], "weights file not found")
+
+
+@pytest.mark.parametrize("model,file", [("clip_vitb32", "ViT-B-32.pt"), ("dinov1", "dino_vitbase16_pretrain.pth")])
+def test_missing_weights_offline_names_file_and_places(imgs, tmp_path, model, file):
+    """A real process: no weights anywhere, offline → exit 2, one line naming the file."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "TORCH_HOME": str(tmp_path / "torch"),
+           "HF_HOME": str(tmp_path / "hf"), "ZSIQA_WEIGHTS_DIR": str(tmp_path / "w"), "ZSIQA_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "run_single_img.py"), "-ref", imgs("a.png"), "-dis", imgs("b.png", seed=1),
+                           "-m", model], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert file in lines[0] and str(tmp_path / "w") in lines[0] and "offline" in lines[0]
+
+
+def test_failed_download_is_one_line(imgs, tmp_path, monkeypatch, capsys):
+    """Online but unreachable (a closed local port): the download error is reported, not raised."""
+    import models
+    monkeypatch.setitem(models.BACKBONES, "dinov1", models.BACKBONES["dinov1"].__class__(
+        **{**models.BACKBONES["dinov1"].__dict__,
+           "weights": models.Weights("dino_vitbase16_pretrain.pth", "http://127.0.0.1:9/dino.pth", lambda: [str(tmp_path / "c" / "dino.pth")], "test")}))
+    monkeypatch.delenv("ZSIQA_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("ZSIQA_WEIGHTS_DIR", str(tmp_path / "w"))
+    _fails(capsys, ["-ref", imgs("a.png"), "-dis", imgs("b.png", seed=1), "-m", "dinov1"], "download failed")

@@ -1,0 +1,93 @@
+"""Golden parity of the four main backbones with seed-0 stand-in checkpoints (PROTOCOL.md §3),
+through the Python API and the CLI. Each model's features are computed once per route."""
+import json
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+
+from conftest import GOLDEN, HAVE_SHARED, ROOT, close, needs_shared
+
+pytestmark = needs_shared
+
+
+def _rows(golden):
+    return golden["models"]
+
+
+def _by_model(golden):
+    groups = defaultdict(list)
+    for r in _rows(golden):
+        groups[(r["model"], r["checkpoint"])].append(r)
+    return groups
+
+
+@pytest.fixture(scope="module")
+def api_scores(golden, checkpoint):
+    """(model, ref, dis, distance) → score, one Scorer and one call per model."""
+    from engine import Scorer
+    out = {}
+    for (model, ckpt), rows in _by_model(golden).items():
+        distances = sorted({r["distance"] for r in rows})
+        pairs = sorted({(r["ref"], r["dis"]) for r in rows})
+        scorer = Scorer(model, distances, device="cpu", weights=checkpoint(ckpt.split("_seed")[0]))
+        got = scorer([str(GOLDEN / "models" / r) for r, _ in pairs], [str(GOLDEN / "models" / d) for _, d in pairs])
+        for k, (r, d) in enumerate(pairs):
+            for name in distances:
+                out[(model, r, d, name)] = float(got[name][k])
+    return out
+
+
+def test_every_model_row_via_api(golden, api_scores):
+    bad = [(r["model"], r["distance"], r["ref"], api_scores[(r["model"], r["ref"], r["dis"], r["distance"])], r["score"])
+           for r in _rows(golden) if not close(api_scores[(r["model"], r["ref"], r["dis"], r["distance"])], r["score"])]
+    assert len(_rows(golden)) == 36 and not bad, bad
+
+
+def test_every_model_row_via_cli(golden, checkpoint, capsys):
+    import run_single_img
+    groups = defaultdict(list)
+    for r in _rows(golden):
+        groups[(r["model"], r["checkpoint"], r["ref"], r["dis"])].append(r)
+    checked = 0
+    for (model, ckpt, ref, dis), rows in groups.items():
+        run_single_img.main(["-ref", str(GOLDEN / "models" / ref), "-dis", str(GOLDEN / "models" / dis), "-m", model,
+                             "-d", ",".join(r["distance"] for r in rows), "--device", "cpu",
+                             "--weights", checkpoint(ckpt.split("_seed")[0]), "--json"])
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["model"] == model
+        for r in rows:
+            assert close(printed["scores"][r["distance"]], r["score"]), (model, r["distance"], ref)
+            checked += 1
+    assert checked == 36
+
+
+def test_cli_process_plain_output(golden, checkpoint):
+    """The real entry point: exit code 0 and `distance<TAB>score` lines."""
+    rows = [r for r in _rows(golden) if r["model"] == "clip_vitb32" and r["ref"] == "pair1_ref.png"]
+    proc = subprocess.run([sys.executable, str(ROOT / "run_single_img.py"), "-ref", str(GOLDEN / "models" / rows[0]["ref"]),
+                           "-dis", str(GOLDEN / "models" / rows[0]["dis"]), "-m", "clip_vitb32", "-d", "all",
+                           "--weights", checkpoint("clip_vitb32"), "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split("\t") for line in proc.stdout.strip().splitlines())
+    assert list(lines) == ["l2", "cos", "skld", "jsd", "wsd", "swd"]
+    for r in rows:
+        assert close(float(lines[r["distance"]]), r["score"]), r["distance"]
+
+
+def test_torchscript_release_format_loads(golden, checkpoint, tmp_path):
+    """OpenAI ships ViT-B-32.pt as a TorchScript archive: the stand-in, traced into one,
+    must give the same golden scores as the plain state dict."""
+    import clip.model
+    import torch
+    from engine import Scorer
+    sd = torch.load(checkpoint("clip_vitb32"), map_location="cpu")
+    model = clip.model.build_model(dict(sd)).float().eval()
+    archive = tmp_path / "ViT-B-32.pt"
+    torch.jit.trace_module(model, {"encode_image": torch.rand(1, 3, 224, 224)}).save(str(archive))
+    rows = [r for r in _rows(golden) if r["model"] == "clip_vitb32" and r["ref"] == "pair0_ref.png"]
+    got = Scorer("clip_vitb32", [r["distance"] for r in rows], device="cpu", weights=str(archive))(
+        str(GOLDEN / "models" / rows[0]["ref"]), str(GOLDEN / "models" / rows[0]["dis"]))
+    for r in rows:
+        assert close(float(got[r["distance"]][0]), r["score"]), r["distance"]

@@ -1,0 +1,78 @@
+"""Windows (golden positions), image loading across Pillow modes, size checks."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import needs_shared
+from utils import UserError, load_image, window_positions, windows
+
+
+@needs_shared
+def test_window_positions_golden(golden):
+    for length, want in golden["windows"].items():
+        assert list(window_positions(int(length))) == want
+
+
+def test_window_positions_rule_and_small_sides():
+    assert window_positions(224) == (0,)
+    assert window_positions(225) == (0, 1)
+    with pytest.raises(UserError, match="under 224"):
+        window_positions(223)
+
+
+def test_windows_are_the_right_crops_rows_outer():
+    img = torch.arange(3 * 300 * 450, dtype=torch.float32).reshape(3, 300, 450)
+    w = windows(img)
+    rows, cols = window_positions(300), window_positions(450)
+    assert w.shape == (len(rows) * len(cols), 3, 224, 224)
+    k = 0
+    for r in rows:
+        for c in cols:
+            assert torch.equal(w[k], img[:, r:r + 224, c:c + 224])
+            k += 1
+
+
+def _save(tmp_path, name, im):
+    p = tmp_path / name
+    im.save(p)
+    return p
+
+
+def test_load_image_modes(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (230, 240, 3), dtype=np.uint8)
+    base = Image.fromarray(rgb)
+    want = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    assert torch.equal(load_image(_save(tmp_path, "a.png", base)), want)
+    rgba = base.copy()
+    rgba.putalpha(128)
+    assert torch.equal(load_image(_save(tmp_path, "b.png", rgba)), want)  # alpha dropped
+    grey = base.convert("L")
+    g = load_image(_save(tmp_path, "c.png", grey))
+    assert torch.equal(g[0], g[2]) and torch.equal(g[0], torch.from_numpy(np.array(grey)).float() / 255)
+    assert load_image(_save(tmp_path, "d.png", base.convert("LA"))).shape == (3, 230, 240)
+    pal = base.convert("P")
+    assert torch.equal(load_image(_save(tmp_path, "e.png", pal)), torch.from_numpy(np.array(pal.convert("RGB"))).permute(2, 0, 1).float() / 255)
+    cmyk = base.convert("CMYK")
+    assert load_image(_save(tmp_path, "f.jpg", cmyk)).shape == (3, 230, 240)
+    deep = (np.arange(230 * 240).reshape(230, 240) * 1.1).astype(np.uint16)
+    d = load_image(_save(tmp_path, "g.png", Image.fromarray(deep)))
+    assert torch.allclose(d[1], torch.from_numpy(deep.astype(np.float32) / 65535), atol=1e-7)
+    assert torch.unique(d[0]).numel() > 256  # 16-bit depth kept, not clipped to 8 bits
+
+
+def test_load_image_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_image(tmp_path / "missing.png")
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(UserError, match="cannot read image"):
+        load_image(tmp_path / "text.png")
+    good = _save(tmp_path, "full.png", Image.new("RGB", (300, 300), (10, 20, 30)))
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:60])
+    with pytest.raises(UserError, match="cannot read image"):
+        load_image(tmp_path / "cut.png")
+
+
+def test_resize_option(tmp_path):
+    p = _save(tmp_path, "small.png", Image.new("RGB", (100, 80), (200, 10, 10)))
+    assert load_image(p, resize=224).shape == (3, 224, 224)

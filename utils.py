@@ -1,0 +1,137 @@
+"""Shared helpers: user-facing errors, image loading, sliding windows (PROTOCOL.md §1-2)."""
+import argparse
+import functools
+import os
+import sys
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+WINDOW = 224
+STRIDE = 200
+
+
+class UserError(Exception):
+    """A problem with what the user asked for or gave (files, names, sizes, weights).
+    The CLIs print its message on one line and exit with code 2."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with its usage errors turned into UserError (one line, exit 2)."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def quiet_library_warnings():
+    """The clip package's pkg_resources import and timm's deprecation notes are noise on a
+    CLI's stderr; real problems still raise."""
+    for pattern in (".*pkg_resources.*", ".*deprecated.*", ".*Importing from timm.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def cli_entry(main):
+    """Run a CLI main(): UserError → one line on stderr and exit 2; Ctrl-C → exit 130.
+    Whatever main() wrote before stays written."""
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        quiet_library_warnings()
+        try:
+            return main(argv)
+        except UserError as e:
+            sys.stderr.write(f"error: {e}\n")
+            sys.exit(2)
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted: results computed so far are kept\n")
+            sys.exit(130)
+    return wrapper
+
+
+def _to_rgb_array(im):
+    """Any Pillow mode → float32 H×W×3 in [0, 1]. 16-bit and 32-bit grey keep their depth
+    (Pillow's own convert('RGB') would clip them to 255)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        a = np.asarray(im, dtype=np.float32) / 65535.0
+        return np.repeat(a[..., None], 3, axis=-1)
+    if im.mode in ("I", "F"):  # 'I': 16-bit files opened as 32-bit int; 'F': float in [0, 1]
+        a = np.asarray(im, dtype=np.float32)
+        a = np.clip(a / 65535.0 if im.mode == "I" else a, 0, 1)
+        return np.repeat(a[..., None], 3, axis=-1)
+    return None
+
+
+def open_image(path):
+    """Open and fully decode an image file with Pillow; UserError if missing or unreadable."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+
+
+def pil_to_tensor(im):
+    """Pillow image → tensor [3, H, W]: uint8 for 8-bit modes (exactly what the published
+    ToTensor then divides by 255), float32 in [0, 1] for deeper modes."""
+    deep = _to_rgb_array(im)
+    if deep is not None:
+        return torch.from_numpy(np.ascontiguousarray(deep.transpose(2, 0, 1)))
+    if im.mode != "RGB":
+        im = im.convert("RGB")  # as published: alpha dropped, palette and CMYK mapped
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def to_float(x):
+    """uint8 [.., 3, H, W] → float32 in [0, 1] (x / 255); float input passes through."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def load_image(path, resize=None):
+    """Read an image file as float32 RGB [3, H, W] in [0, 1], whatever its mode
+    (L, LA, P, RGBA, I;16, CMYK, …). resize=N gives a bilinear N×N resize first."""
+    im = open_image(path)
+    if resize:
+        im = resize_square(im, resize)
+    return to_float(pil_to_tensor(im))
+
+
+def resize_square(im, size):
+    """The published optional `-r N`: bilinear resize to N×N."""
+    return im.resize((size, size), Image.BILINEAR)
+
+
+@functools.lru_cache(maxsize=None)
+def window_positions(length):
+    """Window starts along an axis of `length` px: range(0, L−224, 200) then L−224 (§2)."""
+    if length < WINDOW:
+        raise UserError(f"image side of {length} px is under {WINDOW} px; pass -r/--resize N (N ≥ {WINDOW}) to resize")
+    return tuple(range(0, length - WINDOW, STRIDE)) + (length - WINDOW,)
+
+
+def window_count(height, width):
+    return len(window_positions(height)) * len(window_positions(width))
+
+
+def windows(img):
+    """Crop every 224×224 window of img [3, H, W] (rows outer) → [K, 3, 224, 224], by one
+    gather instead of a Python loop over windows."""
+    _, h, w = img.shape
+    offs = torch.arange(WINDOW, device=img.device)
+    rows = (torch.tensor(window_positions(h), device=img.device)[:, None] + offs).reshape(-1)
+    cols = (torch.tensor(window_positions(w), device=img.device)[:, None] + offs).reshape(-1)
+    crops = img[:, rows][:, :, cols]  # [3, nr*224, nc*224]
+    nr, nc = len(window_positions(h)), len(window_positions(w))
+    return crops.reshape(3, nr, WINDOW, nc, WINDOW).permute(1, 3, 0, 2, 4).reshape(nr * nc, 3, WINDOW, WINDOW)
+
+
+def check_pair_sizes(ref_size, dis_size, ref_name="reference", dis_name="distorted"):
+    """Reference and distorted must have the same size (H, W) and sides of at least 224."""
+    if tuple(ref_size) != tuple(dis_size):
+        raise UserError(f"{ref_name} is {ref_size[1]}x{ref_size[0]} but {dis_name} is "
+                        f"{dis_size[1]}x{dis_size[0]} (W x H); they must match (or use -r N)")
+    window_positions(dis_size[0]), window_positions(dis_size[1])
