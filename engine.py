@@ -149,16 +149,15 @@ class Scorer:
             im = resize_square(im, self.resize)
         return pil_to_tensor(im)
 
-    def score_files(self, pairs, transform=None, progress=None):
+    def score_files(self, pairs, variants=None, skip=frozenset()):
         """Score (ref_path, dis_path) pairs read from disk (decoded in `workers` processes),
         yielding (pair index, np.array of scores in self.distances order) as pairs finish,
-        in input order of their reference group. transform(ref_pil, dis_pil) → (ref, dis)
-        is applied after loading (the robustness shifts)."""
-        loader = make_loader(pairs, self.resize, transform, self.workers, self.device.type == "cuda")
-        for i, row in self.score_chunks(loader):
-            if progress is not None:
-                progress.update(1)
-            yield i, row
+        grouped by reference. With `variants` (a list of None or transforms (ref_pil,
+        dis_pil) → (ref, dis), e.g. robustness shifts) every pair is scored under each and
+        the ids are (variant index, pair index); `skip` holds such ids already done."""
+        loader = make_loader(pairs, variants or (None,), self.resize, skip, self.workers, self.device.type == "cuda")
+        for (v, i), row in self.score_chunks(loader):
+            yield ((v, i) if variants else i), row
 
     # ------------------------------------------------------------ the engine
     def encode(self, windows_batch):
@@ -274,60 +273,70 @@ class Scorer:
 
 # ---------------------------------------------------------------- reading files
 
-def group_by_reference(pairs, max_per_chunk=32):
-    """Pair indices grouped by reference (first-appearance order), split into chunks:
-    [(ref_path, [(pair index, dis_path), ...], is_last_chunk_of_ref)]."""
-    groups = collections.OrderedDict()
-    for i, (ref, dis) in enumerate(pairs):
-        groups.setdefault(os.fspath(ref), []).append((i, os.fspath(dis)))
-    out = []
-    for ref, items in groups.items():
-        for s in range(0, len(items), max_per_chunk):
-            out.append((ref, items[s:s + max_per_chunk], s + max_per_chunk >= len(items)))
-    return out
-
-
 class PairFiles(torch.utils.data.Dataset):
-    """Decodes one chunk (a reference and some of its distorted images) per item, in a
-    worker process. Errors come back as UserError objects, not worker tracebacks."""
+    """Work items for reading pairs from disk: each item is one reference and up to
+    `per_item` of its distorted images, decoded (in a worker process) and turned into one
+    Chunk per reference key and variant. A variant is None (as loaded) or a transform
+    (ref, dis) → (ref, dis) on Pillow images; variants that leave the reference untouched
+    (`changes_reference` False) share its features. Errors come back as UserError objects."""
 
-    def __init__(self, pairs, resize=None, transform=None):
-        self.chunks = group_by_reference(pairs)
-        self.resize, self.transform = resize, transform
-        self.first = {}
-        for k, (ref, _, _) in enumerate(self.chunks):
-            self.first.setdefault(ref, k)
+    def __init__(self, pairs, variants=(None,), resize=None, skip=frozenset(), per_item=16):
+        self.variants, self.resize = list(variants), resize
+        groups = collections.OrderedDict()
+        for i, (ref, dis) in enumerate(pairs):
+            todo = [v for v in range(len(self.variants)) if (v, i) not in skip]
+            if todo:
+                groups.setdefault(os.fspath(ref), []).append((i, os.fspath(dis), todo))
+        self.items = [(ref, items[s:s + per_item]) for ref, items in groups.items() for s in range(0, len(items), per_item)]
+        self.first, self.last = {}, {}
+        for k, (ref, items) in enumerate(self.items):
+            for key in {self.ref_key(ref, v) for _, _, todo in items for v in todo}:
+                self.first.setdefault(key, k)
+                self.last[key] = k
+
+    def ref_key(self, ref, v):
+        t = self.variants[v]
+        return (ref, v) if getattr(t, "changes_reference", False) else (ref, None)
 
     def __len__(self):
-        return len(self.chunks)
+        return len(self.items)
 
     def _load(self, path):
         im = open_image(path)
         return resize_square(im, self.resize) if self.resize else im
 
     def __getitem__(self, k):
-        ref_path, items, last = self.chunks[k]
+        ref_path, items = self.items[k]
         try:
             ref_im = self._load(ref_path)
-            dis, ref_t = [], None
-            for _, dis_path in items:
+            chunks = collections.OrderedDict()
+            for i, dis_path, todo in items:
                 dis_im = self._load(dis_path)
                 if ref_im.size != dis_im.size:
                     raise UserError(f"{ref_path} is {ref_im.size[0]}x{ref_im.size[1]} but {dis_path} is "
                                     f"{dis_im.size[0]}x{dis_im.size[1]}; reference and distorted must match")
-                r, d = self.transform(ref_im, dis_im) if self.transform else (ref_im, dis_im)
-                if ref_t is None:
-                    ref_t = pil_to_tensor(r)
-                dis.append(pil_to_tensor(d))
-            return Chunk(ref_path, ref_t if self.first[ref_path] == k else None, dis, [i for i, _ in items], last)
+                for v in todo:
+                    t = self.variants[v]
+                    r, d = t(ref_im, dis_im) if t is not None else (ref_im, dis_im)
+                    key = self.ref_key(ref_path, v)
+                    if key not in chunks:
+                        chunks[key] = Chunk(key, pil_to_tensor(r) if self.first[key] == k else None, [], [], self.last[key] == k)
+                    chunks[key].dis.append(pil_to_tensor(d))
+                    chunks[key].pair_ids.append((v, i))
+            return list(chunks.values())
         except UserError as e:
             return e
 
 
-def make_loader(pairs, resize=None, transform=None, workers=0, pin=False):
+def make_loader(pairs, variants=(None,), resize=None, skip=frozenset(), workers=0, pin=False):
     """Chunks of decoded pairs, in order; `workers` processes decode ahead of the device."""
-    ds = PairFiles(pairs, resize, transform)
+    ds = PairFiles(pairs, variants, resize, skip)
     if workers <= 0:
-        return (ds[k] for k in range(len(ds)))
-    return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
-                                       pin_memory=pin, prefetch_factor=4, persistent_workers=False)
+        items = (ds[k] for k in range(len(ds)))
+    else:
+        items = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                                            pin_memory=pin, prefetch_factor=4, persistent_workers=False)
+    for item in items:
+        if isinstance(item, Exception):
+            raise item
+        yield from item

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Correlations between predictions and labels from a results file (`dis,ref,mos,pred`).
+
+  python calc_scores.py -dat pipal -f results/pipal_dinov1_wsd.csv [--byref] [--json] [--plot out.png]
+
+SRCC, PLCC (plain Pearson) and KRCC over all pairs, signed so that agreement is positive
+(PROTOCOL.md §6), plus PLCC after the standard 5-parameter logistic fit. --byref averages
+each coefficient over references instead. The dataset decides the label's direction; a
+prediction column from a similarity metric (PSNR, SSIM, …: higher = better) is flipped too.
+"""
+import json
+import os
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.optimize import OptimizeWarning, curve_fit
+
+from utils import ArgParser, UserError, cli_entry
+
+# label direction per layout (higher label = better quality?)
+LABEL_HIGHER_BETTER = {"pipal": True, "live": False, "tid2013": False, "kadid10k": True, "csv": True}
+# prediction columns that are similarities (higher = better), negated as the published tables did
+SIMILARITY_METRICS = ("psnr", "ssim", "msssim", "ms_ssim", "fsim", "vif", "gmsd_sim")
+
+
+def logistic5(x, b1, b2, b3, b4, b5):
+    """The VQEG 5-parameter logistic: b1·(½ − 1/(1+e^{b2(x−b3)})) + b4·x + b5."""
+    return b1 * (0.5 - 1 / (1 + np.exp(np.clip(b2 * (x - b3), -60, 60)))) + b4 * x + b5
+
+
+def fit_logistic(x, y):
+    """The fitted curve as a function of x, or None when the fit fails or has < 6 points.
+    x is standardised first: MINPACK's difference steps are relative to each parameter,
+    so a start like 2e-16 (a median at zero) would freeze the centre."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 6:
+        return None
+    centre, scale = np.median(x), x.std() or 1.0
+    z = (x - centre) / scale
+    start = [y.max() - y.min(), 4.0 * np.sign(stats.pearsonr(z, y)[0] or 1), 0.0, 0.0, float(y.mean())]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            params, _ = curve_fit(logistic5, z, y, p0=start, maxfev=20000)
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    if not np.all(np.isfinite(params)):
+        return None
+    return lambda v: logistic5((np.asarray(v, float) - centre) / scale, *params)
+
+
+def correlations(pred, label, label_higher_better, pred_higher_better=False):
+    """{'n', 'srcc', 'plcc', 'krcc', 'plcc_logistic'}, each signed so agreement is positive."""
+    pred, label = np.asarray(pred, float), np.asarray(label, float)
+    sign = -1.0 if label_higher_better != pred_higher_better else 1.0
+    x = sign * pred
+    n = len(x)
+    if n < 3 or np.ptp(x) == 0 or np.ptp(label) == 0:
+        return {"n": n, "srcc": float("nan"), "plcc": float("nan"), "krcc": float("nan"), "plcc_logistic": float("nan")}
+    curve = fit_logistic(x, label)
+    return {"n": n, "srcc": float(stats.spearmanr(x, label)[0]), "plcc": float(stats.pearsonr(x, label)[0]),
+            "krcc": float(stats.kendalltau(x, label)[0]),
+            "plcc_logistic": float(stats.pearsonr(curve(x), label)[0]) if curve is not None else float("nan")}
+
+
+def correlations_by_reference(frame, label_higher_better, pred_higher_better=False):
+    """Each coefficient averaged over references (references with < 3 pairs skipped)."""
+    per = [correlations(g.pred, g.mos, label_higher_better, pred_higher_better) for _, g in frame.groupby("ref", sort=False) if len(g) >= 3]
+    if not per:
+        raise UserError("--byref needs references with at least 3 pairs each")
+    out = {k: float(np.nanmean([p[k] for p in per])) for k in ("srcc", "plcc", "krcc", "plcc_logistic")}
+    return {"n": int(len(frame)), "refs": len(per), **out}
+
+
+def read_results(path):
+    if not os.path.isfile(path):
+        raise UserError(f"results file not found: {path}")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read results file {path}: {str(e).splitlines()[0]}") from None
+    missing = [c for c in ("dis", "ref", "mos", "pred") if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; expected header dis,ref,mos,pred")
+    if frame[["mos", "pred"]].isna().any().any():
+        raise UserError(f"{path} has empty or non-numeric mos/pred values")
+    return frame
+
+
+def guess_dataset(path):
+    name = os.path.basename(path).lower()
+    return next((d for d in LABEL_HIGHER_BETTER if name.startswith(d + "_")), None)
+
+
+def is_similarity(path):
+    stem = re.split(r"[_.\-]", os.path.basename(path).lower())
+    return any(m in stem for m in SIMILARITY_METRICS)
+
+
+def scatter_plot(frame, label_higher_better, pred_higher_better, out, title):
+    """Prediction (signed) against label with the fitted logistic curve, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sign = -1.0 if label_higher_better != pred_higher_better else 1.0
+    x, y = sign * frame.pred.to_numpy(float), frame.mos.to_numpy(float)
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    ax.scatter(x, y, s=4, alpha=0.4, lw=0)
+    curve = fit_logistic(x, y)
+    if curve is not None:
+        xs = np.linspace(x.min(), x.max(), 200)
+        ax.plot(xs, curve(xs), "r-", lw=1.5, label="5-parameter logistic")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel(("−" if sign < 0 else "") + "prediction")
+    ax.set_ylabel("label")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+@cli_entry
+def main(argv=None):
+    p = ArgParser(description=__doc__.split("\n")[1])
+    p.add_argument("-dat", "--dataset", help=f"layout, for the label's direction ({', '.join(LABEL_HIGHER_BETTER)}); default from the file name")
+    p.add_argument("-f", "--file", required=True, help="results file with header dis,ref,mos,pred")
+    p.add_argument("--byref", action="store_true", help="average the coefficients over references")
+    p.add_argument("--label-higher-better", choices=["yes", "no"], help="override the dataset's label direction")
+    p.add_argument("--pred-higher-better", choices=["yes", "no"], help="override: predictions are similarities (default: detected from the file name, e.g. psnr)")
+    p.add_argument("--plot", help="write a scatter plot (PNG) with the fitted logistic curve")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    frame = read_results(a.file)
+    dataset = a.dataset or guess_dataset(a.file)
+    if a.label_higher_better:
+        label_hb = a.label_higher_better == "yes"
+    elif dataset in LABEL_HIGHER_BETTER:
+        label_hb = LABEL_HIGHER_BETTER[dataset]
+    else:
+        raise UserError(f"cannot tell the label direction of {a.file}: pass -dat ({', '.join(LABEL_HIGHER_BETTER)}) or --label-higher-better")
+    pred_hb = (a.pred_higher_better == "yes") if a.pred_higher_better else is_similarity(a.file)
+    result = correlations_by_reference(frame, label_hb, pred_hb) if a.byref else correlations(frame.pred, frame.mos, label_hb, pred_hb)
+    result = {"file": a.file, "dataset": dataset, "label_higher_better": label_hb, "pred_higher_better": pred_hb, **result}
+    if a.plot:
+        scatter_plot(frame, label_hb, pred_hb, a.plot, os.path.basename(a.file))
+        result["plot"] = a.plot
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print(f"{os.path.basename(a.file)}  n={result['n']}  SRCC {result['srcc']:.4f}  PLCC {result['plcc']:.4f}  "
+              f"KRCC {result['krcc']:.4f}  PLCC(logistic) {result['plcc_logistic']:.4f}" + ("  (mean over references)" if a.byref else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

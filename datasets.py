@@ -1,0 +1,188 @@
+"""Dataset layouts: one loader per layout, each giving (reference, distorted, label) with paths
+relative to the dataset root and the label's direction declared (PROTOCOL.md §6).
+
+`LAYOUTS` is the one table; adding a layout is one entry. Labels are stored as the published
+runs stored them (TID2013: 100 − MOS). `higher_better` says whether a higher label means
+better quality; distances are higher = worse, so correlations flip the sign when it is True.
+"""
+import csv
+import glob
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from utils import UserError
+
+
+@dataclass
+class Dataset:
+    name: str
+    root: str
+    pairs: list            # [(ref_rel, dis_rel, label)], in the dataset's own order
+    higher_better: bool
+
+    def path(self, rel):
+        return os.path.join(self.root, rel)
+
+    def missing(self):
+        """Relative paths of images that do not exist (each listed once)."""
+        seen = dict.fromkeys(p for r, d, _ in self.pairs for p in (r, d))
+        return [p for p in seen if not os.path.isfile(self.path(p))]
+
+
+def _need(path, what):
+    if not os.path.exists(path):
+        raise UserError(f"{what} not found: {path}")
+    return path
+
+
+def _case_map(folder):
+    """lower-case file name → actual name, for label files whose case differs from disk."""
+    try:
+        return {n.lower(): n for n in os.listdir(folder)}
+    except OSError:
+        return {}
+
+
+def load_pipal(root, **_):
+    """PIPAL training part: Train_Label/*.txt lines `A0001_00_00.bmp,1500.12` (Elo MOS);
+    Train_Ref/A0001.bmp; Train_Dis/A0001_00_00.bmp. Higher MOS = better."""
+    files = sorted(glob.glob(os.path.join(_need(os.path.join(root, "Train_Label"), "PIPAL label folder"), "*.txt")))
+    if not files:
+        raise UserError(f"no label files (*.txt) in {os.path.join(root, 'Train_Label')}")
+    pairs = []
+    for f in files:
+        for n, line in enumerate(open(f, encoding="utf-8", errors="replace"), 1):
+            if not line.strip():
+                continue
+            try:
+                dis, mos = (s.strip() for s in line.split(","))
+                pairs.append((f"Train_Ref/{dis.split('_')[0]}{os.path.splitext(dis)[1]}", f"Train_Dis/{dis}", float(mos)))
+            except ValueError:
+                raise UserError(f"{f} line {n}: expected 'NAME.bmp,MOS', got {line.strip()[:60]!r}") from None
+    return Dataset("pipal", root, pairs, higher_better=True)
+
+
+LIVE_FOLDERS = (("jp2k", 227), ("jpeg", 233), ("wn", 174), ("gblur", 174), ("fastfading", 174))
+
+
+def load_live(root, **_):
+    """LIVE release 2: jp2k/ jpeg/ wn/ gblur/ fastfading/ refimgs/, dmos_realigned.mat
+    (dmos_new, as the published runs used) or dmos.mat (dmos), refnames_all.mat. The 982
+    entries run in folder order; the 203 originals (orgs = 1) are left out: 779 pairs. DMOS."""
+    from scipy.io import loadmat
+    realigned = os.path.join(root, "dmos_realigned.mat")
+    try:
+        if os.path.isfile(realigned):
+            m = loadmat(realigned)
+            dmos = m["dmos_new"].ravel()
+        else:
+            m = loadmat(_need(os.path.join(root, "dmos.mat"), "LIVE label file dmos.mat or dmos_realigned.mat"))
+            dmos = m["dmos"].ravel()
+        orgs = m["orgs"].ravel()
+        refnames = [str(x[0]) if len(x) else "" for x in loadmat(_need(os.path.join(root, "refnames_all.mat"), "LIVE refnames_all.mat"))["refnames_all"].ravel()]
+    except (KeyError, ValueError, NotImplementedError, OSError) as e:
+        raise UserError(f"cannot read LIVE label files in {root}: {e}") from None
+    counts = [c for _, c in LIVE_FOLDERS]
+    if len(dmos) != sum(counts):  # a cut-down copy: each folder holds img1…imgN
+        counts = [_max_img_index(os.path.join(root, folder)) for folder, _ in LIVE_FOLDERS]
+    names = [f"{folder}/img{i}.bmp" for (folder, _), count in zip(LIVE_FOLDERS, counts) for i in range(1, count + 1)]
+    if not (len(dmos) == len(orgs) == len(refnames) == len(names)):
+        raise UserError(f"LIVE label files in {root} hold {len(dmos)} entries, but release 2 has 982 "
+                        f"and the folders hold {len(names)} images")
+    pairs = [(f"refimgs/{ref}", dis, float(y)) for dis, ref, y, org in zip(names, refnames, dmos, orgs) if not org]
+    return Dataset("live", root, pairs, higher_better=False)
+
+
+def _max_img_index(folder):
+    import re
+    found = [int(m.group(1)) for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+             for m in [re.fullmatch(r"img(\d+)\.bmp", n)] if m]
+    return max(found, default=0)
+
+
+def load_tid2013(root, **_):
+    """TID2013: mos_with_names.txt lines `5.51429 i01_01_1.bmp`; reference_images/I01.BMP;
+    distorted_images/... (case differs between label file and disk). Stored as 100 − MOS."""
+    label = _need(os.path.join(root, "mos_with_names.txt"), "TID2013 label file")
+    refs, diss = _case_map(os.path.join(root, "reference_images")), _case_map(os.path.join(root, "distorted_images"))
+    pairs = []
+    for n, line in enumerate(open(label, encoding="utf-8", errors="replace"), 1):
+        if not line.strip():
+            continue
+        try:
+            mos, dis = line.split()
+            mos = float(mos)
+        except ValueError:
+            raise UserError(f"{label} line {n}: expected 'MOS NAME', got {line.strip()[:60]!r}") from None
+        ref = f"I{dis[1:3]}.BMP"
+        pairs.append((f"reference_images/{refs.get(ref.lower(), ref)}", f"distorted_images/{diss.get(dis.lower(), dis)}", 100 - mos))
+    return Dataset("tid2013", root, pairs, higher_better=False)
+
+
+def load_kadid10k(root, **_):
+    """KADID-10k: dmos.csv (dist_img, ref_img, dmos, var), images in images/. Its 'dmos' is
+    higher = better."""
+    label = _need(os.path.join(root, "dmos.csv"), "KADID-10k label file")
+    folder = "images" if os.path.isdir(os.path.join(root, "images")) else "."
+    rows = _read_csv(label, ("dist_img", "ref_img", "dmos"))
+    pairs = [(os.path.normpath(f"{folder}/{r['ref_img']}"), os.path.normpath(f"{folder}/{r['dist_img']}"), _num(r["dmos"], label)) for r in rows]
+    return Dataset("kadid10k", root, pairs, higher_better=True)
+
+
+def load_csv(root, csv_file=None, higher_is_better=None, **_):
+    """A generic list: columns ref, dis and mos (higher = better unless told) or dmos (higher
+    = worse unless told); paths relative to the root (default: the CSV's folder)."""
+    if not csv_file:
+        raise UserError("-dat csv needs --csv FILE (columns ref, dis, mos or dmos)")
+    rows = _read_csv(_need(csv_file, "CSV list"), ("ref", "dis"))
+    column = "mos" if "mos" in rows[0] else "dmos" if "dmos" in rows[0] else None
+    if column is None:
+        raise UserError(f"{csv_file} needs a 'mos' or 'dmos' column")
+    higher = (column == "mos") if higher_is_better is None else bool(higher_is_better)
+    return Dataset(os.path.splitext(os.path.basename(csv_file))[0], root or os.path.dirname(os.path.abspath(csv_file)),
+                   [(r["ref"], r["dis"], _num(r[column], csv_file)) for r in rows], higher_better=higher)
+
+
+def _num(value, where):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: label {value!r} is not a number") from None
+
+
+def _read_csv(path, required):
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise UserError(f"{path} has no rows")
+    absent = [c for c in required if c not in rows[0]]
+    if absent:
+        raise UserError(f"{path} lacks column(s) {', '.join(absent)}; it has {', '.join(rows[0])}")
+    return rows
+
+
+@dataclass(frozen=True)
+class Layout:
+    load: Callable
+    summary: str
+
+
+LAYOUTS = {
+    "pipal": Layout(load_pipal, "PIPAL training part (23,200 pairs, Elo MOS, higher = better)"),
+    "live": Layout(load_live, "LIVE release 2 (779 pairs, realigned DMOS, higher = worse)"),
+    "tid2013": Layout(load_tid2013, "TID2013 (3,000 pairs, stored as 100 − MOS, higher = worse)"),
+    "kadid10k": Layout(load_kadid10k, "KADID-10k (10,125 pairs, 'dmos' higher = better)"),
+    "csv": Layout(load_csv, "your own list: ref, dis, mos|dmos columns, paths relative to --root"),
+}
+
+
+def load_dataset(name, root=None, **options):
+    if name not in LAYOUTS:
+        raise UserError(f"unknown dataset layout '{name}'; known: {', '.join(LAYOUTS)}")
+    if name != "csv":
+        if not root:
+            raise UserError(f"-dat {name} needs --root DIR (the dataset folder)")
+        if not os.path.isdir(root):
+            raise UserError(f"dataset root not found: {root}")
+    return LAYOUTS[name].load(root, **options)

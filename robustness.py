@@ -1,0 +1,94 @@
+"""Robustness transforms (PROTOCOL.md §5): small shifts, zooms and rotations applied when a
+pair is loaded, on Pillow images, exactly as the published runs did."""
+import math
+
+from PIL import Image
+
+from utils import UserError
+
+
+def _even(x):
+    return math.ceil(x / 2) * 2
+
+
+def translate(ref, dis, pct):
+    """Shift by pct % of the width: the reference keeps the left part, the distorted image
+    the right part, off = ceil(pct/100 · W) columns apart."""
+    w, h = dis.size
+    off = math.ceil(pct / 100 * w)
+    return ref.crop((0, 0, w - off, h)), dis.crop((off, 0, w, h))
+
+
+def zoom(ref, dis, pct):
+    """Zoom the distorted image in by about pct %: enlarge by an even number of pixels, crop
+    the centre, resize back (bilinear both ways). The reference is untouched."""
+    w, h = dis.size
+    dw, dh = _even(pct / 100 * w), _even(pct / 100 * h)
+    big = dis.resize((w + dw, h + dh), Image.BILINEAR)
+    cx, cy = (w + dw) // 2, (h + dh) // 2
+    hw, hh = math.ceil(w / 2), math.ceil(h / 2)
+    return ref, big.crop((cx - hw, cy - hh, cx + hw, cy + hh)).resize((w, h), Image.BILINEAR)
+
+
+def rotate(ref, dis, pct):
+    """Rotate the distorted image pct degrees clockwise (nearest, no expand, black corners)."""
+    return ref, dis.rotate(-pct)
+
+
+TRANSFORMS = {"tra": translate, "sca": zoom, "rot": rotate}
+
+
+def transform(ref, dis, kind, pct=1):
+    """(ref, dis) Pillow images → transformed (ref, dis); kind in tra|sca|rot."""
+    if kind not in TRANSFORMS:
+        raise UserError(f"unknown robustness transform '{kind}'; use one of {', '.join(TRANSFORMS)}")
+    return TRANSFORMS[kind](ref, dis, pct)
+
+
+class Transform:
+    """A picklable (kind, pct) transform for DataLoader workers."""
+
+    def __init__(self, kind, pct=1):
+        if kind not in TRANSFORMS:
+            raise UserError(f"unknown robustness transform '{kind}'; use one of {', '.join(TRANSFORMS)}")
+        self.kind, self.pct = kind, pct
+        self.changes_reference = kind == "tra"  # only the shift crops the reference too
+
+    def __call__(self, ref, dis):
+        return TRANSFORMS[self.kind](ref, dis, self.pct)
+
+
+def write_sweep(summary, stem):
+    """A sweep's table (<stem>.csv: distance, robustness, pct, n, SRCC, PLCC, KRCC) and plot
+    (<stem>.png: SRCC against magnitude, one panel per kind, one line per distance; the
+    clean run is magnitude 0). Returns the two paths."""
+    import csv
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fields = ["distance", "robustness", "pct", "n", "srcc", "plcc", "krcc", "plcc_logistic"]
+    with open(stem + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(summary)
+    kinds = [k for k in TRANSFORMS if any(r["robustness"] == k for r in summary)]
+    distances = list(dict.fromkeys(r["distance"] for r in summary))
+    clean = {r["distance"]: r["srcc"] for r in summary if r["robustness"] == "none"}
+    titles = {"tra": "translation (% of width)", "sca": "zoom-in (%)", "rot": "rotation (degrees)"}
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.4), dpi=120, squeeze=False, sharey=True)
+    for ax, kind in zip(axes[0], kinds):
+        for d in distances:
+            pts = sorted((r["pct"], r["srcc"]) for r in summary if r["robustness"] == kind and r["distance"] == d)
+            if d in clean:
+                pts = [(0, clean[d])] + pts
+            ax.plot([p for p, _ in pts], [s for _, s in pts], "o-", ms=3, label=d)
+        ax.set_title(titles[kind], fontsize=9)
+        ax.set_xlabel("magnitude")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("SRCC")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(stem + ".png")
+    plt.close(fig)
+    return stem + ".csv", stem + ".png"
