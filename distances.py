@@ -57,7 +57,9 @@ def _l2_weight(dist):
 
 
 def _softmax_rows(x):
-    return (torch.softmax(x, dim=1) + EPS_SOFTMAX).clamp_min(EPS_SOFTMAX)
+    """softmax over the 64 rows + 1e-10. The published clamp at 1e-10 that followed is a
+    no-op here (a softmax is ≥ 0), so it is not spent."""
+    return torch.softmax(x, dim=1).add_(EPS_SOFTMAX)
 
 
 def _finish(value):
@@ -65,35 +67,55 @@ def _finish(value):
     return torch.log(value.mean(-1) + 1) ** 0.25
 
 
-def _columns_and_l2(f_dis, f_ref):
-    x, y = (to_columns(f) for f in _fp32(f_dis, f_ref))
-    return x, y, (x - y).pow(2).sum(1)
+class Shared:
+    """Intermediates that skld, jsd and wsd have in common (column layout, squared
+    difference, row softmaxes and their logs), computed once when several are asked for."""
+
+    def __init__(self, f_dis, f_ref):
+        self.f_dis, self.f_ref = f_dis, f_ref
+        self._cache = {}
+
+    def get(self, name):
+        if name not in self._cache:
+            self._cache[name] = getattr(self, "_" + name)()
+        return self._cache[name]
+
+    def _cols(self):
+        x, y = (to_columns(f) for f in _fp32(self.f_dis, self.f_ref))
+        return x, y, (x - y).pow(2).sum(1)
+
+    def _rows(self):
+        x, y, _ = self.get("cols")
+        p, q = _softmax_rows(x), _softmax_rows(y)
+        return p, q, p.log(), q.log()
 
 
-def skld(f_dis, f_ref):
+def skld(f_dis, f_ref, shared=None):
     """Symmetric KL between softmax-over-rows column distributions, plus a weighted L2 term."""
-    x, y, sq = _columns_and_l2(f_dis, f_ref)
-    p, q = _softmax_rows(x), _softmax_rows(y)
-    log_p, log_q = p.log(), q.log()
-    terms = p * (log_p - log_q) + q * (log_q - log_p)
-    kld = terms.masked_fill(terms.isinf(), 0).sum(1) / 2
+    shared = shared or Shared(f_dis, f_ref)
+    _, _, sq = shared.get("cols")
+    p, q, log_p, log_q = shared.get("rows")
+    # p(log p − log q) + q(log q − log p) = (p − q)(log p − log q). The published code set
+    # infinite terms to 0; with p, q ≥ 1e-10 every term is finite, so that pass is not spent.
+    kld = (p - q).mul_(log_p - log_q).sum(1) / 2
     return _finish(kld + sq * _l2_weight(kld))
 
 
-def jsd(f_dis, f_ref):
+def jsd(f_dis, f_ref, shared=None):
     """Jensen-Shannon divergence between softmax-over-rows column distributions (no L2 term)."""
-    x, y, _ = _columns_and_l2(f_dis, f_ref)
-    p, q = _softmax_rows(x), _softmax_rows(y)
-    log_m = ((p + q) / 2 + 1e-17).log()
-    value = ((p * (p.log() - log_m)).sum(1) + (q * (q.log() - log_m)).sum(1)) / 2
+    shared = shared or Shared(f_dis, f_ref)
+    p, q, log_p, log_q = shared.get("rows")
+    log_m = (p + q).div_(2).add_(1e-17).log_()
+    value = ((log_p - log_m).mul_(p).sum(1) + (log_q - log_m).mul_(q).sum(1)) / 2
     return _finish(value)
 
 
-def wsd(f_dis, f_ref):
+def wsd(f_dis, f_ref, shared=None):
     """1-D Wasserstein-1 per column on support 0…63 with softmax-over-columns weights (not
     re-normalised per column, as POT 0.9 wasserstein_1d saw them), plus a weighted L2 term.
     With a shared integer support, W = Σ_{x<63} |cdf_u(x) − cdf_v(x)| exactly."""
-    x, y, sq = _columns_and_l2(f_dis, f_ref)
+    shared = shared or Shared(f_dis, f_ref)
+    x, y, sq = shared.get("cols")
     cu = torch.softmax(x, dim=-1).cumsum(1)
     cv = torch.softmax(y, dim=-1).cumsum(1)
     w = (cu - cv)[:, :-1].abs().sum(1)
@@ -129,3 +151,14 @@ DISTANCES = {
     "wsd": Distance(wsd, False, "Wasserstein-1 of column distributions + weighted L2"),
     "swd": Distance(swd, False, "sliced Wasserstein over layer vectors (seeded)"),
 }
+SHARES = ("skld", "jsd", "wsd")  # take `shared=`
+
+
+def compute(names, f_dis, f_ref, swd_seed=0):
+    """Several distances of the same stacks → [N, len(names)], intermediates shared."""
+    shared = Shared(f_dis, f_ref)
+    cols = []
+    for name in names:
+        kw = {"shared": shared} if name in SHARES else {"seed": swd_seed} if name == "swd" else {}
+        cols.append(DISTANCES[name].fn(f_dis, f_ref, **kw))
+    return torch.stack(cols, dim=1)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from distances import DISTANCES
+from distances import DISTANCES, compute
 from models import FeatureExtractor, get_backbone
 from utils import (UserError, check_pair_sizes, open_image, pil_to_tensor, resize_square,
                    to_float, window_count, windows)
@@ -43,13 +43,31 @@ def parse_distances(distances, backbone):
 
 @dataclass
 class Chunk:
-    """Some distorted images of one reference, decoded. `ref` may be None when an earlier
-    chunk already carried this reference; `last` marks the reference's final chunk."""
+    """Some distorted images of one reference, decoded: `dis` is a list of [3, H, W] or one
+    stacked [n, 3, H, W] tensor. `ref` may be None when an earlier chunk already carried this
+    reference; `last` marks the reference's final chunk."""
     ref_key: object
     ref: Optional[torch.Tensor]
-    dis: list
+    dis: object
     pair_ids: list
     last: bool = True
+
+    def pin_memory(self):
+        """Called by DataLoader(pin_memory=True): page-locked tensors copy to a GPU asynchronously."""
+        pin = lambda t: t.pin_memory() if torch.is_tensor(t) else t  # noqa: E731
+        return Chunk(self.ref_key, pin(self.ref), pin(self.dis) if torch.is_tensor(self.dis) else [pin(d) for d in self.dis],
+                     self.pair_ids, self.last)
+
+    def dis_runs(self):
+        """The distorted images as stacked runs of one size: [(first index, [n, 3, H, W])]."""
+        if torch.is_tensor(self.dis):
+            return [(0, self.dis)]
+        runs, start = [], 0
+        for k in range(1, len(self.dis) + 1):
+            if k == len(self.dis) or self.dis[k].shape != self.dis[start].shape:
+                runs.append((start, torch.stack(self.dis[start:k])))
+                start = k
+        return runs
 
 
 class SlotPool:
@@ -97,10 +115,11 @@ class Scorer:
     list, or 'all'; device: auto|cpu|cuda; precision: published|fp32|fp16|bf16; weights:
     a checkpoint path (else $ZSIQA_WEIGHTS_DIR, the library caches, then download);
     batch_size: windows per forward pass; workers: image-decoding processes for files;
-    resize: optional N for the published `-r N` square resize."""
+    resize: optional N for the published `-r N` square resize; compile: torch.compile the
+    distances (GPU speed; numbers agree to float32 rounding)."""
 
     def __init__(self, model="dinov1", distances="all", device="auto", precision="published",
-                 weights=None, batch_size=None, workers=None, resize=None, swd_seed=0):
+                 weights=None, batch_size=None, workers=None, resize=None, swd_seed=0, compile=False):
         self.backbone = get_backbone(model)
         self.distances = parse_distances(distances, self.backbone)
         self.single = isinstance(distances, str) and distances != "all" and "," not in distances
@@ -111,6 +130,9 @@ class Scorer:
         self.workers = (min(8, os.cpu_count() or 1) if gpu else 0) if workers is None else int(workers)
         self.resize = resize
         self.swd_seed = swd_seed
+        self.distance_batch = 64 if gpu else 2
+        # torch.compile fuses the distances' elementwise chains (opt-in: compiling takes a while)
+        self.compute = torch.compile(compute, dynamic=True) if compile else compute
         if self.batch_size < 1:
             raise UserError("--batch-size must be at least 1")
 
@@ -164,14 +186,16 @@ class Scorer:
         """Windows [B, 3, 224, 224] (uint8 or float in [0, 1]) → list of feature groups."""
         return _as_groups(self.extractor(to_float(windows_batch.to(self.device, non_blocking=True))))
 
-    def window_scores(self, f_dis, f_ref):
-        """Per-window scores [B, n_distances] (float64) for feature groups of equal length."""
-        cols = []
-        for name in self.distances:
-            fn = DISTANCES[name].fn
-            kw = {"seed": self.swd_seed} if name == "swd" else {}
-            cols.append(sum(fn(d, r, **kw) for d, r in zip(f_dis, f_ref)))
-        return torch.stack(cols, dim=1).double()
+    def window_scores(self, f_dis, ref_of):
+        """Per-window scores [B, n_distances] (float64): f_dis are feature groups, ref_of(a, b)
+        gives the matching reference groups of windows a:b. Done in sub-batches of
+        `distance_batch` windows, which bounds the intermediates' memory (and on a CPU keeps
+        them small enough to be reused rather than page-faulted in afresh)."""
+        n, step, out = f_dis[0].shape[0], self.distance_batch, []
+        for s in range(0, n, step):
+            part = [self.compute(self.distances, d[s:s + step], r, self.swd_seed) for d, r in zip(f_dis, ref_of(s, s + step))]
+            out.append(sum(part).double())
+        return torch.cat(out)
 
     def score_chunks(self, chunks):
         """The batched engine. Consumes Chunks; yields (pair id, scores) as pairs finish.
@@ -179,48 +203,50 @@ class Scorer:
         Windows are queued (a reference's windows before its distorted images'); whenever
         `batch_size` are queued they go through the backbone together; reference features
         go to the slot pool, distorted ones are compared against their reference's slots."""
+        dev = self.device
         pool = SlotPool()
-        ref_slots = {}                  # ref_key → (slots of its windows, its (H, W))
-        queue = collections.deque()     # (windows [k,3,224,224], is_ref, slots, rows)
+        refs = {}                       # ref_key → (slots of its windows, its (H, W))
+        queue = collections.deque()     # [windows [k,3,224,224] on dev, is_ref, slots, rows] (CPU index tensors)
         queued = 0
-        acc = torch.zeros(0, len(self.distances), dtype=torch.float64, device=self.device)
+        acc = torch.zeros(64, len(self.distances), dtype=torch.float64, device=dev)
         pending = collections.deque()   # (end position, pair id, row, n windows, ref to release)
         rows_free, next_row = [], 0
         position = 0                    # windows enqueued so far
 
-        def flush(limit):
+        def run_batches(limit):
+            """Encode full batches (or everything, limit=1); return the positions reached."""
             nonlocal queued, acc
-            done = []
+            reached = []
             while queued >= limit and queued > 0:
                 take, parts = min(self.batch_size, queued), []
                 while take:
                     wins, is_ref, slots, rows = queue[0]
                     n = min(take, wins.shape[0])
-                    parts.append((wins[:n], is_ref, slots[:n], rows[:n]))
+                    parts.append((wins[:n], is_ref[:n], slots[:n], rows[:n]))
                     if n == wins.shape[0]:
                         queue.popleft()
                     else:
-                        queue[0] = (wins[n:], is_ref, slots[n:], rows[n:])
+                        queue[0] = [wins[n:], is_ref[n:], slots[n:], rows[n:]]
                     take -= n
                     queued -= n
-                feats = self.encode(torch.cat([p[0] for p in parts]))
-                is_ref = torch.cat([torch.full((p[0].shape[0],), p[1]) for p in parts]).to(self.device)
-                slots = torch.cat([p[2] for p in parts]).to(self.device)
-                rows = torch.cat([p[3] for p in parts]).to(self.device)
-                if is_ref.any():
-                    pool.write(slots[is_ref], [f[is_ref] for f in feats])
-                dis = ~is_ref
-                if dis.any():
-                    f_dis = [f[dis] for f in feats]
-                    f_ref = pool.read(slots[dis])
-                    scores = self.window_scores(f_dis, f_ref)
+                feats = self.encode(parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts]))
+                is_ref, slots, rows = (torch.cat([p[k] for p in parts]) for k in (1, 2, 3))
+                ref_at = is_ref.nonzero().flatten()
+                if len(ref_at):
+                    at = ref_at.to(dev, non_blocking=True)
+                    pool.write(slots[ref_at].to(dev, non_blocking=True), [f[at] for f in feats])
+                dis_at = (~is_ref).nonzero().flatten()
+                if len(dis_at):
+                    f_dis = feats if len(ref_at) == 0 else [f[dis_at.to(dev, non_blocking=True)] for f in feats]
+                    ref_slots = slots[dis_at].to(dev, non_blocking=True)
+                    scores = self.window_scores(f_dis, lambda a, b: pool.read(ref_slots[a:b]))
                     if acc.shape[0] < next_row:
-                        grown = torch.zeros(max(next_row, 2 * acc.shape[0]), acc.shape[1], dtype=acc.dtype, device=acc.device)
+                        grown = torch.zeros(max(next_row, 2 * acc.shape[0]), acc.shape[1], dtype=acc.dtype, device=dev)
                         grown[: acc.shape[0]] = acc
                         acc = grown
-                    acc.index_add_(0, rows[dis], scores)
-                done.append(position - queued)
-            return done
+                    acc.index_add_(0, rows[dis_at].to(dev, non_blocking=True), scores)
+                reached.append(position - queued)
+            return reached
 
         def finished(upto):
             """Pop the pairs whose last window is below `upto`; one device→host copy."""
@@ -229,45 +255,53 @@ class Scorer:
                 ready.append(pending.popleft())
             if not ready:
                 return []
-            idx = torch.tensor([r[2] for r in ready], device=self.device)
+            idx = torch.tensor([r[2] for r in ready], device=dev)
             sums = acc[idx].cpu().numpy()
             acc[idx] = 0
             out = []
             for (end, pair_id, row, n, release), s in zip(ready, sums):
                 rows_free.append(row)
                 if release is not None:
-                    pool.release(ref_slots.pop(release)[0])
+                    pool.release(refs.pop(release)[0])
                 out.append((pair_id, s / n))
             return out
+
+        def enqueue(wins, is_ref, slots, rows):
+            nonlocal queued, position
+            queue.append([wins, torch.full((wins.shape[0],), is_ref), slots, rows])
+            queued += wins.shape[0]
+            position += wins.shape[0]
 
         for chunk in chunks:
             if isinstance(chunk, Exception):
                 raise chunk
-            if chunk.ref_key not in ref_slots:
+            if chunk.ref_key not in refs:
                 if chunk.ref is None:
                     raise RuntimeError("a reference's first chunk must carry its image")
-                wins = windows(chunk.ref.to(self.device, non_blocking=True))
+                wins = windows(chunk.ref.to(dev, non_blocking=True))
                 slots = pool.reserve(wins.shape[0])
-                ref_slots[chunk.ref_key] = (slots, tuple(chunk.ref.shape[-2:]))
-                queue.append((wins, True, torch.tensor(slots), torch.zeros(len(slots), dtype=torch.long)))
-                queued += wins.shape[0]
-                position += wins.shape[0]
-            slots, ref_shape = ref_slots[chunk.ref_key]
-            for j, (img, pair_id) in enumerate(zip(chunk.dis, chunk.pair_ids)):
-                check_pair_sizes(ref_shape, tuple(img.shape[-2:]), f"reference of pair {pair_id}", f"distorted image of pair {pair_id}")
-                wins = windows(img.to(self.device, non_blocking=True))
-                if rows_free:
-                    row = rows_free.pop()
-                else:
-                    row, next_row = next_row, next_row + 1
-                queue.append((wins, False, torch.tensor(slots), torch.full((len(slots),), row)))
-                queued += wins.shape[0]
-                position += wins.shape[0]
-                last = chunk.last and j == len(chunk.dis) - 1
-                pending.append((position, pair_id, row, wins.shape[0], chunk.ref_key if last else None))
-            for upto in flush(self.batch_size):
+                refs[chunk.ref_key] = (torch.tensor(slots), tuple(chunk.ref.shape[-2:]))
+                enqueue(wins, True, refs[chunk.ref_key][0], torch.zeros(len(slots), dtype=torch.long))
+            slots, ref_shape = refs[chunk.ref_key]
+            n_dis = len(chunk.pair_ids)
+            for start, imgs in chunk.dis_runs():
+                pair_ids = chunk.pair_ids[start:start + imgs.shape[0]]
+                check_pair_sizes(ref_shape, tuple(imgs.shape[-2:]), f"reference of pair {pair_ids[0]}", f"distorted image of pair {pair_ids[0]}")
+                wins = windows(imgs.to(dev, non_blocking=True))          # [n·K, 3, 224, 224]
+                k = len(slots)
+                rows = []
+                for j, pair_id in enumerate(pair_ids):
+                    if rows_free:
+                        row = rows_free.pop()
+                    else:
+                        row, next_row = next_row, next_row + 1
+                    rows.append(row)
+                    last = chunk.last and start + j == n_dis - 1
+                    pending.append((position + (j + 1) * k, pair_id, row, k, chunk.ref_key if last else None))
+                enqueue(wins, False, slots.repeat(len(pair_ids)), torch.tensor(rows).repeat_interleave(k))
+            for upto in run_batches(self.batch_size):
                 yield from finished(upto)
-        for upto in flush(1):
+        for upto in run_batches(1):
             yield from finished(upto)
 
 
@@ -323,6 +357,9 @@ class PairFiles(torch.utils.data.Dataset):
                         chunks[key] = Chunk(key, pil_to_tensor(r) if self.first[key] == k else None, [], [], self.last[key] == k)
                     chunks[key].dis.append(pil_to_tensor(d))
                     chunks[key].pair_ids.append((v, i))
+            for c in chunks.values():  # one tensor per chunk: one copy to the device
+                if len({d.shape for d in c.dis}) == 1:
+                    c.dis = torch.stack(c.dis)
             return list(chunks.values())
         except UserError as e:
             return e

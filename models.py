@@ -180,8 +180,17 @@ class Family:
 class ClipViT(Family):
     """OpenAI CLIP vision transformer from the `clip` package (sequence-first blocks)."""
 
+    def __init__(self, patch=32, width=768, layers=12, heads=12, output_dim=512):
+        self.dims = (patch, width, layers, heads, output_dim)
+
     def build(self, sd, backbone, path, half):
         import clip.model
+        if sd is None:  # random init (benchmarks): the same module the release builds
+            patch, width, layers, heads, out = self.dims
+            visual = clip.model.VisionTransformer(224, patch, width, layers, heads, out)
+            if half:
+                clip.model.convert_weights(visual)
+            return visual
         _check_keys(sd, backbone.expect, backbone, path)
         try:
             model = clip.model.build_model(dict(sd))  # fp16 where CLIP's release is fp16
@@ -220,7 +229,8 @@ class TimmViT(Family):
     def build(self, sd, backbone, path, half):
         import timm
         model = timm.create_model(self.arch, pretrained=False, num_classes=0, **self.kwargs)
-        _load_strict(model, sd, backbone, path)
+        if sd is not None:
+            _load_strict(model, sd, backbone, path)
         return model
 
     def _run(self, model, x):
@@ -305,6 +315,17 @@ def resolve_device(device="auto"):
         raise UserError(f"unknown device '{device}'; use auto, cpu or cuda") from None
 
 
+class _no_tf32_matmul:
+    """Context: fp32 matmuls in full fp32 (restores the previous setting)."""
+
+    def __enter__(self):
+        self.saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32 = self.saved
+
+
 class FeatureExtractor(nn.Module):
     """A loaded backbone on a device at a precision: windows [N, 3, 224, 224] in [0, 1]
     → features [N, L, T, D]. 'published' runs CLIP in fp16 and the rest in fp32 on a GPU,
@@ -319,8 +340,13 @@ class FeatureExtractor(nn.Module):
         on_gpu = self.device.type == "cuda"
         half = precision == "published" and on_gpu and backbone.cuda_published == "fp16"
         self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        self.weights_path = resolve_weights(backbone, weights)
-        sd = read_state_dict(self.weights_path)
+        self.strict_fp32 = precision == "fp32" and on_gpu  # 'published' keeps the library defaults, as the published runs did
+        if weights == "random":  # seeded random init: for speed measurements only
+            torch.manual_seed(0)
+            self.weights_path, sd = "random", None
+        else:
+            self.weights_path = resolve_weights(backbone, weights)
+            sd = read_state_dict(self.weights_path)
         self.model = backbone.family.build(sd, backbone, self.weights_path, half).eval().to(self.device)
         self.model.requires_grad_(False)
         self.forward_fn = getattr(backbone.family, backbone.output)
@@ -328,10 +354,13 @@ class FeatureExtractor(nn.Module):
     @torch.inference_mode()
     def forward(self, x):
         x = x.to(self.device, non_blocking=True)
-        if self.autocast is None:
-            return self.forward_fn(self.model, x)
-        with torch.autocast(self.device.type, dtype=self.autocast):
-            return self.forward_fn(self.model, x)
+        if self.autocast is not None:
+            with torch.autocast(self.device.type, dtype=self.autocast):
+                return self.forward_fn(self.model, x)
+        if self.strict_fp32:  # 'fp32' means fp32: no TF32 convolutions or matmuls on a GPU
+            with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), _no_tf32_matmul():
+                return self.forward_fn(self.model, x)
+        return self.forward_fn(self.model, x)
 
 
 def list_models():

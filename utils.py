@@ -118,15 +118,19 @@ def window_count(height, width):
 
 
 def windows(img):
-    """Crop every 224×224 window of img [3, H, W] (rows outer) → [K, 3, 224, 224], by one
-    gather instead of a Python loop over windows."""
-    _, h, w = img.shape
+    """Crop every 224×224 window (rows outer) of img [3, H, W] → [K, 3, 224, 224], or of a
+    stack [n, 3, H, W] → [n·K, 3, 224, 224] (image-major), by one gather per axis instead
+    of a Python loop over windows."""
+    batched = img.dim() == 4
+    img = img if batched else img[None]
+    n, c, h, w = img.shape
+    pr, pc = window_positions(h), window_positions(w)
     offs = torch.arange(WINDOW, device=img.device)
-    rows = (torch.tensor(window_positions(h), device=img.device)[:, None] + offs).reshape(-1)
-    cols = (torch.tensor(window_positions(w), device=img.device)[:, None] + offs).reshape(-1)
-    crops = img[:, rows][:, :, cols]  # [3, nr*224, nc*224]
-    nr, nc = len(window_positions(h)), len(window_positions(w))
-    return crops.reshape(3, nr, WINDOW, nc, WINDOW).permute(1, 3, 0, 2, 4).reshape(nr * nc, 3, WINDOW, WINDOW)
+    rows = (torch.tensor(pr, device=img.device)[:, None] + offs).reshape(-1)
+    cols = (torch.tensor(pc, device=img.device)[:, None] + offs).reshape(-1)
+    crops = img[:, :, rows][:, :, :, cols]  # [n, 3, nr*224, nc*224]
+    crops = crops.reshape(n, c, len(pr), WINDOW, len(pc), WINDOW).permute(0, 2, 4, 1, 3, 5)
+    return crops.reshape(n * len(pr) * len(pc), c, WINDOW, WINDOW)
 
 
 def check_pair_sizes(ref_size, dis_size, ref_name="reference", dis_name="distorted"):

@@ -1,6 +1,7 @@
 """Golden parity of the four main backbones with seed-0 stand-in checkpoints (PROTOCOL.md §3),
 through the Python API and the CLI. Each model's features are computed once per route."""
 import json
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -10,6 +11,7 @@ import pytest
 from conftest import GOLDEN, HAVE_SHARED, ROOT, close, needs_shared
 
 pytestmark = needs_shared
+DEVICE = os.environ.get("ZSIQA_TEST_DEVICE", "cpu")  # the API parity test also runs on a GPU in strict fp32
 
 
 def _rows(golden):
@@ -31,7 +33,7 @@ def api_scores(golden, checkpoint):
     for (model, ckpt), rows in _by_model(golden).items():
         distances = sorted({r["distance"] for r in rows})
         pairs = sorted({(r["ref"], r["dis"]) for r in rows})
-        scorer = Scorer(model, distances, device="cpu", weights=checkpoint(ckpt.split("_seed")[0]))
+        scorer = Scorer(model, distances, device=DEVICE, precision="fp32", weights=checkpoint(ckpt.split("_seed")[0]))
         got = scorer([str(GOLDEN / "models" / r) for r, _ in pairs], [str(GOLDEN / "models" / d) for _, d in pairs])
         for k, (r, d) in enumerate(pairs):
             for name in distances:

@@ -76,3 +76,9 @@ def test_load_image_errors(tmp_path):
 def test_resize_option(tmp_path):
     p = _save(tmp_path, "small.png", Image.new("RGB", (100, 80), (200, 10, 10)))
     assert load_image(p, resize=224).shape == (3, 224, 224)
+
+
+def test_windows_of_a_stack_are_image_major():
+    g = torch.Generator().manual_seed(0)
+    stack = torch.randint(0, 256, (3, 3, 260, 450), generator=g, dtype=torch.uint8)
+    assert torch.equal(windows(stack), torch.cat([windows(img) for img in stack]))

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Throughput: the batched engine against the straightforward one-pair loop, on a synthetic
+PIPAL-like set, plus the backbone's own forward throughput.
+
+  python bench.py                                   # defaults: dinov1, all five distances, 288 px, 20 refs, 2000 pairs
+  python bench.py --device cpu --refs 2 --pairs 16 --loop-pairs 4 --json
+
+(a) engine: Scorer.score_files over every pair (decoding in workers, batched windows, each
+    reference encoded once, all distances from one pass);
+(b) loop: one pair at a time, one window per forward pass, references re-encoded, same dtype
+    (timed on the first --loop-pairs pairs; its scores are checked against the engine's);
+(c) forward only: random [batch, 3, 224, 224] windows through the backbone.
+Weights are seeded random by default (speed does not depend on their values); the scores
+printed by a benchmark mean nothing.
+"""
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils import ArgParser, cli_entry, load_image, window_count, windows
+
+PUBLISHED_FIVE = "l2,cos,skld,jsd,wsd"
+
+
+def make_set(folder, size, n_refs, n_pairs, seed=0):
+    """PIPAL-like files: n_refs BMP references, n_pairs distorted BMPs spread over them."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    pairs = []
+    refs = []
+    for r in range(n_refs):
+        path = os.path.join(folder, f"R{r:04d}.bmp")
+        if not os.path.isfile(path):
+            base = rng.integers(0, 256, (size // 16 + 1, size // 16 + 1, 3), dtype=np.uint8)
+            Image.fromarray(base).resize((size, size), Image.BICUBIC).save(path)
+        refs.append(path)
+    for k in range(n_pairs):
+        ref = refs[k % n_refs]
+        path = os.path.join(folder, f"R{k % n_refs:04d}_{k:06d}.bmp")
+        if not os.path.isfile(path):
+            a = np.asarray(Image.open(ref), dtype=np.int16) + rng.integers(-25, 26, (size, size, 3), dtype=np.int16)
+            Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path)
+        pairs.append((ref, path))
+    pairs.sort()  # grouped by reference, as PIPAL's label files list them
+    return pairs
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_engine(scorer, pairs):
+    sync(scorer.device)
+    t = time.perf_counter()
+    rows = dict(scorer.score_files(pairs))
+    sync(scorer.device)
+    return time.perf_counter() - t, rows
+
+
+def time_loop(scorer, pairs):
+    """The published code's shape: per pair, per window, one forward each for ref and dis."""
+    from distances import DISTANCES
+    out = {}
+    sync(scorer.device)
+    t = time.perf_counter()
+    for i, (ref, dis) in enumerate(pairs):
+        wr, wd = windows(load_image(ref)), windows(load_image(dis))
+        per = []
+        for k in range(wr.shape[0]):
+            fr, fd = scorer.extractor(wr[k:k + 1]), scorer.extractor(wd[k:k + 1])
+            per.append(torch.stack([DISTANCES[d].fn(fd, fr) for d in scorer.distances], 1))
+        out[i] = torch.cat(per).double().mean(0).cpu().numpy()
+    sync(scorer.device)
+    return time.perf_counter() - t, out
+
+
+def time_forward(scorer, iters):
+    x = torch.rand(scorer.batch_size, 3, 224, 224, device=scorer.device)
+    for _ in range(3):
+        scorer.extractor(x)
+    sync(scorer.device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        scorer.extractor(x)
+    sync(scorer.device)
+    return iters * scorer.batch_size / (time.perf_counter() - t)
+
+
+@cli_entry
+def main(argv=None):
+    p = ArgParser(description=__doc__.split("\n")[1])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--model", default="dinov1")
+    p.add_argument("--distances", default=PUBLISHED_FIVE, help=f"default the published five: {PUBLISHED_FIVE}")
+    p.add_argument("--precision", default="published")
+    p.add_argument("--weights", default="random", help="'random' (seeded; default) or a checkpoint")
+    p.add_argument("--size", type=int, default=288)
+    p.add_argument("--refs", type=int, default=20)
+    p.add_argument("--pairs", type=int, default=2000)
+    p.add_argument("--loop-pairs", type=int, default=None, help="pairs timed with the loop (default 100 on a GPU, 4 on a CPU)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--forward-iters", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile the distances")
+    p.add_argument("--data", help="folder for the synthetic set (default a temporary one; reused if present)")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    from engine import Scorer
+    scorer = Scorer(a.model, a.distances, device=a.device, precision=a.precision, weights=a.weights,
+                    batch_size=a.batch_size, workers=a.workers, compile=a.compile)
+    gpu = scorer.device.type == "cuda"
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = make_set(a.data or tmp, a.size, a.refs, a.pairs)
+        time_engine(scorer, pairs[: min(len(pairs), 2 * a.refs)])  # warm-up: kernels, workers, compile
+        if gpu:
+            torch.cuda.reset_peak_memory_stats(scorer.device)
+        t_engine, rows = time_engine(scorer, pairs)
+        peak = torch.cuda.max_memory_allocated(scorer.device) / 2**30 if gpu else None
+        n_loop = min(len(pairs), a.loop_pairs if a.loop_pairs is not None else (100 if gpu else 4))
+        t_loop, loop_rows = time_loop(scorer, pairs[:n_loop]) if n_loop else (float("nan"), {})
+    fwd = time_forward(scorer, a.forward_iters or (30 if gpu else 2))
+    agree = max((float(np.max(np.abs(rows[i] - loop_rows[i]) / np.maximum(np.abs(loop_rows[i]), 1e-12))) for i in loop_rows), default=float("nan"))
+    per_pair = window_count(a.size, a.size) * (1 + a.refs / a.pairs)  # windows encoded per pair by the engine
+    engine_rate, loop_rate = len(pairs) / t_engine, n_loop / t_loop if n_loop else float("nan")
+    device_name = torch.cuda.get_device_name(scorer.device) if gpu else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    result = {"device": device_name, "model": a.model, "distances": list(scorer.distances), "precision": a.precision,
+              "compile": a.compile, "size": a.size, "refs": a.refs, "pairs": len(pairs), "batch_size": scorer.batch_size,
+              "workers": scorer.workers, "engine_pairs_per_s": round(engine_rate, 2), "loop_pairs_per_s": round(loop_rate, 3),
+              "loop_pairs_timed": n_loop, "speedup": round(engine_rate / loop_rate, 2) if n_loop else None,
+              "forward_windows_per_s": round(fwd, 1), "forward_bound_pairs_per_s": round(fwd / per_pair, 1),
+              "engine_share_of_forward": round(engine_rate * per_pair / fwd, 3),
+              "engine_vs_loop_max_rel_diff": agree, "peak_gpu_mem_gib": round(peak, 2) if peak is not None else None}
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print(f"{device_name} | {a.model} {','.join(scorer.distances)} | precision {a.precision}{' + compile' if a.compile else ''} | "
+              f"{len(pairs)} pairs of {a.size}px, {a.refs} refs, batch {scorer.batch_size}, workers {scorer.workers}")
+        print(f"  engine        {engine_rate:10.2f} pairs/s")
+        print(f"  one-pair loop {loop_rate:10.3f} pairs/s  (first {n_loop} pairs)   speedup ×{result['speedup']}")
+        print(f"  forward only  {fwd:10.1f} windows/s = {fwd / per_pair:.1f} pairs/s bound;  engine at {100 * result['engine_share_of_forward']:.0f}% of it")
+        print(f"  engine vs loop: max relative difference {agree:.2e}" + (f";  peak GPU memory {peak:.1f} GiB" if peak is not None else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    main()
