@@ -107,17 +107,16 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--forward-iters", type=int, default=None)
-    p.add_argument("--compile", action="store_true", help="torch.compile the distances")
     p.add_argument("--data", help="folder for the synthetic set (default a temporary one; reused if present)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     from engine import Scorer
     scorer = Scorer(a.model, a.distances, device=a.device, precision=a.precision, weights=a.weights,
-                    batch_size=a.batch_size, workers=a.workers, compile=a.compile)
+                    batch_size=a.batch_size, workers=a.workers)
     gpu = scorer.device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         pairs = make_set(a.data or tmp, a.size, a.refs, a.pairs)
-        time_engine(scorer, pairs[: min(len(pairs), 2 * a.refs)])  # warm-up: kernels, workers, compile
+        time_engine(scorer, pairs[: min(len(pairs), 2 * a.refs)])  # warm-up: kernels, workers
         if gpu:
             torch.cuda.reset_peak_memory_stats(scorer.device)
         t_engine, rows = time_engine(scorer, pairs)
@@ -130,7 +129,7 @@ def main(argv=None):
     engine_rate, loop_rate = len(pairs) / t_engine, n_loop / t_loop if n_loop else float("nan")
     device_name = torch.cuda.get_device_name(scorer.device) if gpu else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     result = {"device": device_name, "model": a.model, "distances": list(scorer.distances), "precision": a.precision,
-              "compile": a.compile, "size": a.size, "refs": a.refs, "pairs": len(pairs), "batch_size": scorer.batch_size,
+              "fused_kernels": gpu and os.environ.get("ZSIQA_FUSED", "1") != "0", "size": a.size, "refs": a.refs, "pairs": len(pairs), "batch_size": scorer.batch_size,
               "workers": scorer.workers, "engine_pairs_per_s": round(engine_rate, 2), "loop_pairs_per_s": round(loop_rate, 3),
               "loop_pairs_timed": n_loop, "speedup": round(engine_rate / loop_rate, 2) if n_loop else None,
               "forward_windows_per_s": round(fwd, 1), "forward_bound_pairs_per_s": round(fwd / per_pair, 1),
@@ -139,7 +138,7 @@ def main(argv=None):
     if a.json:
         print(json.dumps(result))
     else:
-        print(f"{device_name} | {a.model} {','.join(scorer.distances)} | precision {a.precision}{' + compile' if a.compile else ''} | "
+        print(f"{device_name} | {a.model} {','.join(scorer.distances)} | precision {a.precision}{' (fused distances)' if result['fused_kernels'] else ''} | "
               f"{len(pairs)} pairs of {a.size}px, {a.refs} refs, batch {scorer.batch_size}, workers {scorer.workers}")
         print(f"  engine        {engine_rate:10.2f} pairs/s")
         print(f"  one-pair loop {loop_rate:10.3f} pairs/s  (first {n_loop} pairs)   speedup ×{result['speedup']}")

@@ -8,6 +8,7 @@ columns. Inputs are promoted to float32: half-precision features are compared in
 
 `DISTANCES` is the one table; adding a distance is one entry.
 """
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -80,12 +81,15 @@ class Shared:
             self._cache[name] = getattr(self, "_" + name)()
         return self._cache[name]
 
+    def _layout(self):
+        return tuple(to_columns(f) for f in _fp32(self.f_dis, self.f_ref))
+
     def _cols(self):
-        x, y = (to_columns(f) for f in _fp32(self.f_dis, self.f_ref))
+        x, y = self.get("layout")
         return x, y, (x - y).pow(2).sum(1)
 
     def _rows(self):
-        x, y, _ = self.get("cols")
+        x, y = self.get("layout")
         p, q = _softmax_rows(x), _softmax_rows(y)
         return p, q, p.log(), q.log()
 
@@ -128,7 +132,7 @@ def swd(f_dis, f_ref, seed=0):
     f_dis, f_ref = _fp32(f_dis, f_ref)
     n, layers = f_dis.shape[:2]
     gen = torch.Generator().manual_seed(seed)
-    dirs = F.normalize(torch.randn(layers, layers, generator=gen), dim=1).to(f_dis.device)
+    dirs = F.normalize(torch.randn(layers, layers, generator=gen), dim=1).to(f_dis.device, non_blocking=True)
     proj_dis = torch.einsum("kl,nlp->nkp", dirs, f_dis.reshape(n, layers, -1)).sort(-1).values
     proj_ref = torch.einsum("kl,nlp->nkp", dirs, f_ref.reshape(n, layers, -1)).sort(-1).values
     return (proj_dis - proj_ref).pow(2).mean(1).sum(-1)
@@ -155,10 +159,26 @@ SHARES = ("skld", "jsd", "wsd")  # take `shared=`
 
 
 def compute(names, f_dis, f_ref, swd_seed=0):
-    """Several distances of the same stacks → [N, len(names)], intermediates shared."""
+    """Several distances of the same stacks → [N, len(names)], intermediates shared. On CUDA
+    skld/jsd/wsd, cos, and l2 (when the column layout only pads) come from the fused Triton
+    kernels of fused.py, which read each side once or twice (ZSIQA_FUSED=0: all eager)."""
     shared = Shared(f_dis, f_ref)
+    fast = {}
+    if os.environ.get("ZSIQA_FUSED", "1") != "0":
+        import fused
+        if fused.available(f_dis.device):
+            if any(n in SHARES for n in names):
+                fast = fused.distribution_distances(*shared.get("layout"))
+                t, d = f_dis.shape[-2:]
+                if "l2" in names and round(t / 8) * 8 >= t and round(d / 8) * 8 >= d:
+                    fast["l2"] = fast["sq_total"] / (t * d)  # padding adds zeros on both sides: Σ_l mean_l = Σ / (T·D)
+            if "cos" in names:
+                fast["cos"] = fused.token_cosine(f_dis.float(), f_ref.float())
     cols = []
     for name in names:
+        if name in fast:
+            cols.append(fast[name])
+            continue
         kw = {"shared": shared} if name in SHARES else {"seed": swd_seed} if name == "swd" else {}
         cols.append(DISTANCES[name].fn(f_dis, f_ref, **kw))
     return torch.stack(cols, dim=1)

@@ -115,11 +115,10 @@ class Scorer:
     list, or 'all'; device: auto|cpu|cuda; precision: published|fp32|fp16|bf16; weights:
     a checkpoint path (else $ZSIQA_WEIGHTS_DIR, the library caches, then download);
     batch_size: windows per forward pass; workers: image-decoding processes for files;
-    resize: optional N for the published `-r N` square resize; compile: torch.compile the
-    distances (GPU speed; numbers agree to float32 rounding)."""
+    resize: optional N for the published `-r N` square resize."""
 
     def __init__(self, model="dinov1", distances="all", device="auto", precision="published",
-                 weights=None, batch_size=None, workers=None, resize=None, swd_seed=0, compile=False):
+                 weights=None, batch_size=None, workers=None, resize=None, swd_seed=0):
         self.backbone = get_backbone(model)
         self.distances = parse_distances(distances, self.backbone)
         self.single = isinstance(distances, str) and distances != "all" and "," not in distances
@@ -130,9 +129,7 @@ class Scorer:
         self.workers = (min(8, os.cpu_count() or 1) if gpu else 0) if workers is None else int(workers)
         self.resize = resize
         self.swd_seed = swd_seed
-        self.distance_batch = 64 if gpu else 2
-        # torch.compile fuses the distances' elementwise chains (opt-in: compiling takes a while)
-        self.compute = torch.compile(compute, dynamic=True) if compile else compute
+        self.distance_batch = 128 if gpu else 2
         if self.batch_size < 1:
             raise UserError("--batch-size must be at least 1")
 
@@ -193,7 +190,7 @@ class Scorer:
         them small enough to be reused rather than page-faulted in afresh)."""
         n, step, out = f_dis[0].shape[0], self.distance_batch, []
         for s in range(0, n, step):
-            part = [self.compute(self.distances, d[s:s + step], r, self.swd_seed) for d, r in zip(f_dis, ref_of(s, s + step))]
+            part = [compute(self.distances, d[s:s + step], r, self.swd_seed) for d, r in zip(f_dis, ref_of(s, s + step))]
             out.append(sum(part).double())
         return torch.cat(out)
 
@@ -248,23 +245,40 @@ class Scorer:
                 reached.append(position - queued)
             return reached
 
-        def finished(upto):
-            """Pop the pairs whose last window is below `upto`; one device→host copy."""
+        inflight = collections.deque()  # (event, host scores, finished pairs) read back later
+
+        def collect(upto):
+            """Pairs whose last window is below `upto`: queue one device→host copy of their
+            sums and free their rows and reference slots (later work is ordered after it)."""
             ready = []
             while pending and pending[0][0] <= upto:
                 ready.append(pending.popleft())
             if not ready:
-                return []
-            idx = torch.tensor([r[2] for r in ready], device=dev)
-            sums = acc[idx].cpu().numpy()
-            acc[idx] = 0
-            out = []
-            for (end, pair_id, row, n, release), s in zip(ready, sums):
+                return
+            idx = torch.tensor([r[2] for r in ready]).to(dev, non_blocking=True)
+            sums = acc.index_select(0, idx)
+            acc.index_fill_(0, idx, 0)
+            event = None
+            if dev.type == "cuda":  # asynchronous: the CPU goes on preparing the next batch
+                host = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True)
+                host.copy_(sums, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                sums = host
+            for _, _, row, _, release in ready:
                 rows_free.append(row)
                 if release is not None:
                     pool.release(refs.pop(release)[0])
-                out.append((pair_id, s / n))
-            return out
+            inflight.append((event, sums, ready))
+
+        def drain(keep):
+            """Yield finished pairs, leaving at most `keep` read-backs in flight."""
+            while len(inflight) > keep:
+                event, sums, ready = inflight.popleft()
+                if event is not None:
+                    event.synchronize()
+                for (_, pair_id, _, n, _), s in zip(ready, sums.numpy()):
+                    yield pair_id, s / n
 
         def enqueue(wins, is_ref, slots, rows):
             nonlocal queued, position
@@ -300,9 +314,11 @@ class Scorer:
                     pending.append((position + (j + 1) * k, pair_id, row, k, chunk.ref_key if last else None))
                 enqueue(wins, False, slots.repeat(len(pair_ids)), torch.tensor(rows).repeat_interleave(k))
             for upto in run_batches(self.batch_size):
-                yield from finished(upto)
+                collect(upto)
+            yield from drain(keep=1 if dev.type == "cuda" else 0)
         for upto in run_batches(1):
-            yield from finished(upto)
+            collect(upto)
+        yield from drain(keep=0)
 
 
 # ---------------------------------------------------------------- reading files

@@ -125,9 +125,9 @@ def windows(img):
     img = img if batched else img[None]
     n, c, h, w = img.shape
     pr, pc = window_positions(h), window_positions(w)
-    offs = torch.arange(WINDOW, device=img.device)
-    rows = (torch.tensor(pr, device=img.device)[:, None] + offs).reshape(-1)
-    cols = (torch.tensor(pc, device=img.device)[:, None] + offs).reshape(-1)
+    offs = torch.arange(WINDOW)  # indices built on the host and sent without a device sync
+    rows = (torch.tensor(pr)[:, None] + offs).reshape(-1).to(img.device, non_blocking=True)
+    cols = (torch.tensor(pc)[:, None] + offs).reshape(-1).to(img.device, non_blocking=True)
     crops = img[:, :, rows][:, :, :, cols]  # [n, 3, nr*224, nc*224]
     crops = crops.reshape(n, c, len(pr), WINDOW, len(pc), WINDOW).permute(0, 2, 4, 1, 3, 5)
     return crops.reshape(n * len(pr) * len(pc), c, WINDOW, WINDOW)
