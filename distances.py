@@ -158,7 +158,7 @@ DISTANCES = {
 SHARES = ("skld", "jsd", "wsd")  # take `shared=`
 
 
-def compute(names, f_dis, f_ref, swd_seed=0):
+def compute(names, f_dis, f_ref, swd_seed=0, cos_skip_nonfinite=False):
     """Several distances of the same stacks → [N, len(names)], intermediates shared. On CUDA
     skld/jsd/wsd, cos, and l2 (when the column layout only pads) come from the fused Triton
     kernels of fused.py, which read each side once or twice (ZSIQA_FUSED=0: all eager)."""
@@ -172,13 +172,14 @@ def compute(names, f_dis, f_ref, swd_seed=0):
                 t, d = f_dis.shape[-2:]
                 if "l2" in names and round(t / 8) * 8 >= t and round(d / 8) * 8 >= d:
                     fast["l2"] = fast["sq_total"] / (t * d)  # padding adds zeros on both sides: Σ_l mean_l = Σ / (T·D)
-            if "cos" in names:
+            if "cos" in names and not cos_skip_nonfinite:
                 fast["cos"] = fused.token_cosine(f_dis.float(), f_ref.float())
     cols = []
     for name in names:
         if name in fast:
             cols.append(fast[name])
             continue
-        kw = {"shared": shared} if name in SHARES else {"seed": swd_seed} if name == "swd" else {}
+        kw = {"shared": shared} if name in SHARES else {"seed": swd_seed} if name == "swd" else \
+             {"skip_nonfinite": cos_skip_nonfinite} if name == "cos" else {}
         cols.append(DISTANCES[name].fn(f_dis, f_ref, **kw))
     return torch.stack(cols, dim=1)

@@ -37,7 +37,9 @@ def parse_distances(distances, backbone):
         if d not in DISTANCES:
             raise UserError(f"unknown distance '{d}'; known: {', '.join(DISTANCES)}")
         if d not in backbone.distances:
-            raise UserError(f"distance '{d}' does not apply to {backbone.name}; it takes: {', '.join(backbone.distances)}")
+            why = " (conv feature maps: the published code defines only l2 and cos on them)" if backbone.maps else \
+                  " (an embedding: only cos applies)" if backbone.output == "embed" else ""
+            raise UserError(f"distance '{d}' does not apply to {backbone.name}; it takes: {', '.join(backbone.distances)}{why}")
     return distances
 
 
@@ -115,14 +117,15 @@ class Scorer:
     list, or 'all'; device: auto|cpu|cuda; precision: published|fp32|fp16|bf16; weights:
     a checkpoint path (else $ZSIQA_WEIGHTS_DIR, the library caches, then download);
     batch_size: windows per forward pass; workers: image-decoding processes for files;
-    resize: optional N for the published `-r N` square resize."""
+    resize: optional N for the published `-r N` square resize; model_norm: feed the
+    backbone its own mean/std-normalised input instead of raw [0, 1] (not the protocol)."""
 
     def __init__(self, model="dinov1", distances="all", device="auto", precision="published",
-                 weights=None, batch_size=None, workers=None, resize=None, swd_seed=0):
+                 weights=None, batch_size=None, workers=None, resize=None, swd_seed=0, model_norm=False):
         self.backbone = get_backbone(model)
         self.distances = parse_distances(distances, self.backbone)
         self.single = isinstance(distances, str) and distances != "all" and "," not in distances
-        self.extractor = FeatureExtractor(self.backbone, weights, device, precision)
+        self.extractor = FeatureExtractor(self.backbone, weights, device, precision, model_norm)
         self.device = self.extractor.device
         gpu = self.device.type == "cuda"
         self.batch_size = int(batch_size or (256 if gpu else 16))
@@ -190,7 +193,8 @@ class Scorer:
         them small enough to be reused rather than page-faulted in afresh)."""
         n, step, out = f_dis[0].shape[0], self.distance_batch, []
         for s in range(0, n, step):
-            part = [compute(self.distances, d[s:s + step], r, self.swd_seed) for d, r in zip(f_dis, ref_of(s, s + step))]
+            part = [compute(self.distances, d[s:s + step], r, self.swd_seed, self.backbone.cos_skip_nonfinite)
+                    for d, r in zip(f_dis, ref_of(s, s + step))]
             out.append(sum(part).double())
         return torch.cat(out)
 

@@ -5,6 +5,7 @@ A backbone is data (`Backbone`): which family builds it from a state dict, which
 it reads and where that file comes from, which outputs are compared, which distances apply
 and its published precision. Families hold the only architecture-specific code.
 """
+import math
 import os
 import warnings
 import zipfile
@@ -25,14 +26,26 @@ ALL_DISTANCES = ("l2", "cos", "skld", "jsd", "wsd", "swd")
 
 @dataclass(frozen=True)
 class Weights:
-    """Where a backbone's weights come from. `file` is the official release's file name,
-    looked for in $ZSIQA_WEIGHTS_DIR; `caches` are the places the upstream libraries keep it;
-    `url` is the official download (sha256 prefix checked when known)."""
+    """Where a backbone's weights come from. `file` is the path looked for under
+    $ZSIQA_WEIGHTS_DIR (the official file name; hub files keep their repository folders);
+    `caches` are the places the upstream libraries keep it; `url` is the official download
+    ('clip:NAME' for OpenAI's list, 'hf:REPO/FILE' for the Hugging Face hub)."""
     file: str
-    url: Optional[str]               # 'clip:NAME' = the URL the clip package lists for NAME
+    url: Optional[str]
     caches: Callable[[], list]
     source: str                      # one line for humans: where to get the file
     sha256_prefix: Optional[str] = None
+
+    def download(self, target):
+        """Fetch the file; returns its path (the hub keeps its own cache)."""
+        if self.url.startswith("hf:"):
+            from huggingface_hub import hf_hub_download
+            repo, _, name = self.url[3:].rpartition("/")
+            return hf_hub_download(repo, name)
+        url, sha = self.download_url()
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        torch.hub.download_url_to_file(url, target, hash_prefix=sha, progress=True)
+        return target
 
     def download_url(self):
         """(url, sha256 prefix); OpenAI's URLs carry the file's sha256 as their folder name."""
@@ -67,6 +80,15 @@ def _join(*caches):
     return lambda: [p for c in caches for p in c()]
 
 
+def _openai(file, name):
+    return Weights(file, f"clip:{name}", _clip_cache(file), f"OpenAI CLIP (the clip package downloads it as '{name}')")
+
+
+def _hub(repo, file, source=None):
+    """Weights published on the Hugging Face hub; $ZSIQA_WEIGHTS_DIR/REPO/FILE offline."""
+    return Weights(f"{repo}/{file}", f"hf:{repo}/{file}", _hf_cache(repo, file), source or f"https://huggingface.co/{repo} ({file})")
+
+
 def weight_candidates(w):
     """Every place looked at, in order: $ZSIQA_WEIGHTS_DIR, then the library caches."""
     places = []
@@ -93,12 +115,8 @@ def resolve_weights(backbone, explicit=None):
             return p
     why = "offline (ZSIQA_OFFLINE/HF_HUB_OFFLINE set)" if _offline() or not w.url else None
     if why is None:
-        target = w.caches()[0]
         try:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            url, sha = w.download_url()
-            torch.hub.download_url_to_file(url, target, hash_prefix=sha, progress=True)
-            return target
+            return w.download(w.caches()[0])
         except Exception as e:  # any network or disk failure ends in the one-line message
             why = f"download failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
     raise UserError(f"weights for {backbone.name} not found: need {w.file} from {w.source}; "
@@ -161,11 +179,50 @@ def _load_strict(module, sd, backbone, path):
                         f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})")
 
 
+# ---------------------------------------------------------------- state-dict key layouts
+
+def visual_only(sd, prefix="visual."):
+    """The `visual.*` part of a CLIP/OpenCLIP checkpoint, prefix removed (text tower ignored)."""
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+_HF_VIT_RENAMES = (  # Hugging Face ViT/DINOv2 names → timm's (PROTOCOL.md §3b)
+    ("embeddings.cls_token", "cls_token"), ("embeddings.position_embeddings", "pos_embed"),
+    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."), ("encoder.layer.", "blocks."),
+    (".attention.output.dense.", ".attn.proj."), (".layernorm_before.", ".norm1."), (".layernorm_after.", ".norm2."),
+    (".intermediate.dense.", ".mlp.fc1."), (".output.dense.", ".mlp.fc2."),
+    (".layer_scale1.lambda1", ".ls1.gamma"), (".layer_scale2.lambda1", ".ls2.gamma"), ("layernorm.", "norm."),
+)
+
+
+def hf_vit_to_timm(sd):
+    """Hugging Face ViT / DINOv2 / DINO (`facebook/dino-vitb16`) keys onto timm's ViT;
+    timm-layout files pass through. query/key/value are concatenated into qkv."""
+    if not any(".attention.attention.query." in k for k in sd):
+        return sd
+    sd = {k[4:] if k.startswith("vit.") else k: v for k, v in sd.items()}
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(("classifier.", "pooler.")) or k == "embeddings.mask_token" or ".attention.attention." in k:
+            continue
+        for old, new in _HF_VIT_RENAMES:
+            k = k.replace(old, new)
+        out[k] = v
+    for k in [k for k in sd if ".attention.attention.query." in k]:
+        block = k.split(".attention.attention.query.")[0].replace("encoder.layer.", "blocks.")
+        kind = k.rsplit(".", 1)[1]
+        parts = [sd[k.replace(".query.", f".{n}.")] for n in ("query", "key", "value")]
+        out[f"{block}.attn.qkv.{kind}"] = torch.cat(parts, 0)
+    return out
+
+
 # ---------------------------------------------------------------- families
 
 class Family:
-    """How one family of architectures is built from a state dict and run. `layers` returns
-    the stacked block outputs [N, L, T, D]; `embed` the compared embedding [N, 1, T, D]."""
+    """How one family of architectures is built from a state dict (None: random init, for
+    benchmarks) and run. `layers` gives the compared feature groups: one stack [N, L, T, D]
+    for transformers, one [N, L_g, C, H, W] per map shape for conv nets; `embed` gives the
+    compared embedding [N, 1, T, D]."""
 
     def build(self, sd, backbone, path, half):
         raise NotImplementedError
@@ -178,26 +235,25 @@ class Family:
 
 
 class ClipViT(Family):
-    """OpenAI CLIP vision transformer from the `clip` package (sequence-first blocks)."""
+    """CLIP's vision transformer built from the `clip` package's module (sequence-first
+    blocks). openclip=True: OpenCLIP's ViT, the same but with GELU instead of QuickGELU."""
 
-    def __init__(self, patch=32, width=768, layers=12, heads=12, output_dim=512):
-        self.dims = (patch, width, layers, heads, output_dim)
+    def __init__(self, patch=32, width=768, layers=12, heads=12, output_dim=512, openclip=False):
+        self.dims, self.openclip = (patch, width, layers, heads, output_dim), openclip
 
     def build(self, sd, backbone, path, half):
         import clip.model
-        if sd is None:  # random init (benchmarks): the same module the release builds
-            patch, width, layers, heads, out = self.dims
-            visual = clip.model.VisionTransformer(224, patch, width, layers, heads, out)
-            if half:
-                clip.model.convert_weights(visual)
-            return visual
-        _check_keys(sd, backbone.expect, backbone, path)
-        try:
-            model = clip.model.build_model(dict(sd))  # fp16 where CLIP's release is fp16
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise UserError(f"weights file {path} does not fit {backbone.name} ({backbone.arch}): {str(e).splitlines()[0][:200]}") from None
-        visual = model.visual
-        return visual if half else visual.float()
+        patch, width, layers, heads, out = self.dims
+        visual = clip.model.VisionTransformer(224, patch, width, layers, heads, out)
+        if self.openclip:
+            for block in visual.transformer.resblocks:
+                block.mlp.gelu = nn.GELU()
+        if sd is not None:
+            _check_keys(sd, backbone.expect, backbone, path)
+            _load_strict(visual, visual_only(sd), backbone, path)
+        if half:  # what clip.load gives on a GPU: convolutions, linears, attention in fp16
+            clip.model.convert_weights(visual)
+        return visual
 
     def _tokens(self, visual, x):
         x = visual.conv1(x.type(visual.conv1.weight.dtype))
@@ -220,8 +276,80 @@ class ClipViT(Family):
         return F.normalize(e.float(), dim=-1)[:, None, None, :]
 
 
+class ClipResNet(Family):
+    """CLIP's modified ResNet (`clip` package). Maps: the stem after its average pool, then
+    layer1…layer4 (not the attention pool), each its own group [N, 1, C, H, W]."""
+
+    def __init__(self, layers=(3, 4, 6, 3), width=64, output_dim=1024):
+        self.blocks, self.width, self.output_dim = layers, width, output_dim
+
+    def build(self, sd, backbone, path, half):
+        import clip.model
+        visual = clip.model.ModifiedResNet(self.blocks, self.output_dim, self.width * 32 // 64, 224, self.width)
+        if sd is not None:
+            _check_keys(sd, backbone.expect, backbone, path)
+            _load_strict(visual, visual_only(sd), backbone, path)
+        if half:
+            clip.model.convert_weights(visual)
+        return visual
+
+    def layers(self, v, x):
+        x = x.type(v.conv1.weight.dtype)
+        x = v.relu1(v.bn1(v.conv1(x)))
+        x = v.relu2(v.bn2(v.conv2(x)))
+        x = v.avgpool(v.relu3(v.bn3(v.conv3(x))))
+        outs = [x]
+        for stage in (v.layer1, v.layer2, v.layer3, v.layer4):
+            x = stage(x)
+            outs.append(x)
+        return [o[:, None] for o in outs]
+
+    def embed(self, v, x):
+        return F.normalize(v(x).float(), dim=-1)[:, None, None, :]
+
+
+class _TrunkAndProjection(nn.Module):
+    """OpenCLIP's timm-tower: `trunk` (a timm model without classifier) and `head.proj`."""
+
+    def __init__(self, trunk, in_dim, out_dim):
+        super().__init__()
+        self.trunk = trunk
+        self.head = nn.Module()
+        self.head.proj = nn.Linear(in_dim, out_dim, bias=False)
+
+
+class OpenClipConvNeXt(Family):
+    """OpenCLIP convnext_base_w: timm's convnext_base trunk; maps = the output of each of the
+    36 blocks in forward order, stacked per stage (4 groups [N, L_s, C, H, W])."""
+
+    def build(self, sd, backbone, path, half):
+        import timm
+        model = _TrunkAndProjection(timm.create_model("convnext_base", pretrained=False, num_classes=0), 1024, 640)
+        if sd is not None:
+            _check_keys(sd, backbone.expect, backbone, path)
+            _load_strict(model, visual_only(sd), backbone, path)
+        return model
+
+    def layers(self, model, x):
+        t = model.trunk
+        x = t.stem(x)
+        groups = []
+        for stage in t.stages:
+            x = stage.downsample(x)
+            outs = []
+            for block in stage.blocks:
+                x = block(x)
+                outs.append(x)
+            groups.append(torch.stack(outs, dim=1))
+        return groups
+
+    def embed(self, model, x):
+        return F.normalize(model.head.proj(model.trunk(x)).float(), dim=-1)[:, None, None, :]
+
+
 class TimmViT(Family):
-    """A timm VisionTransformer; block outputs with prefix tokens, before the final norm."""
+    """A timm VisionTransformer; block outputs with prefix tokens, before the final norm.
+    Reads timm/DINO-layout and Hugging Face-layout state dicts alike."""
 
     def __init__(self, arch, **kwargs):
         self.arch, self.kwargs = arch, kwargs
@@ -230,13 +358,14 @@ class TimmViT(Family):
         import timm
         model = timm.create_model(self.arch, pretrained=False, num_classes=0, **self.kwargs)
         if sd is not None:
-            _load_strict(model, sd, backbone, path)
+            _load_strict(model, hf_vit_to_timm(sd), backbone, path)
         return model
 
+    def _embed_tokens(self, model, x):
+        return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+
     def _run(self, model, x):
-        x = model.patch_embed(x)
-        x = model._pos_embed(x)
-        x = model.norm_pre(model.patch_drop(x))
+        x = self._embed_tokens(model, x)
         outs = []
         for block in model.blocks:
             x = block(x)
@@ -250,50 +379,151 @@ class TimmViT(Family):
         return F.normalize(model.norm(self._run(model, x)[-1]).float(), dim=-1)[:, None]
 
 
+class DinoV2(TimmViT):
+    """DINOv2 ViT-B/14 whose 37×37 position grid is resampled for a 224-px window (16×16
+    patches) exactly as Hugging Face transformers 4.44 did: bicubic by scale factor
+    (16 + 0.1)/37 in float32, class position kept apart (PROTOCOL.md §3b)."""
+
+    def _embed_tokens(self, model, x):
+        patch = model.patch_embed.proj.kernel_size[0]
+        h, w = x.shape[-2] // patch, x.shape[-1] // patch
+        tokens = model.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        pos = model.pos_embed
+        grid = int(math.sqrt(pos.shape[1] - 1))
+        patch_pos = pos[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(patch_pos.float(), scale_factor=((h + 0.1) / grid, (w + 0.1) / grid),
+                                  mode="bicubic", align_corners=False).to(pos.dtype)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1])
+        return tokens + torch.cat([pos[:, :1], patch_pos], dim=1)
+
+
+class TimmHub(Family):
+    """A timm model with weights from its timm hub repository, built for 224-px windows
+    (timm adapts position embeddings when loading). Features: every block's output, prefix
+    tokens (class, registers) included, via forward hooks (works for ViT and EVA classes)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def build(self, sd, backbone, path, half):
+        import timm
+        kwargs = dict(num_classes=0, img_size=224)
+        if sd is None:
+            return timm.create_model(self.name, pretrained=False, **kwargs)
+        try:
+            return timm.create_model(self.name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise UserError(f"weights file {path} does not fit {backbone.name} ({backbone.arch}): {str(e).splitlines()[0][:200]}") from None
+
+    def layers(self, model, x):
+        outs = []
+        hooks = [b.register_forward_hook(lambda m, i, o: outs.append(o)) for b in model.blocks]
+        try:
+            model.forward_features(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return torch.stack(outs, dim=1)
+
+
 # ---------------------------------------------------------------- the registry
 
 @dataclass(frozen=True)
 class Backbone:
-    """One registry entry. `output` is 'layers' (stacked block outputs) or 'embed'."""
+    """One registry entry. `output`: 'layers' or 'embed'; `maps`: conv feature maps (only
+    l2 and cos exist for them); `cos_skip_nonfinite`: the published clip_rn50 quirk."""
     name: str
     arch: str
     family: Family
     weights: Weights
     output: str
     cuda_published: str           # dtype of the published GPU runs: 'fp16' or 'fp32'
-    shape: tuple                  # feature shape per window (L, T, D)
+    shape: str                    # compared features per 224-px window, for the listing
     published: bool = True
+    maps: bool = False
+    cos_skip_nonfinite: bool = False
+    norm: tuple = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # the model's own mean/std (--model-norm)
     expect: dict = field(default_factory=dict)   # key → shape checks on the weights file
 
     @property
     def distances(self):
-        return ("cos",) if self.output == "embed" else ALL_DISTANCES
+        return ("cos",) if self.output == "embed" else ("l2", "cos") if self.maps else ALL_DISTANCES
 
 
-_CLIP_B32 = Weights(
-    "ViT-B-32.pt", "clip:ViT-B/32", _clip_cache("ViT-B-32.pt"),
-    "OpenAI CLIP (the clip package downloads it as 'ViT-B/32')")
+IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+HALF_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
-_DINO_B16 = Weights(
+_W_CLIP_B32 = _openai("ViT-B-32.pt", "ViT-B/32")
+_W_CLIP_RN50 = _openai("RN50.pt", "RN50")
+_W_DINO = Weights(
     "dino_vitbase16_pretrain.pth",
     "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
     _join(_torch_hub_cache("dino_vitbase16_pretrain.pth"), _hf_cache("timm/vit_base_patch16_224.dino", "model.safetensors")),
     "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth")
+_W_OC_B32 = _hub("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip_pytorch_model.bin")
+_W_OC_B32_TECOA = _hub("chs20/TeCoA4-ViT-B-32-laion2B-s34B-b79K", "open_clip_pytorch_model.bin")
+_W_OC_CNX = _hub("laion/CLIP-convnext_base_w-laion2B-s13B-b82K", "open_clip_pytorch_model.bin")
+_W_OC_CNX_TECOA = _hub("chs20/TeCoA4-convnext_base_w-laion2B-s13B-b82K-augreg", "open_clip_pytorch_model.bin")
+_W_DINOV2 = _hub("facebook/dinov2-base", "model.safetensors")
+_W_IN_VIT = _hub("google/vit-base-patch16-224", "model.safetensors")
 
-_CLIP_B32_KEYS = {"visual.conv1.weight": (768, 3, 32, 32), "visual.proj": (768, 512),
-                  "visual.positional_embedding": (50, 768)}
+_K_VIT_B32 = {"visual.conv1.weight": (768, 3, 32, 32), "visual.proj": (768, 512), "visual.positional_embedding": (50, 768)}
+_K_RN50 = {"visual.conv1.weight": (32, 3, 3, 3), "visual.attnpool.c_proj.weight": (1024, 2048)}
+_K_CNX = {"visual.head.proj.weight": (640, 1024), "visual.trunk.stem.0.weight": (128, 3, 4, 4)}
+
 # The published DINO runs used the Hugging Face ViT, whose LayerNorm eps is 1e-12 (§3).
-_DINO_FAMILY = TimmViT("vit_base_patch16_224", norm_layer=partial(nn.LayerNorm, eps=1e-12))
+_F_DINO = TimmViT("vit_base_patch16_224", norm_layer=partial(nn.LayerNorm, eps=1e-12))
+_F_CLIP_B32, _F_OC_B32 = ClipViT(), ClipViT(openclip=True)
+_F_RN50, _F_CNX = ClipResNet(), OpenClipConvNeXt()
+_F_DINOV2 = DinoV2("vit_base_patch14_dinov2", img_size=518)
+_F_IN_VIT = TimmViT("vit_base_patch16_224", norm_layer=partial(nn.LayerNorm, eps=1e-12))
 
+_B = Backbone
 BACKBONES = {b.name: b for b in [
-    Backbone("clip_vitb32", "OpenAI CLIP ViT-B/32", ClipViT(), _CLIP_B32, "layers", "fp16", (12, 50, 768), expect=_CLIP_B32_KEYS),
-    Backbone("embed_clip_vitb32", "OpenAI CLIP ViT-B/32", ClipViT(), _CLIP_B32, "embed", "fp16", (1, 1, 512), expect=_CLIP_B32_KEYS),
-    Backbone("dinov1", "DINO ViT-B/16", _DINO_FAMILY, _DINO_B16, "layers", "fp32", (12, 197, 768)),
-    Backbone("embed_dinov1", "DINO ViT-B/16", _DINO_FAMILY, _DINO_B16, "embed", "fp32", (1, 197, 768)),
+    # the paper's two headline backbones (§3)
+    _B("clip_vitb32", "OpenAI CLIP ViT-B/32", _F_CLIP_B32, _W_CLIP_B32, "layers", "fp16", "12x50x768", expect=_K_VIT_B32),
+    _B("embed_clip_vitb32", "OpenAI CLIP ViT-B/32", _F_CLIP_B32, _W_CLIP_B32, "embed", "fp16", "1x1x512", expect=_K_VIT_B32),
+    _B("dinov1", "DINO ViT-B/16", _F_DINO, _W_DINO, "layers", "fp32", "12x197x768", norm=IMAGENET_NORM),
+    _B("embed_dinov1", "DINO ViT-B/16", _F_DINO, _W_DINO, "embed", "fp32", "1x197x768", norm=IMAGENET_NORM),
+    # the seed's other backbones (§3b)
+    _B("clip_rn50", "OpenAI CLIP RN50", _F_RN50, _W_CLIP_RN50, "layers", "fp16",
+       "5 maps: 64x56x56, 256x56x56, 512x28x28, 1024x14x14, 2048x7x7", maps=True, cos_skip_nonfinite=True, expect=_K_RN50),
+    _B("embed_clip_rn50", "OpenAI CLIP RN50", _F_RN50, _W_CLIP_RN50, "embed", "fp16", "1x1x1024", expect=_K_RN50),
+    _B("openclip_vitb32_laion", "OpenCLIP ViT-B-32 LAION-2B", _F_OC_B32, _W_OC_B32, "layers", "fp32", "12x50x768", expect=_K_VIT_B32),
+    _B("embed_openclip_vitb32_laion", "OpenCLIP ViT-B-32 LAION-2B", _F_OC_B32, _W_OC_B32, "embed", "fp32", "1x1x512", expect=_K_VIT_B32),
+    _B("openclip_vitb32_laion_tecoa4", "OpenCLIP ViT-B-32, TeCoA4 robust", _F_OC_B32, _W_OC_B32_TECOA, "layers", "fp32", "12x50x768", expect=_K_VIT_B32),
+    _B("embed_openclip_vitb32_laion_tecoa4", "OpenCLIP ViT-B-32, TeCoA4 robust", _F_OC_B32, _W_OC_B32_TECOA, "embed", "fp32", "1x1x512", expect=_K_VIT_B32),
+    _B("openclip_convnext_base", "OpenCLIP ConvNeXt-Base(w) LAION-2B", _F_CNX, _W_OC_CNX, "layers", "fp32",
+       "36 maps: 3x128x56x56, 3x256x28x28, 27x512x14x14, 3x1024x7x7", maps=True, expect=_K_CNX),
+    _B("embed_openclip_convnext_base", "OpenCLIP ConvNeXt-Base(w) LAION-2B", _F_CNX, _W_OC_CNX, "embed", "fp32", "1x1x640", expect=_K_CNX),
+    _B("openclip_convnext_laion_tecoa4", "OpenCLIP ConvNeXt-Base(w), TeCoA4 robust", _F_CNX, _W_OC_CNX_TECOA, "layers", "fp32",
+       "36 maps: 3x128x56x56, 3x256x28x28, 27x512x14x14, 3x1024x7x7", maps=True, expect=_K_CNX),
+    _B("embed_openclip_convnext_laion_tecoa4", "OpenCLIP ConvNeXt-Base(w), TeCoA4 robust", _F_CNX, _W_OC_CNX_TECOA, "embed", "fp32", "1x1x640", expect=_K_CNX),
+    _B("dinov2", "DINOv2 ViT-B/14", _F_DINOV2, _W_DINOV2, "layers", "fp32", "12x257x768", norm=IMAGENET_NORM),
+    _B("embed_dinov2", "DINOv2 ViT-B/14", _F_DINOV2, _W_DINOV2, "embed", "fp32", "1x257x768", norm=IMAGENET_NORM),
+    _B("imagenet_vit", "ImageNet ViT-B/16 (google/vit-base-patch16-224)", _F_IN_VIT, _W_IN_VIT, "layers", "fp32", "12x197x768", norm=HALF_NORM),
+    # newer foundation models, same rule; not part of the published protocol
+    _B("dinov2_reg4", "DINOv2 ViT-B/14 with 4 registers (timm vit_base_patch14_reg4_dinov2.lvd142m)",
+       TimmHub("vit_base_patch14_reg4_dinov2.lvd142m"), _hub("timm/vit_base_patch14_reg4_dinov2.lvd142m", "model.safetensors"),
+       "layers", "fp32", "12x261x768", published=False, norm=IMAGENET_NORM),
+    _B("dinov3", "DINOv3 ViT-B/16 (timm vit_base_patch16_dinov3.lvd1689m)",
+       TimmHub("vit_base_patch16_dinov3.lvd1689m"), _hub("timm/vit_base_patch16_dinov3.lvd1689m", "model.safetensors"),
+       "layers", "fp32", "12x201x768", published=False, norm=IMAGENET_NORM),
+    _B("siglip2", "SigLIP 2 ViT-B/16 (timm vit_base_patch16_siglip_224.v2_webli)",
+       TimmHub("vit_base_patch16_siglip_224.v2_webli"), _hub("timm/vit_base_patch16_siglip_224.v2_webli", "model.safetensors"),
+       "layers", "fp32", "12x196x768", published=False, norm=HALF_NORM),
+    _B("eva02_clip", "EVA-02 CLIP ViT-B/16 (timm eva02_base_patch16_clip_224.merged2b)",
+       TimmHub("eva02_base_patch16_clip_224.merged2b"), _hub("timm/eva02_base_patch16_clip_224.merged2b", "model.safetensors"),
+       "layers", "fp32", "12x197x768", published=False),
 ]}
+
+# names the golden files and the published tables use for the same entries
+ALIASES = {"openclip_vitb32": "openclip_vitb32_laion", "embed_openclip_vitb32": "embed_openclip_vitb32_laion"}
 
 
 def get_backbone(name):
+    name = ALIASES.get(name, name)
     if name not in BACKBONES:
         raise UserError(f"unknown model '{name}'; known: {', '.join(BACKBONES)}")
     return BACKBONES[name]
@@ -331,7 +561,7 @@ class FeatureExtractor(nn.Module):
     → features [N, L, T, D]. 'published' runs CLIP in fp16 and the rest in fp32 on a GPU,
     fp32 on a CPU; fp16/bf16 run the fp32 weights under autocast."""
 
-    def __init__(self, backbone, weights=None, device="auto", precision="published"):
+    def __init__(self, backbone, weights=None, device="auto", precision="published", model_norm=False):
         super().__init__()
         if precision not in PRECISIONS:
             raise UserError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
@@ -350,10 +580,14 @@ class FeatureExtractor(nn.Module):
         self.model = backbone.family.build(sd, backbone, self.weights_path, half).eval().to(self.device)
         self.model.requires_grad_(False)
         self.forward_fn = getattr(backbone.family, backbone.output)
+        mean, std = (torch.tensor(v, device=self.device).view(1, 3, 1, 1) for v in backbone.norm)
+        self.norm = (mean, std) if model_norm else None  # off by default: the protocol feeds raw [0, 1]
 
     @torch.inference_mode()
     def forward(self, x):
         x = x.to(self.device, non_blocking=True)
+        if self.norm is not None:
+            x = (x - self.norm[0]) / self.norm[1]
         if self.autocast is not None:
             with torch.autocast(self.device.type, dtype=self.autocast):
                 return self.forward_fn(self.model, x)
@@ -365,14 +599,15 @@ class FeatureExtractor(nn.Module):
 
 def list_models():
     """One row per registered backbone (the `--list-models` table)."""
-    return [{"name": b.name, "architecture": b.arch, "weights": b.weights.file,
-             "source": b.weights.source, "protocol": "published" if b.published else "new",
+    aliases = {v: k for k, v in ALIASES.items()}
+    return [{"name": b.name + (f" (alias {aliases[b.name]})" if b.name in aliases else ""), "architecture": b.arch,
+             "weights": b.weights.file, "source": b.weights.source, "protocol": "published" if b.published else "new",
              "distances": ",".join(b.distances), "published_precision_gpu": b.cuda_published,
-             "feature_shape_224": "x".join(map(str, b.shape))} for b in BACKBONES.values()]
+             "feature_shape_224": b.shape} for b in BACKBONES.values()]
 
 
 def format_model_table(rows):
-    cols = ["name", "architecture", "protocol", "distances", "published_precision_gpu", "feature_shape_224", "weights"]
+    cols = ["name", "protocol", "distances", "published_precision_gpu", "feature_shape_224", "architecture", "weights"]
     width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     lines = ["  ".join(c.ljust(width[c]) for c in cols)]
     lines += ["  ".join(str(r[c]).ljust(width[c]) for c in cols) for r in rows]

@@ -38,6 +38,7 @@ def build_parser():
     p.add_argument("-r", "--resize", type=int, default=None, help="resize both images to N×N first")
     p.add_argument("--weights")
     p.add_argument("--device", default="auto")
+    p.add_argument("--model-norm", action="store_true", help="normalise windows with the model's own mean/std (not the published protocol)")
     p.add_argument("--precision", default="published")
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default 256 on a GPU, 16 on a CPU)")
     p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default 8 on a GPU, 0 on a CPU)")
@@ -192,7 +193,8 @@ def main(argv=None):
         raise UserError(f"no pairs to score in {dataset.root}")
     variants = variants_of(args)
     scorer = Scorer(args.model, args.distance, device=dist.device(args.device), precision=args.precision,
-                    weights=args.weights, batch_size=args.batch_size, workers=args.workers, resize=args.resize)
+                    weights=args.weights, batch_size=args.batch_size, workers=args.workers, resize=args.resize,
+                    model_norm=args.model_norm)
     names = scorer.distances
     paths = {(v, d): results_path(args, dataset.name, d, len(names), variants[v]) for v in range(len(variants)) for d in names}
     order = [(dis, ref) for ref, dis, _ in pairs]

@@ -22,6 +22,7 @@ def build_parser():
     p.add_argument("-r", "--resize", type=int, default=None, help="resize both images to N×N first (off by default)")
     p.add_argument("--weights", help="checkpoint file (else $ZSIQA_WEIGHTS_DIR, library caches, download)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default auto)")
+    p.add_argument("--model-norm", action="store_true", help="normalise windows with the model's own mean/std (not the published protocol)")
     p.add_argument("--precision", default="published", help="published|fp32|fp16|bf16 (default published)")
     p.add_argument("--json", action="store_true", help="print {\"model\": ..., \"scores\": {...}}")
     p.add_argument("--list-models", action="store_true", help="list the registered backbones and exit")
@@ -41,7 +42,7 @@ def main(argv=None):
         raise UserError("both -ref and -dis are required (or --list-models)")
     from engine import Scorer
     scorer = Scorer(args.model, args.distance, device=args.device, precision=args.precision,
-                    weights=args.weights, resize=args.resize, workers=0)
+                    weights=args.weights, resize=args.resize, workers=0, model_norm=args.model_norm)
     scores = scorer([args.ref], [args.dis])
     scores = {scorer.distances[0]: scores} if scorer.single else scores
     values = {d: float(v[0]) for d, v in scores.items()}
