@@ -165,6 +165,8 @@ class Scorer:
         if torch.is_tensor(x):
             if x.dim() != 3 or x.shape[0] != 3:
                 raise UserError(f"image tensors must be [3, H, W] or [N, 3, H, W], got {list(x.shape)}")
+            if x.is_floating_point() and x.numel() and (x.min() < 0 or x.max() > 1):
+                raise UserError(f"float image tensors must hold values in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
             return x
         im = x if isinstance(x, Image.Image) else open_image(x)
         if self.resize:

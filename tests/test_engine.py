@@ -92,3 +92,14 @@ def test_embed_variant_runs_and_is_bounded(tiny, mixed_set):
     name, weights = tiny
     got = Scorer("embed_" + name, "cos", device="cpu", weights=weights)([r for r, _ in mixed_set], [d for _, d in mixed_set])
     assert torch.all((got >= 0) & (got <= 2))
+
+
+def test_api_refuses_tensors_outside_unit_range(tiny):
+    from utils import UserError
+    name, weights = tiny
+    metric = Scorer(name, "l2", device="cpu", weights=weights)
+    with pytest.raises(UserError, match=r"\[0, 1\]"):
+        metric(torch.full((3, 224, 224), 255.0), torch.zeros(3, 224, 224))
+    with pytest.raises(UserError, match="3 references but 2"):
+        metric([torch.zeros(3, 224, 224)] * 3, [torch.zeros(3, 224, 224)] * 2)
+    assert metric(torch.zeros(3, 224, 224, dtype=torch.uint8), torch.zeros(3, 224, 224)).item() == 0.0
