@@ -43,7 +43,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default 256 on a GPU, 16 on a CPU)")
     p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default 8 on a GPU, 0 on a CPU)")
     p.add_argument("--limit", type=int, default=None, help="only the first N pairs")
-    p.add_argument("--skip-missing", action="store_true", help="score the pairs whose images exist instead of stopping")
+    p.add_argument("--skip-missing", action="store_true", help="score the usable pairs instead of stopping at missing, unreadable or mis-sized images")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -150,26 +150,46 @@ def append_summary(savedir, rows):
         w.writerows(rows)
 
 
-def check_images(dataset, skip_missing):
-    """List missing or unreadable images up front; stop unless --skip-missing."""
+def check_images(dataset, skip_missing, resize=None, variants=(("", 0),)):
+    """List unusable pairs up front, from image headers only: missing or unreadable files,
+    reference and distorted of different sizes, a side under 224 px (also after a shift's
+    crop). Stop with one line unless --skip-missing, which scores the other pairs."""
+    import math
+
     from PIL import Image
-    bad = set(dataset.missing())
+    sizes, unreadable = {}, set(dataset.missing())
     for rel in dict.fromkeys(p for r, d, _ in dataset.pairs for p in (r, d)):
-        if rel in bad:
+        if rel in unreadable:
             continue
         try:
             with Image.open(dataset.path(rel)) as im:
-                im.size  # header only: fast
-        except Exception:  # any unreadable file counts as bad
-            bad.add(rel)
+                sizes[rel] = (resize, resize) if resize else im.size  # header only: fast
+        except Exception:  # any unreadable file counts as unusable
+            unreadable.add(rel)
+    shrink = max((p for k, p in variants if k == "tra"), default=0)  # the largest shift crops the most
+
+    def problem(ref, dis):
+        if ref in unreadable or dis in unreadable:
+            return "missing or unreadable"
+        (w, h), (w2, h2) = sizes[ref], sizes[dis]
+        if (w, h) != (w2, h2):
+            return "reference and distorted sizes differ"
+        if min(w - math.ceil(shrink / 100 * w), h) < 224:
+            return "a side under 224 px" + (" after the shift" if shrink else "") + ("" if resize else " (use -r N)")
+        return None
+
+    bad = [(r, d, problem(r, d)) for r, d, _ in dataset.pairs]
+    bad = [b for b in bad if b[2]]
     if not bad:
         return dataset.pairs
-    names = sorted(bad)
-    msg = f"{len(names)} image(s) missing or unreadable under {dataset.root}, e.g. {', '.join(names[:3])}"
+    kinds = sorted({why for _, _, why in bad})
+    examples = ", ".join(f"{d} ({why})" for _, d, why in bad[:3])
+    msg = f"{len(bad)} of {len(dataset.pairs)} pair(s) unusable under {dataset.root}: {'; '.join(kinds)}; e.g. {examples}"
     if not skip_missing:
         raise UserError(msg + "; pass --skip-missing to score the other pairs")
-    kept = [p for p in dataset.pairs if p[0] not in bad and p[1] not in bad]
-    sys.stderr.write(f"warning: {msg}; skipping {len(dataset.pairs) - len(kept)} pair(s)\n")
+    dropped = {(r, d) for r, d, _ in bad}
+    kept = [p for p in dataset.pairs if (p[0], p[1]) not in dropped]
+    sys.stderr.write(f"warning: {msg}; skipping them\n")
     return kept
 
 
@@ -187,11 +207,11 @@ def main(argv=None):
     dataset = load_dataset(args.dataset, args.root, csv_file=args.csv, higher_is_better=hib)
     if args.limit is not None:
         dataset.pairs = dataset.pairs[: max(0, args.limit)]
-    pairs = check_images(dataset, args.skip_missing) if dist.rank == 0 else None
+    variants = variants_of(args)
+    pairs = check_images(dataset, args.skip_missing, args.resize, variants) if dist.rank == 0 else None
     pairs = dist.broadcast(pairs)
     if not pairs:
         raise UserError(f"no pairs to score in {dataset.root}")
-    variants = variants_of(args)
     scorer = Scorer(args.model, args.distance, device=dist.device(args.device), precision=args.precision,
                     weights=args.weights, batch_size=args.batch_size, workers=args.workers, resize=args.resize,
                     model_norm=args.model_norm)

@@ -148,7 +148,7 @@ def test_missing_images_listed_up_front(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         _run(tiny, "-dat", "tid2013", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"))
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "2 image(s) missing or unreadable" in err and "i01_01_2.bmp" in err.lower()
+    assert e.value.code == 2 and "2 of 6 pair(s) unusable" in err and "missing or unreadable" in err and "i01_01_2.bmp" in err.lower()
     assert not (tmp_path / "r").exists()
     assert _run(tiny, "-dat", "tid2013", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"), "--skip-missing") == 0
     assert len(_rows(tmp_path / "r" / f"tid2013_{tiny[0]}_l2.csv")) == 4
@@ -189,3 +189,18 @@ def test_torchrun_two_processes_equal_one(tiny_weights, tmp_path):
     s1, s2 = json.loads(one.stdout), json.loads(two.stdout)
     for x, y in zip(s1, s2):
         assert x["n"] == y["n"] and x["srcc"] == pytest.approx(y["srcc"], abs=1e-9)
+
+
+def test_mis_sized_pairs_found_before_scoring(tiny, tmp_path, capsys):
+    root = minidata.make_kadid(str(tmp_path / "k"), n_ref=2, n_dis=2, size=(230, 240))
+    Image.new("RGB", (300, 240)).save(os.path.join(root, "images", "I02_01_02.png"))  # wrong size
+    with pytest.raises(SystemExit) as e:
+        _run(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "1 of 4 pair(s) unusable" in err and "sizes differ" in err
+    with pytest.raises(SystemExit):  # a 3 % shift leaves 230 − 7 = 223 px: caught up front too
+        _run(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"), "-rob", "tra", "-pct", "3")
+    assert "under 224 px after the shift" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert _run(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"), "--skip-missing") == 0
+    assert len(_rows(tmp_path / "r" / f"kadid10k_{tiny[0]}_l2.csv")) == 3
