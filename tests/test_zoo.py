@@ -12,6 +12,8 @@ import run_single_img
 from conftest import GOLDEN, close, needs_shared
 from engine import Scorer
 
+DEVICE = os.environ.get("ZSIQA_TEST_DEVICE", "cpu")  # the API parity test also runs on a GPU in strict fp32
+
 # golden rows name an architecture; every weight set of it is a registry entry
 ENTRIES = {"openclip_vitb32": ("openclip_vitb32_laion", "openclip_vitb32_laion_tecoa4"),
            "embed_openclip_vitb32": ("embed_openclip_vitb32_laion", "embed_openclip_vitb32_laion_tecoa4"),
@@ -34,7 +36,7 @@ def test_every_models_more_row_via_api(golden, checkpoint):
         name = ENTRIES.get(model, (model,))[0]
         distances = sorted({r["distance"] for r in rows})
         pairs = sorted({(r["ref"], r["dis"]) for r in rows})
-        got = Scorer(name, distances, device="cpu", weights=checkpoint(ckpt.split("_seed")[0]))(
+        got = Scorer(name, distances, device=DEVICE, precision="fp32", weights=checkpoint(ckpt.split("_seed")[0]))(
             [str(GOLDEN / "models" / a) for a, _ in pairs], [str(GOLDEN / "models" / b) for _, b in pairs])
         for r in rows:
             value = float(got[r["distance"]][pairs.index((r["ref"], r["dis"]))])
