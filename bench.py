@@ -13,7 +13,6 @@ PIPAL-like set, plus the backbone's own forward throughput.
 Weights are seeded random by default (speed does not depend on their values); the scores
 printed by a benchmark mean nothing.
 """
-import json
 import os
 import tempfile
 import time
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils import ArgParser, cli_entry, load_image, window_count, windows
+from utils import ArgParser, cli_entry, to_json, load_image, window_count, windows
 
 PUBLISHED_FIVE = "l2,cos,skld,jsd,wsd"
 
@@ -136,7 +135,7 @@ def main(argv=None):
               "engine_share_of_forward": round(engine_rate * per_pair / fwd, 3),
               "engine_vs_loop_max_rel_diff": agree, "peak_gpu_mem_gib": round(peak, 2) if peak is not None else None}
     if a.json:
-        print(json.dumps(result))
+        print(to_json(result))
     else:
         print(f"{device_name} | {a.model} {','.join(scorer.distances)} | precision {a.precision}{' (fused distances)' if result['fused_kernels'] else ''} | "
               f"{len(pairs)} pairs of {a.size}px, {a.refs} refs, batch {scorer.batch_size}, workers {scorer.workers}")

@@ -8,7 +8,6 @@ SRCC, PLCC (plain Pearson) and KRCC over all pairs, signed so that agreement is 
 each coefficient over references instead. The dataset decides the label's direction; a
 prediction column from a similarity metric (PSNR, SSIM, …: higher = better) is flipped too.
 """
-import json
 import os
 import re
 import warnings
@@ -18,7 +17,7 @@ import pandas as pd
 from scipy import stats
 from scipy.optimize import OptimizeWarning, curve_fit
 
-from utils import ArgParser, UserError, cli_entry
+from utils import ArgParser, UserError, cli_entry, to_json
 
 # label direction per layout (higher label = better quality?)
 LABEL_HIGHER_BETTER = {"pipal": True, "live": False, "tid2013": False, "kadid10k": True, "csv": True}
@@ -148,7 +147,7 @@ def main(argv=None):
         scatter_plot(frame, label_hb, pred_hb, a.plot, os.path.basename(a.file))
         result["plot"] = a.plot
     if a.json:
-        print(json.dumps(result))
+        print(to_json(result))
     else:
         print(f"{os.path.basename(a.file)}  n={result['n']}  SRCC {result['srcc']:.4f}  PLCC {result['plcc']:.4f}  "
               f"KRCC {result['krcc']:.4f}  PLCC(logistic) {result['plcc_logistic']:.4f}" + ("  (mean over references)" if a.byref else ""))

@@ -13,7 +13,7 @@ Per-pair score = mean over its windows of the per-window distance (PROTOCOL.md Â
 """
 import collections
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -23,7 +23,7 @@ from PIL import Image
 from distances import DISTANCES, compute
 from models import FeatureExtractor, get_backbone
 from utils import (UserError, check_pair_sizes, open_image, pil_to_tensor, resize_square,
-                   to_float, window_count, windows)
+                   to_float, windows)
 
 
 def parse_distances(distances, backbone):

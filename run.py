@@ -11,12 +11,11 @@ appends it to <sdir>/summary.csv. An interrupted run resumes where it stopped. U
 the pairs are sharded over the ranks and rank 0 writes the same files as one process would.
 """
 import csv
-import json
 import os
 import sys
 import time
 
-from utils import ArgParser, UserError, cli_entry
+from utils import ArgParser, UserError, cli_entry, to_json
 
 SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "srcc", "plcc", "krcc", "plcc_logistic", "pairs_per_s"]
 
@@ -275,7 +274,7 @@ def main(argv=None):
         for row in summary:
             row["sweep_table"], row["sweep_plot"] = table, png
     if args.json:
-        print(json.dumps(summary))
+        print(to_json(summary))
     else:
         print(f"{'distance':8} {'rob':>7} {'n':>6} {'SRCC':>7} {'PLCC':>7} {'KRCC':>7} {'PLCC-log':>8} {'pairs/s':>8}  file")
         for r in summary:

@@ -7,10 +7,9 @@
 Prints one `distance<TAB>score` line per distance (higher = more different), or JSON.
 All distances come from one feature pass. Exit code 2 on bad input, with one line saying why.
 """
-import json
 import sys
 
-from utils import ArgParser, cli_entry
+from utils import ArgParser, cli_entry, to_json
 
 
 def build_parser():
@@ -35,7 +34,7 @@ def main(argv=None):
     import models
     if args.list_models:
         rows = models.list_models()
-        print(json.dumps(rows, indent=1) if args.json else models.format_model_table(rows))
+        print(to_json(rows, indent=1) if args.json else models.format_model_table(rows))
         return 0
     if not args.ref or not args.dis:
         from utils import UserError
@@ -47,7 +46,7 @@ def main(argv=None):
     scores = {scorer.distances[0]: scores} if scorer.single else scores
     values = {d: float(v[0]) for d, v in scores.items()}
     if args.json:
-        print(json.dumps({"model": args.model, "scores": values}))
+        print(to_json({"model": args.model, "scores": values}))
     else:
         sys.stdout.write("".join(f"{d}\t{v:.10g}\n" for d, v in values.items()))
     return 0

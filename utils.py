@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 WINDOW = 224
 STRIDE = 200
@@ -30,6 +30,22 @@ def quiet_library_warnings():
     CLI's stderr; real problems still raise."""
     for pattern in (".*pkg_resources.*", ".*deprecated.*", ".*Importing from timm.*"):
         warnings.filterwarnings("ignore", message=pattern)
+
+
+def to_json(obj):
+    """json.dumps with NaN/inf written as null (bare NaN is not JSON; jq and browsers reject it)."""
+    import json
+    import math
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    return json.dumps(clean(obj))
 
 
 def cli_entry(main):

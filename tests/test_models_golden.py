@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import pytest
 
-from conftest import GOLDEN, HAVE_SHARED, ROOT, close, needs_shared
+from conftest import GOLDEN, ROOT, close, needs_shared
 
 pytestmark = needs_shared
 DEVICE = os.environ.get("ZSIQA_TEST_DEVICE", "cpu")  # the API parity test also runs on a GPU in strict fp32
