@@ -17,10 +17,8 @@ import pandas as pd
 from scipy import stats
 from scipy.optimize import OptimizeWarning, curve_fit
 
+from datasets import LAYOUTS
 from utils import ArgParser, UserError, cli_entry, to_json
-
-# label direction per layout (higher label = better quality?)
-LABEL_HIGHER_BETTER = {"pipal": True, "live": False, "tid2013": False, "kadid10k": True, "csv": True}
 # prediction columns that are similarities (higher = better), negated as the published tables did
 SIMILARITY_METRICS = ("psnr", "ssim", "msssim", "ms_ssim", "fsim", "vif", "gmsd_sim")
 
@@ -91,7 +89,7 @@ def read_results(path):
 
 def guess_dataset(path):
     name = os.path.basename(path).lower()
-    return next((d for d in LABEL_HIGHER_BETTER if name.startswith(d + "_")), None)
+    return next((d for d in LAYOUTS if name.startswith(d + "_")), None)
 
 
 def is_similarity(path):
@@ -124,7 +122,7 @@ def scatter_plot(frame, label_higher_better, pred_higher_better, out, title):
 @cli_entry
 def main(argv=None):
     p = ArgParser(description=__doc__.split("\n")[1])
-    p.add_argument("-dat", "--dataset", help=f"layout, for the label's direction ({', '.join(LABEL_HIGHER_BETTER)}); default from the file name")
+    p.add_argument("-dat", "--dataset", help=f"layout, for the label's direction ({', '.join(LAYOUTS)}); default from the file name")
     p.add_argument("-f", "--file", required=True, help="results file with header dis,ref,mos,pred")
     p.add_argument("--byref", action="store_true", help="average the coefficients over references")
     p.add_argument("--label-higher-better", choices=["yes", "no"], help="override the dataset's label direction")
@@ -136,10 +134,10 @@ def main(argv=None):
     dataset = a.dataset or guess_dataset(a.file)
     if a.label_higher_better:
         label_hb = a.label_higher_better == "yes"
-    elif dataset in LABEL_HIGHER_BETTER:
-        label_hb = LABEL_HIGHER_BETTER[dataset]
+    elif dataset in LAYOUTS:
+        label_hb = LAYOUTS[dataset].higher_better
     else:
-        raise UserError(f"cannot tell the label direction of {a.file}: pass -dat ({', '.join(LABEL_HIGHER_BETTER)}) or --label-higher-better")
+        raise UserError(f"cannot tell the label direction of {a.file}: pass -dat ({', '.join(LAYOUTS)}) or --label-higher-better")
     pred_hb = (a.pred_higher_better == "yes") if a.pred_higher_better else is_similarity(a.file)
     result = correlations_by_reference(frame, label_hb, pred_hb) if a.byref else correlations(frame.pred, frame.mos, label_hb, pred_hb)
     result = {"file": a.file, "dataset": dataset, "label_higher_better": label_hb, "pred_higher_better": pred_hb, **result}

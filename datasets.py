@@ -19,7 +19,7 @@ class Dataset:
     name: str
     root: str
     pairs: list            # [(ref_rel, dis_rel, label)], in the dataset's own order
-    higher_better: bool
+    higher_better: bool = None   # None: the layout's (LAYOUTS); the CSV layout decides per file
 
     def path(self, rel):
         return os.path.join(self.root, rel)
@@ -60,7 +60,7 @@ def load_pipal(root, **_):
                 pairs.append((f"Train_Ref/{dis.split('_')[0]}{os.path.splitext(dis)[1]}", f"Train_Dis/{dis}", float(mos)))
             except ValueError:
                 raise UserError(f"{f} line {n}: expected 'NAME.bmp,MOS', got {line.strip()[:60]!r}") from None
-    return Dataset("pipal", root, pairs, higher_better=True)
+    return Dataset("pipal", root, pairs)
 
 
 LIVE_FOLDERS = (("jp2k", 227), ("jpeg", 233), ("wn", 174), ("gblur", 174), ("fastfading", 174))
@@ -91,7 +91,7 @@ def load_live(root, **_):
         raise UserError(f"LIVE label files in {root} hold {len(dmos)} entries, but release 2 has 982 "
                         f"and the folders hold {len(names)} images")
     pairs = [(f"refimgs/{ref}", dis, float(y)) for dis, ref, y, org in zip(names, refnames, dmos, orgs) if not org]
-    return Dataset("live", root, pairs, higher_better=False)
+    return Dataset("live", root, pairs)
 
 
 def _max_img_index(folder):
@@ -117,7 +117,7 @@ def load_tid2013(root, **_):
             raise UserError(f"{label} line {n}: expected 'MOS NAME', got {line.strip()[:60]!r}") from None
         ref = f"I{dis[1:3]}.BMP"
         pairs.append((f"reference_images/{refs.get(ref.lower(), ref)}", f"distorted_images/{diss.get(dis.lower(), dis)}", 100 - mos))
-    return Dataset("tid2013", root, pairs, higher_better=False)
+    return Dataset("tid2013", root, pairs)
 
 
 def load_kadid10k(root, **_):
@@ -127,7 +127,7 @@ def load_kadid10k(root, **_):
     folder = "images" if os.path.isdir(os.path.join(root, "images")) else "."
     rows = _read_csv(label, ("dist_img", "ref_img", "dmos"))
     pairs = [(os.path.normpath(f"{folder}/{r['ref_img']}"), os.path.normpath(f"{folder}/{r['dist_img']}"), _num(r["dmos"], label)) for r in rows]
-    return Dataset("kadid10k", root, pairs, higher_better=True)
+    return Dataset("kadid10k", root, pairs)
 
 
 def load_csv(root, csv_file=None, higher_is_better=None, **_):
@@ -165,15 +165,16 @@ def _read_csv(path, required):
 @dataclass(frozen=True)
 class Layout:
     load: Callable
+    higher_better: bool    # a higher stored label means better quality (csv: the default for 'mos')
     summary: str
 
 
 LAYOUTS = {
-    "pipal": Layout(load_pipal, "PIPAL training part (23,200 pairs, Elo MOS, higher = better)"),
-    "live": Layout(load_live, "LIVE release 2 (779 pairs, realigned DMOS, higher = worse)"),
-    "tid2013": Layout(load_tid2013, "TID2013 (3,000 pairs, stored as 100 − MOS, higher = worse)"),
-    "kadid10k": Layout(load_kadid10k, "KADID-10k (10,125 pairs, 'dmos' higher = better)"),
-    "csv": Layout(load_csv, "your own list: ref, dis, mos|dmos columns, paths relative to --root"),
+    "pipal": Layout(load_pipal, True, "PIPAL training part (23,200 pairs, Elo MOS, higher = better)"),
+    "live": Layout(load_live, False, "LIVE release 2 (779 pairs, realigned DMOS, higher = worse)"),
+    "tid2013": Layout(load_tid2013, False, "TID2013 (3,000 pairs, stored as 100 − MOS, higher = worse)"),
+    "kadid10k": Layout(load_kadid10k, True, "KADID-10k (10,125 pairs, 'dmos' higher = better)"),
+    "csv": Layout(load_csv, True, "your own list: ref, dis, mos|dmos columns, paths relative to --root"),
 }
 
 
@@ -185,4 +186,7 @@ def load_dataset(name, root=None, **options):
             raise UserError(f"-dat {name} needs --root DIR (the dataset folder)")
         if not os.path.isdir(root):
             raise UserError(f"dataset root not found: {root}")
-    return LAYOUTS[name].load(root, **options)
+    dataset = LAYOUTS[name].load(root, **options)
+    if dataset.higher_better is None:
+        dataset.higher_better = LAYOUTS[name].higher_better
+    return dataset

@@ -41,13 +41,18 @@ def cos(f_dis, f_ref, skip_nonfinite=False):
     return one_minus.sum(1)
 
 
+def pad_amounts(t, d):
+    """Rows and columns added (negative: cropped) to reach multiples of 8, the published
+    way: round(x / 8) · 8 − x with Python's round (half to even)."""
+    return round(t / 8) * 8 - t, round(d / 8) * 8 - d
+
+
 def to_columns(f):
     """[N, L, T, D] → [N, 64, M]: pad/crop T and D to multiples of 8 the published way
     (zeros at the bottom rows and left columns; a negative amount crops there), then view
     the flat buffer of each window as 64 rows. Columns are not spatial patches (§4.3)."""
-    n, layers, t, d = f.shape
-    row = round(t / 8) * 8 - t  # Python round: half to even, as published
-    col = round(d / 8) * 8 - d
+    n = f.shape[0]
+    row, col = pad_amounts(*f.shape[-2:])
     f = F.pad(f, (col, 0, 0, row))  # F.pad crops on negative amounts, like ZeroPad2d
     return f.reshape(n, 64, -1)
 
@@ -170,7 +175,7 @@ def compute(names, f_dis, f_ref, swd_seed=0, cos_skip_nonfinite=False):
             if any(n in SHARES for n in names):
                 fast = fused.distribution_distances(*shared.get("layout"))
                 t, d = f_dis.shape[-2:]
-                if "l2" in names and round(t / 8) * 8 >= t and round(d / 8) * 8 >= d:
+                if "l2" in names and min(pad_amounts(t, d)) >= 0:
                     fast["l2"] = fast["sq_total"] / (t * d)  # padding adds zeros on both sides: Σ_l mean_l = Σ / (T·D)
             if "cos" in names and not cos_skip_nonfinite:
                 fast["cos"] = fused.token_cosine(f_dis.float(), f_ref.float())

@@ -75,7 +75,7 @@ def part_path(path, rank):
     return f"{path}.rank{rank}"
 
 
-def merge_parts(path, world=None):
+def merge_parts(path):
     """Append the rows of every part file of `path` to it (header once) and remove the parts."""
     parts = sorted(glob.glob(glob.escape(path) + ".rank*"))
     if not parts:

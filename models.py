@@ -113,7 +113,7 @@ def resolve_weights(backbone, explicit=None):
     for p in places:
         if os.path.isfile(p):
             return p
-    why = "offline (ZSIQA_OFFLINE/HF_HUB_OFFLINE set)" if _offline() or not w.url else None
+    why = "no download source" if not w.url else "offline (ZSIQA_OFFLINE/HF_HUB_OFFLINE set)" if _offline() else None
     if why is None:
         try:
             return w.download(w.caches()[0])
@@ -133,7 +133,8 @@ def _is_torchscript(path):
 
 def read_state_dict(path):
     """Read a checkpoint in any official format: TorchScript archive (OpenAI CLIP), pickled
-    state dict (.pt/.pth/.bin), safetensors. Training checkpoints are unwrapped."""
+    state dict (.pt/.pth/.bin; tensors only, nothing else is unpickled), safetensors. An
+    OpenCLIP training checkpoint's `state_dict` (keys prefixed `module.`) is unwrapped."""
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -141,19 +142,17 @@ def read_state_dict(path):
         if _is_torchscript(path):  # OpenAI's CLIP releases are TorchScript archives
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return {k: v for k, v in torch.jit.load(path, map_location="cpu").state_dict().items()}
+                return dict(torch.jit.load(path, map_location="cpu").state_dict())
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # any unreadable file ends in the same one-line message
         raise UserError(f"cannot read weights file {path}: not a TorchScript archive, PyTorch "
                         f"state dict or safetensors file (corrupt or truncated?)") from None
-    for key in ("state_dict", "model", "teacher"):  # training checkpoints wrap the weights
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
         raise UserError(f"weights file {path} holds no state dict of tensors")
-    for prefix in ("module.", "backbone."):
-        if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
 
 
@@ -407,13 +406,16 @@ class TimmHub(Family):
         self.name = name
 
     def build(self, sd, backbone, path, half):
+        """timm's own loader reads the file (already read once by read_state_dict, which
+        gives the clear message for an unreadable file), because it carries each model's
+        filter that adapts the position embeddings to 224 px."""
         import timm
         kwargs = dict(num_classes=0, img_size=224)
         if sd is None:
             return timm.create_model(self.name, pretrained=False, **kwargs)
         try:
             return timm.create_model(self.name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs)
-        except (RuntimeError, KeyError, ValueError) as e:
+        except Exception as e:  # whatever timm's loader raises for a misfit file: one line
             raise UserError(f"weights file {path} does not fit {backbone.name} ({backbone.arch}): {str(e).splitlines()[0][:200]}") from None
 
     def layers(self, model, x):
@@ -571,13 +573,15 @@ class FeatureExtractor(nn.Module):
         half = precision == "published" and on_gpu and backbone.cuda_published == "fp16"
         self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         self.strict_fp32 = precision == "fp32" and on_gpu  # 'published' keeps the library defaults, as the published runs did
-        if weights == "random":  # seeded random init: for speed measurements only
-            torch.manual_seed(0)
+        if weights == "random":  # seeded random init, for speed measurements only
             self.weights_path, sd = "random", None
         else:
             self.weights_path = resolve_weights(backbone, weights)
             sd = read_state_dict(self.weights_path)
-        self.model = backbone.family.build(sd, backbone, self.weights_path, half).eval().to(self.device)
+        with torch.random.fork_rng(devices=[]):  # a random init must not move the caller's RNG
+            torch.manual_seed(0)
+            model = backbone.family.build(sd, backbone, self.weights_path, half)
+        self.model = model.eval().to(self.device)
         self.model.requires_grad_(False)
         self.forward_fn = getattr(backbone.family, backbone.output)
         mean, std = (torch.tensor(v, device=self.device).view(1, 3, 1, 1) for v in backbone.norm)

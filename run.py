@@ -253,7 +253,7 @@ def main(argv=None):
         count = dist.sum(count)
         if dist.rank == 0:
             for p in paths.values():
-                distributed.merge_parts(p, dist.world)
+                distributed.merge_parts(p)
         dist.barrier()
         if dist.rank != 0:
             return 0

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 WINDOW = 224
 STRIDE = 200
@@ -32,7 +32,7 @@ def quiet_library_warnings():
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def to_json(obj):
+def to_json(obj, **dumps_options):
     """json.dumps with NaN/inf written as null (bare NaN is not JSON; jq and browsers reject it)."""
     import json
     import math
@@ -45,7 +45,7 @@ def to_json(obj):
         if isinstance(x, (list, tuple)):
             return [clean(v) for v in x]
         return x
-    return json.dumps(clean(obj))
+    return json.dumps(clean(obj), **dumps_options)
 
 
 def cli_entry(main):
@@ -87,8 +87,8 @@ def open_image(path):
         with Image.open(path) as im:
             im.load()
             return im.copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
+    except Exception as e:  # whatever a decoder raises (truncated, not an image, too large, …)
+        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def pil_to_tensor(im):
