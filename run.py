@@ -91,11 +91,10 @@ def read_done(path):
 
 class ResultsWriter:
     """Appends finished rows to each (variant, distance) file as they come, flushed per row,
-    so Ctrl-C or a crash leaves valid files; `finish` rewrites them in dataset order."""
+    so Ctrl-C or a crash leaves valid files; `finish_file` rewrites them in dataset order."""
 
     def __init__(self, paths):
-        self.paths = paths
-        self.files = {}
+        self.files, self.writers = {}, {}
         for key, path in paths.items():
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             fresh = not os.path.isfile(path) or os.path.getsize(path) == 0
@@ -108,20 +107,15 @@ class ResultsWriter:
                 f.write("dis,ref,mos,pred\n")
             elif torn:
                 f.write("\n")
-            self.files[key] = f
+            self.files[key], self.writers[key] = f, csv.writer(f, lineterminator="\n")
 
     def write(self, key, dis, ref, mos, pred):
-        f = self.files[key]
-        f.write(f"{_csv(dis)},{_csv(ref)},{mos!r},{float(pred)!r}\n")
-        f.flush()
+        self.writers[key].writerow([dis, ref, mos, float(pred)])
+        self.files[key].flush()
 
     def close(self):
         for f in self.files.values():
             f.close()
-
-
-def _csv(s):
-    return f'"{s}"' if any(c in s for c in ',"\n') else s
 
 
 def finish_file(path, order):
@@ -129,7 +123,8 @@ def finish_file(path, order):
     them), atomically; returns the rows of the current pairs."""
     done = read_done(path)
     rows = [done[k] for k in order if k in done]
-    extra = [r for k, r in done.items() if k not in set(order)]
+    current = set(order)
+    extra = [r for k, r in done.items() if k not in current]
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, ["dis", "ref", "mos", "pred"], extrasaction="ignore")
