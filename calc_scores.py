@@ -49,10 +49,15 @@ def fit_logistic(x, y):
     return lambda v: logistic5((np.asarray(v, float) - centre) / scale, *params)
 
 
+def agreement_sign(label_higher_better, pred_higher_better=False):
+    """+1 or −1 so that sign · prediction rises with the label when they agree."""
+    return -1.0 if label_higher_better != pred_higher_better else 1.0
+
+
 def correlations(pred, label, label_higher_better, pred_higher_better=False):
     """{'n', 'srcc', 'plcc', 'krcc', 'plcc_logistic'}, each signed so agreement is positive."""
     pred, label = np.asarray(pred, float), np.asarray(label, float)
-    sign = -1.0 if label_higher_better != pred_higher_better else 1.0
+    sign = agreement_sign(label_higher_better, pred_higher_better)
     x = sign * pred
     n = len(x)
     if n < 3 or np.ptp(x) == 0 or np.ptp(label) == 0:
@@ -102,7 +107,7 @@ def scatter_plot(frame, label_higher_better, pred_higher_better, out, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    sign = -1.0 if label_higher_better != pred_higher_better else 1.0
+    sign = agreement_sign(label_higher_better, pred_higher_better)
     x, y = sign * frame.pred.to_numpy(float), frame.mos.to_numpy(float)
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     ax.scatter(x, y, s=4, alpha=0.4, lw=0)

@@ -8,6 +8,7 @@ better quality; distances are higher = worse, so correlations flip the sign when
 import csv
 import glob
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -95,7 +96,6 @@ def load_live(root, **_):
 
 
 def _max_img_index(folder):
-    import re
     found = [int(m.group(1)) for n in (os.listdir(folder) if os.path.isdir(folder) else [])
              for m in [re.fullmatch(r"img(\d+)\.bmp", n)] if m]
     return max(found, default=0)

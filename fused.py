@@ -21,6 +21,11 @@ EPS = 1e-10
 
 if triton is not None:
     @triton.jit
+    def _l2_weight(d):
+        """The published weight of the L2 term: 1 / (sqrt(exp(−1/(d+10))) · (d+10)²)."""
+        return 1 / (tl.sqrt(tl.exp(-1 / (d + 10))) * (d + 10) * (d + 10))
+
+    @triton.jit
     def _row_stats(x_ptr, max_ptr, sum_ptr, M, BLOCK: tl.constexpr):
         """Per row of [R, M]: max and Σ exp(x − max) over the M columns (online)."""
         row = tl.program_id(0)
@@ -68,12 +73,10 @@ if triton is not None:
         cdiff = tl.cumsum(u, axis=0) - tl.cumsum(v, axis=0)
         w = tl.sum(tl.where(rows[:, None] < R - 1, tl.abs(cdiff), 0.0), axis=0)
         colmask = cols < M
-        wk = 1 / (tl.sqrt(tl.exp(-1 / (kld + 10))) * (kld + 10) * (kld + 10))
-        ww = 1 / (tl.sqrt(tl.exp(-1 / (w + 10))) * (w + 10) * (w + 10))
         o = out_ptr + (n * 4) * n_blocks + blk
-        tl.store(o, tl.sum(tl.where(colmask, kld + sq * wk, 0.0), axis=0))
+        tl.store(o, tl.sum(tl.where(colmask, kld + sq * _l2_weight(kld), 0.0), axis=0))
         tl.store(o + n_blocks, tl.sum(tl.where(colmask, js, 0.0), axis=0))
-        tl.store(o + 2 * n_blocks, tl.sum(tl.where(colmask, w + sq * ww, 0.0), axis=0))
+        tl.store(o + 2 * n_blocks, tl.sum(tl.where(colmask, w + sq * _l2_weight(w), 0.0), axis=0))
         tl.store(o + 3 * n_blocks, tl.sum(sq, axis=0))
 
     @triton.jit

@@ -66,16 +66,14 @@ def cli_entry(main):
 
 
 def _to_rgb_array(im):
-    """Any Pillow mode → float32 H×W×3 in [0, 1]. 16-bit and 32-bit grey keep their depth
-    (Pillow's own convert('RGB') would clip them to 255)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        a = np.asarray(im, dtype=np.float32) / 65535.0
-        return np.repeat(a[..., None], 3, axis=-1)
-    if im.mode in ("I", "F"):  # 'I': 16-bit files opened as 32-bit int; 'F': float in [0, 1]
-        a = np.asarray(im, dtype=np.float32)
-        a = np.clip(a / 65535.0 if im.mode == "I" else a, 0, 1)
-        return np.repeat(a[..., None], 3, axis=-1)
-    return None
+    """Deep grey modes → float32 H×W×3 in [0, 1], else None. 'I;16*' and 'I' (16-bit files
+    opened as 32-bit int) are scaled by 65535, 'F' is taken as [0, 1]; Pillow's own
+    convert('RGB') would clip them to 8 bits."""
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return None
+    a = np.asarray(im, dtype=np.float32)
+    a = np.clip(a if im.mode == "F" else a / 65535.0, 0, 1)
+    return np.repeat(a[..., None], 3, axis=-1)
 
 
 def open_image(path):

@@ -24,6 +24,14 @@ def _distort(ref_path, out, level, seed):
     Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(out)
 
 
+def _write_rows(path, rows):
+    """A CSV file with the rows' keys as header, in their order."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def make_pipal(root, n_ref=2, n_dis=3, size=(240, 232)):
     for r in range(1, n_ref + 1):
         name = f"A{r:04d}"
@@ -80,10 +88,7 @@ def make_kadid(root, n_ref=2, n_dis=3, size=(230, 240)):
         for k in range(1, n_dis + 1):
             _distort(f"{root}/images/I{r:02d}.png", f"{root}/images/I{r:02d}_01_{k:02d}.png", k, 500 + 10 * r + k)
             rows.append({"dist_img": f"I{r:02d}_01_{k:02d}.png", "ref_img": f"I{r:02d}.png", "dmos": 5.0 - k, "var": 0.1})
-    with open(f"{root}/dmos.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["dist_img", "ref_img", "dmos", "var"])
-        w.writeheader()
-        w.writerows(rows)
+    _write_rows(f"{root}/dmos.csv", rows)
     return root
 
 
@@ -93,8 +98,5 @@ def make_csv(root, n=4, size=(224, 250)):
         _img(f"{root}/gt/{k}.png", *size, 600 + k)
         _distort(f"{root}/gt/{k}.png", f"{root}/out/{k}.png", k + 1, 700 + k)
         rows.append({"ref": f"gt/{k}.png", "dis": f"out/{k}.png", "mos": 4.5 - k})
-    with open(f"{root}/list.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["ref", "dis", "mos"])
-        w.writeheader()
-        w.writerows(rows)
+    _write_rows(f"{root}/list.csv", rows)
     return f"{root}/list.csv"
