@@ -73,7 +73,7 @@ def time_loop(scorer, pairs):
         per = []
         for k in range(wr.shape[0]):
             fr, fd = scorer.extractor(wr[k:k + 1]), scorer.extractor(wd[k:k + 1])
-            per.append(torch.stack([DISTANCES[d].fn(fd, fr) for d in scorer.distances], 1))
+            per.append(torch.stack([DISTANCES[d](fd, fr) for d in scorer.distances], 1))
         out[i] = torch.cat(per).double().mean(0).cpu().numpy()
     sync(scorer.device)
     return time.perf_counter() - t, out

@@ -6,7 +6,8 @@ channels) and returns one score per window, shape [N], higher = more different. 
 as the published code did). Pure torch, any device, vectorised over windows, layers and
 columns. Inputs are promoted to float32: half-precision features are compared in fp32.
 
-`DISTANCES` is the one table; adding a distance is one entry.
+`DISTANCES` is the one table: adding a distance is one entry, and every backbone whose
+features it applies to takes it.
 """
 import os
 from dataclasses import dataclass
@@ -143,48 +144,67 @@ def swd(f_dis, f_ref, seed=0):
     return (proj_dis - proj_ref).pow(2).mean(1).sum(-1)
 
 
+FEATURE_KINDS = ("tokens", "maps", "embed")  # [N, L, T, D] stacks, conv maps [N, L, C, H, W], embeddings [N, 1, 1, E]
+
+
 @dataclass(frozen=True)
 class Distance:
-    """A registered distance: the function and what it can be applied to."""
+    """A registered distance, callable as `DISTANCES[name](f_dis, f_ref)` → [N].
+
+    applies_to: the feature kinds it is defined on (FEATURE_KINDS); a backbone takes every
+    distance that applies to its features. options: the per-run arguments its function
+    accepts, by name, out of those `compute` offers (shared, seed, skip_nonfinite); others
+    are dropped. per_layer: the score is a sum over layers. lower_better: a lower score means
+    more alike (all distances here)."""
     fn: Callable
-    maps_ok: bool        # defined on conv maps [N, L, C, H, W] too
+    applies_to: tuple
     summary: str
+    options: tuple = ()
+    per_layer: bool = False
     lower_better: bool = True
+
+    def __call__(self, f_dis, f_ref, **options):
+        return self.fn(f_dis, f_ref, **{k: v for k, v in options.items() if k in self.options})
 
 
 DISTANCES = {
-    "l2": Distance(l2, True, "Σ_layers mean squared difference"),
-    "cos": Distance(cos, True, "Σ_layers mean (1 − cosine) over tokens"),
-    "skld": Distance(skld, False, "symmetric KL of column distributions + weighted L2"),
-    "jsd": Distance(jsd, False, "Jensen-Shannon of column distributions"),
-    "wsd": Distance(wsd, False, "Wasserstein-1 of column distributions + weighted L2"),
-    "swd": Distance(swd, False, "sliced Wasserstein over layer vectors (seeded)"),
+    "l2": Distance(l2, ("tokens", "maps"), "Σ_layers mean squared difference", per_layer=True),
+    "cos": Distance(cos, FEATURE_KINDS, "Σ_layers mean (1 − cosine) over tokens", ("skip_nonfinite",), per_layer=True),
+    "skld": Distance(skld, ("tokens",), "symmetric KL of column distributions + weighted L2", ("shared",)),
+    "jsd": Distance(jsd, ("tokens",), "Jensen-Shannon of column distributions", ("shared",)),
+    "wsd": Distance(wsd, ("tokens",), "Wasserstein-1 of column distributions + weighted L2", ("shared",)),
+    "swd": Distance(swd, ("tokens",), "sliced Wasserstein over layer vectors (seeded)", ("seed",)),
 }
-SHARES = ("skld", "jsd", "wsd")  # take `shared=`
+
+
+def applicable(feature_kind):
+    """Names of the distances defined on a feature kind, in table order."""
+    return tuple(name for name, d in DISTANCES.items() if feature_kind in d.applies_to)
+
+
+def _fused(names, f_dis, f_ref, shared, cos_skip_nonfinite):
+    """The distances the fused Triton kernels give for these stacks ({} off CUDA): skld, jsd,
+    wsd, cos, and l2 when the column layout only pads (ZSIQA_FUSED=0: none)."""
+    if os.environ.get("ZSIQA_FUSED", "1") == "0":
+        return {}
+    import fused
+    if not fused.available(f_dis.device):
+        return {}
+    fast = {}
+    if any(n in ("skld", "jsd", "wsd") for n in names):
+        fast = fused.distribution_distances(*shared.get("layout"))
+        t, d = f_dis.shape[-2:]
+        if min(pad_amounts(t, d)) >= 0:
+            fast["l2"] = fast["sq_total"] / (t * d)  # padding adds zeros on both sides: Σ_l mean_l = Σ / (T·D)
+    if "cos" in names and not cos_skip_nonfinite:
+        fast["cos"] = fused.token_cosine(f_dis.float(), f_ref.float())
+    return fast
 
 
 def compute(names, f_dis, f_ref, swd_seed=0, cos_skip_nonfinite=False):
     """Several distances of the same stacks → [N, len(names)], intermediates shared. On CUDA
-    skld/jsd/wsd, cos, and l2 (when the column layout only pads) come from the fused Triton
-    kernels of fused.py, which read each side once or twice (ZSIQA_FUSED=0: all eager)."""
+    the fused kernels of fused.py read each side once or twice instead of ~90 times."""
     shared = Shared(f_dis, f_ref)
-    fast = {}
-    if os.environ.get("ZSIQA_FUSED", "1") != "0":
-        import fused
-        if fused.available(f_dis.device):
-            if any(n in SHARES for n in names):
-                fast = fused.distribution_distances(*shared.get("layout"))
-                t, d = f_dis.shape[-2:]
-                if "l2" in names and min(pad_amounts(t, d)) >= 0:
-                    fast["l2"] = fast["sq_total"] / (t * d)  # padding adds zeros on both sides: Σ_l mean_l = Σ / (T·D)
-            if "cos" in names and not cos_skip_nonfinite:
-                fast["cos"] = fused.token_cosine(f_dis.float(), f_ref.float())
-    cols = []
-    for name in names:
-        if name in fast:
-            cols.append(fast[name])
-            continue
-        kw = {"shared": shared} if name in SHARES else {"seed": swd_seed} if name == "swd" else \
-             {"skip_nonfinite": cos_skip_nonfinite} if name == "cos" else {}
-        cols.append(DISTANCES[name].fn(f_dis, f_ref, **kw))
-    return torch.stack(cols, dim=1)
+    fast = _fused(names, f_dis, f_ref, shared, cos_skip_nonfinite)
+    options = {"shared": shared, "seed": swd_seed, "skip_nonfinite": cos_skip_nonfinite}
+    return torch.stack([fast[n] if n in fast else DISTANCES[n](f_dis, f_ref, **options) for n in names], dim=1)

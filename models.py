@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from distances import applicable
 from utils import UserError
 
-ALL_DISTANCES = ("l2", "cos", "skld", "jsd", "wsd", "swd")
 
 
 # ---------------------------------------------------------------- weight files
@@ -450,7 +450,13 @@ class Backbone:
 
     @property
     def distances(self):
-        return ("cos",) if self.output == "embed" else ("l2", "cos") if self.maps else ALL_DISTANCES
+        """Every registered distance that applies to this backbone's kind of features."""
+        return applicable(self.features)
+
+    @property
+    def features(self):
+        """'embed', 'maps' (conv feature maps) or 'tokens' (token stacks): distances.FEATURE_KINDS."""
+        return "embed" if self.output == "embed" else "maps" if self.maps else "tokens"
 
 
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -20,23 +20,23 @@ def test_golden_cases(golden, case):
     dis = torch.from_numpy(z[f"case{case}_dis"].astype(np.float32))
     assert list(ref.shape) == row["shape"]
     for name in NAMES:
-        got = DISTANCES[name].fn(dis, ref).item()
+        got = DISTANCES[name](dis, ref).item()
         assert close(got, row[name]), (name, got, row[name])
     emb = lambda f: F.normalize(f[:, -1:], dim=-1)  # noqa: E731  the embed form: last layer, unit tokens
-    got = DISTANCES["cos"].fn(emb(dis), emb(ref)).item()
+    got = DISTANCES["cos"](emb(dis), emb(ref)).item()
     assert close(got, row["cos_embed_tokens"]), (got, row["cos_embed_tokens"])
 
 
 def test_hand_computed_l2_and_cos():
     ref = torch.zeros(1, 3, 5, 4)
-    assert DISTANCES["l2"].fn(ref + 2, ref).item() == pytest.approx(3 * 4.0)  # 3 layers × mean 2²
+    assert DISTANCES["l2"](ref + 2, ref).item() == pytest.approx(3 * 4.0)  # 3 layers × mean 2²
     a = torch.tensor([1.0, 0, 0, 0]).expand(1, 3, 5, 4)
     b = torch.tensor([0.0, 1, 0, 0]).expand(1, 3, 5, 4)
-    assert DISTANCES["cos"].fn(a, b).item() == pytest.approx(3.0)           # orthogonal: 1 per layer
-    assert DISTANCES["cos"].fn(a, -a).item() == pytest.approx(6.0)          # opposite: 2 per layer
+    assert DISTANCES["cos"](a, b).item() == pytest.approx(3.0)           # orthogonal: 1 per layer
+    assert DISTANCES["cos"](a, -a).item() == pytest.approx(6.0)          # opposite: 2 per layer
     for name in ["skld", "jsd", "wsd", "swd"]:
         x = torch.randn(1, 2, 16, 8)
-        assert DISTANCES[name].fn(x, x).item() == pytest.approx(0.0, abs=1e-6), name
+        assert DISTANCES[name](x, x).item() == pytest.approx(0.0, abs=1e-6), name
 
 
 def test_column_layout_pads_and_crops_like_published():
@@ -86,7 +86,7 @@ def test_distribution_distances_match_numpy_rederivation(shape):
     dis = ref + 0.5 * torch.randn(shape, generator=g)
     want = _numpy_reference(dis, ref)
     for name, value in want.items():
-        got = DISTANCES[name].fn(dis, ref).item()
+        got = DISTANCES[name](dis, ref).item()
         assert got == pytest.approx(value, rel=1e-5), name
 
 
@@ -97,16 +97,16 @@ def test_swd_matches_direct_definition_and_is_seeded():
     a = np.sort(dirs @ dis[0].reshape(4, -1).double().numpy(), axis=1)
     b = np.sort(dirs @ ref[0].reshape(4, -1).double().numpy(), axis=1)
     want = ((a - b) ** 2).mean(0).sum()
-    assert DISTANCES["swd"].fn(dis, ref).item() == pytest.approx(want, rel=1e-5)
-    assert DISTANCES["swd"].fn(dis, ref, seed=1).item() != pytest.approx(want, rel=1e-5)
+    assert DISTANCES["swd"](dis, ref).item() == pytest.approx(want, rel=1e-5)
+    assert DISTANCES["swd"](dis, ref, seed=1).item() != pytest.approx(want, rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["l2", "cos", "skld", "jsd", "wsd", "swd"])
 def test_batched_equals_one_at_a_time(name):
     g = torch.Generator().manual_seed(5)
     ref, dis = torch.randn(5, 3, 17, 24, generator=g), torch.randn(5, 3, 17, 24, generator=g)
-    batched = DISTANCES[name].fn(dis, ref)
-    single = torch.cat([DISTANCES[name].fn(dis[i:i + 1], ref[i:i + 1]) for i in range(5)])
+    batched = DISTANCES[name](dis, ref)
+    single = torch.cat([DISTANCES[name](dis[i:i + 1], ref[i:i + 1]) for i in range(5)])
     assert batched.shape == (5,)
     assert torch.allclose(batched, single, rtol=1e-5, atol=1e-7)
 
@@ -115,6 +115,6 @@ def test_half_precision_inputs_are_compared_in_fp32():
     g = torch.Generator().manual_seed(9)
     ref, dis = torch.randn(2, 2, 16, 8, generator=g), torch.randn(2, 2, 16, 8, generator=g)
     for name in ["l2", "cos", "wsd"]:
-        out = DISTANCES[name].fn(dis.half(), ref.half())
+        out = DISTANCES[name](dis.half(), ref.half())
         assert out.dtype == torch.float32
-        assert torch.allclose(out, DISTANCES[name].fn(dis.half().float(), ref.half().float()))
+        assert torch.allclose(out, DISTANCES[name](dis.half().float(), ref.half().float()))

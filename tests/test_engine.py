@@ -34,7 +34,7 @@ def _loop(scorer, pairs):
     out = []
     for ref, dis in pairs:
         wr, wd = windows(load_image(ref)), windows(load_image(dis))
-        per = [[DISTANCES[d].fn(scorer.extractor(wd[k:k + 1]), scorer.extractor(wr[k:k + 1])).item()
+        per = [[DISTANCES[d](scorer.extractor(wd[k:k + 1]), scorer.extractor(wr[k:k + 1])).item()
                 for d in scorer.distances] for k in range(wr.shape[0])]
         out.append(np.mean(per, axis=0))
     return np.array(out)

@@ -21,12 +21,12 @@ for shape in [(5, 4, 33, 24), (2, 12, 50, 96), (3, 2, 197, 40), (2, 3, 14, 13)]:
     b = a + 0.3 * torch.randn(shape, generator=g)
     got = fused.distribution_distances(to_columns(a), to_columns(b))
     for n in names:
-        want = DISTANCES[n].fn(a, b)
+        want = DISTANCES[n](a, b)
         assert torch.allclose(got[n], want, rtol=1e-5, atol=1e-7), (shape, n, got[n], want)
     every = ("l2",) + names + ("cos",)
     mixed = compute(every, a, b)  # the dispatch picks the fused kernels here (l2 too when only padding)
-    assert torch.allclose(mixed, torch.stack([DISTANCES[n].fn(a, b) for n in every], 1), rtol=1e-5, atol=1e-7), shape
-    assert torch.allclose(fused.token_cosine(a, b), DISTANCES["cos"].fn(a, b), rtol=1e-5, atol=1e-7)
+    assert torch.allclose(mixed, torch.stack([DISTANCES[n](a, b) for n in every], 1), rtol=1e-5, atol=1e-7), shape
+    assert torch.allclose(fused.token_cosine(a, b), DISTANCES["cos"](a, b), rtol=1e-5, atol=1e-7)
 if len(sys.argv) > 1:
     rows = json.load(open(sys.argv[1] + "/expected.json"))["distances"]
     z = np.load(sys.argv[1] + "/distances.npz")
