@@ -22,8 +22,20 @@ from PIL import Image
 
 from distances import DISTANCES, compute
 from models import FeatureExtractor, get_backbone
-from utils import (UserError, check_pair_sizes, open_image, pil_to_tensor, resize_square,
+from utils import (UserError, check_pair, open_image, pil_to_tensor, resize_square,
                    to_float, windows)
+
+
+def weights_identity(path):
+    """'random', or 'sha256:<hex>' of the weights file: what the numbers were made with."""
+    if path == "random":
+        return "random"
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
 
 
 def parse_distances(distances, backbone):
@@ -135,6 +147,8 @@ class Scorer:
         self.distance_batch = 128 if gpu else 2
         if self.batch_size < 1:
             raise UserError("--batch-size must be at least 1")
+        self.settings = {"model": self.backbone.name, "precision": precision, "model_norm": bool(model_norm),
+                         "resize": resize, "swd_seed": swd_seed, "weights": weights_identity(self.extractor.weights_path)}
 
     # ------------------------------------------------------------ the one-call API
     def __call__(self, ref, dis):
@@ -173,15 +187,27 @@ class Scorer:
             im = resize_square(im, self.resize)
         return pil_to_tensor(im)
 
-    def score_files(self, pairs, variants=None, skip=frozenset()):
-        """Score (ref_path, dis_path) pairs read from disk (decoded in `workers` processes),
-        yielding (pair index, np.array of scores in self.distances order) as pairs finish,
-        grouped by reference. With `variants` (a list of None or transforms (ref_pil,
-        dis_pil) → (ref, dis), e.g. robustness shifts) every pair is scored under each and
-        the ids are (variant index, pair index); `skip` holds such ids already done."""
-        loader = make_loader(pairs, variants or (None,), self.resize, skip, self.workers, self.device.type == "cuda")
-        for (v, i), row in self.score_chunks(loader):
-            yield ((v, i) if variants else i), row
+    def score_files(self, pairs, variants=None, jobs=None, on_error=None):
+        """Score (ref_path, dis_path) pairs read from disk (decoded in `workers` processes).
+
+        Args:
+            pairs: list of (ref_path, dis_path).
+            variants: None, or a list of None or transforms (ref_pil, dis_pil) → (ref, dis)
+                (e.g. robustness shifts); every job names one.
+            jobs: the (variant index, pair index) jobs to score; default every pair under
+                every variant (variant 0 alone without variants).
+            on_error: None to raise UserError when a file cannot be decoded, or a function
+                (job, message) called for each pair that cannot be, which is then skipped.
+
+        Yields:
+            ((variant index, pair index), np.array of scores in self.distances order), as
+            pairs finish, grouped by reference.
+        """
+        variants = list(variants or (None,))
+        if jobs is None:
+            jobs = [(v, i) for v in range(len(variants)) for i in range(len(pairs))]
+        loader = make_loader(pairs, variants, self.resize, jobs, self.workers, self.device.type == "cuda")
+        yield from self.score_chunks(loader)
 
     # ------------------------------------------------------------ the engine
     def encode(self, windows_batch):
@@ -306,7 +332,7 @@ class Scorer:
             n_dis = len(chunk.pair_ids)
             for start, imgs in chunk.dis_runs():
                 pair_ids = chunk.pair_ids[start:start + imgs.shape[0]]
-                check_pair_sizes(ref_shape, tuple(imgs.shape[-2:]), f"reference of pair {pair_ids[0]}", f"distorted image of pair {pair_ids[0]}")
+                check_pair(ref_shape[::-1], tuple(imgs.shape[-2:])[::-1], f"pair {pair_ids[0]}", resized=bool(self.resize))
                 wins = windows(imgs.to(dev, non_blocking=True))          # [n·K, 3, 224, 224]
                 k = len(slots)
                 rows = []
@@ -336,13 +362,15 @@ class PairFiles(torch.utils.data.Dataset):
     (ref, dis) → (ref, dis) on Pillow images; variants that leave the reference untouched
     (`changes_reference` False) share its features. Errors come back as UserError objects."""
 
-    def __init__(self, pairs, variants=(None,), resize=None, skip=frozenset(), per_item=16):
+    def __init__(self, pairs, variants=(None,), resize=None, jobs=(), per_item=16):
         self.variants, self.resize = list(variants), resize
+        todo = collections.defaultdict(list)
+        for v, i in sorted(jobs, key=lambda job: (job[1], job[0])):
+            todo[i].append(v)
         groups = collections.OrderedDict()
-        for i, (ref, dis) in enumerate(pairs):
-            todo = [v for v in range(len(self.variants)) if (v, i) not in skip]
-            if todo:
-                groups.setdefault(os.fspath(ref), []).append((i, os.fspath(dis), todo))
+        for i in sorted(todo):
+            ref, dis = pairs[i]
+            groups.setdefault(os.fspath(ref), []).append((i, os.fspath(dis), todo[i]))
         self.items = [(ref, items[s:s + per_item]) for ref, items in groups.items() for s in range(0, len(items), per_item)]
         self.first, self.last = {}, {}
         for k, (ref, items) in enumerate(self.items):
@@ -368,9 +396,7 @@ class PairFiles(torch.utils.data.Dataset):
             chunks = collections.OrderedDict()
             for i, dis_path, todo in items:
                 dis_im = self._load(dis_path)
-                if ref_im.size != dis_im.size:
-                    raise UserError(f"{ref_path} is {ref_im.size[0]}x{ref_im.size[1]} but {dis_path} is "
-                                    f"{dis_im.size[0]}x{dis_im.size[1]}; reference and distorted must match")
+                check_pair(ref_im.size, dis_im.size, f"{ref_path} / {dis_path}", resized=bool(self.resize))
                 for v in todo:
                     t = self.variants[v]
                     r, d = t(ref_im, dis_im) if t is not None else (ref_im, dis_im)
@@ -387,9 +413,9 @@ class PairFiles(torch.utils.data.Dataset):
             return e
 
 
-def make_loader(pairs, variants=(None,), resize=None, skip=frozenset(), workers=0, pin=False):
+def make_loader(pairs, variants=(None,), resize=None, jobs=(), workers=0, pin=False):
     """Chunks of decoded pairs, in order; `workers` processes decode ahead of the device."""
-    ds = PairFiles(pairs, variants, resize, skip)
+    ds = PairFiles(pairs, variants, resize, jobs)
     if workers <= 0:
         items = (ds[k] for k in range(len(ds)))
     else:

@@ -148,9 +148,9 @@ def check_images(dataset, skip_missing, resize=None, variants=(("", 0),)):
     """List unusable pairs up front, from image headers only: missing or unreadable files,
     reference and distorted of different sizes, a side under 224 px (also after a shift's
     crop). Stop with one line unless --skip-missing, which scores the other pairs."""
-    import math
-
     from PIL import Image
+
+    from utils import pair_problem
     sizes, unreadable = {}, set(dataset.missing())
     for rel in dict.fromkeys(p for r, d, _ in dataset.pairs for p in (r, d)):
         if rel in unreadable:
@@ -165,18 +165,13 @@ def check_images(dataset, skip_missing, resize=None, variants=(("", 0),)):
     def problem(ref, dis):
         if ref in unreadable or dis in unreadable:
             return "missing or unreadable"
-        (w, h), (w2, h2) = sizes[ref], sizes[dis]
-        if (w, h) != (w2, h2):
-            return "reference and distorted sizes differ"
-        if min(w - math.ceil(shrink / 100 * w), h) < 224:
-            return "a side under 224 px" + (" after the shift" if shrink else "") + ("" if resize else " (use -r N)")
-        return None
+        return pair_problem(sizes[ref], sizes[dis], shrink, bool(resize))
 
     bad = [(r, d, problem(r, d)) for r, d, _ in dataset.pairs]
     bad = [b for b in bad if b[2]]
     if not bad:
         return dataset.pairs
-    kinds = sorted({why for _, _, why in bad})
+    kinds = sorted({why.split(" (")[0] for _, _, why in bad})
     examples = ", ".join(f"{d} ({why})" for _, d, why in bad[:3])
     msg = f"{len(bad)} of {len(dataset.pairs)} pair(s) unusable under {dataset.root}: {'; '.join(kinds)}; e.g. {examples}"
     if not skip_missing:
@@ -217,8 +212,7 @@ def main(argv=None):
             distributed.merge_parts(p)
     dist.barrier()
     done = {key: read_done(p) for key, p in paths.items()}
-    skip = frozenset((v, i) for v in range(len(variants)) for i, k in enumerate(order) if all(k in done[(v, d)] for d in names))
-    todo = [(v, i) for v in range(len(variants)) for i in range(len(pairs)) if (v, i) not in skip]
+    todo = [(v, i) for v in range(len(variants)) for i, k in enumerate(order) if not all(k in done[(v, d)] for d in names)]
     mine = dist.shard(pairs, todo)  # this rank's (v, i); reference groups stay on one rank
     transforms = [Transform(k, p) if k else None for k, p in variants]
 
@@ -232,7 +226,7 @@ def main(argv=None):
     count = 0
     try:
         files = [(dataset.path(r), dataset.path(d)) for r, d, _ in pairs]
-        for (v, i), row in scorer.score_files(files, transforms, skip=frozenset(todo) - mine | skip):
+        for (v, i), row in scorer.score_files(files, transforms, jobs=sorted(mine)):
             ref, dis, mos = pairs[i]
             for j, d in enumerate(names):
                 writer.write((v, d), dis, ref, mos, row[j])

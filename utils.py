@@ -1,6 +1,7 @@
 """Shared helpers: user-facing errors, image loading, sliding windows (PROTOCOL.md §1-2)."""
 import argparse
 import functools
+import math
 import os
 import sys
 import warnings
@@ -147,9 +148,24 @@ def windows(img):
     return crops.reshape(n * len(pr) * len(pc), c, WINDOW, WINDOW)
 
 
-def check_pair_sizes(ref_size, dis_size, ref_name="reference", dis_name="distorted"):
-    """Reference and distorted must have the same size (H, W) and sides of at least 224."""
-    if tuple(ref_size) != tuple(dis_size):
-        raise UserError(f"{ref_name} is {ref_size[1]}x{ref_size[0]} but {dis_name} is "
-                        f"{dis_size[1]}x{dis_size[0]} (W x H); they must match (or use -r N)")
-    window_positions(dis_size[0]), window_positions(dis_size[1])
+def pair_problem(ref_wh, dis_wh, shift_pct=0, resized=False):
+    """Why a pair cannot be scored, or None: the one place pair usability is decided.
+
+    ref_wh, dis_wh: (width, height) as loaded (after -r N when `resized`); shift_pct: the
+    largest translation that will crop the pair (PROTOCOL.md §5). One message per reason;
+    the text before ' (' names the reason, the rest gives this pair's sizes."""
+    (w, h), (w2, h2) = tuple(ref_wh), tuple(dis_wh)
+    if (w, h) != (w2, h2):
+        return f"reference and distorted sizes differ ({w}x{h} vs {w2}x{h2}" + (")" if resized else "; or use -r N)")
+    cropped = w - math.ceil(shift_pct / 100 * w)
+    if min(cropped, h) < WINDOW:
+        after = " after the shift" if shift_pct else ""
+        return f"a side under {WINDOW} px{after} ({cropped}x{h}" + (")" if resized else "; use -r N, N >= 224)")
+    return None
+
+
+def check_pair(ref_wh, dis_wh, name="pair", shift_pct=0, resized=False):
+    """UserError naming the pair when `pair_problem` finds one."""
+    problem = pair_problem(ref_wh, dis_wh, shift_pct, resized)
+    if problem:
+        raise UserError(f"{name}: {problem}")

@@ -46,7 +46,7 @@ def test_not_an_image_and_corrupt(tiny, imgs, capsys, tmp_path):
 
 
 def test_different_sizes(tiny, imgs, capsys):
-    _fails(capsys, _base(tiny, imgs("a.png", 240, 230), imgs("b.png", 250, 230)), "must match")
+    _fails(capsys, _base(tiny, imgs("a.png", 240, 230), imgs("b.png", 250, 230)), "sizes differ")
 
 
 def test_side_under_224_unless_resized(tiny, imgs, capsys):

@@ -55,7 +55,7 @@ def test_score_files_equals_api(tiny, mixed_set, workers):
     name, weights = tiny
     scorer = Scorer(name, "l2,wsd", device="cpu", weights=weights, batch_size=5, workers=workers)
     api = scorer([r for r, _ in mixed_set], [d for _, d in mixed_set])
-    rows = dict(scorer.score_files(mixed_set))
+    rows = {i: r for (_, i), r in scorer.score_files(mixed_set)}
     assert sorted(rows) == list(range(len(mixed_set)))
     got = np.array([rows[i] for i in range(len(mixed_set))])
     np.testing.assert_allclose(got[:, 0], api["l2"].numpy(), rtol=1e-6)
