@@ -3,6 +3,7 @@
     from engine import Scorer
     metric = Scorer("dinov1", "wsd")               # weights resolved as in README
     metric("ref.png", "dis.png")                   # tensor([score])
+    metric.score("ref.png", "dis.png")             # {"wsd": tensor([score])}: always a dict
     Scorer("clip_vitb32", ["l2", "cos"])(refs, dises)   # {"l2": tensor[N], "cos": tensor[N]}
 
 How it is fast without changing a number: windows of many pairs go through the backbone in
@@ -10,6 +11,10 @@ one batch; each distinct reference is encoded once and its features stay in a sl
 the device until its last distorted image is done; every requested distance comes from the
 same feature pass; images are decoded in DataLoader workers while the device computes.
 Per-pair score = mean over its windows of the per-window distance (PROTOCOL.md §2).
+
+Memory is bounded by the batch size, not the image area: a reference whose window features
+exceed the cache budget (`cache_mb`) is compared block of window positions by block instead
+of being cached whole.
 """
 import collections
 import os
@@ -21,9 +26,9 @@ import torch
 from PIL import Image
 
 from distances import DISTANCES, compute
+from loading import Chunk, load_chunks
 from models import FeatureExtractor, get_backbone
-from utils import (UserError, check_pair, open_image, pil_to_tensor, resize_square,
-                   to_float, windows)
+from utils import UserError, check_pair, open_image, pil_to_tensor, resize_square, to_float, window_count, windows
 
 
 def weights_identity(path):
@@ -49,40 +54,23 @@ def parse_distances(distances, backbone):
         if d not in DISTANCES:
             raise UserError(f"unknown distance '{d}'; known: {', '.join(DISTANCES)}")
         if d not in backbone.distances:
-            why = " (conv feature maps: the published code defines only l2 and cos on them)" if backbone.maps else \
-                  " (an embedding: only cos applies)" if backbone.output == "embed" else ""
-            raise UserError(f"distance '{d}' does not apply to {backbone.name}; it takes: {', '.join(backbone.distances)}{why}")
+            why = {"maps": " (conv feature maps: the published code defines only l2 and cos on them)",
+                   "embed": " (an embedding: only cos applies)"}.get(backbone.features, "")
+            raise UserError(f"distance '{d}' does not apply to {backbone.name}; "
+                            f"it takes: {', '.join(backbone.distances)}{why}")
     return distances
 
 
-@dataclass
-class Chunk:
-    """Some distorted images of one reference, decoded: `dis` is a list of [3, H, W] or one
-    stacked [n, 3, H, W] tensor. `ref` may be None when an earlier chunk already carried this
-    reference; `last` marks the reference's final chunk."""
-    ref_key: object
-    ref: Optional[torch.Tensor]
-    dis: object
-    pair_ids: list
-    last: bool = True
+def _count(value, name, minimum, default):
+    """An integer option ≥ minimum (None: the default); refuses floats, bools and strings."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise UserError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+    return int(value)
 
-    def pin_memory(self):
-        """Called by DataLoader(pin_memory=True): page-locked tensors copy to a GPU asynchronously."""
-        pin = lambda t: t.pin_memory() if torch.is_tensor(t) else t  # noqa: E731
-        return Chunk(self.ref_key, pin(self.ref), pin(self.dis) if torch.is_tensor(self.dis) else [pin(d) for d in self.dis],
-                     self.pair_ids, self.last)
 
-    def dis_runs(self):
-        """The distorted images as stacked runs of one size: [(first index, [n, 3, H, W])]."""
-        if torch.is_tensor(self.dis):
-            return [(0, self.dis)]
-        runs, start = [], 0
-        for k in range(1, len(self.dis) + 1):
-            if k == len(self.dis) or self.dis[k].shape != self.dis[start].shape:
-                runs.append((start, torch.stack(self.dis[start:k])))
-                start = k
-        return runs
-
+# ---------------------------------------------------------------- engine state
 
 class SlotPool:
     """Device buffers holding the features of the references in flight, one slot per
@@ -97,18 +85,15 @@ class SlotPool:
             self.free.extend(range(self.capacity, self.capacity + grow))
             self.capacity += grow
         slots, self.free = self.free[:count], self.free[count:]
-        return slots
+        return torch.tensor(slots, dtype=torch.long)
 
     def release(self, slots):
-        self.free.extend(slots)
+        self.free.extend(slots.tolist())
 
     def write(self, slots, feats):
-        if self.buffers is None or self.buffers[0].shape[0] < self.capacity:
-            fresh = [f.new_empty((self.capacity,) + f.shape[1:]) for f in feats]
-            if self.buffers is not None:
-                for new, old in zip(fresh, self.buffers):
-                    new[: old.shape[0]] = old
-            self.buffers = fresh
+        if self.buffers is None:
+            self.buffers = [f.new_empty((0,) + f.shape[1:]) for f in feats]
+        self.buffers = [_grown(b, self.capacity) for b in self.buffers]
         for buf, f in zip(self.buffers, feats):
             buf[slots] = f
 
@@ -116,45 +101,274 @@ class SlotPool:
         return [buf[slots] for buf in self.buffers]
 
 
-def _as_groups(feats):
-    """Features as a list of groups [N, L_g, ...]: one group for token stacks, one per
-    shape for conv maps."""
-    return list(feats) if isinstance(feats, (list, tuple)) else [feats]
+def _grown(t, rows):
+    """t with at least `rows` rows (zeros appended, contents kept)."""
+    if t.shape[0] >= rows:
+        return t
+    out = t.new_zeros((rows,) + t.shape[1:])
+    out[: t.shape[0]] = t
+    return out
 
+
+class Accumulator:
+    """Per-pair sums of window scores on the device, one recycled row per pair in flight."""
+
+    def __init__(self, columns, device):
+        self.sums = torch.zeros(64, columns, dtype=torch.float64, device=device)
+        self.free, self.next = [], 0
+
+    def take(self, count):
+        return [self.free.pop() if self.free else self._new() for _ in range(count)]
+
+    def _new(self):
+        self.next += 1
+        return self.next - 1
+
+    def add(self, rows, scores):
+        if self.next > self.sums.shape[0]:
+            self.sums = _grown(self.sums, max(self.next, 2 * self.sums.shape[0]))
+        self.sums.index_add_(0, rows.to(self.sums.device, non_blocking=True), scores)
+
+    def pop(self, rows):
+        """The sums of these rows (zeroed and freed for reuse)."""
+        idx = torch.tensor(rows).to(self.sums.device, non_blocking=True)
+        out = self.sums.index_select(0, idx)
+        self.sums.index_fill_(0, idx, 0)
+        self.free.extend(rows)
+        return out
+
+
+@dataclass
+class Queued:
+    """Windows waiting for the backbone, with what to do with each one's features."""
+    windows: torch.Tensor   # [k, 3, 224, 224], uint8 or float in [0, 1], on the device
+    is_ref: torch.Tensor    # [k] bool: store in the slot pool (reference) or compare (distorted)
+    slots: torch.Tensor     # [k] the reference slot each window is stored in or compared with
+    rows: torch.Tensor      # [k] the accumulator row of each distorted window's pair
+
+    def split(self, n):
+        head = Queued(self.windows[:n], self.is_ref[:n], self.slots[:n], self.rows[:n])
+        return head, Queued(self.windows[n:], self.is_ref[n:], self.slots[n:], self.rows[n:])
+
+
+@dataclass
+class Pending:
+    """Done once the queue has been encoded up to `end`: a pair to read back (job set), or
+    reference slots to free (release set)."""
+    end: int
+    job: object = None
+    row: int = -1
+    windows: int = 0
+    release: Optional[torch.Tensor] = None
+
+
+@dataclass
+class Reference:
+    """A reference in flight: its cached window slots, or (too large to cache) its image."""
+    shape: tuple
+    slots: Optional[torch.Tensor] = None
+    image: Optional[torch.Tensor] = None
+
+
+class EngineRun:
+    """One pass of the engine over a stream of Chunks. `add` queues a chunk's windows,
+    `flush` encodes full batches (storing reference features, comparing distorted ones
+    against their reference's slots), `drain` yields the pairs whose windows are all done."""
+
+    def __init__(self, scorer):
+        self.scorer, self.dev = scorer, scorer.device
+        self.pool, self.refs = SlotPool(), {}
+        self.queue, self.queued, self.position = collections.deque(), 0, 0
+        self.pending, self.inflight = collections.deque(), collections.deque()
+        self.acc = Accumulator(len(scorer.distances), self.dev)
+
+    # ---- queueing windows
+    def _enqueue(self, wins, is_ref, slots, rows):
+        self.queue.append(Queued(wins, torch.full((wins.shape[0],), is_ref), slots, rows))
+        self.queued += wins.shape[0]
+        self.position += wins.shape[0]
+
+    def add(self, chunk):
+        """Queue a chunk: its reference's windows when first seen, then its distorted ones."""
+        if chunk.ref_key not in self.refs:
+            if chunk.ref is None:
+                if not chunk.jobs:  # nothing of this reference could be read
+                    return
+                raise RuntimeError("a reference's first chunk must carry its image")
+            self.refs[chunk.ref_key] = self._new_reference(chunk.ref)
+        ref = self.refs[chunk.ref_key]
+        for start, imgs in chunk.dis_runs():
+            jobs = chunk.jobs[start:start + imgs.shape[0]]
+            check_pair(ref.shape[::-1], tuple(imgs.shape[-2:])[::-1], f"pair {jobs[0]}", resized=bool(self.scorer.resize))
+            if ref.slots is not None:
+                self._add_cached(ref, imgs, jobs)
+            else:
+                self._add_blockwise(ref, imgs, jobs)
+        if chunk.last:  # free the reference once everything queued so far is done
+            self.pending.append(Pending(self.position, release=self.refs.pop(chunk.ref_key).slots))
+
+    def _new_reference(self, img):
+        shape = tuple(img.shape[-2:])
+        if window_count(*shape) > self.scorer.cached_windows:
+            return Reference(shape, image=img)
+        wins = windows(img.to(self.dev, non_blocking=True))
+        slots = self.pool.reserve(wins.shape[0])
+        self._enqueue(wins, True, slots, torch.zeros(len(slots), dtype=torch.long))
+        return Reference(shape, slots=slots)
+
+    def _add_cached(self, ref, imgs, jobs):
+        wins = windows(imgs.to(self.dev, non_blocking=True))  # [n·K, 3, 224, 224], image-major
+        k, rows = len(ref.slots), self.acc.take(len(jobs))
+        base = self.position
+        self._enqueue(wins, False, ref.slots.repeat(len(jobs)), torch.tensor(rows).repeat_interleave(k))
+        self.pending.extend(Pending(base + (j + 1) * k, job, row, k) for j, (job, row) in enumerate(zip(jobs, rows)))
+
+    def _add_blockwise(self, ref, imgs, jobs):
+        """A reference too large to cache: per block of window positions, encode its windows
+        there, compare every distorted image's windows there, free the block's slots."""
+        total, block = window_count(*ref.shape), self.scorer.cached_windows
+        rows = torch.tensor(self.acc.take(len(jobs)))
+        ref_img, imgs = ref.image.to(self.dev, non_blocking=True), imgs.to(self.dev, non_blocking=True)
+        for b0 in range(0, total, block):
+            select = range(b0, min(total, b0 + block))
+            slots = self.pool.reserve(len(select))
+            self._enqueue(windows(ref_img, select), True, slots, torch.zeros(len(select), dtype=torch.long))
+            self._enqueue(windows(imgs, select), False, slots.repeat(len(jobs)), rows.repeat_interleave(len(select)))
+            self.pending.append(Pending(self.position, release=slots))
+            self.flush(1)  # free this block's slots before the next block takes its own
+        self.pending.extend(Pending(self.position, job, int(row), total) for job, row in zip(jobs, rows))
+
+    # ---- encoding and comparing
+    def flush(self, limit):
+        """Encode batches while at least `limit` windows are queued (limit=1: everything)."""
+        while self.queued >= limit and self.queued > 0:
+            self._encode_batch(self._take(min(self.scorer.batch_size, self.queued)))
+            self._collect(self.position - self.queued)
+        self._collect(self.position - self.queued)  # entries queued after the last batch (nothing left to encode)
+
+    def _take(self, n):
+        parts = []
+        while n:
+            head, rest = self.queue[0].split(n)
+            if rest.windows.shape[0]:
+                self.queue[0] = rest
+            else:
+                self.queue.popleft()
+            parts.append(head)
+            n -= head.windows.shape[0]
+            self.queued -= head.windows.shape[0]
+        return parts
+
+    def _encode_batch(self, parts):
+        """One forward pass; every part's windows become float in [0, 1] on their own, so an
+        8-bit image's windows are scaled whatever their neighbours in the batch are."""
+        wins = torch.cat([to_float(p.windows) for p in parts]) if len(parts) > 1 else to_float(parts[0].windows)
+        feats = self.scorer.encode(wins)
+        is_ref, slots, rows = (torch.cat([getattr(p, k) for p in parts]) for k in ("is_ref", "slots", "rows"))
+        ref_at = is_ref.nonzero().flatten()
+        if len(ref_at):
+            at = ref_at.to(self.dev, non_blocking=True)
+            self.pool.write(slots[ref_at].to(self.dev, non_blocking=True), [f[at] for f in feats])
+        dis_at = (~is_ref).nonzero().flatten()
+        if len(dis_at):
+            f_dis = feats if not len(ref_at) else [f[dis_at.to(self.dev, non_blocking=True)] for f in feats]
+            ref_slots = slots[dis_at].to(self.dev, non_blocking=True)
+            scores = self.scorer.window_scores(f_dis, lambda a, b: self.pool.read(ref_slots[a:b]))
+            self.acc.add(rows[dis_at], scores)
+
+    # ---- reading back
+    def _collect(self, upto):
+        """Entries whose last window is below `upto`: free their slots and queue one
+        device→host copy of the finished pairs' sums (later work is ordered after it)."""
+        ready = []
+        while self.pending and self.pending[0].end <= upto:
+            entry = self.pending.popleft()
+            if entry.release is not None:
+                self.pool.release(entry.release)
+            if entry.job is not None:
+                ready.append(entry)
+        if not ready:
+            return
+        sums, event = self.acc.pop([e.row for e in ready]), None
+        if self.dev.type == "cuda":  # asynchronous: the CPU goes on preparing the next batch
+            host = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True)
+            host.copy_(sums, non_blocking=True)
+            event, sums = torch.cuda.Event(), host
+            event.record()
+        self.inflight.append((event, sums, ready))
+
+    def drain(self, keep):
+        """Yield (job, mean scores) of finished pairs, leaving `keep` read-backs in flight."""
+        while len(self.inflight) > keep:
+            event, sums, ready = self.inflight.popleft()
+            if event is not None:
+                event.synchronize()
+            for entry, s in zip(ready, sums.numpy()):
+                yield entry.job, s / entry.windows
+
+
+# ---------------------------------------------------------------- the API
 
 class Scorer:
     """A backbone, its distances and a device, built once; score pairs by calling it.
 
-    model: a registry name (see `models.BACKBONES`); distances: one name, a comma list, a
-    list, or 'all'; device: auto|cpu|cuda; precision: published|fp32|fp16|bf16; weights:
-    a checkpoint path (else $ZSIQA_WEIGHTS_DIR, the library caches, then download);
-    batch_size: windows per forward pass; workers: image-decoding processes for files;
-    resize: optional N for the published `-r N` square resize; model_norm: feed the
-    backbone its own mean/std-normalised input instead of raw [0, 1] (not the protocol)."""
+    Args:
+        model: a registry name (see `models.BACKBONES`).
+        distances: one name, a comma list, a list, or 'all'.
+        device: auto|cpu|cuda. precision: published|fp32|fp16|bf16.
+        weights: a checkpoint path (else $ZSIQA_WEIGHTS_DIR, the library caches, then download).
+        batch_size: windows per forward pass. workers: image-decoding processes for files.
+        resize: optional N ≥ 224 for the published `-r N` square resize.
+        model_norm: feed the backbone its own mean/std-normalised input (not the protocol).
+        cache_mb: device memory for cached reference features; a reference larger than
+            that is compared block by block (default 4096 on a GPU, 96 on a CPU: LIVE-size references stay cached).
 
-    def __init__(self, model="dinov1", distances="all", device="auto", precision="published",
-                 weights=None, batch_size=None, workers=None, resize=None, swd_seed=0, model_norm=False):
+    Return rule: `score()` always returns {distance: tensor [N]}; calling the scorer returns
+    the same dict, or the one tensor when it was built with a single distance name."""
+
+    def __init__(self, model="dinov1", distances="all", device="auto", precision="published", weights=None,
+                 batch_size=None, workers=None, resize=None, swd_seed=0, model_norm=False, cache_mb=None):
         self.backbone = get_backbone(model)
         self.distances = parse_distances(distances, self.backbone)
         self.single = isinstance(distances, str) and distances != "all" and "," not in distances
+        self.resize = _count(resize, "resize", 224, None)
+        self.swd_seed = _count(swd_seed, "swd_seed", 0, 0)
         self.extractor = FeatureExtractor(self.backbone, weights, device, precision, model_norm)
         self.device = self.extractor.device
         gpu = self.device.type == "cuda"
-        self.batch_size = int(batch_size or (256 if gpu else 16))
-        self.workers = (min(8, os.cpu_count() or 1) if gpu else 0) if workers is None else int(workers)
-        self.resize = resize
-        self.swd_seed = swd_seed
+        self.batch_size = _count(batch_size, "batch size", 1, 256 if gpu else 16)
+        self.workers = _count(workers, "workers", 0, min(8, os.cpu_count() or 1) if gpu else 0)
+        self.cache_mb = _count(cache_mb, "cache_mb", 1, 4096 if gpu else 96)
         self.distance_batch = 128 if gpu else 2
-        if self.batch_size < 1:
-            raise UserError("--batch-size must be at least 1")
+        self._window_bytes = None
         self.settings = {"model": self.backbone.name, "precision": precision, "model_norm": bool(model_norm),
-                         "resize": resize, "swd_seed": swd_seed, "weights": weights_identity(self.extractor.weights_path)}
+                         "resize": self.resize, "swd_seed": self.swd_seed,
+                         "weights": weights_identity(self.extractor.weights_path)}
+
+    @property
+    def lower_better(self):
+        """{distance: True when a lower score means more alike} (all published distances)."""
+        return {d: DISTANCES[d].lower_better for d in self.distances}
+
+    @property
+    def cached_windows(self):
+        """How many reference windows' features fit the cache budget (at least one)."""
+        if self._window_bytes is None:  # one window's features, measured once
+            feats = self.extractor(torch.zeros(1, 3, 224, 224, device=self.device))
+            self._window_bytes = sum(f[0].numel() * f.element_size() for f in (feats if isinstance(feats, list) else [feats]))
+        return max(1, self.cache_mb * 2**20 // self._window_bytes)
 
     # ------------------------------------------------------------ the one-call API
     def __call__(self, ref, dis):
-        """Score pairs. ref, dis: a path, a PIL image, a tensor [3,H,W] or [N,3,H,W] in
-        [0, 1], or a list of those (same length). Returns a tensor [N] when the scorer was
-        built with one distance name, else {distance: tensor [N]}."""
+        """Score pairs (see `score`): the one tensor [N] when built with one distance name,
+        else {distance: tensor [N]}."""
+        result = self.score(ref, dis)
+        return result[self.distances[0]] if self.single else result
+
+    def score(self, ref, dis):
+        """Score pairs. ref, dis: a path, a PIL image, a numpy HWC uint8 array, a tensor
+        [3, H, W] or [N, 3, H, W] (float in [0, 1], uint8 or uint16), or a list of those.
+        Returns {distance: float64 tensor [N]}."""
         refs, dises = self._as_list(ref), self._as_list(dis)
         if len(refs) != len(dises):
             raise UserError(f"{len(refs)} references but {len(dises)} distorted images")
@@ -164,11 +378,12 @@ class Scorer:
             groups.setdefault(k, []).append(i)
         chunks = (Chunk(k, self._prepare(refs[idx[0]]), [self._prepare(dises[i]) for i in idx], idx)
                   for k, idx in groups.items())
-        out = np.zeros((len(refs), len(self.distances)))
+        out, seen = np.zeros((len(refs), len(self.distances))), np.zeros(len(refs), bool)
         for i, row in self.score_chunks(chunks):
-            out[i] = row
-        result = {d: torch.from_numpy(out[:, j]) for j, d in enumerate(self.distances)}
-        return result[self.distances[0]] if self.single else result
+            out[i], seen[i] = row, True
+        if not seen.all():  # every pair must come back: never a silent placeholder
+            raise RuntimeError(f"internal error: {int((~seen).sum())} pair(s) were not scored")
+        return {d: torch.from_numpy(out[:, j]) for j, d in enumerate(self.distances)}
 
     def _as_list(self, x):
         if torch.is_tensor(x) and x.dim() == 4:
@@ -176,12 +391,14 @@ class Scorer:
         return list(x) if isinstance(x, (list, tuple)) else [x]
 
     def _prepare(self, x):
+        """One image → [3, H, W] uint8 (8-bit sources, scaled later) or float in [0, 1]."""
         if torch.is_tensor(x):
-            if x.dim() != 3 or x.shape[0] != 3:
-                raise UserError(f"image tensors must be [3, H, W] or [N, 3, H, W], got {list(x.shape)}")
-            if x.is_floating_point() and x.numel() and (x.min() < 0 or x.max() > 1):
-                raise UserError(f"float image tensors must hold values in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
-            return x
+            return _checked_tensor(x)
+        if isinstance(x, np.ndarray):
+            x = _array_to_pil(x)
+        elif not isinstance(x, (str, os.PathLike, Image.Image)):
+            raise UserError(f"cannot score a {type(x).__name__}: give a path, a PIL image, a numpy HWC uint8 array "
+                            f"or a tensor [3, H, W]")
         im = x if isinstance(x, Image.Image) else open_image(x)
         if self.resize:
             im = resize_square(im, self.resize)
@@ -206,13 +423,15 @@ class Scorer:
         variants = list(variants or (None,))
         if jobs is None:
             jobs = [(v, i) for v in range(len(variants)) for i in range(len(pairs))]
-        loader = make_loader(pairs, variants, self.resize, jobs, self.workers, self.device.type == "cuda")
-        yield from self.score_chunks(loader)
+        chunks = load_chunks(pairs, variants, self.resize, jobs, self.workers, self.device.type == "cuda")
+        yield from self.score_chunks(_report_failures(chunks, on_error))
 
     # ------------------------------------------------------------ the engine
     def encode(self, windows_batch):
-        """Windows [B, 3, 224, 224] (uint8 or float in [0, 1]) → list of feature groups."""
-        return _as_groups(self.extractor(to_float(windows_batch.to(self.device, non_blocking=True))))
+        """Windows [B, 3, 224, 224] float in [0, 1] → list of feature groups (one stack
+        [B, L, T, D] for token backbones, one per map shape for conv nets)."""
+        feats = self.extractor(windows_batch.to(self.device, non_blocking=True))
+        return list(feats) if isinstance(feats, (list, tuple)) else [feats]
 
     def window_scores(self, f_dis, ref_of):
         """Per-window scores [B, n_distances] (float64): f_dis are feature groups, ref_of(a, b)
@@ -227,201 +446,50 @@ class Scorer:
         return torch.cat(out)
 
     def score_chunks(self, chunks):
-        """The batched engine. Consumes Chunks; yields (pair id, scores) as pairs finish.
-
-        Windows are queued (a reference's windows before its distorted images'); whenever
-        `batch_size` are queued they go through the backbone together; reference features
-        go to the slot pool, distorted ones are compared against their reference's slots."""
-        dev = self.device
-        pool = SlotPool()
-        refs = {}                       # ref_key → (slots of its windows, its (H, W))
-        queue = collections.deque()     # [windows [k,3,224,224] on dev, is_ref, slots, rows] (CPU index tensors)
-        queued = 0
-        acc = torch.zeros(64, len(self.distances), dtype=torch.float64, device=dev)
-        pending = collections.deque()   # (end position, pair id, row, n windows, ref to release)
-        rows_free, next_row = [], 0
-        position = 0                    # windows enqueued so far
-
-        def run_batches(limit):
-            """Encode full batches (or everything, limit=1); return the positions reached."""
-            nonlocal queued, acc
-            reached = []
-            while queued >= limit and queued > 0:
-                take, parts = min(self.batch_size, queued), []
-                while take:
-                    wins, is_ref, slots, rows = queue[0]
-                    n = min(take, wins.shape[0])
-                    parts.append((wins[:n], is_ref[:n], slots[:n], rows[:n]))
-                    if n == wins.shape[0]:
-                        queue.popleft()
-                    else:
-                        queue[0] = [wins[n:], is_ref[n:], slots[n:], rows[n:]]
-                    take -= n
-                    queued -= n
-                feats = self.encode(parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts]))
-                is_ref, slots, rows = (torch.cat([p[k] for p in parts]) for k in (1, 2, 3))
-                ref_at = is_ref.nonzero().flatten()
-                if len(ref_at):
-                    at = ref_at.to(dev, non_blocking=True)
-                    pool.write(slots[ref_at].to(dev, non_blocking=True), [f[at] for f in feats])
-                dis_at = (~is_ref).nonzero().flatten()
-                if len(dis_at):
-                    f_dis = feats if len(ref_at) == 0 else [f[dis_at.to(dev, non_blocking=True)] for f in feats]
-                    ref_slots = slots[dis_at].to(dev, non_blocking=True)
-                    scores = self.window_scores(f_dis, lambda a, b: pool.read(ref_slots[a:b]))
-                    if acc.shape[0] < next_row:
-                        grown = torch.zeros(max(next_row, 2 * acc.shape[0]), acc.shape[1], dtype=acc.dtype, device=dev)
-                        grown[: acc.shape[0]] = acc
-                        acc = grown
-                    acc.index_add_(0, rows[dis_at].to(dev, non_blocking=True), scores)
-                reached.append(position - queued)
-            return reached
-
-        inflight = collections.deque()  # (event, host scores, finished pairs) read back later
-
-        def collect(upto):
-            """Pairs whose last window is below `upto`: queue one device→host copy of their
-            sums and free their rows and reference slots (later work is ordered after it)."""
-            ready = []
-            while pending and pending[0][0] <= upto:
-                ready.append(pending.popleft())
-            if not ready:
-                return
-            idx = torch.tensor([r[2] for r in ready]).to(dev, non_blocking=True)
-            sums = acc.index_select(0, idx)
-            acc.index_fill_(0, idx, 0)
-            event = None
-            if dev.type == "cuda":  # asynchronous: the CPU goes on preparing the next batch
-                host = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True)
-                host.copy_(sums, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-                sums = host
-            for _, _, row, _, release in ready:
-                rows_free.append(row)
-                if release is not None:
-                    pool.release(refs.pop(release)[0])
-            inflight.append((event, sums, ready))
-
-        def drain(keep):
-            """Yield finished pairs, leaving at most `keep` read-backs in flight."""
-            while len(inflight) > keep:
-                event, sums, ready = inflight.popleft()
-                if event is not None:
-                    event.synchronize()
-                for (_, pair_id, _, n, _), s in zip(ready, sums.numpy()):
-                    yield pair_id, s / n
-
-        def enqueue(wins, is_ref, slots, rows):
-            nonlocal queued, position
-            queue.append([wins, torch.full((wins.shape[0],), is_ref), slots, rows])
-            queued += wins.shape[0]
-            position += wins.shape[0]
-
+        """The batched engine: consumes Chunks, yields (job, scores) as pairs finish."""
+        run = EngineRun(self)
+        keep = 1 if self.device.type == "cuda" else 0
         for chunk in chunks:
-            if isinstance(chunk, Exception):
-                raise chunk
-            if chunk.ref_key not in refs:
-                if chunk.ref is None:
-                    raise RuntimeError("a reference's first chunk must carry its image")
-                wins = windows(chunk.ref.to(dev, non_blocking=True))
-                slots = pool.reserve(wins.shape[0])
-                refs[chunk.ref_key] = (torch.tensor(slots), tuple(chunk.ref.shape[-2:]))
-                enqueue(wins, True, refs[chunk.ref_key][0], torch.zeros(len(slots), dtype=torch.long))
-            slots, ref_shape = refs[chunk.ref_key]
-            n_dis = len(chunk.pair_ids)
-            for start, imgs in chunk.dis_runs():
-                pair_ids = chunk.pair_ids[start:start + imgs.shape[0]]
-                check_pair(ref_shape[::-1], tuple(imgs.shape[-2:])[::-1], f"pair {pair_ids[0]}", resized=bool(self.resize))
-                wins = windows(imgs.to(dev, non_blocking=True))          # [n·K, 3, 224, 224]
-                k = len(slots)
-                rows = []
-                for j, pair_id in enumerate(pair_ids):
-                    if rows_free:
-                        row = rows_free.pop()
-                    else:
-                        row, next_row = next_row, next_row + 1
-                    rows.append(row)
-                    last = chunk.last and start + j == n_dis - 1
-                    pending.append((position + (j + 1) * k, pair_id, row, k, chunk.ref_key if last else None))
-                enqueue(wins, False, slots.repeat(len(pair_ids)), torch.tensor(rows).repeat_interleave(k))
-            for upto in run_batches(self.batch_size):
-                collect(upto)
-            yield from drain(keep=1 if dev.type == "cuda" else 0)
-        for upto in run_batches(1):
-            collect(upto)
-        yield from drain(keep=0)
+            run.add(chunk)
+            run.flush(self.batch_size)
+            yield from run.drain(keep)
+        run.flush(1)
+        yield from run.drain(0)
 
 
-# ---------------------------------------------------------------- reading files
-
-class PairFiles(torch.utils.data.Dataset):
-    """Work items for reading pairs from disk: each item is one reference and up to
-    `per_item` of its distorted images, decoded (in a worker process) and turned into one
-    Chunk per reference key and variant. A variant is None (as loaded) or a transform
-    (ref, dis) → (ref, dis) on Pillow images; variants that leave the reference untouched
-    (`changes_reference` False) share its features. Errors come back as UserError objects."""
-
-    def __init__(self, pairs, variants=(None,), resize=None, jobs=(), per_item=16):
-        self.variants, self.resize = list(variants), resize
-        todo = collections.defaultdict(list)
-        for v, i in sorted(jobs, key=lambda job: (job[1], job[0])):
-            todo[i].append(v)
-        groups = collections.OrderedDict()
-        for i in sorted(todo):
-            ref, dis = pairs[i]
-            groups.setdefault(os.fspath(ref), []).append((i, os.fspath(dis), todo[i]))
-        self.items = [(ref, items[s:s + per_item]) for ref, items in groups.items() for s in range(0, len(items), per_item)]
-        self.first, self.last = {}, {}
-        for k, (ref, items) in enumerate(self.items):
-            for key in {self.ref_key(ref, v) for _, _, todo in items for v in todo}:
-                self.first.setdefault(key, k)
-                self.last[key] = k
-
-    def ref_key(self, ref, v):
-        t = self.variants[v]
-        return (ref, v) if getattr(t, "changes_reference", False) else (ref, None)
-
-    def __len__(self):
-        return len(self.items)
-
-    def _load(self, path):
-        im = open_image(path)
-        return resize_square(im, self.resize) if self.resize else im
-
-    def __getitem__(self, k):
-        ref_path, items = self.items[k]
-        try:
-            ref_im = self._load(ref_path)
-            chunks = collections.OrderedDict()
-            for i, dis_path, todo in items:
-                dis_im = self._load(dis_path)
-                check_pair(ref_im.size, dis_im.size, f"{ref_path} / {dis_path}", resized=bool(self.resize))
-                for v in todo:
-                    t = self.variants[v]
-                    r, d = t(ref_im, dis_im) if t is not None else (ref_im, dis_im)
-                    key = self.ref_key(ref_path, v)
-                    if key not in chunks:
-                        chunks[key] = Chunk(key, pil_to_tensor(r) if self.first[key] == k else None, [], [], self.last[key] == k)
-                    chunks[key].dis.append(pil_to_tensor(d))
-                    chunks[key].pair_ids.append((v, i))
-            for c in chunks.values():  # one tensor per chunk: one copy to the device
-                if len({d.shape for d in c.dis}) == 1:
-                    c.dis = torch.stack(c.dis)
-            return list(chunks.values())
-        except UserError as e:
-            return e
+def _report_failures(chunks, on_error):
+    """Pass chunks on; their unreadable pairs go to on_error, or raise without one."""
+    for chunk in chunks:
+        for job, message in chunk.failed:
+            if on_error is None:
+                raise UserError(message)
+            on_error(job, message)
+        yield chunk
 
 
-def make_loader(pairs, variants=(None,), resize=None, jobs=(), workers=0, pin=False):
-    """Chunks of decoded pairs, in order; `workers` processes decode ahead of the device."""
-    ds = PairFiles(pairs, variants, resize, jobs)
-    if workers <= 0:
-        items = (ds[k] for k in range(len(ds)))
-    else:
-        items = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
-                                            pin_memory=pin, prefetch_factor=4, persistent_workers=False)
-    for item in items:
-        if isinstance(item, Exception):
-            raise item
-        yield from item
+def _checked_tensor(x):
+    """An image tensor → [3, H, W], uint8 or float in [0, 1]; wrong ranges are refused."""
+    if x.dim() != 3 or x.shape[0] != 3:
+        raise UserError(f"image tensors must be [3, H, W] or [N, 3, H, W], got {list(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x
+    if x.dtype == torch.uint16:
+        return x.float().div_(65535)
+    if not x.is_floating_point():
+        raise UserError(f"image tensors of dtype {x.dtype} are ambiguous: give uint8 (0-255), uint16 (0-65535) "
+                        f"or float in [0, 1]")
+    x = x.float()
+    if not torch.isfinite(x).all():
+        raise UserError("image tensor holds NaN or infinite values")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise UserError(f"float image tensors must hold values in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+    return x
+
+
+def _array_to_pil(a):
+    """A numpy image (H×W or H×W×3/4 uint8, H×W uint16) as Pillow reads it; others refused."""
+    ok = (a.dtype == np.uint8 and (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4)))) or \
+         (a.dtype == np.uint16 and a.ndim == 2)
+    if not ok:
+        raise UserError(f"numpy images must be H×W×3 (or ×4, or H×W) uint8, or H×W uint16; got {a.dtype} {list(a.shape)}")
+    return Image.fromarray(np.ascontiguousarray(a))

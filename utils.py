@@ -132,15 +132,22 @@ def window_count(height, width):
     return len(window_positions(height)) * len(window_positions(width))
 
 
-def windows(img):
+def windows(img, select=None):
     """Crop every 224×224 window (rows outer) of img [3, H, W] → [K, 3, 224, 224], or of a
     stack [n, 3, H, W] → [n·K, 3, 224, 224] (image-major), by one gather per axis instead
-    of a Python loop over windows."""
+    of a Python loop over windows. select: a range of window indices (rows-outer order) to
+    crop instead of all K, e.g. one block of a reference too large to cache whole."""
     batched = img.dim() == 4
     img = img if batched else img[None]
     n, c, h, w = img.shape
     pr, pc = window_positions(h), window_positions(w)
     offs = torch.arange(WINDOW)  # indices built on the host and sent without a device sync
+    if select is not None:
+        k = torch.as_tensor(list(select))
+        rows = (torch.tensor(pr)[k // len(pc), None] + offs).to(img.device, non_blocking=True)
+        cols = (torch.tensor(pc)[k % len(pc), None] + offs).to(img.device, non_blocking=True)
+        crops = img[:, :, rows[:, :, None], cols[:, None, :]]  # [n, 3, k, 224, 224]
+        return crops.transpose(1, 2).reshape(n * len(k), c, WINDOW, WINDOW)
     rows = (torch.tensor(pr)[:, None] + offs).reshape(-1).to(img.device, non_blocking=True)
     cols = (torch.tensor(pc)[:, None] + offs).reshape(-1).to(img.device, non_blocking=True)
     crops = img[:, :, rows][:, :, :, cols]  # [n, 3, nr*224, nc*224]

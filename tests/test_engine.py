@@ -103,3 +103,94 @@ def test_api_refuses_tensors_outside_unit_range(tiny):
     with pytest.raises(UserError, match="3 references but 2"):
         metric([torch.zeros(3, 224, 224)] * 3, [torch.zeros(3, 224, 224)] * 2)
     assert metric(torch.zeros(3, 224, 224, dtype=torch.uint8), torch.zeros(3, 224, 224)).item() == 0.0
+
+
+# ---------------------------------------------------------------- trust: inputs that used to give wrong numbers
+
+def test_mixed_bit_depths_share_a_batch_correctly(tiny, tmp_path):
+    """An 8-bit and a 16-bit image in one forward batch: each is scaled to [0, 1] on its own
+    (the 16-bit copy of an 8-bit grey image scores as the 8-bit one does, at any batch size)."""
+    name, weights = tiny
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (240, 250), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "ref8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "dis16.png")  # the same picture, 16 bits
+    Image.fromarray(np.clip(grey.astype(int) + 9, 0, 255).astype(np.uint8)).save(tmp_path / "dis8.png")
+    pairs = [(str(tmp_path / "ref8.png"), str(tmp_path / "dis16.png")), (str(tmp_path / "ref8.png"), str(tmp_path / "dis8.png"))]
+    one = {i: r for (_, i), r in Scorer(name, "l2,cos", device="cpu", weights=weights, batch_size=1).score_files(pairs)}
+    big = {i: r for (_, i), r in Scorer(name, "l2,cos", device="cpu", weights=weights, batch_size=64).score_files(pairs)}
+    assert abs(one[0][0]) < 1e-10 and abs(big[0][0]) < 1e-10  # identical pictures: distance 0
+    np.testing.assert_allclose(big[1], one[1], rtol=1e-6)
+    metric = Scorer(name, "l2", device="cpu", weights=weights)
+    ref8 = torch.from_numpy(np.repeat(grey[None], 3, 0))
+    noisy = (ref8.float() / 255 + 0.02).clamp(0, 1)
+    assert metric(ref8, noisy).item() == pytest.approx(metric(ref8.float() / 255, noisy).item(), rel=1e-6)
+
+
+def test_api_input_types(tiny, tmp_path):
+    from utils import UserError
+    name, weights = tiny
+    metric = Scorer(name, "l2", device="cpu", weights=weights)
+    rng = np.random.default_rng(4)
+    a8 = rng.integers(0, 256, (230, 240, 3), dtype=np.uint8)
+    b8 = np.clip(a8.astype(int) + 15, 0, 255).astype(np.uint8)
+    want = metric(Image.fromarray(a8), Image.fromarray(b8)).item()
+    assert metric(a8, b8).item() == pytest.approx(want, rel=1e-6)                 # numpy HWC uint8 as PIL
+    ta, tb = (torch.from_numpy(x).permute(2, 0, 1).contiguous() for x in (a8, b8))
+    assert metric(ta, tb).item() == pytest.approx(want, rel=1e-6)                 # uint8 tensors / 255
+    t16 = (ta.to(torch.int32) * 257).to(torch.uint16)
+    assert metric(t16, tb).item() == pytest.approx(want, rel=1e-5)                # uint16 tensors / 65535
+    for bad, match in [(ta.long(), "ambiguous"), (torch.full((3, 230, 240), float("nan")), "NaN"),
+                       (None, "cannot score a NoneType"), (a8.astype(np.float64), "numpy images"), (7, "cannot score")]:
+        with pytest.raises(UserError, match=match):
+            metric(bad, tb if torch.is_tensor(bad) else b8)
+    for kwargs, match in [({"batch_size": 2.5}, "batch size"), ({"batch_size": 0}, "batch size"),
+                          ({"workers": -1}, "workers"), ({"resize": 0}, "resize"), ({"resize": -5}, "resize")]:
+        with pytest.raises(UserError, match=match):
+            Scorer(name, "l2", device="cpu", weights=weights, **kwargs)
+    assert metric.score(ta, tb).keys() == {"l2"} and metric.lower_better == {"l2": True}
+
+
+def test_large_reference_compared_block_by_block(tiny, monkeypatch):
+    """A reference over the cache budget is compared per block of window positions: same
+    scores, and never more than a block's reference windows cached at once."""
+    name, weights = tiny
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(3, 700, 650, generator=g)
+    dises = [(ref + s * torch.rand(3, 700, 650, generator=g)).clamp(0, 1) for s in (0.05, 0.1, 0.2)]
+    cached = Scorer(name, ALL, device="cpu", weights=weights)([ref] * 3, dises)
+    blocky = Scorer(name, ALL, device="cpu", weights=weights, cache_mb=1)
+    blocky._window_bytes = 2**20 // 3 + 1  # pretend a window's features take a third of the 1 MB budget: blocks of 2
+    assert blocky.cached_windows == 2
+    import engine
+    reserved = []
+    original = engine.SlotPool.reserve
+    monkeypatch.setattr(engine.SlotPool, "reserve", lambda self, n: reserved.append(n) or original(self, n))
+    got = blocky([ref] * 3, dises)
+    assert max(reserved) == 2 and sum(reserved) == 16  # 4×4 windows, one reference encoding
+    for d in ALL:
+        np.testing.assert_allclose(got[d].numpy(), cached[d].numpy(), rtol=1e-6, err_msg=d)
+
+
+def test_unreadable_body_mid_run(tiny, mixed_set, tmp_path):
+    """A file whose header reads but whose body is cut: with on_error the pair is reported
+    and skipped, the others scored; without, UserError after the pairs before it."""
+    from utils import UserError
+    name, weights = tiny
+    cut = tmp_path / "cut.png"
+    data = open(mixed_set[4][1], "rb").read()
+    cut.write_bytes(data[: len(data) // 2])
+    pairs = list(mixed_set)
+    pairs[4] = (pairs[4][0], str(cut))
+    scorer = Scorer(name, "l2", device="cpu", weights=weights)
+    failed = []
+    rows = {i: r for (_, i), r in scorer.score_files(pairs, on_error=lambda job, msg: failed.append((job, msg)))}
+    assert [job for job, _ in failed] == [(0, 4)] and "cut.png" in failed[0][1]
+    assert sorted(rows) == [i for i in range(len(pairs)) if i != 4]
+    api = scorer([r for r, _ in mixed_set], [d for _, d in mixed_set])
+    np.testing.assert_allclose([rows[i][0] for i in sorted(rows)], np.delete(api.numpy(), 4), rtol=1e-6)
+    done = []
+    with pytest.raises(UserError, match="cut.png"):
+        for job, _ in scorer.score_files(pairs):
+            done.append(job)
+    assert (0, 4) not in done

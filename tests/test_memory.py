@@ -1,0 +1,20 @@
+"""Peak memory is bounded by the batch size, not the image area (issue: a 2400×2400 pair
+used to hold every window's reference features)."""
+import subprocess
+import sys
+
+from conftest import ROOT, needs_shared
+
+
+@needs_shared
+def test_large_pair_peaks_near_a_small_one(checkpoint, tmp_path):
+    """dinov1 on this CPU: a 2400×2400 pair peaks within 600 MB of a 256×256 one."""
+    def peak(size):
+        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "peak_rss.py"), checkpoint("dinov1"), str(size), str(tmp_path)],
+                              capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rss, score = map(float, proc.stdout.split())
+        assert 0 < score < 1  # a real, finite distance of a noisy copy
+        return rss
+    small, large = peak(256), peak(2400)
+    assert large - small < 600, (small, large)
