@@ -17,6 +17,7 @@ exceed the cache budget (`cache_mb`) is compared block of window positions by bl
 of being cached whole.
 """
 import collections
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -170,6 +171,33 @@ class Reference:
     image: Optional[torch.Tensor] = None
 
 
+class Streams:
+    """On CUDA with overlap: the comparisons (distances, accumulation, read-back) run on a
+    side stream, so batch k's distances overlap batch k+1's forward pass on the main stream.
+    Elsewhere every method is a no-op and all work stays on the one stream."""
+
+    def __init__(self, device=None):
+        self.main = torch.cuda.current_stream(device) if device is not None and device.type == "cuda" else None
+        self.other = torch.cuda.Stream(device) if self.main is not None else None
+
+    @contextlib.contextmanager
+    def side(self, tensors=()):
+        """Run the block on the side stream, after the main stream's work so far; `tensors`
+        made on the main stream are kept from reuse until the side stream is done with them."""
+        if self.other is None:
+            yield
+            return
+        self.other.wait_stream(self.main)
+        for t in tensors:
+            t.record_stream(self.other)
+        with torch.cuda.stream(self.other):
+            yield
+
+    def main_waits_for_side(self):
+        if self.other is not None:
+            self.main.wait_stream(self.other)
+
+
 class EngineRun:
     """One pass of the engine over a stream of Chunks. `add` queues a chunk's windows,
     `flush` encodes full batches (storing reference features, comparing distorted ones
@@ -181,6 +209,7 @@ class EngineRun:
         self.queue, self.queued, self.position = collections.deque(), 0, 0
         self.pending, self.inflight = collections.deque(), collections.deque()
         self.acc = Accumulator(len(scorer.distances), self.dev)
+        self.streams = Streams(self.dev if scorer.overlap else None)
 
     # ---- queueing windows
     def _enqueue(self, wins, is_ref, slots, rows):
@@ -199,7 +228,8 @@ class EngineRun:
         ref = self.refs[chunk.ref_key]
         for start, imgs in chunk.dis_runs():
             jobs = chunk.jobs[start:start + imgs.shape[0]]
-            check_pair(ref.shape[::-1], tuple(imgs.shape[-2:])[::-1], f"pair {jobs[0]}", resized=bool(self.scorer.resize))
+            size = tuple(imgs.shape[-2:])[::-1]
+            check_pair(ref.shape[::-1], size, f"pair {jobs[0]}", resized=bool(self.scorer.resize))
             if ref.slots is not None:
                 self._add_cached(ref, imgs, jobs)
             else:
@@ -261,20 +291,31 @@ class EngineRun:
 
     def _encode_batch(self, parts):
         """One forward pass; every part's windows become float in [0, 1] on their own, so an
-        8-bit image's windows are scaled whatever their neighbours in the batch are."""
+        8-bit image's windows are scaled whatever their neighbours in the batch are. With a
+        fixed batch shape (a compiled backbone) a short batch is padded with blank windows
+        whose features are dropped."""
         wins = torch.cat([to_float(p.windows) for p in parts]) if len(parts) > 1 else to_float(parts[0].windows)
-        feats = self.scorer.encode(wins)
+        n = wins.shape[0]
+        if self.scorer.fixed_batch and n < self.scorer.batch_size:
+            wins = torch.cat([wins, wins.new_zeros((self.scorer.batch_size - n,) + wins.shape[1:])])
+        feats = [f[:n] for f in self.scorer.encode(wins)]
         is_ref, slots, rows = (torch.cat([getattr(p, k) for p in parts]) for k in ("is_ref", "slots", "rows"))
         ref_at = is_ref.nonzero().flatten()
         if len(ref_at):
+            self.streams.main_waits_for_side()  # slots being rewritten may still be read by the last comparison
             at = ref_at.to(self.dev, non_blocking=True)
             self.pool.write(slots[ref_at].to(self.dev, non_blocking=True), [f[at] for f in feats])
         dis_at = (~is_ref).nonzero().flatten()
         if len(dis_at):
-            f_dis = feats if not len(ref_at) else [f[dis_at.to(self.dev, non_blocking=True)] for f in feats]
-            ref_slots = slots[dis_at].to(self.dev, non_blocking=True)
-            scores = self.scorer.window_scores(f_dis, lambda a, b: self.pool.read(ref_slots[a:b]))
-            self.acc.add(rows[dis_at], scores)
+            with self.streams.side(feats):
+                self._compare(feats, dis_at, slots, rows, all_distorted=not len(ref_at))
+
+    def _compare(self, feats, dis_at, slots, rows, all_distorted):
+        """Score the batch's distorted windows against their reference slots, add to their pairs."""
+        f_dis = feats if all_distorted else [f[dis_at.to(self.dev, non_blocking=True)] for f in feats]
+        ref_slots = slots[dis_at].to(self.dev, non_blocking=True)
+        scores = self.scorer.window_scores(f_dis, lambda a, b: self.pool.read(ref_slots[a:b]))
+        self.acc.add(rows[dis_at], scores)
 
     # ---- reading back
     def _collect(self, upto):
@@ -289,12 +330,13 @@ class EngineRun:
                 ready.append(entry)
         if not ready:
             return
-        sums, event = self.acc.pop([e.row for e in ready]), None
-        if self.dev.type == "cuda":  # asynchronous: the CPU goes on preparing the next batch
-            host = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True)
-            host.copy_(sums, non_blocking=True)
-            event, sums = torch.cuda.Event(), host
-            event.record()
+        with self.streams.side():  # the sums are written on the comparison stream
+            sums, event = self.acc.pop([e.row for e in ready]), None
+            if self.dev.type == "cuda":  # asynchronous: the CPU goes on preparing the next batch
+                host = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True)
+                host.copy_(sums, non_blocking=True)
+                event, sums = torch.cuda.Event(), host
+                event.record()
         self.inflight.append((event, sums, ready))
 
     def drain(self, keep):
@@ -340,6 +382,8 @@ class Scorer:
         self.workers = _count(workers, "workers", 0, min(8, os.cpu_count() or 1) if gpu else 0)
         self.cache_mb = _count(cache_mb, "cache_mb", 1, 4096 if gpu else 96)
         self.distance_batch = 128 if gpu else 2
+        self.overlap = gpu and os.environ.get("ZSIQA_OVERLAP", "1") != "0"  # distances on a side stream
+        self.fixed_batch = False  # pad short batches to batch_size (set when the backbone is compiled)
         self._window_bytes = None
         self.settings = {"model": self.backbone.name, "precision": precision, "model_norm": bool(model_norm),
                          "resize": self.resize, "swd_seed": self.swd_seed,
@@ -355,7 +399,8 @@ class Scorer:
         """How many reference windows' features fit the cache budget (at least one)."""
         if self._window_bytes is None:  # one window's features, measured once
             feats = self.extractor(torch.zeros(1, 3, 224, 224, device=self.device))
-            self._window_bytes = sum(f[0].numel() * f.element_size() for f in (feats if isinstance(feats, list) else [feats]))
+            groups = feats if isinstance(feats, list) else [feats]
+            self._window_bytes = sum(f[0].numel() * f.element_size() for f in groups)
         return max(1, self.cache_mb * 2**20 // self._window_bytes)
 
     # ------------------------------------------------------------ the one-call API
@@ -482,7 +527,8 @@ def _checked_tensor(x):
     if not torch.isfinite(x).all():
         raise UserError("image tensor holds NaN or infinite values")
     if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise UserError(f"float image tensors must hold values in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+        raise UserError(f"float image tensors must hold values in [0, 1], "
+                        f"got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
     return x
 
 
@@ -491,5 +537,6 @@ def _array_to_pil(a):
     ok = (a.dtype == np.uint8 and (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4)))) or \
          (a.dtype == np.uint16 and a.ndim == 2)
     if not ok:
-        raise UserError(f"numpy images must be H×W×3 (or ×4, or H×W) uint8, or H×W uint16; got {a.dtype} {list(a.shape)}")
+        raise UserError(f"numpy images must be H×W×3 (or ×4, or H×W) uint8, or H×W uint16; "
+                        f"got {a.dtype} {list(a.shape)}")
     return Image.fromarray(np.ascontiguousarray(a))

@@ -66,7 +66,8 @@ class PairFiles(torch.utils.data.Dataset):
         for i in sorted(todo):
             ref, dis = pairs[i]
             groups.setdefault(os.fspath(ref), []).append((i, os.fspath(dis), todo[i]))
-        self.items = [(ref, items[s:s + per_item]) for ref, items in groups.items() for s in range(0, len(items), per_item)]
+        self.items = [(ref, items[s:s + per_item])
+                      for ref, items in groups.items() for s in range(0, len(items), per_item)]
         self.first, self.last = {}, {}
         for k, (ref, items) in enumerate(self.items):
             for key in {self.ref_key(ref, v) for _, _, todo in items for v in todo}:
@@ -90,6 +91,10 @@ class PairFiles(torch.utils.data.Dataset):
             chunks[key] = Chunk(key, ref, [], [], self.last[key] == k)
         return chunks[key]
 
+    def _view(self, ref_im, dis_im, v):
+        t = self.variants[v]
+        return t(ref_im, dis_im) if t is not None else (ref_im, dis_im)
+
     def _ref_view(self, ref_im, v):
         """The reference as variant v sees it (a shift crops it), for a chunk whose distorted
         image failed: later chunks of the same reference rely on the first one's."""
@@ -109,10 +114,11 @@ class PairFiles(torch.utils.data.Dataset):
                     raise UserError(ref_error)
                 dis_im = self._load(dis_path)
                 check_pair(ref_im.size, dis_im.size, f"{ref_path} / {dis_path}", resized=bool(self.resize))
-                views = [(v, *(self.variants[v](ref_im, dis_im) if self.variants[v] else (ref_im, dis_im))) for v in todo]
+                views = [(v, *self._view(ref_im, dis_im, v)) for v in todo]
             except UserError as e:
                 for v in todo:
-                    self._chunk(chunks, self.ref_key(ref_path, v), k, self._ref_view(ref_im, v)).failed.append(((v, i), str(e)))
+                    chunk = self._chunk(chunks, self.ref_key(ref_path, v), k, self._ref_view(ref_im, v))
+                    chunk.failed.append(((v, i), str(e)))
                 continue
             for v, r, d in views:
                 chunk = self._chunk(chunks, self.ref_key(ref_path, v), k, r)

@@ -120,7 +120,7 @@ def resize_square(im, size):
     return im.resize((size, size), Image.BILINEAR)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def window_positions(length):
     """Window starts along an axis of `length` px: range(0, L−224, 200) then L−224 (§2)."""
     if length < WINDOW:

@@ -194,3 +194,20 @@ def test_unreadable_body_mid_run(tiny, mixed_set, tmp_path):
         for job, _ in scorer.score_files(pairs):
             done.append(job)
     assert (0, 4) not in done
+
+
+def test_fixed_batch_padding_changes_nothing(tiny, mixed_set):
+    """A compiled backbone gets fixed-shape batches: short batches are padded with blank
+    windows whose features are dropped (the same code runs here on a CPU)."""
+    name, weights = tiny
+    plain = Scorer(name, ALL, device="cpu", weights=weights, batch_size=5)
+    padded = Scorer(name, ALL, device="cpu", weights=weights, batch_size=5)
+    padded.fixed_batch = True
+    shapes = []
+    encode = padded.encode
+    padded.encode = lambda w: shapes.append(w.shape[0]) or encode(w)
+    refs, dises = [r for r, _ in mixed_set], [d for _, d in mixed_set]
+    a, b = plain(refs, dises), padded(refs, dises)
+    assert set(shapes) == {5}
+    for d in ALL:
+        np.testing.assert_allclose(b[d].numpy(), a[d].numpy(), rtol=1e-6, err_msg=d)
