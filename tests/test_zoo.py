@@ -9,8 +9,10 @@ import torch
 
 import models
 import run_single_img
+import weights
 from conftest import GOLDEN, close, needs_shared
 from engine import Scorer
+from utils import UserError
 
 DEVICE = os.environ.get("ZSIQA_TEST_DEVICE", "cpu")  # the API parity test also runs on a GPU in strict fp32
 
@@ -142,9 +144,10 @@ def test_weights_dir_layout_for_hub_files(tmp_path, monkeypatch):
     target = tmp_path / "facebook" / "dinov2-base" / "model.safetensors"
     target.parent.mkdir(parents=True)
     target.write_bytes(b"x")
-    assert models.resolve_weights(models.BACKBONES["dinov2"]) == str(target)
-    (tmp_path / "RN50.pt").write_bytes(b"x")
-    assert models.resolve_weights(models.get_backbone("embed_clip_rn50")) == str(tmp_path / "RN50.pt")
+    assert weights.resolve_weights(models.BACKBONES["dinov2"]) == str(target)
+    (tmp_path / "RN50.pt").write_bytes(b"x")  # found under OpenAI's name, so it must be OpenAI's file
+    with pytest.raises(UserError, match="not the published RN50.pt"):
+        weights.resolve_weights(models.get_backbone("embed_clip_rn50"))
     assert models.get_backbone("openclip_vitb32") is models.BACKBONES["openclip_vitb32_laion"]
 
 
