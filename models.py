@@ -3,15 +3,13 @@ becomes a feature stack [N, L, T, D] (PROTOCOL.md §3).
 
 A backbone is data (`Backbone`): which family builds it from a state dict, which weights file
 it reads and where that file comes from, which outputs are compared, which distances apply
-and its published precision. Families hold the only architecture-specific code.
+and its published precision. Families hold the only architecture-specific code; finding,
+verifying and reading weight files lives in weights.py. `FeatureExtractor` runs a loaded
+backbone on a device at a precision.
 """
 import math
-import os
-import warnings
-import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -19,201 +17,20 @@ import torch.nn.functional as F
 
 from distances import applicable
 from utils import UserError
-
-
-
-# ---------------------------------------------------------------- weight files
-
-@dataclass(frozen=True)
-class Weights:
-    """Where a backbone's weights come from. `file` is the path looked for under
-    $ZSIQA_WEIGHTS_DIR (the official file name; hub files keep their repository folders);
-    `caches` are the places the upstream libraries keep it; `url` is the official download
-    ('clip:NAME' for OpenAI's list, 'hf:REPO/FILE' for the Hugging Face hub)."""
-    file: str
-    url: Optional[str]
-    caches: Callable[[], list]
-    source: str                      # one line for humans: where to get the file
-    sha256_prefix: Optional[str] = None
-
-    def download(self, target):
-        """Fetch the file; returns its path (the hub keeps its own cache)."""
-        if self.url.startswith("hf:"):
-            from huggingface_hub import hf_hub_download
-            repo, _, name = self.url[3:].rpartition("/")
-            return hf_hub_download(repo, name)
-        url, sha = self.download_url()
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        torch.hub.download_url_to_file(url, target, hash_prefix=sha, progress=True)
-        return target
-
-    def download_url(self):
-        """(url, sha256 prefix); OpenAI's URLs carry the file's sha256 as their folder name."""
-        if self.url and self.url.startswith("clip:"):
-            import clip.clip
-            url = clip.clip._MODELS[self.url[5:]]
-            return url, url.split("/")[-2][:10]
-        return self.url, self.sha256_prefix
-
-
-def _clip_cache(file):
-    return lambda: [os.path.join(os.path.expanduser("~/.cache/clip"), file)]
-
-
-def _torch_hub_cache(file):
-    return lambda: [os.path.join(torch.hub.get_dir(), "checkpoints", file)]
-
-
-def _hf_cache(repo, file):
-    """The Hugging Face hub cache (used by timm and transformers), read offline."""
-    def paths():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-            hit = try_to_load_from_cache(repo, file)
-        except Exception:  # hub library missing or cache unreadable: nothing cached there
-            hit = None
-        return [hit if isinstance(hit, str) else f"the Hugging Face hub cache ({repo}/{file})"]
-    return paths
-
-
-def _join(*caches):
-    return lambda: [p for c in caches for p in c()]
-
-
-def _openai(file, name):
-    return Weights(file, f"clip:{name}", _clip_cache(file), f"OpenAI CLIP (the clip package downloads it as '{name}')")
-
-
-def _hub(repo, file, source=None):
-    """Weights published on the Hugging Face hub; $ZSIQA_WEIGHTS_DIR/REPO/FILE offline."""
-    return Weights(f"{repo}/{file}", f"hf:{repo}/{file}", _hf_cache(repo, file), source or f"https://huggingface.co/{repo} ({file})")
-
-
-def weight_candidates(w):
-    """Every place looked at, in order: $ZSIQA_WEIGHTS_DIR, then the library caches."""
-    places = []
-    if os.environ.get("ZSIQA_WEIGHTS_DIR"):
-        places.append(os.path.join(os.environ["ZSIQA_WEIGHTS_DIR"], w.file))
-    return places + w.caches()
-
-
-def _offline():
-    return any(os.environ.get(v, "") not in ("", "0") for v in ("ZSIQA_OFFLINE", "HF_HUB_OFFLINE"))
-
-
-def resolve_weights(backbone, explicit=None):
-    """The weights file to use: the explicit path, else the first existing candidate, else
-    a download into the first library cache. UserError naming every place looked at."""
-    w = backbone.weights
-    if explicit:
-        if not os.path.isfile(explicit):
-            raise UserError(f"weights file not found: {explicit}")
-        return explicit
-    places = weight_candidates(w)
-    for p in places:
-        if os.path.isfile(p):
-            return p
-    why = "no download source" if not w.url else "offline (ZSIQA_OFFLINE/HF_HUB_OFFLINE set)" if _offline() else None
-    if why is None:
-        try:
-            return w.download(w.caches()[0])
-        except Exception as e:  # any network or disk failure ends in the one-line message
-            why = f"download failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
-    raise UserError(f"weights for {backbone.name} not found: need {w.file} from {w.source}; "
-                    f"looked in {', '.join(places) or '(no places)'}; {why}. "
-                    f"Pass --weights PATH or put the file in $ZSIQA_WEIGHTS_DIR")
-
-
-def _is_torchscript(path):
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any("/code/" in n for n in z.namelist())
-
-
-def read_state_dict(path):
-    """Read a checkpoint in any official format: TorchScript archive (OpenAI CLIP), pickled
-    state dict (.pt/.pth/.bin; tensors only, nothing else is unpickled), safetensors. An
-    OpenCLIP training checkpoint's `state_dict` (keys prefixed `module.`) is unwrapped."""
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            return load_file(path)
-        if _is_torchscript(path):  # OpenAI's CLIP releases are TorchScript archives
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return dict(torch.jit.load(path, map_location="cpu").state_dict())
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # any unreadable file ends in the same one-line message
-        raise UserError(f"cannot read weights file {path}: not a TorchScript archive, PyTorch "
-                        f"state dict or safetensors file (corrupt or truncated?)") from None
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
-        raise UserError(f"weights file {path} holds no state dict of tensors")
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
-
-
-def _check_keys(sd, expect, backbone, path):
-    """Fail clearly when a file is for another architecture (shape or key mismatch)."""
-    for key, shape in expect.items():
-        if key not in sd or tuple(sd[key].shape) != tuple(shape):
-            got = tuple(sd[key].shape) if key in sd else "missing"
-            raise UserError(f"weights file {path} does not fit {backbone.name} ({backbone.arch}): "
-                            f"{key} is {got}, expected {tuple(shape)}")
-
-
-def _load_strict(module, sd, backbone, path):
-    """load_state_dict, with a mismatch summarised in one line (counts and first keys)."""
-    misfit = f"weights file {path} does not fit {backbone.name} ({backbone.arch})"
-    try:
-        result = module.load_state_dict(sd, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        detail = next((l.strip() for l in str(e).splitlines()[1:] if l.strip()), "shape mismatch")
-        raise UserError(f"{misfit}: {detail[:200]}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise UserError(f"{misfit}: {len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
-                        f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})")
-
-
-# ---------------------------------------------------------------- state-dict key layouts
-
-def visual_only(sd, prefix="visual."):
-    """The `visual.*` part of a CLIP/OpenCLIP checkpoint, prefix removed (text tower ignored)."""
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-_HF_VIT_RENAMES = (  # Hugging Face ViT/DINOv2 names → timm's (PROTOCOL.md §3b)
-    ("embeddings.cls_token", "cls_token"), ("embeddings.position_embeddings", "pos_embed"),
-    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."), ("encoder.layer.", "blocks."),
-    (".attention.output.dense.", ".attn.proj."), (".layernorm_before.", ".norm1."), (".layernorm_after.", ".norm2."),
-    (".intermediate.dense.", ".mlp.fc1."), (".output.dense.", ".mlp.fc2."),
-    (".layer_scale1.lambda1", ".ls1.gamma"), (".layer_scale2.lambda1", ".ls2.gamma"), ("layernorm.", "norm."),
+from weights import (
+    Weights,
+    check_keys,
+    hf_cache,
+    hf_vit_to_timm,
+    hub_weights,
+    join_caches,
+    load_strict,
+    openai_weights,
+    read_state_dict,
+    resolve_weights,
+    torch_hub_cache,
+    visual_only,
 )
-
-
-def hf_vit_to_timm(sd):
-    """Hugging Face ViT / DINOv2 / DINO (`facebook/dino-vitb16`) keys onto timm's ViT;
-    timm-layout files pass through. query/key/value are concatenated into qkv."""
-    if not any(".attention.attention.query." in k for k in sd):
-        return sd
-    sd = {k[4:] if k.startswith("vit.") else k: v for k, v in sd.items()}
-    out = {}
-    for k, v in sd.items():
-        if k.startswith(("classifier.", "pooler.")) or k == "embeddings.mask_token" or ".attention.attention." in k:
-            continue
-        for old, new in _HF_VIT_RENAMES:
-            k = k.replace(old, new)
-        out[k] = v
-    for k in [k for k in sd if ".attention.attention.query." in k]:
-        block = k.split(".attention.attention.query.")[0].replace("encoder.layer.", "blocks.")
-        kind = k.rsplit(".", 1)[1]
-        parts = [sd[k.replace(".query.", f".{n}.")] for n in ("query", "key", "value")]
-        out[f"{block}.attn.qkv.{kind}"] = torch.cat(parts, 0)
-    return out
-
 
 # ---------------------------------------------------------------- families
 
@@ -248,8 +65,8 @@ class ClipViT(Family):
             for block in visual.transformer.resblocks:
                 block.mlp.gelu = nn.GELU()
         if sd is not None:
-            _check_keys(sd, backbone.expect, backbone, path)
-            _load_strict(visual, visual_only(sd), backbone, path)
+            check_keys(sd, backbone.expect, backbone, path)
+            load_strict(visual, visual_only(sd), backbone, path)
         if half:  # what clip.load gives on a GPU: convolutions, linears, attention in fp16
             clip.model.convert_weights(visual)
         return visual
@@ -286,8 +103,8 @@ class ClipResNet(Family):
         import clip.model
         visual = clip.model.ModifiedResNet(self.blocks, self.output_dim, self.width * 32 // 64, 224, self.width)
         if sd is not None:
-            _check_keys(sd, backbone.expect, backbone, path)
-            _load_strict(visual, visual_only(sd), backbone, path)
+            check_keys(sd, backbone.expect, backbone, path)
+            load_strict(visual, visual_only(sd), backbone, path)
         if half:
             clip.model.convert_weights(visual)
         return visual
@@ -325,8 +142,8 @@ class OpenClipConvNeXt(Family):
         import timm
         model = _TrunkAndProjection(timm.create_model("convnext_base", pretrained=False, num_classes=0), 1024, 640)
         if sd is not None:
-            _check_keys(sd, backbone.expect, backbone, path)
-            _load_strict(model, visual_only(sd), backbone, path)
+            check_keys(sd, backbone.expect, backbone, path)
+            load_strict(model, visual_only(sd), backbone, path)
         return model
 
     def layers(self, model, x):
@@ -357,7 +174,7 @@ class TimmViT(Family):
         import timm
         model = timm.create_model(self.arch, pretrained=False, num_classes=0, **self.kwargs)
         if sd is not None:
-            _load_strict(model, hf_vit_to_timm(sd), backbone, path)
+            load_strict(model, hf_vit_to_timm(sd), backbone, path)
         return model
 
     def _embed_tokens(self, model, x):
@@ -416,7 +233,8 @@ class TimmHub(Family):
         try:
             return timm.create_model(self.name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs)
         except Exception as e:  # whatever timm's loader raises for a misfit file: one line
-            raise UserError(f"weights file {path} does not fit {backbone.name} ({backbone.arch}): {str(e).splitlines()[0][:200]}") from None
+            raise UserError(f"weights file {path} does not fit {backbone.name} ({backbone.arch}): "
+                            f"{str(e).splitlines()[0][:200]}") from None
 
     def layers(self, model, x):
         outs = []
@@ -427,6 +245,7 @@ class TimmHub(Family):
             for h in hooks:
                 h.remove()
         return torch.stack(outs, dim=1)
+
 
 
 # ---------------------------------------------------------------- the registry
@@ -445,7 +264,7 @@ class Backbone:
     published: bool = True
     maps: bool = False
     cos_skip_nonfinite: bool = False
-    norm: tuple = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # the model's own mean/std (--model-norm)
+    norm: tuple = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # --model-norm mean/std
     expect: dict = field(default_factory=dict)   # key → shape checks on the weights file
 
     @property
@@ -459,71 +278,99 @@ class Backbone:
         return "embed" if self.output == "embed" else "maps" if self.maps else "tokens"
 
 
+def with_embed(layers, shape):
+    """A 'layers' entry and its `embed_` twin: same model and weights, the compared output is
+    the model's embedding of `shape` (only cos applies to it)."""
+    return layers, replace(layers, name="embed_" + layers.name, output="embed", shape=shape, maps=False,
+                           cos_skip_nonfinite=False)
+
+
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HALF_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
-_W_CLIP_B32 = _openai("ViT-B-32.pt", "ViT-B/32")
-_W_CLIP_RN50 = _openai("RN50.pt", "RN50")
-_W_DINO = Weights(
-    "dino_vitbase16_pretrain.pth",
-    "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
-    _join(_torch_hub_cache("dino_vitbase16_pretrain.pth"), _hf_cache("timm/vit_base_patch16_224.dino", "model.safetensors")),
-    "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth")
-_W_OC_B32 = _hub("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip_pytorch_model.bin")
-_W_OC_B32_TECOA = _hub("chs20/TeCoA4-ViT-B-32-laion2B-s34B-b79K", "open_clip_pytorch_model.bin")
-_W_OC_CNX = _hub("laion/CLIP-convnext_base_w-laion2B-s13B-b82K", "open_clip_pytorch_model.bin")
-_W_OC_CNX_TECOA = _hub("chs20/TeCoA4-convnext_base_w-laion2B-s13B-b82K-augreg", "open_clip_pytorch_model.bin")
-_W_DINOV2 = _hub("facebook/dinov2-base", "model.safetensors")
-_W_IN_VIT = _hub("google/vit-base-patch16-224", "model.safetensors")
+DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"
+OPENCLIP_FILE = "open_clip_pytorch_model.bin"
 
-_K_VIT_B32 = {"visual.conv1.weight": (768, 3, 32, 32), "visual.proj": (768, 512), "visual.positional_embedding": (50, 768)}
-_K_RN50 = {"visual.conv1.weight": (32, 3, 3, 3), "visual.attnpool.c_proj.weight": (1024, 2048)}
-_K_CNX = {"visual.head.proj.weight": (640, 1024), "visual.trunk.stem.0.weight": (128, 3, 4, 4)}
+WEIGHTS_CLIP_B32 = openai_weights("ViT-B-32.pt", "ViT-B/32")
+WEIGHTS_CLIP_RN50 = openai_weights("RN50.pt", "RN50")
+WEIGHTS_DINO_B16 = Weights(
+    file="dino_vitbase16_pretrain.pth", url=DINO_URL, source=DINO_URL,
+    caches=join_caches(torch_hub_cache("dino_vitbase16_pretrain.pth"),
+                       hf_cache("timm/vit_base_patch16_224.dino", "model.safetensors")))
+WEIGHTS_OPENCLIP_B32 = hub_weights("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", OPENCLIP_FILE)
+WEIGHTS_OPENCLIP_B32_TECOA4 = hub_weights("chs20/TeCoA4-ViT-B-32-laion2B-s34B-b79K", OPENCLIP_FILE)
+WEIGHTS_OPENCLIP_CONVNEXT = hub_weights("laion/CLIP-convnext_base_w-laion2B-s13B-b82K", OPENCLIP_FILE)
+WEIGHTS_OPENCLIP_CONVNEXT_TECOA4 = hub_weights("chs20/TeCoA4-convnext_base_w-laion2B-s13B-b82K-augreg", OPENCLIP_FILE)
+WEIGHTS_DINOV2_B14 = hub_weights("facebook/dinov2-base", "model.safetensors")
+WEIGHTS_IMAGENET_VIT_B16 = hub_weights("google/vit-base-patch16-224", "model.safetensors")
 
-# The published DINO runs used the Hugging Face ViT, whose LayerNorm eps is 1e-12 (§3).
-_F_DINO = TimmViT("vit_base_patch16_224", norm_layer=partial(nn.LayerNorm, eps=1e-12))
-_F_CLIP_B32, _F_OC_B32 = ClipViT(), ClipViT(openclip=True)
-_F_RN50, _F_CNX = ClipResNet(), OpenClipConvNeXt()
-_F_DINOV2 = DinoV2("vit_base_patch14_dinov2", img_size=518)
-_F_IN_VIT = TimmViT("vit_base_patch16_224", norm_layer=partial(nn.LayerNorm, eps=1e-12))
+# key → shape checks that tell a file for another architecture apart
+KEYS_CLIP_VIT_B32 = {"visual.conv1.weight": (768, 3, 32, 32), "visual.proj": (768, 512),
+                     "visual.positional_embedding": (50, 768)}
+KEYS_CLIP_RN50 = {"visual.conv1.weight": (32, 3, 3, 3), "visual.attnpool.c_proj.weight": (1024, 2048)}
+KEYS_OPENCLIP_CONVNEXT = {"visual.head.proj.weight": (640, 1024), "visual.trunk.stem.0.weight": (128, 3, 4, 4)}
 
-_B = Backbone
+CLIP_VIT_B32 = ClipViT()
+OPENCLIP_VIT_B32 = ClipViT(openclip=True)
+CLIP_RN50 = ClipResNet()
+OPENCLIP_CONVNEXT = OpenClipConvNeXt()
+DINOV2_VIT_B14 = DinoV2("vit_base_patch14_dinov2", img_size=518)
+# The Hugging Face ViT-B/16 (LayerNorm eps 1e-12), which the published DINO and ImageNet ViT runs used (§3).
+HF_VIT_B16 = TimmViT("vit_base_patch16_224", norm_layer=partial(nn.LayerNorm, eps=1e-12))
+
+CONVNEXT_MAPS = "36 maps: 3x128x56x56, 3x256x28x28, 27x512x14x14, 3x1024x7x7"
+RN50_MAPS = "5 maps: 64x56x56, 256x56x56, 512x28x28, 1024x14x14, 2048x7x7"
+
+
+def timm_hub_backbone(timm_name, arch, **entry):
+    """A backbone that timm builds and loads from its hub repository `timm/<timm_name>`
+    (the newer models, not part of the published protocol)."""
+    return Backbone(arch=f"{arch} (timm {timm_name})", family=TimmHub(timm_name),
+                    weights=hub_weights(f"timm/{timm_name}", "model.safetensors"), output="layers",
+                    cuda_published="fp32", published=False, **entry)
+
+
 BACKBONES = {b.name: b for b in [
     # the paper's two headline backbones (§3)
-    _B("clip_vitb32", "OpenAI CLIP ViT-B/32", _F_CLIP_B32, _W_CLIP_B32, "layers", "fp16", "12x50x768", expect=_K_VIT_B32),
-    _B("embed_clip_vitb32", "OpenAI CLIP ViT-B/32", _F_CLIP_B32, _W_CLIP_B32, "embed", "fp16", "1x1x512", expect=_K_VIT_B32),
-    _B("dinov1", "DINO ViT-B/16", _F_DINO, _W_DINO, "layers", "fp32", "12x197x768", norm=IMAGENET_NORM),
-    _B("embed_dinov1", "DINO ViT-B/16", _F_DINO, _W_DINO, "embed", "fp32", "1x197x768", norm=IMAGENET_NORM),
+    *with_embed(Backbone(name="clip_vitb32", arch="OpenAI CLIP ViT-B/32", family=CLIP_VIT_B32,
+                         weights=WEIGHTS_CLIP_B32, output="layers", cuda_published="fp16", shape="12x50x768",
+                         expect=KEYS_CLIP_VIT_B32), shape="1x1x512"),
+    *with_embed(Backbone(name="dinov1", arch="DINO ViT-B/16", family=HF_VIT_B16, weights=WEIGHTS_DINO_B16,
+                         output="layers", cuda_published="fp32", shape="12x197x768", norm=IMAGENET_NORM),
+                shape="1x197x768"),
     # the seed's other backbones (§3b)
-    _B("clip_rn50", "OpenAI CLIP RN50", _F_RN50, _W_CLIP_RN50, "layers", "fp16",
-       "5 maps: 64x56x56, 256x56x56, 512x28x28, 1024x14x14, 2048x7x7", maps=True, cos_skip_nonfinite=True, expect=_K_RN50),
-    _B("embed_clip_rn50", "OpenAI CLIP RN50", _F_RN50, _W_CLIP_RN50, "embed", "fp16", "1x1x1024", expect=_K_RN50),
-    _B("openclip_vitb32_laion", "OpenCLIP ViT-B-32 LAION-2B", _F_OC_B32, _W_OC_B32, "layers", "fp32", "12x50x768", expect=_K_VIT_B32),
-    _B("embed_openclip_vitb32_laion", "OpenCLIP ViT-B-32 LAION-2B", _F_OC_B32, _W_OC_B32, "embed", "fp32", "1x1x512", expect=_K_VIT_B32),
-    _B("openclip_vitb32_laion_tecoa4", "OpenCLIP ViT-B-32, TeCoA4 robust", _F_OC_B32, _W_OC_B32_TECOA, "layers", "fp32", "12x50x768", expect=_K_VIT_B32),
-    _B("embed_openclip_vitb32_laion_tecoa4", "OpenCLIP ViT-B-32, TeCoA4 robust", _F_OC_B32, _W_OC_B32_TECOA, "embed", "fp32", "1x1x512", expect=_K_VIT_B32),
-    _B("openclip_convnext_base", "OpenCLIP ConvNeXt-Base(w) LAION-2B", _F_CNX, _W_OC_CNX, "layers", "fp32",
-       "36 maps: 3x128x56x56, 3x256x28x28, 27x512x14x14, 3x1024x7x7", maps=True, expect=_K_CNX),
-    _B("embed_openclip_convnext_base", "OpenCLIP ConvNeXt-Base(w) LAION-2B", _F_CNX, _W_OC_CNX, "embed", "fp32", "1x1x640", expect=_K_CNX),
-    _B("openclip_convnext_laion_tecoa4", "OpenCLIP ConvNeXt-Base(w), TeCoA4 robust", _F_CNX, _W_OC_CNX_TECOA, "layers", "fp32",
-       "36 maps: 3x128x56x56, 3x256x28x28, 27x512x14x14, 3x1024x7x7", maps=True, expect=_K_CNX),
-    _B("embed_openclip_convnext_laion_tecoa4", "OpenCLIP ConvNeXt-Base(w), TeCoA4 robust", _F_CNX, _W_OC_CNX_TECOA, "embed", "fp32", "1x1x640", expect=_K_CNX),
-    _B("dinov2", "DINOv2 ViT-B/14", _F_DINOV2, _W_DINOV2, "layers", "fp32", "12x257x768", norm=IMAGENET_NORM),
-    _B("embed_dinov2", "DINOv2 ViT-B/14", _F_DINOV2, _W_DINOV2, "embed", "fp32", "1x257x768", norm=IMAGENET_NORM),
-    _B("imagenet_vit", "ImageNet ViT-B/16 (google/vit-base-patch16-224)", _F_IN_VIT, _W_IN_VIT, "layers", "fp32", "12x197x768", norm=HALF_NORM),
+    *with_embed(Backbone(name="clip_rn50", arch="OpenAI CLIP RN50", family=CLIP_RN50, weights=WEIGHTS_CLIP_RN50,
+                         output="layers", cuda_published="fp16", shape=RN50_MAPS, maps=True,
+                         cos_skip_nonfinite=True, expect=KEYS_CLIP_RN50), shape="1x1x1024"),
+    *with_embed(Backbone(name="openclip_vitb32_laion", arch="OpenCLIP ViT-B-32 LAION-2B", family=OPENCLIP_VIT_B32,
+                         weights=WEIGHTS_OPENCLIP_B32, output="layers", cuda_published="fp32", shape="12x50x768",
+                         expect=KEYS_CLIP_VIT_B32), shape="1x1x512"),
+    *with_embed(Backbone(name="openclip_vitb32_laion_tecoa4", arch="OpenCLIP ViT-B-32, TeCoA4 robust",
+                         family=OPENCLIP_VIT_B32, weights=WEIGHTS_OPENCLIP_B32_TECOA4, output="layers",
+                         cuda_published="fp32", shape="12x50x768", expect=KEYS_CLIP_VIT_B32), shape="1x1x512"),
+    *with_embed(Backbone(name="openclip_convnext_base", arch="OpenCLIP ConvNeXt-Base(w) LAION-2B",
+                         family=OPENCLIP_CONVNEXT, weights=WEIGHTS_OPENCLIP_CONVNEXT, output="layers",
+                         cuda_published="fp32", shape=CONVNEXT_MAPS, maps=True, expect=KEYS_OPENCLIP_CONVNEXT),
+                shape="1x1x640"),
+    *with_embed(Backbone(name="openclip_convnext_laion_tecoa4", arch="OpenCLIP ConvNeXt-Base(w), TeCoA4 robust",
+                         family=OPENCLIP_CONVNEXT, weights=WEIGHTS_OPENCLIP_CONVNEXT_TECOA4, output="layers",
+                         cuda_published="fp32", shape=CONVNEXT_MAPS, maps=True, expect=KEYS_OPENCLIP_CONVNEXT),
+                shape="1x1x640"),
+    *with_embed(Backbone(name="dinov2", arch="DINOv2 ViT-B/14", family=DINOV2_VIT_B14, weights=WEIGHTS_DINOV2_B14,
+                         output="layers", cuda_published="fp32", shape="12x257x768", norm=IMAGENET_NORM),
+                shape="1x257x768"),
+    Backbone(name="imagenet_vit", arch="ImageNet ViT-B/16 (google/vit-base-patch16-224)", family=HF_VIT_B16,
+             weights=WEIGHTS_IMAGENET_VIT_B16, output="layers", cuda_published="fp32", shape="12x197x768",
+             norm=HALF_NORM),
     # newer foundation models, same rule; not part of the published protocol
-    _B("dinov2_reg4", "DINOv2 ViT-B/14 with 4 registers (timm vit_base_patch14_reg4_dinov2.lvd142m)",
-       TimmHub("vit_base_patch14_reg4_dinov2.lvd142m"), _hub("timm/vit_base_patch14_reg4_dinov2.lvd142m", "model.safetensors"),
-       "layers", "fp32", "12x261x768", published=False, norm=IMAGENET_NORM),
-    _B("dinov3", "DINOv3 ViT-B/16 (timm vit_base_patch16_dinov3.lvd1689m)",
-       TimmHub("vit_base_patch16_dinov3.lvd1689m"), _hub("timm/vit_base_patch16_dinov3.lvd1689m", "model.safetensors"),
-       "layers", "fp32", "12x201x768", published=False, norm=IMAGENET_NORM),
-    _B("siglip2", "SigLIP 2 ViT-B/16 (timm vit_base_patch16_siglip_224.v2_webli)",
-       TimmHub("vit_base_patch16_siglip_224.v2_webli"), _hub("timm/vit_base_patch16_siglip_224.v2_webli", "model.safetensors"),
-       "layers", "fp32", "12x196x768", published=False, norm=HALF_NORM),
-    _B("eva02_clip", "EVA-02 CLIP ViT-B/16 (timm eva02_base_patch16_clip_224.merged2b)",
-       TimmHub("eva02_base_patch16_clip_224.merged2b"), _hub("timm/eva02_base_patch16_clip_224.merged2b", "model.safetensors"),
-       "layers", "fp32", "12x197x768", published=False),
+    timm_hub_backbone(name="dinov2_reg4", arch="DINOv2 ViT-B/14 with 4 registers",
+                      timm_name="vit_base_patch14_reg4_dinov2.lvd142m", shape="12x261x768", norm=IMAGENET_NORM),
+    timm_hub_backbone(name="dinov3", arch="DINOv3 ViT-B/16", timm_name="vit_base_patch16_dinov3.lvd1689m",
+                      shape="12x201x768", norm=IMAGENET_NORM),
+    timm_hub_backbone(name="siglip2", arch="SigLIP 2 ViT-B/16", timm_name="vit_base_patch16_siglip_224.v2_webli",
+                      shape="12x196x768", norm=HALF_NORM),
+    timm_hub_backbone(name="eva02_clip", arch="EVA-02 CLIP ViT-B/16", timm_name="eva02_base_patch16_clip_224.merged2b",
+                      shape="12x197x768"),
 ]}
 
 # names the golden files and the published tables use for the same entries
@@ -578,7 +425,8 @@ class FeatureExtractor(nn.Module):
         on_gpu = self.device.type == "cuda"
         half = precision == "published" and on_gpu and backbone.cuda_published == "fp16"
         self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        self.strict_fp32 = precision == "fp32" and on_gpu  # 'published' keeps the library defaults, as the published runs did
+        # 'published' keeps the library defaults, as the published runs did
+        self.strict_fp32 = precision == "fp32" and on_gpu
         if weights == "random":  # seeded random init, for speed measurements only
             self.weights_path, sd = "random", None
         else:

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,26 +42,17 @@ def checkpoint(tmp_path_factory):
     return lambda name: tool.make(name, outdir, 0)
 
 
-TINY = "tiny_vit_test"
-
-
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory):
     """A seeded 2-block, 32-wide ViT/16 in timm's layout."""
-    import timm
-    torch.manual_seed(0)
-    m = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, depth=2, embed_dim=32, num_heads=2, mlp_ratio=2)
-    path = tmp_path_factory.mktemp("tiny") / "tiny_vit.pth"
-    torch.save(m.state_dict(), path)
-    return str(path)
+    from tinymodel import make_tiny_weights
+    return make_tiny_weights(tmp_path_factory.mktemp("tiny") / "tiny_vit.pth")
 
 
 @pytest.fixture
 def tiny(monkeypatch, tiny_weights):
     """Register the tiny backbone for this test; returns (name, weights path)."""
     import models
-    fam = models.TimmViT("vit_base_patch16_224", depth=2, embed_dim=32, num_heads=2, mlp_ratio=2)
-    w = models.Weights("tiny_vit.pth", None, lambda: [], "the test suite")
-    monkeypatch.setitem(models.BACKBONES, TINY, models.Backbone(TINY, "tiny ViT", fam, w, "layers", "fp32", (2, 197, 32)))
-    monkeypatch.setitem(models.BACKBONES, "embed_" + TINY, models.Backbone("embed_" + TINY, "tiny ViT", fam, w, "embed", "fp32", (1, 197, 32)))
+    from tinymodel import TINY, register_tiny
+    register_tiny(models.BACKBONES, monkeypatch.setitem)
     return TINY, tiny_weights

@@ -9,8 +9,11 @@ import torch
 
 import models
 import run_single_img
+import weights
 from conftest import GOLDEN, close, needs_shared
 from engine import Scorer
+from tinymodel import TINY_VIT, TINY_WEIGHTS
+from utils import UserError
 
 DEVICE = os.environ.get("ZSIQA_TEST_DEVICE", "cpu")  # the API parity test also runs on a GPU in strict fp32
 
@@ -129,7 +132,8 @@ def test_list_models(capsys):
     run_single_img.main(["--list-models", "--json"])
     rows = json.loads(capsys.readouterr().out)
     names = [r["name"].split(" ")[0] for r in rows]
-    assert names == list(models.BACKBONES) and len(names) == 21
+    assert names == list(models.BACKBONES) and len(set(names)) == len(names)
+    assert all("embed_" + n in names for n in names if n.startswith("clip_") or n.startswith("openclip_"))
     assert {r["protocol"] for r in rows} == {"published", "new"}
     assert next(r for r in rows if r["name"].startswith("clip_rn50"))["distances"] == "l2,cos"
     run_single_img.main(["--list-models"])
@@ -142,10 +146,32 @@ def test_weights_dir_layout_for_hub_files(tmp_path, monkeypatch):
     target = tmp_path / "facebook" / "dinov2-base" / "model.safetensors"
     target.parent.mkdir(parents=True)
     target.write_bytes(b"x")
-    assert models.resolve_weights(models.BACKBONES["dinov2"]) == str(target)
-    (tmp_path / "RN50.pt").write_bytes(b"x")
-    assert models.resolve_weights(models.get_backbone("embed_clip_rn50")) == str(tmp_path / "RN50.pt")
+    assert weights.resolve_weights(models.BACKBONES["dinov2"]) == str(target)
+    (tmp_path / "RN50.pt").write_bytes(b"x")  # found under OpenAI's name, so it must be OpenAI's file
+    with pytest.raises(UserError, match="not the published RN50.pt"):
+        weights.resolve_weights(models.get_backbone("embed_clip_rn50"))
     assert models.get_backbone("openclip_vitb32") is models.BACKBONES["openclip_vitb32_laion"]
+
+
+def test_a_new_backbone_is_one_registry_entry(monkeypatch, tiny_weights, tmp_path, capsys):
+    """One Backbone row (here the tiny ViT family) is all the API and the CLI need."""
+    from PIL import Image
+    entry = models.Backbone(name="my_new_vit", arch="a new ViT", family=TINY_VIT, weights=TINY_WEIGHTS,
+                            output="layers", cuda_published="fp32", shape="2x197x32", norm=models.IMAGENET_NORM)
+    monkeypatch.setitem(models.BACKBONES, entry.name, entry)
+    g = torch.Generator().manual_seed(0)
+    for n in ("a", "b"):
+        Image.fromarray((torch.rand(230, 240, 3, generator=g) * 255).byte().numpy()).save(tmp_path / f"{n}.png")
+    a, b = str(tmp_path / "a.png"), str(tmp_path / "b.png")
+    api = Scorer("my_new_vit", "l2,wsd", device="cpu", weights=tiny_weights)(a, b)
+    assert run_single_img.main(["-ref", a, "-dis", b, "-m", "my_new_vit", "-d", "l2,wsd", "--device", "cpu",
+                                "--weights", tiny_weights, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == "my_new_vit"
+    for d in ("l2", "wsd"):
+        assert close(out["scores"][d], float(api[d][0])), d
+    run_single_img.main(["--list-models"])
+    assert "my_new_vit" in capsys.readouterr().out
 
 
 @needs_shared

@@ -1,0 +1,274 @@
+"""Weight files: TorchScript archives are read without running their code (the tensors equal
+torch.jit.load's; load-time code and forbidden globals never run), OpenAI's files found under
+their official names must have the published sha256, and `identity` names a file by its hash."""
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from typing import Tuple
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, needs_shared
+from PIL import Image
+
+import models
+import run_single_img
+import weights
+from utils import UserError
+
+MARKER = "ZSIQA-LOAD-TIME-CODE-RAN"
+
+
+@pytest.fixture(autouse=True)
+def no_jit_load(monkeypatch):
+    """Nothing here may hand a file to torch.jit.load (it runs the archive's code)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.jit.load was called")
+    monkeypatch.setattr(torch.jit, "load", refuse)
+
+
+def _jit_state_dict(path):
+    """torch.jit.load(path).state_dict() keys and tensors, in a fresh process (this one refuses it)."""
+    code = ("import sys, torch; sd = torch.jit.load(sys.argv[1], map_location='cpu').state_dict();"
+            "torch.save({k: v.clone() for k, v in sd.items()}, sys.argv[2]); print(list(sd))")
+    out = str(path) + ".jit_sd"
+    proc = subprocess.run([sys.executable, "-c", code, str(path), out], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return torch.load(out), eval(proc.stdout.strip().splitlines()[-1])
+
+
+def _same(got, want, keys):
+    assert list(got) == keys
+    for k in keys:
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape and torch.equal(got[k], want[k]), k
+
+
+@needs_shared
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_traced_clip_gives_the_jit_state_dict(checkpoint, tmp_path):
+    """OpenAI's release format (a traced CLIP): the same keys in the same order, same tensors."""
+    import clip.model
+    model = clip.model.build_model(dict(torch.load(checkpoint("clip_vitb32"), map_location="cpu"))).float().eval()
+    archive = tmp_path / "ViT-B-32.pt"
+    torch.jit.trace_module(model, {"encode_image": torch.rand(1, 3, 224, 224)}).save(str(archive))
+    want, keys = _jit_state_dict(archive)
+    got = weights.read_state_dict(str(archive))
+    _same(got, want, keys)
+    assert keys == list(model.state_dict())
+
+
+class _Attributes(torch.nn.Module):
+    """Buffers, a plain tensor attribute (not in state_dict), a list, a half submodule."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2).half()
+        self.norm = torch.nn.BatchNorm1d(2)
+        self.register_buffer("steps", torch.arange(4))
+        self.plain = torch.zeros(2)
+        self.sizes = [1, 2]
+
+    def forward(self, x):
+        return self.norm(self.lin(x.half()).float()) + self.plain + self.steps.sum()
+
+
+def test_scripted_module_gives_the_jit_state_dict(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.jit.script(_Attributes().eval()).save(str(path))
+    want, keys = _jit_state_dict(path)
+    assert "plain" not in keys and "norm.num_batches_tracked" in keys
+    _same(weights.read_torchscript(str(path)), want, keys)
+
+
+def test_big_endian_archive_is_swapped(tmp_path):
+    """An archive written on a big-endian machine (byteorder record 'big') reads the same values."""
+    m = torch.nn.Linear(3, 2)
+    little, big = tmp_path / "l.pt", tmp_path / "b.pt"
+    torch.jit.script(m).save(str(little))
+    with zipfile.ZipFile(little) as src, zipfile.ZipFile(big, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith("/byteorder"):
+                data = b"big"
+            elif "/data/" in name:  # float32 records: reverse each 4-byte word
+                data = np.frombuffer(data, dtype="<f4").astype(">f4").tobytes()
+            dst.writestr(name, data)
+    got = weights.read_torchscript(str(big))
+    assert torch.equal(got["weight"], m.weight.detach()) and torch.equal(got["bias"], m.bias.detach())
+
+
+class _LoadTimeCode(torch.nn.Module):
+    """A module whose TorchScript __setstate__ runs when torch.jit.load loads it: it prints MARKER."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[torch.Tensor, bool]:
+        return (self.w, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[torch.Tensor, bool]) -> None:
+        print("ZSIQA-LOAD-TIME-CODE-RAN")
+        self.w = state[0]
+        self.training = state[1]
+
+    def forward(self, x):
+        return x * self.w
+
+
+def test_load_time_code_never_runs(tmp_path, capfd):
+    path = tmp_path / "evil.pt"
+    torch.jit.script(_LoadTimeCode()).save(str(path))
+    ran = subprocess.run([sys.executable, "-c", f"import torch; torch.jit.load({str(path)!r})"],
+                         capture_output=True, text=True)
+    assert MARKER in ran.stdout  # what torch.jit.load would do: the archive's code runs
+    capfd.readouterr()
+    with pytest.raises(UserError) as e:
+        weights.read_state_dict(str(path))
+    assert len(str(e.value).splitlines()) == 1 and "never run" in str(e.value)
+    assert MARKER not in capfd.readouterr().out
+
+
+class _System:
+    def __init__(self, call, arg):
+        self.call, self.arg = call, arg
+
+    def __reduce__(self):
+        return self.call, (self.arg,)
+
+
+def _crafted_zip(path, marker, call=os.system, torchscript=True):
+    """A zip laid out like a TorchScript archive whose data.pkl calls `call` on unpickling."""
+    arg = f"touch {marker}" if call is os.system else f"open({str(marker)!r}, 'w').close()"
+    records = {"x/data.pkl": pickle.dumps({"weight": _System(call, arg)}, protocol=2), "x/version": b"3\n",
+               "x/byteorder": b"little"}
+    if torchscript:
+        records["x/code/__torch__.py"] = b"class M(Module):\n  __parameters__ = []\n  __buffers__ = []\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in records.items():
+            z.writestr(name, data)
+    return str(path)
+
+
+@pytest.mark.parametrize("call", [os.system, exec])
+@pytest.mark.parametrize("torchscript", [True, False])
+def test_forbidden_global_is_refused(tmp_path, call, torchscript):
+    marker = tmp_path / "ran"
+    path = _crafted_zip(tmp_path / "crafted.pt", marker, call, torchscript)
+    with pytest.raises(UserError) as e:
+        weights.read_state_dict(path)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and path in msg
+    if torchscript:  # named: posix.system, builtins.exec
+        assert f".{call.__name__}, which tensors never need" in msg, msg
+    assert not marker.exists()
+
+
+def test_stub_classes_are_inert(tmp_path):
+    """A `__torch__` name is never looked up: dotted names and REDUCE arguments do nothing."""
+    data = (b"\x80\x02c__torch__\nx.__init__.__globals__\nq\x00X\x02\x00\x00\x00hi\x85R.")
+    path = tmp_path / "s.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x/data.pkl", data)
+        z.writestr("x/code/__torch__.py", b"")
+    with pytest.raises(UserError, match="never run"):
+        weights.read_torchscript(str(path))
+
+
+def _official_name_file(directory, marker):
+    directory.mkdir(parents=True, exist_ok=True)
+    return _crafted_zip(directory / "ViT-B-32.pt", marker)
+
+
+def test_official_name_needs_the_published_sha256(tmp_path, monkeypatch):
+    import clip.clip
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("ZSIQA_WEIGHTS_DIR", str(tmp_path / "w"))
+    path = _official_name_file(tmp_path / "w", marker)
+    b = models.get_backbone("clip_vitb32")
+    with pytest.raises(UserError) as e:
+        weights.resolve_weights(b)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and "not the published ViT-B-32.pt" in msg and "--weights PATH" in msg
+    # the clip package's cache is an official place too
+    monkeypatch.delenv("ZSIQA_WEIGHTS_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cached = _official_name_file(tmp_path / "home" / ".cache" / "clip", marker)
+    with pytest.raises(UserError, match="not the published"):
+        weights.resolve_weights(b)
+    # a file with the published hash is taken; an explicit path is not hash-checked
+    digest = hashlib.sha256(open(cached, "rb").read()).hexdigest()
+    monkeypatch.setitem(clip.clip._MODELS, "ViT-B/32", f"https://example.invalid/clip/models/{digest}/ViT-B-32.pt")
+    assert weights.resolve_weights(b) == cached
+    assert weights.resolve_weights(b, path) == path
+    assert not marker.exists()
+
+
+@pytest.fixture
+def pair(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for n in ("a", "b"):
+        paths.append(str(tmp_path / f"{n}.png"))
+        Image.fromarray(rng.integers(0, 256, (230, 240, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def _fails(capsys, argv, match):
+    with pytest.raises(SystemExit) as e:
+        run_single_img.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert match in err, err
+
+
+def test_cli_refuses_crafted_weights(tmp_path, monkeypatch, capsys, pair):
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("ZSIQA_WEIGHTS_DIR", str(tmp_path / "w"))
+    path = _official_name_file(tmp_path / "w", marker)
+    argv = ["-ref", pair[0], "-dis", pair[1], "-m", "clip_vitb32", "--device", "cpu"]
+    _fails(capsys, argv, "not the published ViT-B-32.pt")
+    _fails(capsys, argv + ["--weights", path], "refusing weights file")
+    assert not marker.exists()
+
+
+def test_cli_process_refuses_crafted_weights(tmp_path, pair):
+    """The real entry point: exit code 2, one line, nothing from the file ran."""
+    marker = tmp_path / "ran"
+    env = {**os.environ, "ZSIQA_WEIGHTS_DIR": str(tmp_path / "w"), "ZSIQA_OFFLINE": "1"}
+    _official_name_file(tmp_path / "w", marker)
+    proc = subprocess.run([sys.executable, str(ROOT / "run_single_img.py"), "-ref", pair[0], "-dis", pair[1],
+                           "-m", "clip_vitb32", "--device", "cpu"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "not the published" in proc.stderr and not marker.exists()
+
+
+def test_identity(tmp_path):
+    assert weights.identity("random") == "random"
+    path = tmp_path / "w.bin"
+    data = os.urandom((4 << 20) + 17)  # more than one 4 MiB block
+    path.write_bytes(data)
+    assert weights.identity(str(path)) == "sha256:" + hashlib.sha256(data).hexdigest()
+    path.write_bytes(b"other")  # a changed file is hashed again
+    assert weights.identity(str(path)) == "sha256:" + hashlib.sha256(b"other").hexdigest()
+
+
+def test_registry_shares_one_family_for_the_hugging_face_vit():
+    assert models.BACKBONES["dinov1"].family is models.BACKBONES["imagenet_vit"].family
+    for name, b in models.BACKBONES.items():
+        if name.startswith("embed_"):
+            base = models.BACKBONES[name[len("embed_"):]]
+            assert b.family is base.family and b.weights is base.weights and b.output == "embed"
+
+
+def test_pickled_state_dicts_still_read_safely(tmp_path):
+    sd = {"a": torch.ones(2), "b": torch.arange(3)}
+    torch.save(sd, tmp_path / "sd.pt")
+    got = weights.read_state_dict(str(tmp_path / "sd.pt"))
+    assert list(got) == ["a", "b"] and torch.equal(got["b"], sd["b"])

@@ -1,0 +1,435 @@
+"""Weights: finding, verifying and reading checkpoint files, and mapping their keys.
+
+Finding: `resolve_weights` looks in $ZSIQA_WEIGHTS_DIR, then in the upstream libraries' caches,
+then downloads. Verifying: OpenAI's files found under their official names must have the
+published sha256 (`check_published`); `identity` names any file by its sha256. Reading:
+`read_state_dict` takes safetensors, pickled state dicts (tensors only) and TorchScript archives,
+whose tensors are extracted without running any of the archive's code (`read_torchscript`).
+Key mapping: `check_keys`/`load_strict` give one-line misfit messages, `visual_only` takes a
+CLIP checkpoint's image tower, `hf_vit_to_timm` renames Hugging Face ViT keys to timm's.
+"""
+import collections
+import functools
+import hashlib
+import os
+import pickle
+import re
+import sys
+import zipfile
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from utils import UserError
+
+# ---------------------------------------------------------------- where weights come from
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a backbone's weights come from. `file` is the path looked for under
+    $ZSIQA_WEIGHTS_DIR (the official file name; hub files keep their repository folders);
+    `caches` are the places the upstream libraries keep it; `url` is the official download
+    ('clip:NAME' for OpenAI's list, 'hf:REPO/FILE' for the Hugging Face hub)."""
+    file: str
+    url: Optional[str]
+    caches: Callable[[], list]
+    source: str                      # one line for humans: where to get the file
+    sha256_prefix: Optional[str] = None
+
+    def download(self, target):
+        """Fetch the file; returns its path (the hub keeps its own cache)."""
+        if self.url.startswith("hf:"):
+            from huggingface_hub import hf_hub_download
+            repo, _, name = self.url[3:].rpartition("/")
+            return hf_hub_download(repo, name)
+        url, sha = self.download_url()
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        torch.hub.download_url_to_file(url, target, hash_prefix=sha, progress=True)
+        return target
+
+    def download_url(self):
+        """(url, sha256 prefix); OpenAI's URLs carry the file's sha256 as their folder name."""
+        if self.url and self.url.startswith("clip:"):
+            import clip.clip
+            url = clip.clip._MODELS[self.url[5:]]
+            return url, url.split("/")[-2][:10]
+        return self.url, self.sha256_prefix
+
+    def published_sha256(self):
+        """The full published sha256 of an OpenAI file (its URL's folder name), else None."""
+        if not (self.url and self.url.startswith("clip:")):
+            return None
+        import clip.clip
+        return clip.clip._MODELS[self.url[5:]].split("/")[-2].lower()
+
+
+def clip_cache(file):
+    """Where the `clip` package keeps OpenAI's files."""
+    return lambda: [os.path.join(os.path.expanduser("~/.cache/clip"), file)]
+
+
+def torch_hub_cache(file):
+    """Where torch.hub keeps checkpoints downloaded by URL."""
+    return lambda: [os.path.join(torch.hub.get_dir(), "checkpoints", file)]
+
+
+def hf_cache(repo, file):
+    """The Hugging Face hub cache (used by timm and transformers), read offline."""
+    def paths():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            hit = try_to_load_from_cache(repo, file)
+        except Exception:  # hub library missing or cache unreadable: nothing cached there
+            hit = None
+        return [hit if isinstance(hit, str) else f"the Hugging Face hub cache ({repo}/{file})"]
+    return paths
+
+
+def join_caches(*caches):
+    """Several cache lists, looked at in order."""
+    return lambda: [p for c in caches for p in c()]
+
+
+def openai_weights(file, name):
+    """One of OpenAI's CLIP files, known to the `clip` package as `name`."""
+    return Weights(file, f"clip:{name}", clip_cache(file),
+                   f"OpenAI CLIP (the clip package downloads it as '{name}')")
+
+
+def hub_weights(repo, file, source=None):
+    """Weights published on the Hugging Face hub; $ZSIQA_WEIGHTS_DIR/REPO/FILE offline."""
+    return Weights(f"{repo}/{file}", f"hf:{repo}/{file}", hf_cache(repo, file),
+                   source or f"https://huggingface.co/{repo} ({file})")
+
+
+def weight_candidates(w):
+    """Every place looked at, in order: $ZSIQA_WEIGHTS_DIR, then the library caches."""
+    places = []
+    if os.environ.get("ZSIQA_WEIGHTS_DIR"):
+        places.append(os.path.join(os.environ["ZSIQA_WEIGHTS_DIR"], w.file))
+    return places + w.caches()
+
+
+def offline():
+    """True when ZSIQA_OFFLINE or HF_HUB_OFFLINE is set (to anything but '' or '0')."""
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("ZSIQA_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def resolve_weights(backbone, explicit=None):
+    """The weights file to use: the explicit path, else the first existing candidate, else
+    a download into the first library cache. UserError naming every place looked at. A file
+    found or downloaded under an official OpenAI name must have the published sha256."""
+    w = backbone.weights
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise UserError(f"weights file not found: {explicit}")
+        return explicit
+    places = weight_candidates(w)
+    for p in places:
+        if os.path.isfile(p):
+            check_published(backbone, p)
+            return p
+    why = "no download source" if not w.url else "offline (ZSIQA_OFFLINE/HF_HUB_OFFLINE set)" if offline() else None
+    if why is None:
+        try:
+            path = w.download(w.caches()[0])
+        except Exception as e:  # any network or disk failure ends in the one-line message
+            why = f"download failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+        else:
+            check_published(backbone, path)
+            return path
+    raise UserError(f"weights for {backbone.name} not found: need {w.file} from {w.source}; "
+                    f"looked in {', '.join(places) or '(no places)'}; {why}. "
+                    f"Pass --weights PATH or put the file in $ZSIQA_WEIGHTS_DIR")
+
+
+# ---------------------------------------------------------------- verifying
+
+_BLOCK = 4 << 20  # hashing reads 4 MiB at a time
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path, size, mtime_ns):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def identity(path):
+    """'random', or 'sha256:<hex>' of the weights file: what the numbers were made with.
+    Remembered per (file, size, modification time), so a file is hashed once per process."""
+    if path == "random":
+        return "random"
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return "sha256:" + _sha256(real, st.st_size, st.st_mtime_ns)
+
+
+def check_published(backbone, path):
+    """Refuse a file found under an official OpenAI name whose sha256 is not the published one."""
+    want = backbone.weights.published_sha256()
+    if want is None:
+        return
+    got = identity(path)[len("sha256:"):]
+    if got != want:
+        raise UserError(f"weights file {path} is not the published {backbone.weights.file} "
+                        f"(sha256 {got[:16]}..., published {want[:16]}...): refusing it under the official name; "
+                        f"pass --weights PATH to read a non-official file's tensors (its code is never run)")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def is_torchscript(path):
+    """A zip archive with a code/ folder: what torch.jit.save writes."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n for n in z.namelist())
+
+
+def read_state_dict(path):
+    """Read a checkpoint in any official format: TorchScript archive (OpenAI CLIP; read by
+    `read_torchscript`, none of its code is run), pickled state dict (.pt/.pth/.bin; tensors
+    only, nothing else is unpickled), safetensors. An OpenCLIP training checkpoint's
+    `state_dict` (keys prefixed `module.`) is unwrapped."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            sd = load_file(path)
+        elif is_torchscript(path):  # OpenAI's CLIP releases are TorchScript archives
+            sd = read_torchscript(path)
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
+    except Exception:  # any unreadable file ends in the same one-line message
+        raise UserError(f"cannot read weights file {path}: not a TorchScript archive, PyTorch "
+                        f"state dict or safetensors file (corrupt or truncated?)") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise UserError(f"weights file {path} holds no state dict of tensors")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+# ------------------------------------------------ TorchScript archives, without running them
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+# torch.jit._pickle's list helpers only return their argument; restore_type_tag returns the value
+_LIST_HELPERS = ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist")
+
+
+@dataclass(frozen=True)
+class _StorageType:
+    """Stands in for `torch.FloatStorage` & co. in a persistent id: only its dtype is used."""
+    dtype: torch.dtype
+
+
+class ScriptObject:
+    """Stands in for a TorchScript class of the archive (`__torch__.*`): it keeps the pickled
+    state and runs nothing; the archive's own __setstate__ is never called."""
+    qualified_name = "__torch__"
+
+    def __init__(self, *args, **kwargs):  # a REDUCE on the class: arguments are ignored
+        pass
+
+    def __setstate__(self, state):
+        self.__dict__["state"] = state
+
+
+def _as_list(data):
+    return list(data)
+
+
+def _type_tag(value, type_str):
+    return value
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+    """torch._utils._rebuild_tensor_v2 for a flat tensor standing in for the storage."""
+    ints = (isinstance(offset, int) and all(isinstance(x, int) for x in (*size, *stride))
+            and len(size) == len(stride))
+    if not torch.is_tensor(storage) or not ints:
+        raise ValueError("malformed tensor record")
+    return storage.as_strided(tuple(size), tuple(stride), offset)
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles an archive's data.pkl: TorchScript classes become ScriptObjects, tensors are
+    rebuilt from the archive's data/ records; any other global is refused."""
+
+    def __init__(self, archive, prefix, path):
+        self.archive, self.prefix, self.path = archive, prefix, path
+        self.classes, self.storages = {}, {}
+        self.swap = _byteorder(archive, prefix) != sys.byteorder
+        super().__init__(archive.open(f"{prefix}/data.pkl"))
+
+    def find_class(self, module, name):
+        if module == "__torch__" or module.startswith("__torch__."):
+            qualified = f"{module}.{name}"
+            if qualified not in self.classes:
+                self.classes[qualified] = type(name, (ScriptObject,), {"qualified_name": qualified})
+            return self.classes[qualified]
+        allowed = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+                   ("collections", "OrderedDict"): collections.OrderedDict,
+                   ("torch.jit._pickle", "restore_type_tag"): _type_tag}
+        if (module, name) in allowed:
+            return allowed[(module, name)]
+        if module == "torch.jit._pickle" and name in _LIST_HELPERS:
+            return _as_list
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        raise UserError(f"refusing weights file {self.path}: its data.pkl asks for {module}.{name}, "
+                        f"which tensors never need (nothing from the file was run)")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[4], int)):
+            raise ValueError("malformed storage record")
+        _, kind, key, _location, numel = pid
+        if key not in self.storages:
+            self.storages[key] = self._storage(kind.dtype, key, numel)
+        return self.storages[key]
+
+    def _storage(self, dtype, key, numel):
+        """The flat tensor [numel] of `dtype` held by the record data/<key> (little-endian)."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        data = bytearray(self.archive.read(f"{self.prefix}/data/{key}"))
+        if len(data) < numel * itemsize:
+            raise ValueError(f"storage {key} is truncated")
+        if numel == 0:
+            return torch.empty(0, dtype=dtype)
+        raw = torch.frombuffer(data, dtype=torch.uint8, count=numel * itemsize)
+        if self.swap and itemsize > 1:
+            raw = raw.view(-1, itemsize).flip(-1).reshape(-1)
+        return raw.view(dtype)
+
+
+def _byteorder(archive, prefix):
+    try:
+        return archive.read(f"{prefix}/byteorder").decode().strip() or "little"
+    except KeyError:  # archives before the record existed were written little-endian
+        return "little"
+
+
+_MODULE_CLASS = re.compile(r'^class (\w+)\(Module\):\n +__parameters__ = \[(.*?)\]\n +__buffers__ = \[(.*?)\]', re.M)
+
+
+def _module_layouts(archive, prefix):
+    """Qualified class name → (parameter names, buffer names), read as text from the class
+    headers of the archive's code/ records (which nothing here runs)."""
+    layouts, code = {}, f"{prefix}/code/"
+    for name in archive.namelist():
+        if not (name.startswith(code) and name.endswith(".py")):
+            continue
+        module = name[len(code):-len(".py")].replace("/", ".")
+        text = archive.read(name).decode("utf-8", errors="replace")
+        for cls, params, buffers in _MODULE_CLASS.findall(text):
+            layouts[f"{module}.{cls}"] = (re.findall(r'"([^"]*)"', params), re.findall(r'"([^"]*)"', buffers))
+    return layouts
+
+
+def _collect(obj, key, layouts, out, path):
+    """Parameters and buffers of a module stub and its submodules, keyed as state_dict() keys
+    them: own parameters, own buffers, then each submodule in attribute order."""
+    state = obj.__dict__.get("state")
+    if not isinstance(state, dict):
+        raise UserError(f"refusing weights file {path}: module {obj.qualified_name} restores its state with its "
+                        f"own code (__setstate__), which is never run; its tensors cannot be named")
+    if obj.qualified_name in layouts:
+        params, buffers = layouts[obj.qualified_name]
+        names = [n for n in params + buffers if torch.is_tensor(state.get(n))]
+    else:  # no class header: every tensor attribute counts
+        names = [n for n, v in state.items() if torch.is_tensor(v)]
+    out.update((key + n, state[n]) for n in names)
+    for n, v in state.items():
+        if isinstance(v, ScriptObject) and (not layouts or v.qualified_name in layouts):
+            _collect(v, f"{key}{n}.", layouts, out, path)
+
+
+def read_torchscript(path):
+    """The parameters and buffers of a TorchScript archive, keyed as
+    `torch.jit.load(path).state_dict()` keys them, read without running any of its code:
+    data.pkl is unpickled with only tensor-rebuilding globals allowed (UserError otherwise)."""
+    with zipfile.ZipFile(path) as archive:
+        roots = [n[:-len("/data.pkl")] for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if not roots:
+            raise ValueError("no data.pkl record")
+        root = _SafeUnpickler(archive, roots[0], path).load()
+        if not isinstance(root, ScriptObject):
+            raise ValueError("data.pkl holds no module")
+        out = {}
+        _collect(root, "", _module_layouts(archive, roots[0]), out, path)
+    return out
+
+
+# ---------------------------------------------------------------- key checks and mapping
+
+
+def check_keys(sd, expect, backbone, path):
+    """Fail clearly when a file is for another architecture (shape or key mismatch)."""
+    for key, shape in expect.items():
+        if key not in sd or tuple(sd[key].shape) != tuple(shape):
+            got = tuple(sd[key].shape) if key in sd else "missing"
+            raise UserError(f"weights file {path} does not fit {backbone.name} ({backbone.arch}): "
+                            f"{key} is {got}, expected {tuple(shape)}")
+
+
+def load_strict(module, sd, backbone, path):
+    """load_state_dict, with a mismatch summarised in one line (counts and first keys)."""
+    misfit = f"weights file {path} does not fit {backbone.name} ({backbone.arch})"
+    try:
+        result = module.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), "shape mismatch")
+        raise UserError(f"{misfit}: {detail[:200]}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(f"{misfit}: {len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
+                        f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})")
+
+
+def visual_only(sd, prefix="visual."):
+    """The `visual.*` part of a CLIP/OpenCLIP checkpoint, prefix removed (text tower ignored)."""
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+HF_VIT_RENAMES = (  # Hugging Face ViT/DINOv2 names → timm's (PROTOCOL.md §3b)
+    ("embeddings.cls_token", "cls_token"), ("embeddings.position_embeddings", "pos_embed"),
+    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."), ("encoder.layer.", "blocks."),
+    (".attention.output.dense.", ".attn.proj."), (".layernorm_before.", ".norm1."), (".layernorm_after.", ".norm2."),
+    (".intermediate.dense.", ".mlp.fc1."), (".output.dense.", ".mlp.fc2."),
+    (".layer_scale1.lambda1", ".ls1.gamma"), (".layer_scale2.lambda1", ".ls2.gamma"), ("layernorm.", "norm."),
+)
+
+
+def hf_vit_to_timm(sd):
+    """Hugging Face ViT / DINOv2 / DINO (`facebook/dino-vitb16`) keys onto timm's ViT;
+    timm-layout files pass through. query/key/value are concatenated into qkv."""
+    if not any(".attention.attention.query." in k for k in sd):
+        return sd
+    sd = {k[4:] if k.startswith("vit.") else k: v for k, v in sd.items()}
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(("classifier.", "pooler.")) or k == "embeddings.mask_token" or ".attention.attention." in k:
+            continue
+        for old, new in HF_VIT_RENAMES:
+            k = k.replace(old, new)
+        out[k] = v
+    for k in [k for k in sd if ".attention.attention.query." in k]:
+        block = k.split(".attention.attention.query.")[0].replace("encoder.layer.", "blocks.")
+        kind = k.rsplit(".", 1)[1]
+        parts = [sd[k.replace(".query.", f".{n}.")] for n in ("query", "key", "value")]
+        out[f"{block}.attn.qkv.{kind}"] = torch.cat(parts, 0)
+    return out
