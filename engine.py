@@ -30,18 +30,7 @@ from distances import DISTANCES, compute
 from loading import Chunk, load_chunks
 from models import FeatureExtractor, get_backbone
 from utils import UserError, check_pair, open_image, pil_to_tensor, resize_square, to_float, window_count, windows
-
-
-def weights_identity(path):
-    """'random', or 'sha256:<hex>' of the weights file: what the numbers were made with."""
-    if path == "random":
-        return "random"
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+from weights import identity as weights_identity
 
 
 def parse_distances(distances, backbone):
@@ -364,12 +353,14 @@ class Scorer:
         model_norm: feed the backbone its own mean/std-normalised input (not the protocol).
         cache_mb: device memory for cached reference features; a reference larger than
             that is compared block by block (default 4096 on a GPU, 96 on a CPU: LIVE-size references stay cached).
+        compile: compile the backbone (torch.compile; pays off on large GPU runs, see README).
 
     Return rule: `score()` always returns {distance: tensor [N]}; calling the scorer returns
     the same dict, or the one tensor when it was built with a single distance name."""
 
     def __init__(self, model="dinov1", distances="all", device="auto", precision="published", weights=None,
-                 batch_size=None, workers=None, resize=None, swd_seed=0, model_norm=False, cache_mb=None):
+                 batch_size=None, workers=None, resize=None, swd_seed=0, model_norm=False, cache_mb=None,
+                 compile=False):
         self.backbone = get_backbone(model)
         self.distances = parse_distances(distances, self.backbone)
         self.single = isinstance(distances, str) and distances != "all" and "," not in distances
@@ -383,7 +374,9 @@ class Scorer:
         self.cache_mb = _count(cache_mb, "cache_mb", 1, 4096 if gpu else 96)
         self.distance_batch = 128 if gpu else 2
         self.overlap = gpu and os.environ.get("ZSIQA_OVERLAP", "1") != "0"  # distances on a side stream
-        self.fixed_batch = False  # pad short batches to batch_size (set when the backbone is compiled)
+        self.fixed_batch = bool(compile)  # a compiled backbone gets fixed-shape batches (short ones padded)
+        if compile:
+            self.extractor.compile()
         self._window_bytes = None
         self.settings = {"model": self.backbone.name, "precision": precision, "model_norm": bool(model_norm),
                          "resize": self.resize, "swd_seed": self.swd_seed,

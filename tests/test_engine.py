@@ -211,3 +211,16 @@ def test_fixed_batch_padding_changes_nothing(tiny, mixed_set):
     assert set(shapes) == {5}
     for d in ALL:
         np.testing.assert_allclose(b[d].numpy(), a[d].numpy(), rtol=1e-6, err_msg=d)
+
+
+def test_compiled_backbone_gives_the_same_scores(tiny, mixed_set):
+    """compile=True (torch.compile, fixed-shape batches): the same numbers as eager. On this
+    CPU it only proves the path; on a GPU bench.py measures what it gains."""
+    name, weights = tiny
+    refs, dises = [r for r, _ in mixed_set[:4]], [d for _, d in mixed_set[:4]]
+    eager = Scorer(name, ALL, device="cpu", weights=weights, batch_size=6)(refs, dises)
+    compiled = Scorer(name, ALL, device="cpu", weights=weights, batch_size=6, compile=True)
+    assert compiled.fixed_batch
+    got = compiled(refs, dises)
+    for d in ALL:
+        np.testing.assert_allclose(got[d].numpy(), eager[d].numpy(), rtol=1e-5, atol=1e-8, err_msg=d)
