@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils import ArgParser, cli_entry, to_json, load_image, window_count, windows
+from run import int_at_least
+from utils import ArgParser, cli_entry, load_image, to_json, window_count, windows
 
 PUBLISHED_FIVE = "l2,cos,skld,jsd,wsd"
 
@@ -99,13 +100,14 @@ def main(argv=None):
     p.add_argument("--distances", default=PUBLISHED_FIVE, help=f"default the published five: {PUBLISHED_FIVE}")
     p.add_argument("--precision", default="published")
     p.add_argument("--weights", default="random", help="'random' (seeded; default) or a checkpoint")
-    p.add_argument("--size", type=int, default=288)
-    p.add_argument("--refs", type=int, default=20)
-    p.add_argument("--pairs", type=int, default=2000)
-    p.add_argument("--loop-pairs", type=int, default=None, help="pairs timed with the loop (default 100 on a GPU, 4 on a CPU)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--forward-iters", type=int, default=None)
+    p.add_argument("--size", type=int_at_least(224, " (the window size)"), default=288)
+    p.add_argument("--refs", type=int_at_least(1), default=20)
+    p.add_argument("--pairs", type=int_at_least(1), default=2000)
+    p.add_argument("--loop-pairs", type=int_at_least(0), default=None,
+                   help="pairs timed with the loop (default 100 on a GPU, 4 on a CPU)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=None)
+    p.add_argument("--workers", type=int_at_least(0), default=None)
+    p.add_argument("--forward-iters", type=int_at_least(1), default=None)
     p.add_argument("--data", help="folder for the synthetic set (default a temporary one; reused if present)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
