@@ -15,7 +15,6 @@ import re
 import warnings
 
 import numpy as np
-import pandas as pd
 from scipy import stats
 from scipy.optimize import OptimizeWarning, curve_fit
 
@@ -74,7 +73,8 @@ def correlations(pred, label, label_higher_better, pred_higher_better=False):
 
 def correlations_by_reference(frame, label_higher_better, pred_higher_better=False):
     """Each coefficient averaged over references (references with < 3 pairs skipped)."""
-    per = [correlations(g.pred, g.mos, label_higher_better, pred_higher_better) for _, g in frame.groupby("ref", sort=False) if len(g) >= 3]
+    groups = [g for _, g in frame.groupby("ref", sort=False) if len(g) >= 3]
+    per = [correlations(g.pred, g.mos, label_higher_better, pred_higher_better) for g in groups]
     if not per:
         raise UserError("--byref needs references with at least 3 pairs each")
     out = {k: float(np.nanmean([p[k] for p in per])) for k in ("srcc", "plcc", "krcc", "plcc_logistic")}
@@ -99,7 +99,8 @@ def label_direction(args, record):
         return dataset, bool(record["label_higher_better"])
     if dataset in LAYOUTS:
         return dataset, LAYOUTS[dataset].higher_better
-    raise UserError(f"cannot tell the label direction of {args.file}: pass -dat ({', '.join(LAYOUTS)}) or --label-higher-better")
+    raise UserError(f"cannot tell the label direction of {args.file}: pass -dat ({', '.join(LAYOUTS)}) "
+                    "or --label-higher-better")
 
 
 def pred_direction(args, record):
@@ -141,11 +142,13 @@ def scatter_plot(frame, label_higher_better, pred_higher_better, out, title):
 @cli_entry
 def main(argv=None):
     p = ArgParser(description=__doc__.split("\n")[1])
-    p.add_argument("-dat", "--dataset", help=f"layout, for the label's direction ({', '.join(LAYOUTS)}); default from the file name")
+    p.add_argument("-dat", "--dataset",
+                   help=f"layout, for the label's direction ({', '.join(LAYOUTS)}); default from the file name")
     p.add_argument("-f", "--file", required=True, help="results file with header dis,ref,mos,pred")
     p.add_argument("--byref", action="store_true", help="average the coefficients over references")
     p.add_argument("--label-higher-better", choices=["yes", "no"], help="override the dataset's label direction")
-    p.add_argument("--pred-higher-better", choices=["yes", "no"], help="override: predictions are similarities (default: detected from the file name, e.g. psnr)")
+    p.add_argument("--pred-higher-better", choices=["yes", "no"],
+                   help="override: predictions are similarities (default: detected from the file name, e.g. psnr)")
     p.add_argument("--plot", help="write a scatter plot (PNG) with the fitted logistic curve")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
@@ -154,8 +157,10 @@ def main(argv=None):
     frame, record = results.read_frame(a.file)
     dataset, label_hb = label_direction(a, record)
     pred_hb = pred_direction(a, record)
-    result = correlations_by_reference(frame, label_hb, pred_hb) if a.byref else correlations(frame.pred, frame.mos, label_hb, pred_hb)
-    result = {"file": a.file, "dataset": dataset, "label_higher_better": label_hb, "pred_higher_better": pred_hb, **result}
+    result = correlations_by_reference(frame, label_hb, pred_hb) if a.byref else correlations(frame.pred, frame.mos,
+                                                                                              label_hb, pred_hb)
+    result = {"file": a.file, "dataset": dataset, "label_higher_better": label_hb, "pred_higher_better": pred_hb,
+              **result}
     if a.plot:
         scatter_plot(frame, label_hb, pred_hb, a.plot, os.path.basename(a.file))
         result["plot"] = a.plot
@@ -163,7 +168,8 @@ def main(argv=None):
         print(to_json(result))
     else:
         print(f"{os.path.basename(a.file)}  n={result['n']}  SRCC {result['srcc']:.4f}  PLCC {result['plcc']:.4f}  "
-              f"KRCC {result['krcc']:.4f}  PLCC(logistic) {result['plcc_logistic']:.4f}" + ("  (mean over references)" if a.byref else ""))
+              f"KRCC {result['krcc']:.4f}  PLCC(logistic) {result['plcc_logistic']:.4f}"
+              + ("  (mean over references)" if a.byref else ""))
     return 0
 
 

@@ -61,7 +61,8 @@ def load_pipal(root, **_):
                 continue
             try:
                 dis, mos = (s.strip() for s in line.split(","))
-                pairs.append((f"Train_Ref/{dis.split('_')[0]}{os.path.splitext(dis)[1]}", f"Train_Dis/{dis}", float(mos)))
+                pairs.append((f"Train_Ref/{dis.split('_')[0]}{os.path.splitext(dis)[1]}", f"Train_Dis/{dis}",
+                              float(mos)))
             except ValueError:
                 raise UserError(f"{f} line {n}: expected 'NAME.bmp,MOS', got {line.strip()[:60]!r}") from None
             where.append(f"{f} line {n}")
@@ -85,13 +86,15 @@ def load_live(root, **_):
             m = loadmat(_need(os.path.join(root, "dmos.mat"), "LIVE label file dmos.mat or dmos_realigned.mat"))
             dmos = m["dmos"].ravel()
         orgs = m["orgs"].ravel()
-        refnames = [str(x[0]) if len(x) else "" for x in loadmat(_need(os.path.join(root, "refnames_all.mat"), "LIVE refnames_all.mat"))["refnames_all"].ravel()]
+        cells = loadmat(_need(os.path.join(root, "refnames_all.mat"), "LIVE refnames_all.mat"))["refnames_all"].ravel()
+        refnames = [str(x[0]) if len(x) else "" for x in cells]
     except (KeyError, ValueError, NotImplementedError, OSError) as e:
         raise UserError(f"cannot read LIVE label files in {root}: {e}") from None
     counts = [c for _, c in LIVE_FOLDERS]
     if len(dmos) != sum(counts):  # a cut-down copy: each folder holds img1…imgN
         counts = [_max_img_index(os.path.join(root, folder)) for folder, _ in LIVE_FOLDERS]
-    names = [f"{folder}/img{i}.bmp" for (folder, _), count in zip(LIVE_FOLDERS, counts) for i in range(1, count + 1)]
+    names = [f"{folder}/img{i}.bmp" for (folder, _), count in zip(LIVE_FOLDERS, counts, strict=True)
+             for i in range(1, count + 1)]
     if not (len(dmos) == len(orgs) == len(refnames) == len(names)):
         raise UserError(f"LIVE label files in {root} hold {len(dmos)} entries, but release 2 has 982 "
                         f"and the folders hold {len(names)} images")
@@ -122,7 +125,8 @@ def load_tid2013(root, **_):
         except ValueError:
             raise UserError(f"{label} line {n}: expected 'MOS NAME', got {line.strip()[:60]!r}") from None
         ref = f"I{dis[1:3]}.BMP"
-        pairs.append((f"reference_images/{refs.get(ref.lower(), ref)}", f"distorted_images/{diss.get(dis.lower(), dis)}", 100 - mos))
+        pairs.append((f"reference_images/{refs.get(ref.lower(), ref)}",
+                      f"distorted_images/{diss.get(dis.lower(), dis)}", 100 - mos))
         where.append(f"{label} line {n}")
     return Dataset("tid2013", root, pairs, where=where)
 
@@ -133,7 +137,8 @@ def load_kadid10k(root, **_):
     label = _need(os.path.join(root, "dmos.csv"), "KADID-10k label file")
     folder = "images" if os.path.isdir(os.path.join(root, "images")) else "."
     rows = _read_csv(label, ("dist_img", "ref_img", "dmos"))
-    pairs = [(os.path.normpath(f"{folder}/{r['ref_img']}"), os.path.normpath(f"{folder}/{r['dist_img']}"), _num(r["dmos"], label)) for r in rows]
+    pairs = [(os.path.normpath(f"{folder}/{r['ref_img']}"), os.path.normpath(f"{folder}/{r['dist_img']}"),
+              _num(r["dmos"], label)) for r in rows]
     return Dataset("kadid10k", root, pairs, where=_csv_lines(label, len(rows)))
 
 

@@ -26,7 +26,8 @@ from utils import UserError
 
 HEADER = ["dis", "ref", "mos", "pred"]
 # the settings a results file's predictions depend on: a run resumes a file only when all agree
-COMPARED = ("dataset", "model", "distance", "precision", "model_norm", "resize", "robustness", "pct", "swd_seed", "weights")
+COMPARED = ("dataset", "model", "distance", "precision", "model_norm", "resize", "robustness", "pct", "swd_seed",
+            "weights")
 SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "n_skipped", "srcc", "plcc", "krcc",
                   "plcc_logistic", "pairs_per_s", "label_higher_better", "precision", "model_norm", "resize",
                   "swd_seed", "weights", "labels_sha256", "file"]
@@ -74,7 +75,8 @@ def make_records(dataset, settings, files):
     """
     labels = labels_of(dataset.pairs)
     base = {"dataset": dataset.name, "label_higher_better": bool(dataset.higher_better), "model": settings["model"],
-            "precision": settings["precision"], "model_norm": bool(settings["model_norm"]), "resize": settings["resize"],
+            "precision": settings["precision"], "model_norm": bool(settings["model_norm"]),
+            "resize": settings["resize"],
             "swd_seed": settings["swd_seed"], "weights": settings["weights"], "n_labels": len(labels),
             "labels_sha256": labels_digest(labels)}
     return {path: {**base, "distance": d, "pred_higher_better": bool(pred_hb), "robustness": kind or "none",

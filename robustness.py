@@ -90,7 +90,7 @@ def write_sweep(summary, stem):
     clean = {r["distance"]: r["srcc"] for r in summary if r["robustness"] == "none"}
     titles = {"tra": "translation (% of width)", "sca": "zoom-in (%)", "rot": "rotation (degrees)"}
     fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.4), dpi=120, squeeze=False, sharey=True)
-    for ax, kind in zip(axes[0], kinds):
+    for ax, kind in zip(axes[0], kinds, strict=False):
         for d in distances:
             pts = sorted((r["pct"], r["srcc"]) for r in summary if r["robustness"] == kind and r["distance"] == d)
             if d in clean:

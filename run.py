@@ -42,13 +42,16 @@ def build_parser():
     p.add_argument("-dat", "--dataset", required=True, help="layout: pipal, live, tid2013, kadid10k, csv")
     p.add_argument("--root", help="dataset folder (csv: paths are relative to it; default the CSV's folder)")
     p.add_argument("--csv", help="-dat csv: the list (columns ref, dis, mos or dmos)")
-    p.add_argument("--higher-is-better", choices=["yes", "no"], help="-dat csv: label direction (default: mos yes, dmos no)")
+    p.add_argument("--higher-is-better", choices=["yes", "no"],
+                   help="-dat csv: label direction (default: mos yes, dmos no)")
     p.add_argument("-m", "--model", default="dinov1")
     p.add_argument("-d", "--distance", default="wsd", help="distance, comma list or 'all'")
     p.add_argument("-s", "--saveas", help="name used in the results file names (default: the model)")
     p.add_argument("-sdir", "--savedir", default="results", help="folder for results files (default results/)")
-    p.add_argument("--overwrite", action="store_true", help="discard earlier rows of the results files instead of resuming")
-    p.add_argument("-rob", "--robustness", choices=["tra", "sca", "rot"], help="apply a shift/zoom/rotation when loading")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard earlier rows of the results files instead of resuming")
+    p.add_argument("-rob", "--robustness", choices=["tra", "sca", "rot"],
+                   help="apply a shift/zoom/rotation when loading")
     p.add_argument("-pct", "--pct", type=int, default=1, help="its magnitude (percent, or degrees for rot; default 1)")
     p.add_argument("--kinds", help="sweep: comma list of tra,sca,rot (with --pcts); the clean run is included")
     p.add_argument("--pcts", default="1,2,4,8", help="sweep magnitudes (default 1,2,4,8)")
@@ -56,10 +59,13 @@ def build_parser():
                    help="resize both images to N×N first (N ≥ 224)")
     p.add_argument("--weights")
     p.add_argument("--device", default="auto")
-    p.add_argument("--model-norm", action="store_true", help="normalise windows with the model's own mean/std (not the published protocol)")
+    p.add_argument("--model-norm", action="store_true",
+                   help="normalise windows with the model's own mean/std (not the published protocol)")
     p.add_argument("--precision", default="published")
-    p.add_argument("--batch-size", type=int_at_least(1), default=None, help="windows per forward pass (default 256 on a GPU, 16 on a CPU)")
-    p.add_argument("--workers", type=int_at_least(0), default=None, help="image-decoding processes (default 8 on a GPU, 0 on a CPU)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=None,
+                   help="windows per forward pass (default 256 on a GPU, 16 on a CPU)")
+    p.add_argument("--workers", type=int_at_least(0), default=None,
+                   help="image-decoding processes (default 8 on a GPU, 0 on a CPU)")
     p.add_argument("--limit", type=int_at_least(1), default=None, help="only the first N pairs")
     p.add_argument("--skip-missing", action="store_true",
                    help="score the usable pairs instead of stopping at missing, unreadable or mis-sized images")
@@ -115,7 +121,7 @@ def check_images(dataset, pairs, skip_missing, resize=None, variants=(("", 0),))
         return pair_problem(sizes[ref], sizes[dis], shrink, bool(resize))
 
     why = [problem(r, d) for r, d, _ in pairs]
-    bad = [(d, w) for (_, d, _), w in zip(pairs, why) if w]
+    bad = [(d, w) for (_, d, _), w in zip(pairs, why, strict=False) if w]
     if not bad:
         return pairs
     kinds = sorted({w.split(" (")[0] for _, w in bad})
@@ -124,7 +130,7 @@ def check_images(dataset, pairs, skip_missing, resize=None, variants=(("", 0),))
     if not skip_missing:
         raise UserError(msg + "; pass --skip-missing to score the other pairs")
     sys.stderr.write(f"warning: {msg}; skipping them\n")
-    return [p for p, w in zip(pairs, why) if not w]
+    return [p for p, w in zip(pairs, why, strict=False) if not w]
 
 
 def load_pairs(args, variants):
@@ -147,7 +153,8 @@ def results_files(args, variants):
     from engine import parse_distances
     from models import get_backbone
     names = parse_distances(args.distance, get_backbone(args.model))
-    paths = {(v, d): results.results_path(args.savedir, args.dataset_name, args.model, d, variants[v], args.saveas, len(names))
+    paths = {(v, d): results.results_path(args.savedir, args.dataset_name, args.model, d, variants[v], args.saveas,
+                                          len(names))
              for v in range(len(variants)) for d in names}
     return paths, {p: (d, variants[v], not DISTANCES[d].lower_better) for (v, d), p in paths.items()}
 
@@ -203,15 +210,17 @@ def summarise(args, dataset, records, paths, order, stats):
     count, skipped, elapsed, skipped_up_front = stats
     rate = count / elapsed if count and elapsed > 0 else float("nan")
     summary = []
-    for (v, d), path in paths.items():
+    for (v, _d), path in paths.items():
         rec = records[path]
         rows = results.finish(path, labels, order)
         c = correlations([r[3] for r in rows], [r[2] for r in rows], dataset.higher_better, rec["pred_higher_better"])
-        summary.append({**rec, **c, "n_skipped": int(skipped_up_front + skipped[v]), "pairs_per_s": round(rate, 2), "file": path})
+        summary.append({**rec, **c, "n_skipped": int(skipped_up_front + skipped[v]), "pairs_per_s": round(rate, 2),
+                        "file": path})
     results.append_summary(args.savedir, summary)
     if args.kinds:
         from robustness import write_sweep
-        table, png = write_sweep(summary, os.path.join(args.savedir, f"{dataset.name}_{args.saveas or args.model}_sweep"))
+        table, png = write_sweep(summary, os.path.join(args.savedir,
+                                                       f"{dataset.name}_{args.saveas or args.model}_sweep"))
         for row in summary:
             row["sweep_table"], row["sweep_plot"] = table, png
     return summary
@@ -222,7 +231,8 @@ def report(args, summary):
     if args.json:
         print(to_json(summary))
         return
-    print(f"{'distance':8} {'rob':>7} {'n':>6} {'SRCC':>7} {'PLCC':>7} {'KRCC':>7} {'PLCC-log':>8} {'pairs/s':>8}  file")
+    print(f"{'distance':8} {'rob':>7} {'n':>6} {'SRCC':>7} {'PLCC':>7} {'KRCC':>7} {'PLCC-log':>8} "
+          f"{'pairs/s':>8}  file")
     for r in summary:
         rob = f"{r['robustness']}-{r['pct']}" if r["robustness"] != "none" else "clean"
         print(f"{r['distance']:8} {rob:>7} {r['n']:>6} {r['srcc']:7.4f} {r['plcc']:7.4f} {r['krcc']:7.4f} "

@@ -9,16 +9,16 @@ import subprocess
 import sys
 import time
 
+import minidata
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT
 from scipy import stats
 
 import calc_scores
-import minidata
 import results
 import run
-from conftest import ROOT
 from engine import Scorer
 
 
@@ -56,21 +56,24 @@ def _count_scored(monkeypatch):
 def test_record_beside_every_results_file(tiny, tmp_path):
     root = _pipal(tmp_path)
     out = tmp_path / "r"
-    assert _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2,wsd", "-sdir", str(out), "-rob", "sca", "-pct", "2") == 0
+    assert _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2,wsd", "-sdir", str(out), "-rob", "sca", "-pct",
+                "2") == 0
     frame = pd.read_csv(out / f"pipal_{tiny[0]}_l2_sca-2.csv")
     assert list(frame.columns) == ["dis", "ref", "mos", "pred"]  # the published layout, unchanged
     rec = json.loads((out / f"pipal_{tiny[0]}_l2_sca-2.json").read_text())
     import hashlib
     want_weights = "sha256:" + hashlib.sha256(open(tiny[1], "rb").read()).hexdigest()
     assert rec["dataset"] == "pipal" and rec["label_higher_better"] is True and rec["model"] == tiny[0]
-    assert rec["distance"] == "l2" and rec["robustness"] == "sca" and rec["pct"] == 2 and rec["pred_higher_better"] is False
-    assert rec["precision"] == "published" and rec["model_norm"] is False and rec["resize"] is None and rec["swd_seed"] == 0
+    assert rec["distance"] == "l2" and rec["robustness"] == "sca" and rec["pct"] == 2
+    assert rec["pred_higher_better"] is False and rec["precision"] == "published" and rec["model_norm"] is False
+    assert rec["resize"] is None and rec["swd_seed"] == 0
     assert rec["weights"] == want_weights and rec["n_labels"] == 6 and rec["labels_sha256"].startswith("sha256:")
     assert json.loads((out / f"pipal_{tiny[0]}_wsd_sca-2.json").read_text())["distance"] == "wsd"
     with open(out / "summary.csv") as f:
         logged = list(csv.DictReader(f))
     assert [r["distance"] for r in logged] == ["l2", "wsd"]
-    for key in ("precision", "model_norm", "resize", "weights", "swd_seed", "label_higher_better", "labels_sha256", "n_skipped"):
+    for key in ("precision", "model_norm", "resize", "weights", "swd_seed", "label_higher_better", "labels_sha256",
+                "n_skipped"):
         assert key in logged[0], key
     assert logged[0]["weights"] == want_weights and logged[0]["n_skipped"] == "0"
 
@@ -249,7 +252,8 @@ def test_older_summary_header_is_moved_aside(tiny, tmp_path, capsys):
     root = _pipal(tmp_path)
     out = tmp_path / "r"
     out.mkdir()
-    old = "dataset,model,distance,robustness,pct,n,srcc,plcc,krcc,plcc_logistic,pairs_per_s\npipal,x,l2,none,0,6,0.5,0.5,0.4,0.5,1.0\n"
+    old = ("dataset,model,distance,robustness,pct,n,srcc,plcc,krcc,plcc_logistic,pairs_per_s\n"
+           "pipal,x,l2,none,0,6,0.5,0.5,0.4,0.5,1.0\n")
     (out / "summary.csv").write_text(old)
     _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out))
     assert "summary.old-1.csv" in capsys.readouterr().err
@@ -269,7 +273,8 @@ def _corrupt_kadid(tmp_path):
 def test_corrupt_body_stops_keeping_finished_rows(tiny, tmp_path, capsys):
     root = _corrupt_kadid(tmp_path)
     out = tmp_path / "r"
-    _fails(capsys, tiny, ["-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(out), "--batch-size", "4"], "I02_01_02.png")
+    _fails(capsys, tiny, ["-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(out), "--batch-size", "4"],
+           "I02_01_02.png")
     path = out / f"kadid10k_{tiny[0]}_l2.csv"
     assert path.read_bytes().endswith(b"\n") and list(pd.read_csv(path).columns) == ["dis", "ref", "mos", "pred"]
     assert results.read_record(str(path))["distance"] == "l2"
@@ -279,7 +284,8 @@ def test_corrupt_body_stops_keeping_finished_rows(tiny, tmp_path, capsys):
 def test_corrupt_body_mid_run_skipped_with_skip_missing(tiny, tmp_path, capsys):
     root = _corrupt_kadid(tmp_path)
     out = tmp_path / "r"
-    assert _run(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(out), "--skip-missing", "--json") == 0
+    assert _run(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(out), "--skip-missing",
+                "--json") == 0
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if "I02_01_02.png" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning:")
