@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils import ArgParser, cli_entry, to_json, load_image, window_count, windows
+from run import int_at_least
+from utils import ArgParser, cli_entry, load_image, to_json, window_count, windows
 
 PUBLISHED_FIVE = "l2,cos,skld,jsd,wsd"
 
@@ -91,24 +92,29 @@ def time_forward(scorer, iters):
     return iters * scorer.batch_size / (time.perf_counter() - t)
 
 
-@cli_entry
-def main(argv=None):
+def build_parser():
     p = ArgParser(description=__doc__.split("\n")[1])
     p.add_argument("--device", default="auto")
     p.add_argument("--model", default="dinov1")
     p.add_argument("--distances", default=PUBLISHED_FIVE, help=f"default the published five: {PUBLISHED_FIVE}")
     p.add_argument("--precision", default="published")
     p.add_argument("--weights", default="random", help="'random' (seeded; default) or a checkpoint")
-    p.add_argument("--size", type=int, default=288)
-    p.add_argument("--refs", type=int, default=20)
-    p.add_argument("--pairs", type=int, default=2000)
-    p.add_argument("--loop-pairs", type=int, default=None, help="pairs timed with the loop (default 100 on a GPU, 4 on a CPU)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--forward-iters", type=int, default=None)
+    p.add_argument("--size", type=int_at_least(224, " (the window size)"), default=288)
+    p.add_argument("--refs", type=int_at_least(1), default=20)
+    p.add_argument("--pairs", type=int_at_least(1), default=2000)
+    p.add_argument("--loop-pairs", type=int_at_least(0), default=None,
+                   help="pairs timed with the loop (default 100 on a GPU, 4 on a CPU)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=None)
+    p.add_argument("--workers", type=int_at_least(0), default=None)
+    p.add_argument("--forward-iters", type=int_at_least(1), default=None)
     p.add_argument("--data", help="folder for the synthetic set (default a temporary one; reused if present)")
     p.add_argument("--json", action="store_true")
-    a = p.parse_args(argv)
+    return p
+
+
+@cli_entry
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     from engine import Scorer
     scorer = Scorer(a.model, a.distances, device=a.device, precision=a.precision, weights=a.weights,
                     batch_size=a.batch_size, workers=a.workers)
@@ -123,28 +129,43 @@ def main(argv=None):
         n_loop = min(len(pairs), a.loop_pairs if a.loop_pairs is not None else (100 if gpu else 4))
         t_loop, loop_rows = time_loop(scorer, pairs[:n_loop]) if n_loop else (float("nan"), {})
     fwd = time_forward(scorer, a.forward_iters or (30 if gpu else 2))
-    agree = max((float(np.max(np.abs(rows[i] - loop_rows[i]) / np.maximum(np.abs(loop_rows[i]), 1e-12))) for i in loop_rows), default=float("nan"))
+    rel = (np.abs(rows[i] - loop_rows[i]) / np.maximum(np.abs(loop_rows[i]), 1e-12) for i in loop_rows)
+    agree = max((float(np.max(r)) for r in rel), default=float("nan"))
     per_pair = window_count(a.size, a.size) * (1 + a.refs / a.pairs)  # windows encoded per pair by the engine
     engine_rate, loop_rate = len(pairs) / t_engine, n_loop / t_loop if n_loop else float("nan")
-    device_name = torch.cuda.get_device_name(scorer.device) if gpu else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    device_name = (torch.cuda.get_device_name(scorer.device) if gpu
+                   else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
     result = {"device": device_name, "model": a.model, "distances": list(scorer.distances), "precision": a.precision,
-              "fused_kernels": gpu and os.environ.get("ZSIQA_FUSED", "1") != "0", "size": a.size, "refs": a.refs, "pairs": len(pairs), "batch_size": scorer.batch_size,
-              "workers": scorer.workers, "engine_pairs_per_s": round(engine_rate, 2), "loop_pairs_per_s": round(loop_rate, 3),
+              "fused_kernels": gpu and os.environ.get("ZSIQA_FUSED", "1") != "0", "size": a.size, "refs": a.refs,
+              "pairs": len(pairs), "batch_size": scorer.batch_size,
+              "workers": scorer.workers, "engine_pairs_per_s": round(engine_rate, 2),
+              "loop_pairs_per_s": round(loop_rate, 3),
               "loop_pairs_timed": n_loop, "speedup": round(engine_rate / loop_rate, 2) if n_loop else None,
               "forward_windows_per_s": round(fwd, 1), "forward_bound_pairs_per_s": round(fwd / per_pair, 1),
               "engine_share_of_forward": round(engine_rate * per_pair / fwd, 3),
               "engine_vs_loop_max_rel_diff": agree, "peak_gpu_mem_gib": round(peak, 2) if peak is not None else None}
-    if a.json:
-        print(to_json(result))
-    else:
-        print(f"{device_name} | {a.model} {','.join(scorer.distances)} | precision {a.precision}{' (fused distances)' if result['fused_kernels'] else ''} | "
-              f"{len(pairs)} pairs of {a.size}px, {a.refs} refs, batch {scorer.batch_size}, workers {scorer.workers}")
-        print(f"  engine        {engine_rate:10.2f} pairs/s")
-        print(f"  one-pair loop {loop_rate:10.3f} pairs/s  (first {n_loop} pairs)   speedup ×{result['speedup']}")
-        print(f"  forward only  {fwd:10.1f} windows/s = {fwd / per_pair:.1f} pairs/s bound;  engine at {100 * result['engine_share_of_forward']:.0f}% of it")
-        print(f"  engine vs loop: max relative difference {agree:.2e}" + (f";  peak GPU memory {peak:.1f} GiB" if peak is not None else ""))
+    report(result, a.json)
     return 0
 
+
+def report(result, as_json=False):
+    """Print the benchmark's figures (a few lines, or JSON)."""
+    if as_json:
+        print(to_json(result))
+        return
+    r = result
+    fused = " (fused distances)" if r["fused_kernels"] else ""
+    print(f"{r['device']} | {r['model']} {','.join(r['distances'])} | precision {r['precision']}{fused} | "
+          f"{r['pairs']} pairs of {r['size']}px, {r['refs']} refs, batch {r['batch_size']}, workers {r['workers']}")
+    print(f"  engine        {r['engine_pairs_per_s']:10.2f} pairs/s")
+    print(f"  one-pair loop {r['loop_pairs_per_s']:10.3f} pairs/s  (first {r['loop_pairs_timed']} pairs)   "
+          f"speedup ×{r['speedup']}")
+    print(f"  forward only  {r['forward_windows_per_s']:10.1f} windows/s = "
+          f"{r['forward_bound_pairs_per_s']:.1f} pairs/s bound;  "
+          f"engine at {100 * r['engine_share_of_forward']:.0f}% of it")
+    peak = r["peak_gpu_mem_gib"]
+    print(f"  engine vs loop: max relative difference {r['engine_vs_loop_max_rel_diff']:.2e}"
+          + (f";  peak GPU memory {peak:.1f} GiB" if peak is not None else ""))
 
 if __name__ == "__main__":
     main()

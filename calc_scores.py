@@ -5,7 +5,9 @@
 
 SRCC, PLCC (plain Pearson) and KRCC over all pairs, signed so that agreement is positive
 (PROTOCOL.md §6), plus PLCC after the standard 5-parameter logistic fit. --byref averages
-each coefficient over references instead. The dataset decides the label's direction; a
+each coefficient over references instead. The label's direction comes from -dat or
+--label-higher-better when given, else from the file's record (X.json beside X.csv, written
+by run.py), else from the file name's dataset prefix (published files have no record); a
 prediction column from a similarity metric (PSNR, SSIM, …: higher = better) is flipped too.
 """
 import os
@@ -13,12 +15,13 @@ import re
 import warnings
 
 import numpy as np
-import pandas as pd
 from scipy import stats
 from scipy.optimize import OptimizeWarning, curve_fit
 
+import results
 from datasets import LAYOUTS
 from utils import ArgParser, UserError, cli_entry, to_json
+
 # prediction columns that are similarities (higher = better), negated as the published tables did
 SIMILARITY_METRICS = ("psnr", "ssim", "msssim", "ms_ssim", "fsim", "vif", "gmsd_sim")
 
@@ -70,31 +73,43 @@ def correlations(pred, label, label_higher_better, pred_higher_better=False):
 
 def correlations_by_reference(frame, label_higher_better, pred_higher_better=False):
     """Each coefficient averaged over references (references with < 3 pairs skipped)."""
-    per = [correlations(g.pred, g.mos, label_higher_better, pred_higher_better) for _, g in frame.groupby("ref", sort=False) if len(g) >= 3]
+    groups = [g for _, g in frame.groupby("ref", sort=False) if len(g) >= 3]
+    per = [correlations(g.pred, g.mos, label_higher_better, pred_higher_better) for g in groups]
     if not per:
         raise UserError("--byref needs references with at least 3 pairs each")
     out = {k: float(np.nanmean([p[k] for p in per])) for k in ("srcc", "plcc", "krcc", "plcc_logistic")}
     return {"n": int(len(frame)), "refs": len(per), **out}
 
 
-def read_results(path):
-    if not os.path.isfile(path):
-        raise UserError(f"results file not found: {path}")
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read results file {path}: {str(e).splitlines()[0]}") from None
-    missing = [c for c in ("dis", "ref", "mos", "pred") if c not in frame.columns]
-    if missing:
-        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; expected header dis,ref,mos,pred")
-    if frame[["mos", "pred"]].isna().any().any():
-        raise UserError(f"{path} has empty or non-numeric mos/pred values")
-    return frame
-
-
 def guess_dataset(path):
+    """The layout named by the file name's prefix (published files: pipal_..., live_...), or None."""
     name = os.path.basename(path).lower()
     return next((d for d in LAYOUTS if name.startswith(d + "_")), None)
+
+
+def label_direction(args, record):
+    """(dataset name, label higher = better): --label-higher-better, then -dat, then the
+    record, then the file-name guess; UserError when none tells."""
+    dataset = args.dataset or (record or {}).get("dataset") or guess_dataset(args.file)
+    if args.label_higher_better:
+        return dataset, args.label_higher_better == "yes"
+    if args.dataset in LAYOUTS and not (args.dataset == "csv" and record is not None):  # a list decides per file
+        return dataset, LAYOUTS[args.dataset].higher_better
+    if record is not None and "label_higher_better" in record:
+        return dataset, bool(record["label_higher_better"])
+    if dataset in LAYOUTS:
+        return dataset, LAYOUTS[dataset].higher_better
+    raise UserError(f"cannot tell the label direction of {args.file}: pass -dat ({', '.join(LAYOUTS)}) "
+                    "or --label-higher-better")
+
+
+def pred_direction(args, record):
+    """Predictions higher = better: --pred-higher-better, the record's distance, the file name (psnr, …)."""
+    if args.pred_higher_better:
+        return args.pred_higher_better == "yes"
+    if record is not None and "pred_higher_better" in record:
+        return bool(record["pred_higher_better"])
+    return is_similarity(args.file)
 
 
 def is_similarity(path):
@@ -127,25 +142,25 @@ def scatter_plot(frame, label_higher_better, pred_higher_better, out, title):
 @cli_entry
 def main(argv=None):
     p = ArgParser(description=__doc__.split("\n")[1])
-    p.add_argument("-dat", "--dataset", help=f"layout, for the label's direction ({', '.join(LAYOUTS)}); default from the file name")
+    p.add_argument("-dat", "--dataset",
+                   help=f"layout, for the label's direction ({', '.join(LAYOUTS)}); default from the file name")
     p.add_argument("-f", "--file", required=True, help="results file with header dis,ref,mos,pred")
     p.add_argument("--byref", action="store_true", help="average the coefficients over references")
     p.add_argument("--label-higher-better", choices=["yes", "no"], help="override the dataset's label direction")
-    p.add_argument("--pred-higher-better", choices=["yes", "no"], help="override: predictions are similarities (default: detected from the file name, e.g. psnr)")
+    p.add_argument("--pred-higher-better", choices=["yes", "no"],
+                   help="override: predictions are similarities (default: detected from the file name, e.g. psnr)")
     p.add_argument("--plot", help="write a scatter plot (PNG) with the fitted logistic curve")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    frame = read_results(a.file)
-    dataset = a.dataset or guess_dataset(a.file)
-    if a.label_higher_better:
-        label_hb = a.label_higher_better == "yes"
-    elif dataset in LAYOUTS:
-        label_hb = LAYOUTS[dataset].higher_better
-    else:
-        raise UserError(f"cannot tell the label direction of {a.file}: pass -dat ({', '.join(LAYOUTS)}) or --label-higher-better")
-    pred_hb = (a.pred_higher_better == "yes") if a.pred_higher_better else is_similarity(a.file)
-    result = correlations_by_reference(frame, label_hb, pred_hb) if a.byref else correlations(frame.pred, frame.mos, label_hb, pred_hb)
-    result = {"file": a.file, "dataset": dataset, "label_higher_better": label_hb, "pred_higher_better": pred_hb, **result}
+    if a.dataset is not None and a.dataset not in LAYOUTS:
+        raise UserError(f"unknown dataset layout '{a.dataset}'; known: {', '.join(LAYOUTS)}")
+    frame, record = results.read_frame(a.file)
+    dataset, label_hb = label_direction(a, record)
+    pred_hb = pred_direction(a, record)
+    result = correlations_by_reference(frame, label_hb, pred_hb) if a.byref else correlations(frame.pred, frame.mos,
+                                                                                              label_hb, pred_hb)
+    result = {"file": a.file, "dataset": dataset, "label_higher_better": label_hb, "pred_higher_better": pred_hb,
+              **result}
     if a.plot:
         scatter_plot(frame, label_hb, pred_hb, a.plot, os.path.basename(a.file))
         result["plot"] = a.plot
@@ -153,7 +168,8 @@ def main(argv=None):
         print(to_json(result))
     else:
         print(f"{os.path.basename(a.file)}  n={result['n']}  SRCC {result['srcc']:.4f}  PLCC {result['plcc']:.4f}  "
-              f"KRCC {result['krcc']:.4f}  PLCC(logistic) {result['plcc_logistic']:.4f}" + ("  (mean over references)" if a.byref else ""))
+              f"KRCC {result['krcc']:.4f}  PLCC(logistic) {result['plcc_logistic']:.4f}"
+              + ("  (mean over references)" if a.byref else ""))
     return 0
 
 

@@ -9,8 +9,10 @@ import csv
 import glob
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
 
 from utils import UserError
 
@@ -21,6 +23,7 @@ class Dataset:
     root: str
     pairs: list            # [(ref_rel, dis_rel, label)], in the dataset's own order
     higher_better: bool = None   # None: the layout's (LAYOUTS); the CSV layout decides per file
+    where: list = field(default_factory=list)  # per pair, where its label was read ("FILE line N")
 
     def path(self, rel):
         return os.path.join(self.root, rel)
@@ -51,17 +54,19 @@ def load_pipal(root, **_):
     files = sorted(glob.glob(os.path.join(_need(os.path.join(root, "Train_Label"), "PIPAL label folder"), "*.txt")))
     if not files:
         raise UserError(f"no label files (*.txt) in {os.path.join(root, 'Train_Label')}")
-    pairs = []
+    pairs, where = [], []
     for f in files:
         for n, line in enumerate(open(f, encoding="utf-8", errors="replace"), 1):
             if not line.strip():
                 continue
             try:
                 dis, mos = (s.strip() for s in line.split(","))
-                pairs.append((f"Train_Ref/{dis.split('_')[0]}{os.path.splitext(dis)[1]}", f"Train_Dis/{dis}", float(mos)))
+                pairs.append((f"Train_Ref/{dis.split('_')[0]}{os.path.splitext(dis)[1]}", f"Train_Dis/{dis}",
+                              float(mos)))
             except ValueError:
                 raise UserError(f"{f} line {n}: expected 'NAME.bmp,MOS', got {line.strip()[:60]!r}") from None
-    return Dataset("pipal", root, pairs)
+            where.append(f"{f} line {n}")
+    return Dataset("pipal", root, pairs, where=where)
 
 
 LIVE_FOLDERS = (("jp2k", 227), ("jpeg", 233), ("wn", 174), ("gblur", 174), ("fastfading", 174))
@@ -81,18 +86,22 @@ def load_live(root, **_):
             m = loadmat(_need(os.path.join(root, "dmos.mat"), "LIVE label file dmos.mat or dmos_realigned.mat"))
             dmos = m["dmos"].ravel()
         orgs = m["orgs"].ravel()
-        refnames = [str(x[0]) if len(x) else "" for x in loadmat(_need(os.path.join(root, "refnames_all.mat"), "LIVE refnames_all.mat"))["refnames_all"].ravel()]
+        cells = loadmat(_need(os.path.join(root, "refnames_all.mat"), "LIVE refnames_all.mat"))["refnames_all"].ravel()
+        refnames = [str(x[0]) if len(x) else "" for x in cells]
     except (KeyError, ValueError, NotImplementedError, OSError) as e:
         raise UserError(f"cannot read LIVE label files in {root}: {e}") from None
     counts = [c for _, c in LIVE_FOLDERS]
     if len(dmos) != sum(counts):  # a cut-down copy: each folder holds img1…imgN
         counts = [_max_img_index(os.path.join(root, folder)) for folder, _ in LIVE_FOLDERS]
-    names = [f"{folder}/img{i}.bmp" for (folder, _), count in zip(LIVE_FOLDERS, counts) for i in range(1, count + 1)]
+    names = [f"{folder}/img{i}.bmp" for (folder, _), count in zip(LIVE_FOLDERS, counts, strict=True)
+             for i in range(1, count + 1)]
     if not (len(dmos) == len(orgs) == len(refnames) == len(names)):
         raise UserError(f"LIVE label files in {root} hold {len(dmos)} entries, but release 2 has 982 "
                         f"and the folders hold {len(names)} images")
-    pairs = [(f"refimgs/{ref}", dis, float(y)) for dis, ref, y, org in zip(names, refnames, dmos, orgs) if not org]
-    return Dataset("live", root, pairs)
+    label_file = realigned if os.path.isfile(realigned) else os.path.join(root, "dmos.mat")
+    kept = [k for k, org in enumerate(orgs) if not org]
+    pairs = [(f"refimgs/{refnames[k]}", names[k], float(dmos[k])) for k in kept]
+    return Dataset("live", root, pairs, where=[f"{label_file} entry {k + 1}" for k in kept])
 
 
 def _max_img_index(folder):
@@ -106,7 +115,7 @@ def load_tid2013(root, **_):
     distorted_images/... (case differs between label file and disk). Stored as 100 − MOS."""
     label = _need(os.path.join(root, "mos_with_names.txt"), "TID2013 label file")
     refs, diss = _case_map(os.path.join(root, "reference_images")), _case_map(os.path.join(root, "distorted_images"))
-    pairs = []
+    pairs, where = [], []
     for n, line in enumerate(open(label, encoding="utf-8", errors="replace"), 1):
         if not line.strip():
             continue
@@ -116,8 +125,10 @@ def load_tid2013(root, **_):
         except ValueError:
             raise UserError(f"{label} line {n}: expected 'MOS NAME', got {line.strip()[:60]!r}") from None
         ref = f"I{dis[1:3]}.BMP"
-        pairs.append((f"reference_images/{refs.get(ref.lower(), ref)}", f"distorted_images/{diss.get(dis.lower(), dis)}", 100 - mos))
-    return Dataset("tid2013", root, pairs)
+        pairs.append((f"reference_images/{refs.get(ref.lower(), ref)}",
+                      f"distorted_images/{diss.get(dis.lower(), dis)}", 100 - mos))
+        where.append(f"{label} line {n}")
+    return Dataset("tid2013", root, pairs, where=where)
 
 
 def load_kadid10k(root, **_):
@@ -126,8 +137,9 @@ def load_kadid10k(root, **_):
     label = _need(os.path.join(root, "dmos.csv"), "KADID-10k label file")
     folder = "images" if os.path.isdir(os.path.join(root, "images")) else "."
     rows = _read_csv(label, ("dist_img", "ref_img", "dmos"))
-    pairs = [(os.path.normpath(f"{folder}/{r['ref_img']}"), os.path.normpath(f"{folder}/{r['dist_img']}"), _num(r["dmos"], label)) for r in rows]
-    return Dataset("kadid10k", root, pairs)
+    pairs = [(os.path.normpath(f"{folder}/{r['ref_img']}"), os.path.normpath(f"{folder}/{r['dist_img']}"),
+              _num(r["dmos"], label)) for r in rows]
+    return Dataset("kadid10k", root, pairs, where=_csv_lines(label, len(rows)))
 
 
 def load_csv(root, csv_file=None, higher_is_better=None, **_):
@@ -141,7 +153,8 @@ def load_csv(root, csv_file=None, higher_is_better=None, **_):
         raise UserError(f"{csv_file} needs a 'mos' or 'dmos' column")
     higher = (column == "mos") if higher_is_better is None else bool(higher_is_better)
     return Dataset(os.path.splitext(os.path.basename(csv_file))[0], root or os.path.dirname(os.path.abspath(csv_file)),
-                   [(r["ref"], r["dis"], _num(r[column], csv_file)) for r in rows], higher_better=higher)
+                   [(r["ref"], r["dis"], _num(r[column], csv_file)) for r in rows], higher_better=higher,
+                   where=_csv_lines(csv_file, len(rows)))
 
 
 def _num(value, where):
@@ -149,6 +162,11 @@ def _num(value, where):
         return float(value)
     except (TypeError, ValueError):
         raise UserError(f"{where}: label {value!r} is not a number") from None
+
+
+def _csv_lines(path, n):
+    """Where each of a CSV's n rows was read: line 2 onwards (after the header)."""
+    return [f"{path} line {k + 2}" for k in range(n)]
 
 
 def _read_csv(path, required):
@@ -189,4 +207,22 @@ def load_dataset(name, root=None, **options):
     dataset = LAYOUTS[name].load(root, **options)
     if dataset.higher_better is None:
         dataset.higher_better = LAYOUTS[name].higher_better
+    check_labels(dataset)
     return dataset
+
+
+def check_labels(dataset):
+    """Refuse a NaN or infinite label and a pair (same reference, same distorted image)
+    listed twice, naming where they were read: either would skew every correlation."""
+    where = dataset.where or [f"pair {k + 1}" for k in range(len(dataset.pairs))]
+    labels = np.array([y for _, _, y in dataset.pairs], dtype=float)
+    bad = np.flatnonzero(~np.isfinite(labels))
+    if bad.size:
+        k = bad[0]
+        more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
+        raise UserError(f"{where[k]}: label {labels[k]} of {dataset.pairs[k][1]} is not a finite number{more}")
+    first = {}
+    for k, (ref, dis, _) in enumerate(dataset.pairs):
+        j = first.setdefault((ref, dis), k)
+        if j != k:
+            raise UserError(f"pair {dis} / {ref} is listed twice: {where[j]} and {where[k]}; keep one")

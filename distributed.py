@@ -1,16 +1,16 @@
 """Multi-process runs with torchrun: `torchrun --nproc_per_node K run.py ...`.
 
 Pairs are sharded by reference group (so each reference is encoded once, on one rank);
-each rank appends its rows to `<results>.rank<r>` part files and rank 0 merges them, so the
-final files hold the same rows, in the same order, as a one-process run. Without torchrun
-every call here is a no-op for a single process.
+each rank appends its rows to `<results>.rank<r>` part files and rank 0 merges them
+(results.py), so the final files hold the same rows, in the same order, as a one-process
+run. This module holds only the process-group calls; without torchrun each is a no-op.
 """
-import csv
-import glob
 import os
 
 import torch
 import torch.distributed as tdist
+
+from utils import UserError
 
 
 class Context:
@@ -33,6 +33,23 @@ class Context:
         tdist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def from_rank0(self, fn, share=True):
+        """fn() run on rank 0 alone, its value given to every rank (share=False: to rank 0
+        only, others get None); a UserError there is raised on every rank, so no rank waits
+        for a value that never comes."""
+        value, error = None, None
+        if self.rank == 0:
+            try:
+                value = fn()
+            except UserError as e:
+                error = str(e)
+        if self.world > 1:
+            got, error = self.broadcast((value if share else None, error))
+            value = got if share or self.rank else value
+        if error is not None:
+            raise UserError(error)
+        return value
+
     def sum(self, value):
         if self.world == 1:
             return value
@@ -45,20 +62,19 @@ class Context:
             tdist.barrier()
 
     def shard(self, pairs, todo):
-        """This rank's share of the (variant, pair) jobs: whole reference groups, dealt out
-        by size (largest first, to the least-loaded rank) so ranks finish together."""
+        """This rank's share of the (variant, pair) jobs, in `todo`'s order: whole reference
+        groups, dealt out by size (largest first, to the least-loaded rank) so ranks finish
+        together."""
         if self.world == 1:
-            return frozenset(todo)
-        groups = {}
-        for v, i in todo:
-            groups.setdefault(pairs[i][0], []).append((v, i))
-        load, mine = [0] * self.world, []
-        for ref in sorted(groups, key=lambda r: -len(groups[r])):
-            r = load.index(min(load))
-            load[r] += len(groups[ref])
-            if r == self.rank:
-                mine.extend(groups[ref])
-        return frozenset(mine)
+            return list(todo)
+        size = {}
+        for _, i in todo:
+            size[pairs[i][0]] = size.get(pairs[i][0], 0) + 1
+        load, owner = [0] * self.world, {}
+        for ref in sorted(size, key=lambda r: -size[r]):
+            owner[ref] = load.index(min(load))
+            load[owner[ref]] += size[ref]
+        return [(v, i) for v, i in todo if owner[pairs[i][0]] == self.rank]
 
 
 def setup():
@@ -70,24 +86,3 @@ def setup():
         tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return Context(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
-
-def part_path(path, rank):
-    return f"{path}.rank{rank}"
-
-
-def merge_parts(path):
-    """Append the rows of every part file of `path` to it (header once) and remove the parts."""
-    parts = sorted(glob.glob(glob.escape(path) + ".rank*"))
-    if not parts:
-        return
-    fresh = not os.path.isfile(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as out:
-        w = csv.writer(out)
-        if fresh:
-            w.writerow(["dis", "ref", "mos", "pred"])
-        for p in parts:
-            with open(p, newline="") as f:
-                for row in csv.DictReader(f):
-                    if row.get("pred") not in (None, ""):
-                        w.writerow([row["dis"], row["ref"], row["mos"], row["pred"]])
-            os.remove(p)

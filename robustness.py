@@ -1,6 +1,7 @@
 """Robustness transforms (PROTOCOL.md §5): small shifts, zooms and rotations applied when a
 pair is loaded, on Pillow images, exactly as the published runs did."""
 import math
+import numbers
 
 from PIL import Image
 
@@ -38,20 +39,32 @@ def rotate(ref, dis, pct):
 TRANSFORMS = {"tra": translate, "sca": zoom, "rot": rotate}
 
 
-def transform(ref, dis, kind, pct=1):
-    """(ref, dis) Pillow images → transformed (ref, dis); kind in tra|sca|rot."""
+def check(kind, pct):
+    """UserError unless (kind, pct) is a transform the protocol defines: pct an integer; a
+    shift of 0-99 % of the width (100 % would leave nothing, a negative one pads with black);
+    a zoom of 0 % or more; a rotation by any number of degrees."""
     if kind not in TRANSFORMS:
         raise UserError(f"unknown robustness transform '{kind}'; use one of {', '.join(TRANSFORMS)}")
+    if isinstance(pct, bool) or not isinstance(pct, numbers.Integral):
+        raise UserError(f"robustness magnitude must be an integer, got {pct!r}")
+    if kind == "tra" and not 0 <= pct < 100:
+        raise UserError(f"-rob tra -pct {pct}: a shift takes 0 to 99 (% of the width)")
+    if kind == "sca" and pct < 0:
+        raise UserError(f"-rob sca -pct {pct}: a zoom-in takes 0 or more (%)")
+
+
+def transform(ref, dis, kind, pct=1):
+    """(ref, dis) Pillow images → transformed (ref, dis); kind in tra|sca|rot (see `check`)."""
+    check(kind, pct)
     return TRANSFORMS[kind](ref, dis, pct)
 
 
 class Transform:
-    """A picklable (kind, pct) transform for DataLoader workers."""
+    """A picklable (kind, pct) transform for DataLoader workers; refuses what `check` refuses."""
 
     def __init__(self, kind, pct=1):
-        if kind not in TRANSFORMS:
-            raise UserError(f"unknown robustness transform '{kind}'; use one of {', '.join(TRANSFORMS)}")
-        self.kind, self.pct = kind, pct
+        check(kind, pct)
+        self.kind, self.pct = kind, int(pct)
         self.changes_reference = kind == "tra"  # only the shift crops the reference too
 
     def __call__(self, ref, dis):
@@ -77,7 +90,7 @@ def write_sweep(summary, stem):
     clean = {r["distance"]: r["srcc"] for r in summary if r["robustness"] == "none"}
     titles = {"tra": "translation (% of width)", "sca": "zoom-in (%)", "rot": "rotation (degrees)"}
     fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.4), dpi=120, squeeze=False, sharey=True)
-    for ax, kind in zip(axes[0], kinds):
+    for ax, kind in zip(axes[0], kinds, strict=False):
         for d in distances:
             pts = sorted((r["pct"], r["srcc"]) for r in summary if r["robustness"] == kind and r["distance"] == d)
             if d in clean:

@@ -61,7 +61,8 @@ def make_live(root, per_folder=2, size=(232, 228)):
             dmos.append(10.0 * level - 1.5)
             orgs.append(1 if i == 1 else 0)
             names.append(ref)
-    savemat(f"{root}/dmos_realigned.mat", {"dmos_new": np.array([dmos]), "orgs": np.array([orgs]), "dmos_std": np.ones((1, len(dmos)))})
+    savemat(f"{root}/dmos_realigned.mat", {"dmos_new": np.array([dmos]), "orgs": np.array([orgs]),
+                                           "dmos_std": np.ones((1, len(dmos)))})
     cell = np.empty((1, len(names)), dtype=object)
     for i, n in enumerate(names):
         cell[0, i] = np.array([n])
@@ -87,7 +88,8 @@ def make_kadid(root, n_ref=2, n_dis=3, size=(230, 240)):
         _img(f"{root}/images/I{r:02d}.png", *size, 400 + r)
         for k in range(1, n_dis + 1):
             _distort(f"{root}/images/I{r:02d}.png", f"{root}/images/I{r:02d}_01_{k:02d}.png", k, 500 + 10 * r + k)
-            rows.append({"dist_img": f"I{r:02d}_01_{k:02d}.png", "ref_img": f"I{r:02d}.png", "dmos": 5.0 - k, "var": 0.1})
+            rows.append({"dist_img": f"I{r:02d}_01_{k:02d}.png", "ref_img": f"I{r:02d}.png", "dmos": 5.0 - k,
+                         "var": 0.1})
     _write_rows(f"{root}/dmos.csv", rows)
     return root
 

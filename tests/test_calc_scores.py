@@ -5,10 +5,10 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SHARED, needs_shared
 from scipy import stats
 
 import calc_scores
-from conftest import SHARED, needs_shared
 
 RESULTS = SHARED / "reference_results"
 
@@ -21,7 +21,7 @@ def _summary_clean():
     for line in clean.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 4 and re.match(r"[\d.]+ /", cells[1]):
-            for ds, cell in zip(("pipal", "live", "tid2013"), cells[1:]):
+            for ds, cell in zip(("pipal", "live", "tid2013"), cells[1:], strict=False):
                 if cell != "—":
                     out[(ds, cells[0])] = tuple(float(x) for x in cell.split("/"))
     return out
@@ -33,15 +33,16 @@ def _summary_robust():
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 4 and re.match(r"[\d.]+ /", cells[1]):
-            for ds, cell in zip(("pipal", "live", "tid2013"), cells[1:]):
-                for kind, v in zip(("clean", "tra", "sca", "rot"), cell.split("/")):
+            for ds, cell in zip(("pipal", "live", "tid2013"), cells[1:], strict=False):
+                for kind, v in zip(("clean", "tra", "sca", "rot"), cell.split("/"), strict=False):
                     if v.strip() != "—":
                         out[(ds, cells[0], kind)] = float(v)
     return out
 
 
 @needs_shared
-@pytest.mark.parametrize("name", ["live_dinov1_l2", "live_psnr", "pipal_clip_vitb32_l2", "pipal_dinov1_wsd", "tid2013_clip_vitb32_cos"])
+@pytest.mark.parametrize("name", ["live_dinov1_l2", "live_psnr", "pipal_clip_vitb32_l2", "pipal_dinov1_wsd",
+                                  "tid2013_clip_vitb32_cos"])
 def test_published_files_reproduce_summary(name, capsys):
     dataset, method = name.split("_", 1)
     calc_scores.main(["-f", str(RESULTS / f"{name}.csv"), "--json"])
@@ -64,7 +65,8 @@ def _frame(tmp_path):
     mos = 80 / (1 + np.exp(3 * (pred - 1))) + rng.normal(0, 2, 60)  # higher pred → lower MOS
     refs = [f"r{i % 4}.png" for i in range(60)]
     f = tmp_path / "kadid10k_test_l2.csv"
-    pd.DataFrame({"dis": [f"d{i}.png" for i in range(60)], "ref": refs, "mos": mos, "pred": pred}).to_csv(f, index=False)
+    frame = pd.DataFrame({"dis": [f"d{i}.png" for i in range(60)], "ref": refs, "mos": mos, "pred": pred})
+    frame.to_csv(f, index=False)
     return f, pred, mos, refs
 
 
@@ -78,7 +80,8 @@ def test_signs_byref_and_plot(tmp_path, capsys):
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     calc_scores.main(["-f", str(f), "--json", "--byref"])
     by = json.loads(capsys.readouterr().out)
-    per = [stats.spearmanr(-pred[[i for i in range(60) if refs[i] == r]], mos[[i for i in range(60) if refs[i] == r]])[0] for r in sorted(set(refs))]
+    per = [stats.spearmanr(-pred[[i for i in range(60) if refs[i] == r]],
+                           mos[[i for i in range(60) if refs[i] == r]])[0] for r in sorted(set(refs))]
     assert by["refs"] == 4 and by["srcc"] == pytest.approx(np.mean(per))
 
 
@@ -92,7 +95,8 @@ def test_logistic_fit_recovers_a_logistic():
 
 def test_bad_results_files(tmp_path, capsys):
     (tmp_path / "live_x.csv").write_text("a,b\n1,2\n")
-    for argv, match in [(["-f", str(tmp_path / "none.csv")], "not found"), (["-f", str(tmp_path / "live_x.csv")], "lacks column"),
+    for argv, match in [(["-f", str(tmp_path / "none.csv")], "not found"),
+                        (["-f", str(tmp_path / "live_x.csv")], "lacks column"),
                         (["-f", str(tmp_path / "other.csv")], "not found")]:
         with pytest.raises(SystemExit) as e:
             calc_scores.main(argv)

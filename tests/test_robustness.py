@@ -1,9 +1,9 @@
 """Robustness transforms: golden pixels (PROTOCOL.md §5)."""
 import numpy as np
 import pytest
+from conftest import GOLDEN, needs_shared
 from PIL import Image
 
-from conftest import GOLDEN, needs_shared
 from robustness import Transform, transform
 from utils import UserError
 
@@ -30,3 +30,21 @@ def test_reference_untouched_except_translation():
     assert ref.size == dis.size == (300 - 15, 250)
     with pytest.raises(UserError):
         Transform("flip", 1)
+
+
+@pytest.mark.parametrize("kind,pct,match", [("tra", -5, "0 to 99"), ("tra", 100, "0 to 99"), ("tra", 250, "0 to 99"),
+                                            ("sca", -1, "0 or more"), ("rot", 1.5, "integer"), ("sca", "2", "integer")])
+def test_magnitudes_outside_the_protocol_refused(kind, pct, match):
+    """A negative shift would pad with black, 100 % would leave nothing: the API refuses too."""
+    im = Image.new("RGB", (300, 250))
+    with pytest.raises(UserError, match=match):
+        Transform(kind, pct)
+    with pytest.raises(UserError, match=match):
+        transform(im, im.copy(), kind, pct)
+
+
+def test_any_integer_rotation_and_zero_magnitudes_accepted():
+    im = Image.new("RGB", (300, 250), (9, 9, 9))
+    for kind, pct in (("rot", -30), ("rot", 400), ("tra", 0), ("tra", 99), ("sca", 0), ("sca", 150)):
+        ref, dis = Transform(kind, pct)(im, im.copy())
+        assert dis.size[1] == 250

@@ -1,0 +1,406 @@
+"""Results files: `<sdir>/<dataset>_<name>[_<rob>-<pct>].csv` (header dis,ref,mos,pred, the
+published layout) and everything that keeps them trustworthy.
+
+Beside each `X.csv` a record `X.json` says what made its numbers (dataset, label direction,
+model, distance, precision, normalisation, resize, robustness, SWD seed, weights identity and
+a digest of the labels). A run resumes a file only when the record matches its own settings
+(labels aside: predictions do not depend on them, and rows always take the current labels).
+A row counts only when its line is complete (newline-terminated and parseable), so a crash
+mid-row costs that row, never a wrong number. `X.csv.lock` (flock, holding the pid) keeps a
+second run off a file being written; torchrun ranks write `X.csv.rank<r>` part files that
+are merged into X.csv. `summary.csv` collects one row per finished file.
+"""
+import contextlib
+import csv
+import errno
+import fcntl
+import glob
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+
+from utils import UserError
+
+HEADER = ["dis", "ref", "mos", "pred"]
+# the settings a results file's predictions depend on: a run resumes a file only when all agree
+COMPARED = ("dataset", "model", "distance", "precision", "model_norm", "resize", "robustness", "pct", "swd_seed",
+            "weights")
+SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "n_skipped", "srcc", "plcc", "krcc",
+                  "plcc_logistic", "pairs_per_s", "label_higher_better", "precision", "model_norm", "resize",
+                  "swd_seed", "weights", "labels_sha256", "file"]
+
+
+# ---------------------------------------------------------------- names and records
+
+def results_path(savedir, dataset, model, distance, variant=("", 0), saveas=None, n_distances=1):
+    """The seed's naming: <dataset>_<saveas>.csv for one distance with -s, else
+    <dataset>_<saveas or model>_<distance>.csv; _<rob>-<pct> for robustness runs."""
+    stem = f"{dataset}_{saveas}" if saveas and n_distances == 1 else f"{dataset}_{saveas or model}_{distance}"
+    kind, pct = variant
+    return os.path.join(savedir, stem + (f"_{kind}-{pct}" if kind else "") + ".csv")
+
+
+def record_path(path):
+    return os.path.splitext(path)[0] + ".json"
+
+
+def part_path(path, rank):
+    return f"{path}.rank{rank}"
+
+
+def labels_of(pairs):
+    """{(dis, ref): label} of a dataset's pairs [(ref, dis, label)]."""
+    return {(dis, ref): label for ref, dis, label in pairs}
+
+
+def labels_digest(labels):
+    """sha256 of the {(dis, ref): label} map in its order: changes with any edited label."""
+    text = "".join(f"{dis}\t{ref}\t{float(y)!r}\n" for (dis, ref), y in labels.items())
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def make_records(dataset, settings, files):
+    """What makes each results file's numbers, as written to its X.json.
+
+    Args:
+        dataset: a datasets.Dataset: its name, label direction and labels (all its pairs', digested).
+        settings: `Scorer.settings` (model, precision, model_norm, resize, swd_seed, weights).
+        files: {path: (distance, (robustness kind or '', pct), pred_higher_better)}.
+
+    Returns:
+        {path: record dict}.
+    """
+    labels = labels_of(dataset.pairs)
+    base = {"dataset": dataset.name, "label_higher_better": bool(dataset.higher_better), "model": settings["model"],
+            "precision": settings["precision"], "model_norm": bool(settings["model_norm"]),
+            "resize": settings["resize"],
+            "swd_seed": settings["swd_seed"], "weights": settings["weights"], "n_labels": len(labels),
+            "labels_sha256": labels_digest(labels)}
+    return {path: {**base, "distance": d, "pred_higher_better": bool(pred_hb), "robustness": kind or "none",
+                   "pct": pct if kind else 0}
+            for path, (d, (kind, pct), pred_hb) in files.items()}
+
+
+def read_record(path):
+    """The record beside results file `path`, or None when there is none."""
+    rec = record_path(path)
+    if not os.path.isfile(rec):
+        return None
+    try:
+        with open(rec, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the record {rec}: {e}; pass --overwrite to start {path} afresh") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{rec} is not a results record; pass --overwrite to start {path} afresh")
+    return record
+
+
+def first_difference(old, new):
+    """(setting, old value, new value) of the first compared setting that differs, or None."""
+    return next(((k, old.get(k), new.get(k)) for k in COMPARED if old.get(k) != new.get(k)), None)
+
+
+# ---------------------------------------------------------------- reading
+
+def complete_text(path, whole=False):
+    """The file's text up to its last newline: a torn last line (a crash mid-row) is left out
+    (whole=True: all of it, for files not written by run.py)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return (data if whole else data[: data.rfind(b"\n") + 1]).decode("utf-8", errors="replace")
+
+
+def read_done(path):
+    """Complete rows of a results (or part) file: {(dis, ref): (mos, pred)}; {} if absent.
+    A row counts when its line is newline-terminated and its mos and pred parse."""
+    if not os.path.isfile(path):
+        return {}
+    rows = csv.reader(io.StringIO(complete_text(path), newline=""))
+    header = next(rows, None)
+    if header is None:
+        return {}
+    if header != HEADER:
+        raise UserError(f"{path} is not a results file (header {','.join(header)[:60]!r}, expected dis,ref,mos,pred); "
+                        "pass --overwrite to start it afresh")
+    done = {}
+    for row in rows:
+        try:
+            if len(row) == 4:
+                done[(row[0], row[1])] = (float(row[2]), float(row[3]))
+        except ValueError:
+            continue
+    return done
+
+
+def read_frame(path):
+    """A results file's rows as a DataFrame (dis, ref, mos, pred) and its record (or None):
+    complete lines only when it has a record (run.py wrote it), all of a published file.
+    UserError when missing, unreadable or lacking a column."""
+    import pandas as pd
+    if not os.path.isfile(path):
+        raise UserError(f"results file not found: {path}")
+    record = read_record(path)
+    try:
+        frame = pd.read_csv(io.StringIO(complete_text(path, whole=record is None)))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as e:
+        raise UserError(f"cannot read results file {path}: {str(e).splitlines()[0]}") from None
+    missing = [c for c in HEADER if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; expected header dis,ref,mos,pred")
+    if frame[["mos", "pred"]].isna().any().any() or not all(frame[c].dtype.kind in "fiu" for c in ("mos", "pred")):
+        raise UserError(f"{path} has empty or non-numeric mos/pred values")
+    return frame, record
+
+
+# ---------------------------------------------------------------- writing
+
+@contextlib.contextmanager
+def writing(path, kept="its earlier content is kept"):
+    """OSError while writing `path` (a full disk, a read-only folder) → one-line UserError."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}; {kept}") from None
+
+
+def _write_all(f, data):
+    """Write bytes to an unbuffered file, all of them (the one place rows reach the disk)."""
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view):]
+
+
+def _csv_line(values):
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(values)
+    return out.getvalue().encode("utf-8")
+
+
+def _replace(path, data):
+    """Write `path` atomically (temporary file, then rename)."""
+    folder = os.path.dirname(path) or "."
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                _write_all(f, data)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+
+class ResultsWriter:
+    """Appends finished rows to results (or part) files as they come, each row written whole
+    and unbuffered, so Ctrl-C or a crash leaves valid files. A failed write (a full disk)
+    truncates the torn row away and stops with one line: rows already written stay valid."""
+
+    def __init__(self, paths):
+        self.paths, self.files, self.ends = dict(paths), {}, {}
+        for key, path in self.paths.items():
+            with writing(path):
+                f = open(path, "ab", buffering=0)
+                self.files[key] = f
+                if f.tell() == 0:
+                    _write_all(f, _csv_line(HEADER))
+                self.ends[key] = f.tell()
+
+    def write(self, key, dis, ref, mos, pred):
+        f = self.files[key]
+        try:
+            _write_all(f, _csv_line([dis, ref, float(mos), float(pred)]))
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                f.truncate(self.ends[key])
+            raise UserError(f"cannot write {self.paths[key]}: {e.strerror or e}; the rows written before are kept "
+                            "(run again to score the rest)") from None
+        self.ends[key] = f.tell()
+
+    def close(self):
+        for f in self.files.values():
+            with contextlib.suppress(OSError):
+                f.close()
+
+
+def collect(path):
+    """Complete rows of a results file and of its torchrun part files, merged."""
+    done = read_done(path)
+    for part in sorted(glob.glob(glob.escape(path) + ".rank*")):
+        done.update(read_done(part))
+    return done
+
+
+def finish(path, labels, order):
+    """Rewrite results file `path` (merging part files) in dataset order with the current
+    labels: rows of the current pairs `order` [(dis, ref)] first, then other pairs of the
+    dataset; rows of pairs no longer in the dataset are dropped (their label is stale).
+    Torn bytes go with the rewrite. Returns the rows of the current pairs [(dis, ref, mos, pred)]."""
+    done = collect(path)
+    current = [(k, done[k][1]) for k in order if k in done]
+    in_order = dict.fromkeys(order)
+    others = [(k, pred) for k, (_, pred) in done.items() if k in labels and k not in in_order]
+    rows = [(dis, ref, labels[(dis, ref)], pred) for (dis, ref), pred in current + others]
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(HEADER)
+    w.writerows(rows)
+    _replace(path, out.getvalue().encode("utf-8"))
+    for part in glob.glob(glob.escape(path) + ".rank*"):
+        os.remove(part)
+    return rows[: len(current)]
+
+
+def _exists(path):
+    return os.path.isfile(path) or bool(glob.glob(glob.escape(path) + ".rank*"))
+
+
+def prepare(records, labels, order, overwrite=False):
+    """Make results files ready for a run: every file is checked before any is touched.
+
+    Args:
+        records: {path: this run's record (make_records)}.
+        labels: {(dis, ref): label} of the whole dataset; order: the current pairs [(dis, ref)].
+        overwrite: discard earlier files instead of refusing those made otherwise.
+
+    Returns:
+        {path: set of the (dis, ref) of `order` it already holds}.
+    """
+    if not overwrite:
+        for path, record in records.items():
+            if _exists(path):
+                check_resumable(path, record)
+    return {path: _prepare_one(path, record, labels, order, overwrite) for path, record in records.items()}
+
+
+def _prepare_one(path, record, labels, order, overwrite):
+    """Keep a file's complete rows, relabelled, and write this run's record (overwrite:
+    discard the file first). Returns the (dis, ref) of `order` it holds."""
+    if overwrite:
+        for p in [path, record_path(path), *glob.glob(glob.escape(path) + ".rank*")]:
+            with writing(p), contextlib.suppress(FileNotFoundError):
+                os.remove(p)
+    exists = _exists(path)
+    data = (json.dumps(record, indent=1) + "\n").encode("utf-8")
+    if not exists:  # the record first: a results file never exists without one
+        _replace(record_path(path), data)
+    rows = finish(path, labels, order)
+    if exists:  # rows relabelled first, then the record says which labels they carry
+        _replace(record_path(path), data)
+    return {(dis, ref) for dis, ref, _, _ in rows}
+
+
+def check_resumable(path, record):
+    """UserError unless the results file at `path` was made with this run's settings."""
+    old = read_record(path)
+    if old is None:
+        raise UserError(f"{path} has no record of its settings ({os.path.basename(record_path(path))}: a published or "
+                        "older results file), so it is not resumed; pass --overwrite to start it afresh")
+    diff = first_difference(old, record)
+    if diff:
+        key, was, now = diff
+        raise UserError(f"{path} was made with {key} {was!r}, this run has {now!r}; not resumed: pass --overwrite "
+                        "to start it afresh (its rows are discarded) or use another -sdir/-s")
+
+
+# ---------------------------------------------------------------- the folder
+
+def check_writable(folder):
+    """Refuse, before any work, a results folder that cannot be written: a file in its
+    place, a read-only or forbidden folder. Creates nothing (the folder is made later)."""
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)  # the nearest existing folder: it is made there
+    if not os.path.isdir(probe):
+        raise UserError(f"cannot write results to {folder}: {probe} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write results to {folder}: {e.strerror or e} in {probe}") from None
+
+
+def append_summary(savedir, rows):
+    """Append rows to <savedir>/summary.csv (SUMMARY_FIELDS), in one write. A summary.csv
+    with another header (an older version's) is renamed summary.old-<k>.csv first and a
+    fresh one started, so every summary file stays readable with its own header."""
+    path = os.path.join(savedir, "summary.csv")
+    header = None
+    if os.path.isfile(path):
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            header = next(csv.reader(f), None)
+    out = io.StringIO()
+    w = csv.DictWriter(out, SUMMARY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    if header is not None and header != SUMMARY_FIELDS:
+        k = 1
+        while os.path.exists(os.path.join(savedir, f"summary.old-{k}.csv")):
+            k += 1
+        old = os.path.join(savedir, f"summary.old-{k}.csv")
+        with writing(path):
+            os.replace(path, old)
+        sys.stderr.write(f"warning: {path} had an older header; moved to {old}, a new summary.csv is started\n")
+        header = None
+    if header is None:
+        w.writeheader()
+    w.writerows(rows)
+    with writing(path, "the results files are complete"), open(path, "ab", buffering=0) as f:
+        _write_all(f, out.getvalue().encode("utf-8"))
+
+
+# ---------------------------------------------------------------- the lock
+
+class Lock:
+    """Exclusive, non-blocking flock on `<file>.lock` (holding the pid) for each results file,
+    held for a run's duration: a second run on a file being written stops at once."""
+
+    def __init__(self, paths):
+        self.held = []
+        try:
+            for path in paths:
+                self.held.append(_lock_one(path))
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self):
+        for lock, fd in self.held:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)  # unlinked while locked: a waiting opener sees the change
+            os.close(fd)
+        self.held = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.release()
+
+
+def _lock_one(path):
+    lock = path + ".lock"
+    with writing(lock, "nothing was written"):
+        os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
+    while True:
+        with writing(lock, "nothing was written"):
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise UserError(f"cannot lock {lock}: {e.strerror}") from None
+            raise UserError(f"{path} is being written by another run (pid {holder}); wait for it to finish "
+                            "or use another -sdir/-s") from None
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):  # still the file at that name
+                break
+        except FileNotFoundError:
+            pass  # its holder finished and removed it between our open and flock: again
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return lock, fd

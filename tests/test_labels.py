@@ -1,0 +1,66 @@
+"""Labels are refused when they would skew every correlation: NaN or infinite values and a
+pair listed twice, each named by file and line (one line, exit 2)."""
+import os
+
+import minidata
+import numpy as np
+import pytest
+
+import run
+from datasets import load_dataset
+from utils import UserError
+
+
+def _edit(path, old, new):
+    text = open(path).read()
+    assert old in text
+    open(path, "w").write(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_label_named_with_file_and_line(tmp_path, value):
+    root = minidata.make_pipal(str(tmp_path / "p"))
+    label = os.path.join(root, "Train_Label", "A0002.txt")
+    lines = open(label).read().splitlines()
+    lines[1] = lines[1].split(",")[0] + "," + value
+    open(label, "w").write("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=f"{label} line 2: label .* not a finite number"):
+        load_dataset("pipal", root)
+
+
+def test_non_finite_label_in_csv_layouts(tmp_path):
+    root = minidata.make_kadid(str(tmp_path / "k"))
+    _edit(os.path.join(root, "dmos.csv"), ",3.0,", ",NaN,")
+    with pytest.raises(UserError, match=r"dmos.csv line 3: label nan"):
+        load_dataset("kadid10k", root)
+    target = minidata.make_csv(str(tmp_path / "c"))
+    _edit(target, ",2.5", ",inf")
+    with pytest.raises(UserError, match=r"list.csv line 4: label inf"):
+        load_dataset("csv", csv_file=target)
+
+
+def test_non_finite_label_in_live_mat(tmp_path):
+    from scipy.io import loadmat, savemat
+    root = minidata.make_live(str(tmp_path / "l"))
+    m = loadmat(os.path.join(root, "dmos_realigned.mat"))
+    m["dmos_new"][0, 3] = np.inf
+    savemat(os.path.join(root, "dmos_realigned.mat"), {k: v for k, v in m.items() if not k.startswith("__")})
+    with pytest.raises(UserError, match=r"dmos_realigned.mat entry 4: label inf of jpeg/img2.bmp"):
+        load_dataset("live", root)
+
+
+def test_pair_listed_twice_named(tmp_path, capsys):
+    root = minidata.make_tid2013(str(tmp_path / "t"))
+    label = os.path.join(root, "mos_with_names.txt")
+    lines = open(label).read().splitlines()
+    open(label, "w").write("\n".join(lines + [lines[1].replace(lines[1].split()[0], "3.0")]) + "\n")
+    with pytest.raises(SystemExit) as e:
+        run.main(["-dat", "tid2013", "--root", root, "-sdir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "listed twice" in err and f"{label} line 2 and {label} line 7" in err
+    target = minidata.make_csv(str(tmp_path / "c"))
+    rows = open(target).read().splitlines()
+    open(target, "w").write("\n".join(rows + [rows[1]]) + "\n")
+    with pytest.raises(UserError, match="list.csv line 2 and .*list.csv line 6"):
+        load_dataset("csv", csv_file=target)

@@ -1,0 +1,324 @@
+"""Results files (results.py through run.py): the record beside each file, resume only with
+the same settings, current labels always, torn rows, the lock, a full disk, mid-run decode
+failures, the summary's columns."""
+import csv
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+
+import minidata
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT
+from scipy import stats
+
+import calc_scores
+import results
+import run
+from engine import Scorer
+
+
+def _run(tiny, *args):
+    name, weights = tiny
+    return run.main([*args, "-m", name, "--weights", weights, "--device", "cpu", "--no-progress"])
+
+
+def _fails(capsys, tiny, args, match):
+    """run.py exits 2 with one line on stderr holding `match`; returns that line."""
+    with pytest.raises(SystemExit) as e:
+        _run(tiny, *args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert match in err, err
+    return err
+
+
+def _pipal(tmp_path, **kw):
+    return minidata.make_pipal(str(tmp_path / "p"), **kw)
+
+
+def _count_scored(monkeypatch):
+    """A list that collects the (variant, pair) ids the engine scores from now on."""
+    seen, original = [], Scorer.score_chunks
+
+    def counting(self, chunks):
+        for item in original(self, chunks):
+            seen.append(item[0])
+            yield item
+    monkeypatch.setattr(Scorer, "score_chunks", counting)
+    return seen
+
+
+def test_record_beside_every_results_file(tiny, tmp_path):
+    root = _pipal(tmp_path)
+    out = tmp_path / "r"
+    assert _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2,wsd", "-sdir", str(out), "-rob", "sca", "-pct",
+                "2") == 0
+    frame = pd.read_csv(out / f"pipal_{tiny[0]}_l2_sca-2.csv")
+    assert list(frame.columns) == ["dis", "ref", "mos", "pred"]  # the published layout, unchanged
+    rec = json.loads((out / f"pipal_{tiny[0]}_l2_sca-2.json").read_text())
+    import hashlib
+    want_weights = "sha256:" + hashlib.sha256(open(tiny[1], "rb").read()).hexdigest()
+    assert rec["dataset"] == "pipal" and rec["label_higher_better"] is True and rec["model"] == tiny[0]
+    assert rec["distance"] == "l2" and rec["robustness"] == "sca" and rec["pct"] == 2
+    assert rec["pred_higher_better"] is False and rec["precision"] == "published" and rec["model_norm"] is False
+    assert rec["resize"] is None and rec["swd_seed"] == 0
+    assert rec["weights"] == want_weights and rec["n_labels"] == 6 and rec["labels_sha256"].startswith("sha256:")
+    assert json.loads((out / f"pipal_{tiny[0]}_wsd_sca-2.json").read_text())["distance"] == "wsd"
+    with open(out / "summary.csv") as f:
+        logged = list(csv.DictReader(f))
+    assert [r["distance"] for r in logged] == ["l2", "wsd"]
+    for key in ("precision", "model_norm", "resize", "weights", "swd_seed", "label_higher_better", "labels_sha256",
+                "n_skipped"):
+        assert key in logged[0], key
+    assert logged[0]["weights"] == want_weights and logged[0]["n_skipped"] == "0"
+
+
+def test_resume_only_with_the_same_settings(tiny, tmp_path, capsys, monkeypatch):
+    root = _pipal(tmp_path)
+    out = tmp_path / "r"
+    base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)]
+    _run(tiny, *base, "--limit", "3")
+    path = out / f"pipal_{tiny[0]}_l2.csv"
+    before = path.read_bytes()
+    err = _fails(capsys, tiny, [*base, "--model-norm"], "model_norm")
+    assert "False" in err and "True" in err and "--overwrite" in err
+    _fails(capsys, tiny, [*base, "-r", "240"], "resize")
+    assert path.read_bytes() == before  # refused: nothing touched
+    seen = _count_scored(monkeypatch)
+    assert _run(tiny, *base, "--model-norm", "--overwrite") == 0
+    assert len(seen) == 6  # afresh: the three earlier rows discarded
+    fresh = tmp_path / "fresh"
+    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(fresh), "--model-norm")
+    np.testing.assert_allclose(pd.read_csv(path).pred, pd.read_csv(fresh / path.name).pred, rtol=1e-6)
+    assert json.loads((out / f"pipal_{tiny[0]}_l2.json").read_text())["model_norm"] is True
+
+
+def test_file_without_record_is_not_resumed(tiny, tmp_path, capsys):
+    root = _pipal(tmp_path)
+    out = tmp_path / "r"
+    base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)]
+    _run(tiny, *base, "--limit", "2")
+    os.remove(out / f"pipal_{tiny[0]}_l2.json")  # as a published or older file
+    _fails(capsys, tiny, base, "no record")
+    assert _run(tiny, *base, "--overwrite") == 0
+    assert len(pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv")) == 6
+
+
+def test_edited_label_resumes_with_the_current_labels(tiny, tmp_path, capsys, monkeypatch):
+    root = _pipal(tmp_path)
+    out = tmp_path / "r"
+    base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out), "--json"]
+    _run(tiny, *base, "--limit", "3")
+    digest = json.loads((out / f"pipal_{tiny[0]}_l2.json").read_text())["labels_sha256"]
+    label = os.path.join(root, "Train_Label", "A0001.txt")
+    lines = open(label).read().splitlines()
+    lines[0] = lines[0].split(",")[0] + ",1234.5"  # a pair already scored gets a corrected label
+    open(label, "w").write("\n".join(lines) + "\n")
+    capsys.readouterr()
+    seen = _count_scored(monkeypatch)
+    assert _run(tiny, *base) == 0
+    assert len(seen) == 3  # predictions do not depend on labels: only the missing pairs scored
+    frame = pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv")
+    assert frame.mos[0] == 1234.5
+    summary = json.loads(capsys.readouterr().out)[0]
+    assert summary["srcc"] == pytest.approx(stats.spearmanr(-frame.pred, frame.mos)[0])
+    assert json.loads((out / f"pipal_{tiny[0]}_l2.json").read_text())["labels_sha256"] != digest
+
+
+def test_torn_row_is_scored_again(tiny, tmp_path, monkeypatch):
+    root = _pipal(tmp_path)
+    out = tmp_path / "r"
+    base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)]
+    _run(tiny, *base)
+    path = out / f"pipal_{tiny[0]}_l2.csv"
+    full = pd.read_csv(path)
+    data = path.read_bytes()
+    cut = data.rindex(b",") + 4  # the last row cut mid-number: '...,0.5' with no newline
+    path.write_bytes(data[:cut])
+    assert results.read_done(str(path)).keys() == {(d, r) for d, r in zip(full.dis[:5], full.ref[:5], strict=True)}
+    seen = _count_scored(monkeypatch)
+    _run(tiny, *base)
+    assert len(seen) == 1
+    again = pd.read_csv(path)
+    assert list(again.dis) == list(full.dis)
+    np.testing.assert_allclose(again.pred, full.pred, rtol=1e-6)
+    # a torn header alone: the file starts afresh
+    path.write_bytes(b"dis,re")
+    _run(tiny, *base)
+    np.testing.assert_allclose(pd.read_csv(path).pred, full.pred, rtol=1e-6)
+
+
+def test_torn_part_file_rows_are_not_merged(tmp_path):
+    path = str(tmp_path / "x.csv")
+    open(path, "w").write("dis,ref,mos,pred\na,r,1.0,0.25\n")
+    open(path + ".rank1", "w").write("dis,ref,mos,pred\nb,r,2.0,0.5\nc,r,3.0,0.7")
+    labels = {("a", "r"): 1.5, ("b", "r"): 2.5, ("c", "r"): 3.5, ("d", "r"): 4.0}
+    rows = results.finish(path, labels, [("a", "r"), ("b", "r"), ("c", "r")])
+    assert rows == [("a", "r", 1.5, 0.25), ("b", "r", 2.5, 0.5)]
+    assert not os.path.exists(path + ".rank1")
+    assert open(path).read() == "dis,ref,mos,pred\na,r,1.5,0.25\nb,r,2.5,0.5\n"
+
+
+def test_full_disk_keeps_written_rows(tiny, tmp_path, capsys, monkeypatch):
+    root = _pipal(tmp_path)
+    out = tmp_path / "r"
+    base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)]
+    original, rows = results._write_all, []
+
+    def filling(f, data):
+        if data.startswith(b"Train_Dis/"):  # a row appended while scoring
+            rows.append(data)
+            if len(rows) == 4:
+                original(f, data[: len(data) // 2])  # half of it reaches the disk
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        original(f, data)
+    monkeypatch.setattr(results, "_write_all", filling)
+    _fails(capsys, tiny, base, "No space left on device")
+    path = out / f"pipal_{tiny[0]}_l2.csv"
+    assert path.read_bytes().endswith(b"\n") and len(pd.read_csv(path)) == 3  # valid, torn bytes gone
+    monkeypatch.setattr(results, "_write_all", original)
+    assert _run(tiny, *base) == 0
+    assert len(pd.read_csv(path)) == 6
+
+
+def test_unwritable_results_folder_refused_before_the_model_loads(tiny, tmp_path, capsys, monkeypatch):
+    import engine
+    root = _pipal(tmp_path)
+    monkeypatch.setattr(engine, "Scorer", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "afile").write_text("x")
+    for sdir in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        _fails(capsys, tiny, ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(sdir)], "not a folder")
+
+
+@pytest.mark.parametrize("args,match", [
+    (["-r", "-5"], "at least 224"), (["-r", "0"], "at least 224"), (["-r", "100"], "at least 224"),
+    (["--batch-size", "0"], "at least 1"), (["--workers", "-1"], "at least 0"), (["--limit", "-1"], "at least 1"),
+    (["-rob", "tra", "-pct", "-5"], "0 to 99"), (["-rob", "tra", "-pct", "100"], "0 to 99"),
+    (["-rob", "tra", "-pct", "150"], "0 to 99"), (["-rob", "sca", "-pct", "-1"], "0 or more"),
+    (["--kinds", "tra", "--pcts", "1,100"], "0 to 99")])
+def test_bad_numbers_refused_up_front(tiny, tmp_path, capsys, args, match):
+    root = _pipal(tmp_path, n_ref=1, n_dis=1)
+    _fails(capsys, tiny, ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"), *args], match)
+    assert not (tmp_path / "r").exists()
+
+
+def test_second_run_on_the_same_file_stops_at_once(tiny_weights, tmp_path):
+    """Two real processes: the second meets the first's lock, names its pid, writes nothing."""
+    root = _pipal(tmp_path, n_ref=2, n_dis=3)
+    out = tmp_path / "r"
+    common = [tiny_weights, "-dat", "pipal", "--root", root, "-m", "tiny_vit_test", "-d", "l2", "--device", "cpu",
+              "--no-progress", "-sdir", str(out)]
+    env = {**os.environ, "ZSIQA_TEST_DELAY": "1.5", "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, str(ROOT / "tests" / "slow_run.py"), *common], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = out / "pipal_tiny_vit_test_l2.csv.lock"
+    deadline = time.time() + 120
+    while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+        assert first.poll() is None and time.time() < deadline, first.communicate()
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, str(ROOT / "tests" / "tiny_run.py"), *common], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    still_running = first.poll() is None
+    out1, err1 = first.communicate(timeout=300)
+    assert first.returncode == 0, err1
+    assert still_running, "the first run ended before the second met its lock: raise ZSIQA_TEST_DELAY"
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
+    assert str(first.pid) in lines[0] and "being written by another run" in lines[0]
+    assert second.stdout == ""
+    frame = pd.read_csv(out / "pipal_tiny_vit_test_l2.csv")
+    assert len(frame) == 6 and frame.dis.is_unique
+    assert len(list(csv.DictReader(open(out / "summary.csv")))) == 1  # the first run's row alone
+    assert not lock.exists()  # released (and removed) at the end
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    path = str(tmp_path / "x.csv")
+    with results.Lock([path]):
+        assert open(path + ".lock").read().strip() == str(os.getpid())
+        with pytest.raises(results.UserError, match=f"pid {os.getpid()}"):
+            results.Lock([str(tmp_path / "y.csv"), path])
+        assert not os.path.exists(str(tmp_path / "y.csv.lock"))  # the ones taken are given back
+    assert not os.path.exists(path + ".lock")
+    results.Lock([path]).release()
+
+
+def test_older_summary_header_is_moved_aside(tiny, tmp_path, capsys):
+    root = _pipal(tmp_path)
+    out = tmp_path / "r"
+    out.mkdir()
+    old = ("dataset,model,distance,robustness,pct,n,srcc,plcc,krcc,plcc_logistic,pairs_per_s\n"
+           "pipal,x,l2,none,0,6,0.5,0.5,0.4,0.5,1.0\n")
+    (out / "summary.csv").write_text(old)
+    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out))
+    assert "summary.old-1.csv" in capsys.readouterr().err
+    assert (out / "summary.old-1.csv").read_text() == old
+    logged = list(csv.DictReader(open(out / "summary.csv")))
+    assert len(logged) == 1 and logged[0]["model"] == tiny[0] and logged[0]["precision"] == "published"
+
+
+def _corrupt_kadid(tmp_path):
+    root = minidata.make_kadid(str(tmp_path / "k"))
+    victim = os.path.join(root, "images", "I02_01_02.png")
+    data = open(victim, "rb").read()
+    open(victim, "wb").write(data[: len(data) // 2])  # the header is intact: it passes the up-front check
+    return root
+
+
+def test_corrupt_body_stops_keeping_finished_rows(tiny, tmp_path, capsys):
+    root = _corrupt_kadid(tmp_path)
+    out = tmp_path / "r"
+    _fails(capsys, tiny, ["-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(out), "--batch-size", "4"],
+           "I02_01_02.png")
+    path = out / f"kadid10k_{tiny[0]}_l2.csv"
+    assert path.read_bytes().endswith(b"\n") and list(pd.read_csv(path).columns) == ["dis", "ref", "mos", "pred"]
+    assert results.read_record(str(path))["distance"] == "l2"
+    assert not (out / f"kadid10k_{tiny[0]}_l2.csv.lock").exists()
+
+
+def test_corrupt_body_mid_run_skipped_with_skip_missing(tiny, tmp_path, capsys):
+    root = _corrupt_kadid(tmp_path)
+    out = tmp_path / "r"
+    assert _run(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(out), "--skip-missing",
+                "--json") == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "I02_01_02.png" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning:")
+    summary = json.loads(captured.out)[0]
+    assert summary["n"] == 5 and summary["n_skipped"] == 1
+    assert len(pd.read_csv(out / f"kadid10k_{tiny[0]}_l2.csv")) == 5
+    assert list(csv.DictReader(open(out / "summary.csv")))[0]["n_skipped"] == "1"
+
+
+def test_calc_scores_takes_the_direction_from_the_record(tiny, tmp_path, capsys):
+    """A -dat csv list named live_mine.csv holds MOS (higher = better): not LIVE's DMOS."""
+    target = minidata.make_csv(str(tmp_path / "data"))
+    mine = os.path.join(os.path.dirname(target), "live_mine.csv")
+    os.rename(target, mine)
+    out = tmp_path / "r"
+    _run(tiny, "-dat", "csv", "--csv", mine, "-d", "l2", "-sdir", str(out), "--json")
+    ran = json.loads(capsys.readouterr().out)[0]
+    path = str(out / f"live_mine_{tiny[0]}_l2.csv")
+    calc_scores.main(["-f", path, "--json"])
+    got = json.loads(capsys.readouterr().out)
+    assert got["label_higher_better"] is True and got["dataset"] == "live_mine"
+    assert got["srcc"] == pytest.approx(ran["srcc"]) and got["srcc"] > 0.5
+    calc_scores.main(["-f", path, "--json", "-dat", "live"])  # explicit wins
+    assert json.loads(capsys.readouterr().out)["label_higher_better"] is False
+    os.remove(os.path.join(out, f"live_mine_{tiny[0]}_l2.json"))  # no record: the file name's guess
+    calc_scores.main(["-f", path, "--json"])
+    assert json.loads(capsys.readouterr().out)["label_higher_better"] is False
+
+
+def test_calc_scores_ignores_a_torn_last_row(tmp_path, capsys):
+    path = tmp_path / "x_l2.csv"
+    path.write_text("dis,ref,mos,pred\n" + "".join(f"d{i},r,{i},{0.1 * i}\n" for i in range(8)) + "d8,r,8,0.")
+    (tmp_path / "x_l2.json").write_text(json.dumps({"dataset": "x", "label_higher_better": False}))
+    calc_scores.main(["-f", str(path), "--json"])
+    got = json.loads(capsys.readouterr().out)
+    assert got["n"] == 8 and got["srcc"] == pytest.approx(1.0)
