@@ -5,10 +5,10 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SHARED, needs_shared
 from scipy import stats
 
 import calc_scores
+from conftest import SHARED, needs_shared
 
 RESULTS = SHARED / "reference_results"
 

@@ -2,10 +2,10 @@
 pair listed twice, each named by file and line (one line, exit 2)."""
 import os
 
-import minidata
 import numpy as np
 import pytest
 
+import minidata
 import run
 from datasets import load_dataset
 from utils import UserError

@@ -83,6 +83,7 @@ def test_torchscript_release_format_loads(golden, checkpoint, tmp_path):
     must give the same golden scores as the plain state dict."""
     import clip.model
     import torch
+
     from engine import Scorer
     sd = torch.load(checkpoint("clip_vitb32"), map_location="cpu")
     model = clip.model.build_model(dict(sd)).float().eval()

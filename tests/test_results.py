@@ -9,16 +9,16 @@ import subprocess
 import sys
 import time
 
-import minidata
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
 from scipy import stats
 
 import calc_scores
+import minidata
 import results
 import run
+from conftest import ROOT
 from engine import Scorer
 
 

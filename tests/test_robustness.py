@@ -1,9 +1,9 @@
 """Robustness transforms: golden pixels (PROTOCOL.md §5)."""
 import numpy as np
 import pytest
-from conftest import GOLDEN, needs_shared
 from PIL import Image
 
+from conftest import GOLDEN, needs_shared
 from robustness import Transform, transform
 from utils import UserError
 

@@ -5,15 +5,15 @@ import os
 import subprocess
 import sys
 
-import minidata
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
 from PIL import Image
 from scipy import stats
 
+import minidata
 import run
+from conftest import ROOT
 from engine import Scorer
 from robustness import transform
 

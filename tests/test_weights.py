@@ -12,12 +12,12 @@ from typing import Tuple
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, needs_shared
 from PIL import Image
 
 import models
 import run_single_img
 import weights
+from conftest import ROOT, needs_shared
 from utils import UserError
 
 MARKER = "ZSIQA-LOAD-TIME-CODE-RAN"
