@@ -107,6 +107,8 @@ def build_parser():
     p.add_argument("--batch-size", type=int_at_least(1), default=None)
     p.add_argument("--workers", type=int_at_least(0), default=None)
     p.add_argument("--forward-iters", type=int_at_least(1), default=None)
+    p.add_argument("--compile", choices=["on", "off"], default="off",
+                   help="compile the backbone (torch.compile); the first call's time then includes compiling")
     p.add_argument("--data", help="folder for the synthetic set (default a temporary one; reused if present)")
     p.add_argument("--json", action="store_true")
     return p
@@ -117,11 +119,12 @@ def main(argv=None):
     a = build_parser().parse_args(argv)
     from engine import Scorer
     scorer = Scorer(a.model, a.distances, device=a.device, precision=a.precision, weights=a.weights,
-                    batch_size=a.batch_size, workers=a.workers)
+                    batch_size=a.batch_size, workers=a.workers, compile=a.compile == "on")
     gpu = scorer.device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         pairs = make_set(a.data or tmp, a.size, a.refs, a.pairs)
-        time_engine(scorer, pairs[: min(len(pairs), 2 * a.refs)])  # warm-up: kernels, workers
+        warm = pairs[: min(len(pairs), 2 * a.refs)]
+        t_first, _ = time_engine(scorer, warm)  # warm-up: kernels, workers, compilation
         if gpu:
             torch.cuda.reset_peak_memory_stats(scorer.device)
         t_engine, rows = time_engine(scorer, pairs)
@@ -143,7 +146,9 @@ def main(argv=None):
               "loop_pairs_timed": n_loop, "speedup": round(engine_rate / loop_rate, 2) if n_loop else None,
               "forward_windows_per_s": round(fwd, 1), "forward_bound_pairs_per_s": round(fwd / per_pair, 1),
               "engine_share_of_forward": round(engine_rate * per_pair / fwd, 3),
-              "engine_vs_loop_max_rel_diff": agree, "peak_gpu_mem_gib": round(peak, 2) if peak is not None else None}
+              "engine_vs_loop_max_rel_diff": agree, "peak_gpu_mem_gib": round(peak, 2) if peak is not None else None,
+              "compile": a.compile == "on", "overlap": scorer.overlap, "first_call_s": round(t_first, 2),
+              "first_call_pairs": len(warm), "torch": torch.__version__}
     report(result, a.json)
     return 0
 
@@ -157,7 +162,8 @@ def report(result, as_json=False):
     fused = " (fused distances)" if r["fused_kernels"] else ""
     print(f"{r['device']} | {r['model']} {','.join(r['distances'])} | precision {r['precision']}{fused} | "
           f"{r['pairs']} pairs of {r['size']}px, {r['refs']} refs, batch {r['batch_size']}, workers {r['workers']}")
-    print(f"  engine        {r['engine_pairs_per_s']:10.2f} pairs/s")
+    print(f"  engine        {r['engine_pairs_per_s']:10.2f} pairs/s   (compiled: {r['compile']}, distances overlapped: "
+          f"{r['overlap']}; first call {r['first_call_s']} s for {r['first_call_pairs']} pairs)")
     print(f"  one-pair loop {r['loop_pairs_per_s']:10.3f} pairs/s  (first {r['loop_pairs_timed']} pairs)   "
           f"speedup ×{r['speedup']}")
     print(f"  forward only  {r['forward_windows_per_s']:10.1f} windows/s = "
@@ -166,6 +172,7 @@ def report(result, as_json=False):
     peak = r["peak_gpu_mem_gib"]
     print(f"  engine vs loop: max relative difference {r['engine_vs_loop_max_rel_diff']:.2e}"
           + (f";  peak GPU memory {peak:.1f} GiB" if peak is not None else ""))
+
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,6 @@
 """The batched engine against a plain one-pair, one-window-at-a-time loop (tiny backbone)."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,8 @@ from engine import Scorer
 from utils import load_image, windows
 
 ALL = ["l2", "cos", "skld", "jsd", "wsd", "swd"]
+# ZSIQA_TEST_DEVICE=cuda runs these on a GPU (strict fp32): streams, fused kernels, compilation
+ON = {"device": os.environ.get("ZSIQA_TEST_DEVICE", "cpu"), "precision": "fp32"}
 
 
 def _image(path, w, h, seed):
@@ -43,7 +47,7 @@ def _loop(scorer, pairs):
 @pytest.mark.parametrize("batch_size", [1, 3, 7, 64])
 def test_engine_equals_one_pair_loop(tiny, mixed_set, batch_size):
     name, weights = tiny
-    scorer = Scorer(name, ALL, device="cpu", weights=weights, batch_size=batch_size)
+    scorer = Scorer(name, ALL, **ON, weights=weights, batch_size=batch_size)
     want = _loop(scorer, mixed_set)
     got = scorer([r for r, _ in mixed_set], [d for _, d in mixed_set])
     for j, d in enumerate(ALL):
@@ -53,7 +57,7 @@ def test_engine_equals_one_pair_loop(tiny, mixed_set, batch_size):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_score_files_equals_api(tiny, mixed_set, workers):
     name, weights = tiny
-    scorer = Scorer(name, "l2,wsd", device="cpu", weights=weights, batch_size=5, workers=workers)
+    scorer = Scorer(name, "l2,wsd", **ON, weights=weights, batch_size=5, workers=workers)
     api = scorer([r for r, _ in mixed_set], [d for _, d in mixed_set])
     rows = {i: r for (_, i), r in scorer.score_files(mixed_set)}
     assert sorted(rows) == list(range(len(mixed_set)))
@@ -64,7 +68,7 @@ def test_score_files_equals_api(tiny, mixed_set, workers):
 
 def test_input_forms_agree(tiny, mixed_set):
     name, weights = tiny
-    metric = Scorer(name, "cos", device="cpu", weights=weights)
+    metric = Scorer(name, "cos", **ON, weights=weights)
     ref, dis = mixed_set[1]
     by_path = metric(ref, dis)
     assert by_path.shape == (1,)  # one distance name → a tensor
@@ -77,7 +81,7 @@ def test_input_forms_agree(tiny, mixed_set):
 
 def test_reference_encoded_once_per_run(tiny, mixed_set, monkeypatch):
     name, weights = tiny
-    scorer = Scorer(name, "l2", device="cpu", weights=weights, batch_size=4)
+    scorer = Scorer(name, "l2", **ON, weights=weights, batch_size=4)
     seen = []
     encode = scorer.encode
     monkeypatch.setattr(scorer, "encode", lambda w: seen.append(w.shape[0]) or encode(w))
@@ -90,14 +94,14 @@ def test_reference_encoded_once_per_run(tiny, mixed_set, monkeypatch):
 
 def test_embed_variant_runs_and_is_bounded(tiny, mixed_set):
     name, weights = tiny
-    got = Scorer("embed_" + name, "cos", device="cpu", weights=weights)([r for r, _ in mixed_set], [d for _, d in mixed_set])
+    got = Scorer("embed_" + name, "cos", **ON, weights=weights)([r for r, _ in mixed_set], [d for _, d in mixed_set])
     assert torch.all((got >= 0) & (got <= 2))
 
 
 def test_api_refuses_tensors_outside_unit_range(tiny):
     from utils import UserError
     name, weights = tiny
-    metric = Scorer(name, "l2", device="cpu", weights=weights)
+    metric = Scorer(name, "l2", **ON, weights=weights)
     with pytest.raises(UserError, match=r"\[0, 1\]"):
         metric(torch.full((3, 224, 224), 255.0), torch.zeros(3, 224, 224))
     with pytest.raises(UserError, match="3 references but 2"):
@@ -116,12 +120,13 @@ def test_mixed_bit_depths_share_a_batch_correctly(tiny, tmp_path):
     Image.fromarray(grey).save(tmp_path / "ref8.png")
     Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "dis16.png")  # the same picture, 16 bits
     Image.fromarray(np.clip(grey.astype(int) + 9, 0, 255).astype(np.uint8)).save(tmp_path / "dis8.png")
-    pairs = [(str(tmp_path / "ref8.png"), str(tmp_path / "dis16.png")), (str(tmp_path / "ref8.png"), str(tmp_path / "dis8.png"))]
-    one = {i: r for (_, i), r in Scorer(name, "l2,cos", device="cpu", weights=weights, batch_size=1).score_files(pairs)}
-    big = {i: r for (_, i), r in Scorer(name, "l2,cos", device="cpu", weights=weights, batch_size=64).score_files(pairs)}
+    ref = str(tmp_path / "ref8.png")
+    pairs = [(ref, str(tmp_path / "dis16.png")), (ref, str(tmp_path / "dis8.png"))]
+    one = {i: r for (_, i), r in Scorer(name, "l2,cos", **ON, weights=weights, batch_size=1).score_files(pairs)}
+    big = {i: r for (_, i), r in Scorer(name, "l2,cos", **ON, weights=weights, batch_size=64).score_files(pairs)}
     assert abs(one[0][0]) < 1e-10 and abs(big[0][0]) < 1e-10  # identical pictures: distance 0
     np.testing.assert_allclose(big[1], one[1], rtol=1e-6)
-    metric = Scorer(name, "l2", device="cpu", weights=weights)
+    metric = Scorer(name, "l2", **ON, weights=weights)
     ref8 = torch.from_numpy(np.repeat(grey[None], 3, 0))
     noisy = (ref8.float() / 255 + 0.02).clamp(0, 1)
     assert metric(ref8, noisy).item() == pytest.approx(metric(ref8.float() / 255, noisy).item(), rel=1e-6)
@@ -130,7 +135,7 @@ def test_mixed_bit_depths_share_a_batch_correctly(tiny, tmp_path):
 def test_api_input_types(tiny, tmp_path):
     from utils import UserError
     name, weights = tiny
-    metric = Scorer(name, "l2", device="cpu", weights=weights)
+    metric = Scorer(name, "l2", **ON, weights=weights)
     rng = np.random.default_rng(4)
     a8 = rng.integers(0, 256, (230, 240, 3), dtype=np.uint8)
     b8 = np.clip(a8.astype(int) + 15, 0, 255).astype(np.uint8)
@@ -147,7 +152,7 @@ def test_api_input_types(tiny, tmp_path):
     for kwargs, match in [({"batch_size": 2.5}, "batch size"), ({"batch_size": 0}, "batch size"),
                           ({"workers": -1}, "workers"), ({"resize": 0}, "resize"), ({"resize": -5}, "resize")]:
         with pytest.raises(UserError, match=match):
-            Scorer(name, "l2", device="cpu", weights=weights, **kwargs)
+            Scorer(name, "l2", **ON, weights=weights, **kwargs)
     assert metric.score(ta, tb).keys() == {"l2"} and metric.lower_better == {"l2": True}
 
 
@@ -158,8 +163,8 @@ def test_large_reference_compared_block_by_block(tiny, monkeypatch):
     g = torch.Generator().manual_seed(0)
     ref = torch.rand(3, 700, 650, generator=g)
     dises = [(ref + s * torch.rand(3, 700, 650, generator=g)).clamp(0, 1) for s in (0.05, 0.1, 0.2)]
-    cached = Scorer(name, ALL, device="cpu", weights=weights)([ref] * 3, dises)
-    blocky = Scorer(name, ALL, device="cpu", weights=weights, cache_mb=1)
+    cached = Scorer(name, ALL, **ON, weights=weights)([ref] * 3, dises)
+    blocky = Scorer(name, ALL, **ON, weights=weights, cache_mb=1)
     blocky._window_bytes = 2**20 // 3 + 1  # pretend a window's features take a third of the 1 MB budget: blocks of 2
     assert blocky.cached_windows == 2
     import engine
@@ -182,7 +187,7 @@ def test_unreadable_body_mid_run(tiny, mixed_set, tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     pairs = list(mixed_set)
     pairs[4] = (pairs[4][0], str(cut))
-    scorer = Scorer(name, "l2", device="cpu", weights=weights)
+    scorer = Scorer(name, "l2", **ON, weights=weights)
     failed = []
     rows = {i: r for (_, i), r in scorer.score_files(pairs, on_error=lambda job, msg: failed.append((job, msg)))}
     assert [job for job, _ in failed] == [(0, 4)] and "cut.png" in failed[0][1]
@@ -200,8 +205,8 @@ def test_fixed_batch_padding_changes_nothing(tiny, mixed_set):
     """A compiled backbone gets fixed-shape batches: short batches are padded with blank
     windows whose features are dropped (the same code runs here on a CPU)."""
     name, weights = tiny
-    plain = Scorer(name, ALL, device="cpu", weights=weights, batch_size=5)
-    padded = Scorer(name, ALL, device="cpu", weights=weights, batch_size=5)
+    plain = Scorer(name, ALL, **ON, weights=weights, batch_size=5)
+    padded = Scorer(name, ALL, **ON, weights=weights, batch_size=5)
     padded.fixed_batch = True
     shapes = []
     encode = padded.encode
@@ -218,8 +223,8 @@ def test_compiled_backbone_gives_the_same_scores(tiny, mixed_set):
     CPU it only proves the path; on a GPU bench.py measures what it gains."""
     name, weights = tiny
     refs, dises = [r for r, _ in mixed_set[:4]], [d for _, d in mixed_set[:4]]
-    eager = Scorer(name, ALL, device="cpu", weights=weights, batch_size=6)(refs, dises)
-    compiled = Scorer(name, ALL, device="cpu", weights=weights, batch_size=6, compile=True)
+    eager = Scorer(name, ALL, **ON, weights=weights, batch_size=6)(refs, dises)
+    compiled = Scorer(name, ALL, **ON, weights=weights, batch_size=6, compile=True)
     assert compiled.fixed_batch
     got = compiled(refs, dises)
     for d in ALL:
