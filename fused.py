@@ -111,7 +111,8 @@ def distribution_distances(x, y, block=32):
     _row_stats[(n * rows,)](y, stats[2], stats[3], m, BLOCK=1024)
     n_blocks = triton.cdiv(m, block)
     part = torch.empty(n, 4, n_blocks, device=x.device, dtype=torch.float32)
-    _columns[(n, n_blocks)](x, y, stats[0], stats[1], stats[2], stats[3], part, m, n_blocks, BLOCK=block, R=rows, num_warps=4)
+    _columns[(n, n_blocks)](x, y, stats[0], stats[1], stats[2], stats[3], part, m, n_blocks,
+                            BLOCK=block, R=rows, num_warps=4)
     sums = part.sum(-1)
     out = torch.log(sums[:, :3] / m + 1) ** 0.25
     return {"skld": out[:, 0], "jsd": out[:, 1], "wsd": out[:, 2], "sq_total": sums[:, 3]}
@@ -124,5 +125,6 @@ def token_cosine(f_dis, f_ref, rows_per_program=8):
     d = x.shape[-1]
     r = x.numel() // d
     one_minus = torch.empty(r, device=x.device, dtype=torch.float32)
-    _cosine[(triton.cdiv(r, rows_per_program),)](x, y, one_minus, r, d, ROWS=rows_per_program, BLOCK_D=triton.next_power_of_2(d))
+    _cosine[(triton.cdiv(r, rows_per_program),)](x, y, one_minus, r, d, ROWS=rows_per_program,
+                                                 BLOCK_D=triton.next_power_of_2(d))
     return one_minus.view(x.shape[0], x.shape[1], -1).mean(-1).sum(1)

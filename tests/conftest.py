@@ -18,7 +18,8 @@ quiet_library_warnings()
 SHARED = Path(os.environ.get("ZSIQA_SHARED", ROOT.parent / "shared"))
 GOLDEN = SHARED / "golden"
 HAVE_SHARED = (GOLDEN / "expected.json").is_file()
-needs_shared = pytest.mark.skipif(not HAVE_SHARED, reason=f"the spec folder {SHARED} (golden values, stand-in checkpoint tool) is absent")
+needs_shared = pytest.mark.skipif(
+    not HAVE_SHARED, reason=f"the spec folder {SHARED} (golden values, stand-in checkpoint tool) is absent")
 
 RTOL, ATOL = 1e-4, 1e-6
 
@@ -56,3 +57,48 @@ def tiny(monkeypatch, tiny_weights):
     from tinymodel import TINY, register_tiny
     register_tiny(models.BACKBONES, monkeypatch.setitem)
     return TINY, tiny_weights
+
+
+# ---------------------------------------------------------------- golden model rows, shared by
+# test_models_golden.py (`models`) and test_zoo.py (`models_more`)
+
+def group_rows(rows, *keys):
+    """{(row[k] for k in keys): [rows]}, in first-seen order."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return groups
+
+
+def golden_api_scores(rows, checkpoint, device="cpu", entry=lambda model: model):
+    """{id(row): score} for golden model rows: one Scorer and one call per (model, checkpoint),
+    so each model's features are computed once. `entry` maps a row's model to a registry name."""
+    from engine import Scorer
+    out = {}
+    for (model, ckpt), group in group_rows(rows, "model", "checkpoint").items():
+        distances = sorted({r["distance"] for r in group})
+        pairs = sorted({(r["ref"], r["dis"]) for r in group})
+        scorer = Scorer(entry(model), distances, device=device, precision="fp32",
+                        weights=checkpoint(ckpt.split("_seed")[0]))
+        got = scorer(
+            [str(GOLDEN / "models" / a) for a, _ in pairs], [str(GOLDEN / "models" / b) for _, b in pairs])
+        for r in group:
+            out[id(r)] = float(got[r["distance"]][pairs.index((r["ref"], r["dis"]))])
+    return out
+
+
+def golden_cli_mismatches(rows, checkpoint, capsys, entry=lambda model: model):
+    """Run run_single_img.main once per (model, checkpoint, pair) of golden rows; returns
+    (rows checked, [mismatching (model, distance, ref, got, want)])."""
+    import run_single_img
+    checked, bad = 0, []
+    for (model, ckpt, ref, dis), group in group_rows(rows, "model", "checkpoint", "ref", "dis").items():
+        run_single_img.main(["-ref", str(GOLDEN / "models" / ref), "-dis", str(GOLDEN / "models" / dis),
+                             "-m", entry(model), "-d", ",".join(r["distance"] for r in group), "--device", "cpu",
+                             "--weights", checkpoint(ckpt.split("_seed")[0]), "--json"])
+        printed = json.loads(capsys.readouterr().out)
+        for r in group:
+            checked += 1
+            if not close(printed["scores"][r["distance"]], r["score"]):
+                bad.append((model, r["distance"], ref, printed["scores"][r["distance"]], r["score"]))
+    return checked, bad

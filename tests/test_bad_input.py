@@ -75,8 +75,9 @@ def test_weights_of_wrong_architecture(tiny, imgs, capsys, tmp_path):
     _fails(capsys, ["-ref", a, "-dis", b, "-m", "clip_vitb32", "--weights", tiny[1]], "does not fit clip_vitb32")
     _fails(capsys, ["-ref", a, "-dis", b, "-m", "dinov1", "--weights", tiny[1]], "does not fit dinov1")
     (tmp_path / "junk.pt").write_bytes(b"\x00junk" * 10)
-    _fails(capsys, ["-ref", a, "-dis", b, "-m", "dinov1", "--weights", str(tmp_path / "junk.pt")], "cannot read weights")
-    _fails(capsys, ["-ref", a, "-dis", b, "-m", "dinov1", "--weights", str(tmp_path / "none.pt")], "weights file not found")
+    dino = ["-ref", a, "-dis", b, "-m", "dinov1", "--weights"]
+    _fails(capsys, [*dino, str(tmp_path / "junk.pt")], "cannot read weights")
+    _fails(capsys, [*dino, str(tmp_path / "none.pt")], "weights file not found")
 
 
 @pytest.mark.parametrize("model,file", [("clip_vitb32", "ViT-B-32.pt"), ("dinov1", "dino_vitbase16_pretrain.pth")])
@@ -84,7 +85,8 @@ def test_missing_weights_offline_names_file_and_places(imgs, tmp_path, model, fi
     """A real process: no weights anywhere, offline → exit 2, one line naming the file."""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "TORCH_HOME": str(tmp_path / "torch"),
            "HF_HOME": str(tmp_path / "hf"), "ZSIQA_WEIGHTS_DIR": str(tmp_path / "w"), "ZSIQA_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "run_single_img.py"), "-ref", imgs("a.png"), "-dis", imgs("b.png", seed=1),
+    proc = subprocess.run([sys.executable, str(ROOT / "run_single_img.py"),
+                           "-ref", imgs("a.png"), "-dis", imgs("b.png", seed=1),
                            "-m", model], capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -97,7 +99,8 @@ def test_failed_download_is_one_line(imgs, tmp_path, monkeypatch, capsys):
     import models
     monkeypatch.setitem(models.BACKBONES, "dinov1", models.BACKBONES["dinov1"].__class__(
         **{**models.BACKBONES["dinov1"].__dict__,
-           "weights": models.Weights("dino_vitbase16_pretrain.pth", "http://127.0.0.1:9/dino.pth", lambda: [str(tmp_path / "c" / "dino.pth")], "test")}))
+           "weights": models.Weights("dino_vitbase16_pretrain.pth", "http://127.0.0.1:9/dino.pth",
+                                     lambda: [str(tmp_path / "c" / "dino.pth")], "test")}))
     monkeypatch.delenv("ZSIQA_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("ZSIQA_WEIGHTS_DIR", str(tmp_path / "w"))

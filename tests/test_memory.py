@@ -10,7 +10,8 @@ from conftest import ROOT, needs_shared
 def test_large_pair_peaks_near_a_small_one(checkpoint, tmp_path):
     """dinov1 on this CPU: a 2400×2400 pair peaks within 600 MB of a 256×256 one."""
     def peak(size):
-        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "peak_rss.py"), checkpoint("dinov1"), str(size), str(tmp_path)],
+        script = str(ROOT / "tests" / "peak_rss.py")
+        proc = subprocess.run([sys.executable, script, checkpoint("dinov1"), str(size), str(tmp_path)],
                               capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-2000:]
         rss, score = map(float, proc.stdout.split())

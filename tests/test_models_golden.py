@@ -1,14 +1,10 @@
 """Golden parity of the four main backbones with seed-0 stand-in checkpoints (PROTOCOL.md §3),
 through the Python API and the CLI. Each model's features are computed once per route."""
-import json
 import os
 import subprocess
 import sys
-from collections import defaultdict
 
-import pytest
-
-from conftest import GOLDEN, ROOT, close, needs_shared
+from conftest import GOLDEN, ROOT, close, golden_api_scores, golden_cli_mismatches, needs_shared
 
 pytestmark = needs_shared
 DEVICE = os.environ.get("ZSIQA_TEST_DEVICE", "cpu")  # the API parity test also runs on a GPU in strict fp32
@@ -18,59 +14,26 @@ def _rows(golden):
     return golden["models"]
 
 
-def _by_model(golden):
-    groups = defaultdict(list)
-    for r in _rows(golden):
-        groups[(r["model"], r["checkpoint"])].append(r)
-    return groups
-
-
-@pytest.fixture(scope="module")
-def api_scores(golden, checkpoint):
-    """(model, ref, dis, distance) → score, one Scorer and one call per model."""
-    from engine import Scorer
-    out = {}
-    for (model, ckpt), rows in _by_model(golden).items():
-        distances = sorted({r["distance"] for r in rows})
-        pairs = sorted({(r["ref"], r["dis"]) for r in rows})
-        scorer = Scorer(model, distances, device=DEVICE, precision="fp32", weights=checkpoint(ckpt.split("_seed")[0]))
-        got = scorer([str(GOLDEN / "models" / r) for r, _ in pairs], [str(GOLDEN / "models" / d) for _, d in pairs])
-        for k, (r, d) in enumerate(pairs):
-            for name in distances:
-                out[(model, r, d, name)] = float(got[name][k])
-    return out
-
-
-def test_every_model_row_via_api(golden, api_scores):
-    bad = [(r["model"], r["distance"], r["ref"], api_scores[(r["model"], r["ref"], r["dis"], r["distance"])], r["score"])
-           for r in _rows(golden) if not close(api_scores[(r["model"], r["ref"], r["dis"], r["distance"])], r["score"])]
+def test_every_model_row_via_api(golden, checkpoint):
+    scores = golden_api_scores(_rows(golden), checkpoint, DEVICE)
+    bad = [(r["model"], r["distance"], r["ref"], scores[id(r)], r["score"])
+           for r in _rows(golden) if not close(scores[id(r)], r["score"])]
     assert len(_rows(golden)) == 36 and not bad, bad
 
 
 def test_every_model_row_via_cli(golden, checkpoint, capsys):
-    import run_single_img
-    groups = defaultdict(list)
-    for r in _rows(golden):
-        groups[(r["model"], r["checkpoint"], r["ref"], r["dis"])].append(r)
-    checked = 0
-    for (model, ckpt, ref, dis), rows in groups.items():
-        run_single_img.main(["-ref", str(GOLDEN / "models" / ref), "-dis", str(GOLDEN / "models" / dis), "-m", model,
-                             "-d", ",".join(r["distance"] for r in rows), "--device", "cpu",
-                             "--weights", checkpoint(ckpt.split("_seed")[0]), "--json"])
-        printed = json.loads(capsys.readouterr().out)
-        assert printed["model"] == model
-        for r in rows:
-            assert close(printed["scores"][r["distance"]], r["score"]), (model, r["distance"], ref)
-            checked += 1
-    assert checked == 36
+    checked, bad = golden_cli_mismatches(_rows(golden), checkpoint, capsys)
+    assert checked == 36 and not bad, bad
 
 
 def test_cli_process_plain_output(golden, checkpoint):
     """The real entry point: exit code 0 and `distance<TAB>score` lines."""
     rows = [r for r in _rows(golden) if r["model"] == "clip_vitb32" and r["ref"] == "pair1_ref.png"]
-    proc = subprocess.run([sys.executable, str(ROOT / "run_single_img.py"), "-ref", str(GOLDEN / "models" / rows[0]["ref"]),
+    proc = subprocess.run([sys.executable, str(ROOT / "run_single_img.py"),
+                           "-ref", str(GOLDEN / "models" / rows[0]["ref"]),
                            "-dis", str(GOLDEN / "models" / rows[0]["dis"]), "-m", "clip_vitb32", "-d", "all",
-                           "--weights", checkpoint("clip_vitb32"), "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
+                           "--weights", checkpoint("clip_vitb32"), "--device", "cpu"],
+                          capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     lines = dict(line.split("\t") for line in proc.stdout.strip().splitlines())
     assert list(lines) == ["l2", "cos", "skld", "jsd", "wsd", "swd"]

@@ -52,7 +52,8 @@ def test_load_image_modes(tmp_path):
     assert torch.equal(g[0], g[2]) and torch.equal(g[0], torch.from_numpy(np.array(grey)).float() / 255)
     assert load_image(_save(tmp_path, "d.png", base.convert("LA"))).shape == (3, 230, 240)
     pal = base.convert("P")
-    assert torch.equal(load_image(_save(tmp_path, "e.png", pal)), torch.from_numpy(np.array(pal.convert("RGB"))).permute(2, 0, 1).float() / 255)
+    want_pal = torch.from_numpy(np.array(pal.convert("RGB"))).permute(2, 0, 1).float() / 255
+    assert torch.equal(load_image(_save(tmp_path, "e.png", pal)), want_pal)
     cmyk = base.convert("CMYK")
     assert load_image(_save(tmp_path, "f.jpg", cmyk)).shape == (3, 230, 240)
     deep = (np.arange(230 * 240).reshape(230, 240) * 1.1).astype(np.uint16)

@@ -2,7 +2,6 @@
 API and the CLI, the newer backbones with random timm-format weights, refusals, the list."""
 import json
 import os
-from collections import defaultdict
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import torch
 import models
 import run_single_img
 import weights
-from conftest import GOLDEN, close, needs_shared
+from conftest import GOLDEN, close, golden_api_scores, golden_cli_mismatches, needs_shared
 from engine import Scorer
 from tinymodel import TINY_VIT, TINY_WEIGHTS
 from utils import UserError
@@ -24,49 +23,22 @@ ENTRIES = {"openclip_vitb32": ("openclip_vitb32_laion", "openclip_vitb32_laion_t
            "embed_openclip_convnext_base": ("embed_openclip_convnext_base", "embed_openclip_convnext_laion_tecoa4")}
 
 
-def _groups(golden):
-    g = defaultdict(list)
-    for r in golden["models_more"]:
-        g[(r["model"], r["checkpoint"])].append(r)
-    return g
-
-
 @needs_shared
 def test_every_models_more_row_via_api(golden, checkpoint):
     """The first weight set's entry of each architecture (features computed once per model)."""
-    bad, checked = [], 0
-    for (model, ckpt), rows in _groups(golden).items():
-        name = ENTRIES.get(model, (model,))[0]
-        distances = sorted({r["distance"] for r in rows})
-        pairs = sorted({(r["ref"], r["dis"]) for r in rows})
-        got = Scorer(name, distances, device=DEVICE, precision="fp32", weights=checkpoint(ckpt.split("_seed")[0]))(
-            [str(GOLDEN / "models" / a) for a, _ in pairs], [str(GOLDEN / "models" / b) for _, b in pairs])
-        for r in rows:
-            value = float(got[r["distance"]][pairs.index((r["ref"], r["dis"]))])
-            checked += 1
-            if not close(value, r["score"]):
-                bad.append((name, r["distance"], r["ref"], value, r["score"]))
-    assert checked == 69 and not bad, bad
+    rows = golden["models_more"]
+    scores = golden_api_scores(rows, checkpoint, DEVICE, entry=lambda m: ENTRIES.get(m, (m,))[0])
+    bad = [(r["model"], r["distance"], r["ref"], scores[id(r)], r["score"])
+           for r in rows if not close(scores[id(r)], r["score"])]
+    assert len(rows) == 69 and not bad, bad
 
 
 @needs_shared
 def test_every_models_more_row_via_cli(golden, checkpoint, capsys):
     """The other weight set's entry where there are two (TeCoA4), else the same entry."""
-    checked = 0
-    for (model, ckpt), rows in _groups(golden).items():
-        name = ENTRIES.get(model, (model,))[-1]
-        by_pair = defaultdict(list)
-        for r in rows:
-            by_pair[(r["ref"], r["dis"])].append(r)
-        for (ref, dis), prow in by_pair.items():
-            run_single_img.main(["-ref", str(GOLDEN / "models" / ref), "-dis", str(GOLDEN / "models" / dis), "-m", name,
-                                 "-d", ",".join(r["distance"] for r in prow), "--device", "cpu",
-                                 "--weights", checkpoint(ckpt.split("_seed")[0]), "--json"])
-            out = json.loads(capsys.readouterr().out)
-            for r in prow:
-                assert close(out["scores"][r["distance"]], r["score"]), (name, r["distance"], ref)
-                checked += 1
-    assert checked == 69
+    checked, bad = golden_cli_mismatches(golden["models_more"], checkpoint, capsys,
+                                         entry=lambda m: ENTRIES.get(m, (m,))[-1])
+    assert checked == 69 and not bad, bad
 
 
 @needs_shared
@@ -120,7 +92,8 @@ def test_refusals(capsys, tmp_path):
     for n in ("a", "b"):
         Image.new("RGB", (230, 230), (10, 20, 30)).save(tmp_path / f"{n}.png")
     a, b = str(tmp_path / "a.png"), str(tmp_path / "b.png")
-    for model, dist, match in [("clip_rn50", "skld", "conv feature maps"), ("openclip_convnext_base", "wsd", "conv feature maps"),
+    for model, dist, match in [("clip_rn50", "skld", "conv feature maps"),
+                               ("openclip_convnext_base", "wsd", "conv feature maps"),
                                ("embed_dinov2", "l2", "only cos"), ("embed_clip_rn50", "l2", "only cos")]:
         with pytest.raises(SystemExit) as e:
             run_single_img.main(["-ref", a, "-dis", b, "-m", model, "-d", dist])
@@ -183,7 +156,8 @@ def test_conv_map_backbone_through_run_py(checkpoint, tmp_path):
     import minidata
     import run
     root = minidata.make_kadid(str(tmp_path / "k"), n_ref=1, n_dis=3)
-    run.main(["-dat", "kadid10k", "--root", root, "-m", "clip_rn50", "-d", "l2,cos", "--weights", checkpoint("clip_rn50"),
+    run.main(["-dat", "kadid10k", "--root", root, "-m", "clip_rn50", "-d", "l2,cos",
+              "--weights", checkpoint("clip_rn50"),
               "--device", "cpu", "-sdir", str(tmp_path / "r"), "--no-progress"])
     frame = pd.read_csv(tmp_path / "r" / "kadid10k_clip_rn50_cos.csv")
     api = Scorer("clip_rn50", "cos", device="cpu", weights=checkpoint("clip_rn50"))(
