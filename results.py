@@ -151,6 +151,8 @@ def read_frame(path):
     missing = [c for c in HEADER if c not in frame.columns]
     if missing:
         raise UserError(f"{path} lacks column(s) {', '.join(missing)}; expected header dis,ref,mos,pred")
+    if frame.empty:
+        raise UserError(f"{path} holds no complete rows")
     if frame[["mos", "pred"]].isna().any().any() or not all(frame[c].dtype.kind in "fiu" for c in ("mos", "pred")):
         raise UserError(f"{path} has empty or non-numeric mos/pred values")
     return frame, record

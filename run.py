@@ -146,14 +146,14 @@ def load_pairs(args, variants):
     return dataset, pairs, len(dataset.pairs[: args.limit]) - len(pairs)
 
 
-def results_files(args, variants):
+def results_files(args, dataset_name, variants):
     """{(variant index, distance): results path} and {path: (distance, variant, pred higher
     better)}; distances checked against the backbone (without loading it)."""
     from distances import DISTANCES
     from engine import parse_distances
     from models import get_backbone
     names = parse_distances(args.distance, get_backbone(args.model))
-    paths = {(v, d): results.results_path(args.savedir, args.dataset_name, args.model, d, variants[v], args.saveas,
+    paths = {(v, d): results.results_path(args.savedir, dataset_name, args.model, d, variants[v], args.saveas,
                                           len(names))
              for v in range(len(variants)) for d in names}
     return paths, {p: (d, variants[v], not DISTANCES[d].lower_better) for (v, d), p in paths.items()}
@@ -251,8 +251,7 @@ def main(argv=None):
     dist = distributed.setup()
     variants = variants_of(args)
     dataset, pairs, skipped_up_front = dist.from_rank0(lambda: load_pairs(args, variants))
-    args.dataset_name = dataset.name
-    paths, files = results_files(args, variants)
+    paths, files = results_files(args, dataset.name, variants)
     lock = dist.from_rank0(lambda: results.Lock(paths.values()), share=False)
     with lock or contextlib.nullcontext():
         scorer = Scorer(args.model, args.distance, device=dist.device(args.device), precision=args.precision,

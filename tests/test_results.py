@@ -45,8 +45,8 @@ def _count_scored(monkeypatch):
     """A list that collects the (variant, pair) ids the engine scores from now on."""
     seen, original = [], Scorer.score_chunks
 
-    def counting(self, chunks):
-        for item in original(self, chunks):
+    def counting(self, *args, **kwargs):
+        for item in original(self, *args, **kwargs):
             seen.append(item[0])
             yield item
     monkeypatch.setattr(Scorer, "score_chunks", counting)
