@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from run import int_at_least
-from utils import ArgParser, cli_entry, load_image, to_json, window_count, windows
+from utils import ArgParser, cli_entry, int_at_least, load_image, to_json, window_count, windows
 
 PUBLISHED_FIVE = "l2,cos,skld,jsd,wsd"
 

@@ -12,7 +12,6 @@ interrupted run resumes where it stopped when the settings match (results.py); a
 its files. Under torchrun the pairs are sharded over the ranks and rank 0 writes the same
 files as one process would.
 """
-import argparse
 import contextlib
 import os
 import sys
@@ -21,20 +20,7 @@ import time
 import numpy as np
 
 import results
-from utils import ArgParser, UserError, cli_entry, to_json
-
-
-def int_at_least(low, why=""):
-    """An argparse type: an integer ≥ low, else a one-line usage error."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}{why}, got {value}")
-        return value
-    return parse
+from utils import ArgParser, UserError, cli_entry, int_at_least, to_json
 
 
 def build_parser():

@@ -26,6 +26,19 @@ class ArgParser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+def int_at_least(low, why=""):
+    """An argparse type: an integer ≥ low, else a one-line usage error."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}{why}, got {value}")
+        return value
+    return parse
+
+
 def quiet_library_warnings():
     """The clip package's pkg_resources import and timm's deprecation notes are noise on a
     CLI's stderr; real problems still raise."""
