@@ -580,3 +580,11 @@ def _array_to_pil(a):
     if not ok:
         raise UserError(f"numpy images must be H×W×3 (or ×4, or H×W) uint8, or H×W uint16; got {a.dtype} {list(a.shape)}")
     return Image.fromarray(np.ascontiguousarray(a))
+
+
+def __getattr__(name):
+    """`engine.PerceptualLoss` re-exports loss.PerceptualLoss (imported lazily: loss imports engine)."""
+    if name == "PerceptualLoss":
+        from loss import PerceptualLoss
+        return PerceptualLoss
+    raise AttributeError(f"module 'engine' has no attribute '{name}'")

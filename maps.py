@@ -108,7 +108,7 @@ def image_maps(scorer, ref, dis):
     return {d: (canvas[d] / count).float().numpy() for d in scorer.distances}
 
 
-def _writable(folder):
+def check_folder(folder):
     """Create the folder if needed; UserError when it cannot be written."""
     try:
         os.makedirs(folder, exist_ok=True)
@@ -133,7 +133,7 @@ def write_maps(maps, dis_image, folder, model=""):
     Returns:
         the list of paths written.
     """
-    _writable(folder)
+    check_folder(folder)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
