@@ -158,7 +158,8 @@ def swd(f_dis, f_ref, seed=0):
     f_dis, f_ref = _fp32(f_dis, f_ref)
     n, layers = f_dis.shape[:2]
     gen = torch.Generator().manual_seed(seed)
-    dirs = F.normalize(torch.randn(layers, layers, generator=gen), dim=1).to(f_dis.device, f_dis.dtype, non_blocking=True)
+    dirs = F.normalize(torch.randn(layers, layers, generator=gen), dim=1)
+    dirs = dirs.to(f_dis.device, f_dis.dtype, non_blocking=True)
     proj_dis = torch.einsum("kl,nlp->nkp", dirs, f_dis.reshape(n, layers, -1)).sort(-1).values
     proj_ref = torch.einsum("kl,nlp->nkp", dirs, f_ref.reshape(n, layers, -1)).sort(-1).values
     return (proj_dis - proj_ref).pow(2).mean(1).sum(-1)
@@ -202,7 +203,8 @@ class Distance:
 
 DISTANCES = {
     "l2": Distance(l2, ("tokens", "maps"), "Σ_layers mean squared difference", layers_fn=l2_layers),
-    "cos": Distance(cos, FEATURE_KINDS, "Σ_layers mean (1 − cosine) over tokens", ("skip_nonfinite",), layers_fn=cos_layers),
+    "cos": Distance(cos, FEATURE_KINDS, "Σ_layers mean (1 − cosine) over tokens", ("skip_nonfinite",),
+                    layers_fn=cos_layers),
     "skld": Distance(skld, ("tokens",), "symmetric KL of column distributions + weighted L2", ("shared",)),
     "jsd": Distance(jsd, ("tokens",), "Jensen-Shannon of column distributions", ("shared",)),
     "wsd": Distance(wsd, ("tokens",), "Wasserstein-1 of column distributions + weighted L2", ("shared",)),

@@ -95,7 +95,7 @@ class SlotPool:
         if self.buffers is None:
             self.buffers = [f.new_empty((0,) + f.shape[1:]) for f in feats]
         self.buffers = [_grown(b, self.capacity) for b in self.buffers]
-        for buf, f in zip(self.buffers, feats):
+        for buf, f in zip(self.buffers, feats, strict=True):
             buf[slots] = f
 
     def read(self, slots):
@@ -201,7 +201,8 @@ class EngineRun:
         ref = self.refs[chunk.ref_key]
         for start, imgs in chunk.dis_runs():
             jobs = chunk.jobs[start:start + imgs.shape[0]]
-            check_pair(ref.shape[::-1], tuple(imgs.shape[-2:])[::-1], f"pair {jobs[0]}", resized=bool(self.scorer.resize))
+            check_pair(ref.shape[::-1], tuple(imgs.shape[-2:])[::-1], f"pair {jobs[0]}",
+                       resized=bool(self.scorer.resize))
             if ref.slots is not None:
                 self._add_cached(ref, imgs, jobs)
             else:
@@ -223,7 +224,8 @@ class EngineRun:
         k, rows = len(ref.slots), self.acc.take(len(jobs))
         base = self.position
         self._enqueue(wins, False, ref.slots.repeat(len(jobs)), torch.tensor(rows).repeat_interleave(k))
-        self.pending.extend(Pending(base + (j + 1) * k, job, row, k) for j, (job, row) in enumerate(zip(jobs, rows)))
+        self.pending.extend(Pending(base + (j + 1) * k, job, row, k)
+                            for j, (job, row) in enumerate(zip(jobs, rows, strict=True)))
 
     def _add_blockwise(self, ref, imgs, jobs):
         """A reference too large to cache: per block of window positions, encode its windows
@@ -238,7 +240,7 @@ class EngineRun:
             self._enqueue(windows(imgs, select), False, slots.repeat(len(jobs)), rows.repeat_interleave(len(select)))
             self.pending.append(Pending(self.position, release=slots))
             self.flush(1)  # free this block's slots before the next block takes its own
-        self.pending.extend(Pending(self.position, job, int(row), total) for job, row in zip(jobs, rows))
+        self.pending.extend(Pending(self.position, job, int(row), total) for job, row in zip(jobs, rows, strict=True))
 
     # ---- encoding and comparing
     def flush(self, limit):
@@ -305,7 +307,7 @@ class EngineRun:
             event, sums, ready = self.inflight.popleft()
             if event is not None:
                 event.synchronize()
-            for entry, s in zip(ready, sums.numpy()):
+            for entry, s in zip(ready, sums.numpy(), strict=True):
                 yield entry.job, s / entry.windows
 
 
@@ -428,7 +430,8 @@ class Scorer:
         chunks = (Chunk(k, self._prepare(refs[idx[0]]), [self._prepare(dises[i]) for i in idx], idx)
                   for k, idx in groups.items())
         names = self.layer_distances if per_layer else self.distances
-        out, seen = np.zeros((len(refs), len(names)) + ((len(self.blocks),) if per_layer else ())), np.zeros(len(refs), bool)
+        shape = (len(refs), len(names)) + ((len(self.blocks),) if per_layer else ())
+        out, seen = np.zeros(shape), np.zeros(len(refs), bool)
         for i, *row in self.score_chunks(chunks, per_layer):
             out[i], seen[i] = row[-1], True
         if not seen.all():  # every pair must come back: never a silent placeholder
@@ -514,7 +517,7 @@ class Scorer:
         n, step, out = f_dis[0].shape[0], self.distance_batch, []
         skip = self.backbone.cos_skip_nonfinite
         for s in range(0, n, step):
-            pairs = list(zip((d[s:s + step] for d in f_dis), ref_of(s, s + step)))
+            pairs = list(zip((d[s:s + step] for d in f_dis), ref_of(s, s + step), strict=True))
             row = sum(compute(self.distances, d, r, self.swd_seed, skip) for d, r in pairs).double()
             if per_layer:  # groups one after another along L: [b, n_layer_distances, L] → flat
                 terms = torch.cat([compute_layers(self.distances, d, r, skip) for d, r in pairs], dim=2)
@@ -526,7 +529,8 @@ class Scorer:
         """The batched engine: consumes Chunks, yields (job, scores) as pairs finish, or
         (job, scores, per-block scores [n_layer_distances, L]) with per_layer."""
         if per_layer and not self.layer_distances:
-            raise UserError(f"none of {', '.join(self.distances)} is a sum over layers (per-layer scores exist for l2, cos)")
+            raise UserError(f"none of {', '.join(self.distances)} is a sum over layers "
+                            f"(per-layer scores exist for l2, cos)")
         run, nd = EngineRun(self, per_layer), len(self.distances)
         n_layer = len(self.layer_distances) if per_layer else 0
         keep = 1 if self.device.type == "cuda" else 0
@@ -569,7 +573,8 @@ def _checked_tensor(x):
     if not torch.isfinite(x).all():
         raise UserError("image tensor holds NaN or infinite values")
     if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise UserError(f"float image tensors must hold values in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+        raise UserError(f"float image tensors must hold values in [0, 1], "
+                        f"got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
     return x
 
 
@@ -578,7 +583,8 @@ def _array_to_pil(a):
     ok = (a.dtype == np.uint8 and (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4)))) or \
          (a.dtype == np.uint16 and a.ndim == 2)
     if not ok:
-        raise UserError(f"numpy images must be H×W×3 (or ×4, or H×W) uint8, or H×W uint16; got {a.dtype} {list(a.shape)}")
+        raise UserError(f"numpy images must be H×W×3 (or ×4, or H×W) uint8, or H×W uint16; "
+                        f"got {a.dtype} {list(a.shape)}")
     return Image.fromarray(np.ascontiguousarray(a))
 
 

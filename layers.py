@@ -48,7 +48,9 @@ def parse_layers(spec, n_layers):
 
 
 def _is_int(k):
-    return isinstance(k, int) and not isinstance(k, bool) or (torch.is_tensor(k) and k.dim() == 0 and not k.is_floating_point())
+    if torch.is_tensor(k):
+        return k.dim() == 0 and not k.is_floating_point()
+    return isinstance(k, int) and not isinstance(k, bool)
 
 
 def group_sizes(feats):
@@ -70,7 +72,7 @@ def select_layers(feats, keep, sizes):
     if keep is None:
         return feats
     out, start = [], 0
-    for f, size in zip(feats, sizes):
+    for f, size in zip(feats, sizes, strict=True):
         local = [k - start for k in keep if start <= k < start + size]
         start += size
         if len(local) == size:

@@ -28,7 +28,8 @@ def check_images(x, name):
         got = list(x.shape) if torch.is_tensor(x) else type(x).__name__
         raise UserError(f"{name}: PerceptualLoss takes tensors [N, 3, H, W], got {got}")
     if not x.is_floating_point():
-        raise UserError(f"{name}: PerceptualLoss takes float tensors in [0, 1], got {x.dtype} (divide 8-bit images by 255)")
+        raise UserError(f"{name}: PerceptualLoss takes float tensors in [0, 1], got {x.dtype} "
+                        f"(divide 8-bit images by 255)")
     if min(x.shape[-2:]) < WINDOW:
         raise UserError(f"{name}: sides must be at least {WINDOW} px, got {x.shape[-2]}x{x.shape[-1]} (H x W)")
     lo, hi = torch.aminmax(x.detach())
@@ -101,6 +102,6 @@ class PerceptualLoss(nn.Module):
         fn = DISTANCES[self.distance]  # the eager formulas: the fused kernels have no backward
         with torch.autocast(self.extractor.device.type, enabled=False):
             per_window = sum(fn(a, b, shared=Shared(a, b), seed=self.swd_seed, skip_nonfinite=self.skip_nonfinite)
-                             for a, b in zip(f_dis, f_ref))
+                             for a, b in zip(f_dis, f_ref, strict=True))
         per_pair = per_window.view(dis.shape[0], window_count(*dis.shape[-2:])).mean(1)
         return per_pair if self.reduction == "none" else getattr(per_pair, self.reduction)()

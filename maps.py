@@ -62,9 +62,10 @@ def _batch_maps(scorer, fd, fr):
     maps_kind = scorer.backbone.features == "maps"
     scores = scorer.window_scores(fd, lambda a, b: [f[a:b] for f in fr]).float()
     out = {}
+    skip = scorer.backbone.cos_skip_nonfinite
     for j, d in enumerate(scorer.distances):
         if d in SPATIAL:
-            out[d] = sum(density(d, a, b, maps_kind, scorer.backbone.cos_skip_nonfinite) for a, b in zip(fd, fr))
+            out[d] = sum(density(d, a, b, maps_kind, skip) for a, b in zip(fd, fr, strict=True))
         else:
             out[d] = scores[:, j, None, None].expand(-1, WINDOW, WINDOW)
     return out

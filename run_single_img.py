@@ -22,7 +22,8 @@ def build_parser():
     p.add_argument("-r", "--resize", type=int, default=None, help="resize both images to N×N first (off by default)")
     p.add_argument("--weights", help="checkpoint file (else $ZSIQA_WEIGHTS_DIR, library caches, download)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default auto)")
-    p.add_argument("--model-norm", action="store_true", help="normalise windows with the model's own mean/std (not the published protocol)")
+    p.add_argument("--model-norm", action="store_true",
+                   help="normalise windows with the model's own mean/std (not the published protocol)")
     p.add_argument("--precision", default="published", help="published|fp32|fp16|bf16 (default published)")
     p.add_argument("--layers", metavar="SPEC", help="compare only these blocks, 1-based, e.g. 1-6,9 (all: the default; "
                    "a subset is outside the published protocol for skld/jsd/wsd/swd)")
@@ -66,7 +67,8 @@ def _write_maps(scorer, args):
     """Spatial maps of the pair into args.maps (see maps.py); the paths go to stderr."""
     import maps
     from utils import to_float
-    written = maps.write_maps(scorer.maps(args.ref, args.dis), to_float(scorer._prepare(args.dis)), args.maps, scorer.backbone.name)
+    dis = to_float(scorer._prepare(args.dis))
+    written = maps.write_maps(scorer.maps(args.ref, args.dis), dis, args.maps, scorer.backbone.name)
     sys.stderr.write(f"wrote {len(written)} files to {args.maps}\n")
 
 
