@@ -432,7 +432,7 @@ class Scorer:
         names = self.layer_distances if per_layer else self.distances
         shape = (len(refs), len(names)) + ((len(self.blocks),) if per_layer else ())
         out, seen = np.zeros(shape), np.zeros(len(refs), bool)
-        for i, *row in self.score_chunks(chunks, per_layer):
+        for i, *row in self._run_chunks(chunks, per_layer):
             out[i], seen[i] = row[-1], True
         if not seen.all():  # every pair must come back: never a silent placeholder
             raise RuntimeError(f"internal error: {int((~seen).sum())} pair(s) were not scored")
@@ -498,7 +498,7 @@ class Scorer:
         if jobs is None:
             jobs = [(v, i) for v in range(len(variants)) for i in range(len(pairs))]
         chunks = load_chunks(pairs, variants, self.resize, jobs, self.workers, self.device.type == "cuda")
-        yield from self.score_chunks(_report_failures(chunks, on_error), per_layer)
+        yield from self._run_chunks(_report_failures(chunks, on_error), per_layer)
 
     # ------------------------------------------------------------ the engine
     def encode(self, windows_batch):
@@ -524,6 +524,10 @@ class Scorer:
                 row = torch.cat([row, terms.flatten(1).double()], dim=1)
             out.append(row)
         return torch.cat(out)
+
+    def _run_chunks(self, chunks, per_layer):
+        """score_chunks, called with per_layer only when asked (older overrides take one argument)."""
+        return self.score_chunks(chunks, per_layer=True) if per_layer else self.score_chunks(chunks)
 
     def score_chunks(self, chunks, per_layer=False):
         """The batched engine: consumes Chunks, yields (job, scores) as pairs finish, or
