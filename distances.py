@@ -11,7 +11,7 @@ features it applies to takes it.
 """
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,26 +20,46 @@ EPS_SOFTMAX = 1e-10
 
 
 def _fp32(*xs):
-    return [x.float() for x in xs]
+    """Half and single precision → float32; float64 stays (gradient checks run in it)."""
+    return [x if x.dtype == torch.float64 else x.float() for x in xs]
+
+
+def _op(t, name, *args):
+    """t.name_(*args) in place, or out of place when t takes part in a gradient (an
+    in-place op would overwrite what the backward pass needs). Same values either way."""
+    return getattr(t, name)(*args) if t.requires_grad else getattr(t, name + "_")(*args)
+
+
+def l2_layers(f_dis, f_ref):
+    """Per layer, the mean over everything else of the squared difference → [N, L]."""
+    f_dis, f_ref = _fp32(f_dis, f_ref)
+    return (f_dis - f_ref).pow(2).flatten(2).mean(-1)
 
 
 def l2(f_dis, f_ref):
     """Σ over layers of the mean over everything else of the squared difference."""
+    return l2_layers(f_dis, f_ref).sum(1)
+
+
+def one_minus_cos(f_dis, f_ref):
+    """1 − cos along the last axis (eps 1e-8), in float32 (float64 kept): [N, L, ...]."""
     f_dis, f_ref = _fp32(f_dis, f_ref)
-    return (f_dis - f_ref).pow(2).flatten(2).mean(-1).sum(1)
+    return 1 - F.cosine_similarity(f_dis, f_ref, dim=-1, eps=1e-8)
+
+
+def cos_layers(f_dis, f_ref, skip_nonfinite=False):
+    """Per layer, the mean over tokens of 1 − cos along the last axis → [N, L].
+
+    skip_nonfinite reproduces the published clip_rn50 quirk: inf set to 0, NaN left out."""
+    one_minus = one_minus_cos(f_dis, f_ref).flatten(2)
+    if skip_nonfinite:
+        return one_minus.masked_fill(one_minus.isinf(), 0).nanmean(-1)
+    return one_minus.mean(-1)
 
 
 def cos(f_dis, f_ref, skip_nonfinite=False):
-    """Σ over layers of the mean over tokens of 1 − cos along the last axis (eps 1e-8).
-
-    skip_nonfinite reproduces the published clip_rn50 quirk: inf set to 0, NaN left out."""
-    f_dis, f_ref = _fp32(f_dis, f_ref)
-    one_minus = (1 - F.cosine_similarity(f_dis, f_ref, dim=-1, eps=1e-8)).flatten(2)
-    if skip_nonfinite:
-        one_minus = one_minus.masked_fill(one_minus.isinf(), 0).nanmean(-1)
-    else:
-        one_minus = one_minus.mean(-1)
-    return one_minus.sum(1)
+    """Σ over layers of the mean over tokens of 1 − cos along the last axis (eps 1e-8)."""
+    return cos_layers(f_dis, f_ref, skip_nonfinite).sum(1)
 
 
 def pad_amounts(t, d):
@@ -66,7 +86,7 @@ def _l2_weight(dist):
 def _softmax_rows(x):
     """softmax over the 64 rows + 1e-10. The published clamp at 1e-10 that followed is a
     no-op here (a softmax is ≥ 0), so it is not spent."""
-    return torch.softmax(x, dim=1).add_(EPS_SOFTMAX)
+    return _op(torch.softmax(x, dim=1), "add", EPS_SOFTMAX)
 
 
 def _finish(value):
@@ -107,7 +127,7 @@ def skld(f_dis, f_ref, shared=None):
     p, q, log_p, log_q = shared.get("rows")
     # p(log p − log q) + q(log q − log p) = (p − q)(log p − log q). The published code set
     # infinite terms to 0; with p, q ≥ 1e-10 every term is finite, so that pass is not spent.
-    kld = (p - q).mul_(log_p - log_q).sum(1) / 2
+    kld = _op(p - q, "mul", log_p - log_q).sum(1) / 2
     return _finish(kld + sq * _l2_weight(kld))
 
 
@@ -115,8 +135,8 @@ def jsd(f_dis, f_ref, shared=None):
     """Jensen-Shannon divergence between softmax-over-rows column distributions (no L2 term)."""
     shared = shared or Shared(f_dis, f_ref)
     p, q, log_p, log_q = shared.get("rows")
-    log_m = (p + q).div_(2).add_(1e-17).log_()
-    value = ((log_p - log_m).mul_(p).sum(1) + (log_q - log_m).mul_(q).sum(1)) / 2
+    log_m = _op(_op(_op(p + q, "div", 2), "add", 1e-17), "log")
+    value = (_op(log_p - log_m, "mul", p).sum(1) + _op(log_q - log_m, "mul", q).sum(1)) / 2
     return _finish(value)
 
 
@@ -138,7 +158,8 @@ def swd(f_dis, f_ref, seed=0):
     f_dis, f_ref = _fp32(f_dis, f_ref)
     n, layers = f_dis.shape[:2]
     gen = torch.Generator().manual_seed(seed)
-    dirs = F.normalize(torch.randn(layers, layers, generator=gen), dim=1).to(f_dis.device, non_blocking=True)
+    dirs = F.normalize(torch.randn(layers, layers, generator=gen), dim=1)
+    dirs = dirs.to(f_dis.device, f_dis.dtype, non_blocking=True)
     proj_dis = torch.einsum("kl,nlp->nkp", dirs, f_dis.reshape(n, layers, -1)).sort(-1).values
     proj_ref = torch.einsum("kl,nlp->nkp", dirs, f_ref.reshape(n, layers, -1)).sort(-1).values
     return (proj_dis - proj_ref).pow(2).mean(1).sum(-1)
@@ -154,22 +175,36 @@ class Distance:
     applies_to: the feature kinds it is defined on (FEATURE_KINDS); a backbone takes every
     distance that applies to its features. options: the per-run arguments its function
     accepts, by name, out of those `compute` offers (shared, seed, skip_nonfinite); others
-    are dropped. per_layer: the score is a sum over layers. lower_better: a lower score means
-    more alike (all distances here)."""
+    are dropped. layers_fn: the per-layer terms [N, L] whose sum over L is the score (None:
+    the score is not a sum over layers). lower_better: a lower score means more alike (all
+    distances here)."""
     fn: Callable
     applies_to: tuple
     summary: str
     options: tuple = ()
-    per_layer: bool = False
+    layers_fn: Optional[Callable] = None
     lower_better: bool = True
 
+    @property
+    def per_layer(self):
+        """The score is a sum over layers (`layers` gives the terms)."""
+        return self.layers_fn is not None
+
+    def _options(self, options):
+        return {k: v for k, v in options.items() if k in self.options}
+
     def __call__(self, f_dis, f_ref, **options):
-        return self.fn(f_dis, f_ref, **{k: v for k, v in options.items() if k in self.options})
+        return self.fn(f_dis, f_ref, **self._options(options))
+
+    def layers(self, f_dis, f_ref, **options):
+        """The per-layer terms [N, L] (float32, float64 kept) of a per-layer distance."""
+        return self.layers_fn(f_dis, f_ref, **self._options(options))
 
 
 DISTANCES = {
-    "l2": Distance(l2, ("tokens", "maps"), "Σ_layers mean squared difference", per_layer=True),
-    "cos": Distance(cos, FEATURE_KINDS, "Σ_layers mean (1 − cosine) over tokens", ("skip_nonfinite",), per_layer=True),
+    "l2": Distance(l2, ("tokens", "maps"), "Σ_layers mean squared difference", layers_fn=l2_layers),
+    "cos": Distance(cos, FEATURE_KINDS, "Σ_layers mean (1 − cosine) over tokens", ("skip_nonfinite",),
+                    layers_fn=cos_layers),
     "skld": Distance(skld, ("tokens",), "symmetric KL of column distributions + weighted L2", ("shared",)),
     "jsd": Distance(jsd, ("tokens",), "Jensen-Shannon of column distributions", ("shared",)),
     "wsd": Distance(wsd, ("tokens",), "Wasserstein-1 of column distributions + weighted L2", ("shared",)),
@@ -208,3 +243,9 @@ def compute(names, f_dis, f_ref, swd_seed=0, cos_skip_nonfinite=False):
     fast = _fused(names, f_dis, f_ref, shared, cos_skip_nonfinite)
     options = {"shared": shared, "seed": swd_seed, "skip_nonfinite": cos_skip_nonfinite}
     return torch.stack([fast[n] if n in fast else DISTANCES[n](f_dis, f_ref, **options) for n in names], dim=1)
+
+
+def compute_layers(names, f_dis, f_ref, cos_skip_nonfinite=False):
+    """The per-layer terms of the per-layer distances among `names` → [N, n, L] (eager)."""
+    names = [n for n in names if DISTANCES[n].per_layer]
+    return torch.stack([DISTANCES[n].layers(f_dis, f_ref, skip_nonfinite=cos_skip_nonfinite) for n in names], dim=1)

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from distances import DISTANCES, compute
+from distances import DISTANCES, compute, compute_layers
+from layers import group_sizes, parse_layers, select_layers
 from loading import Chunk, load_chunks
 from models import FeatureExtractor, get_backbone
 from utils import UserError, check_pair, open_image, pil_to_tensor, resize_square, to_float, window_count, windows
@@ -84,7 +85,7 @@ class SlotPool:
         if self.buffers is None:
             self.buffers = [f.new_empty((0,) + f.shape[1:]) for f in feats]
         self.buffers = [_grown(b, self.capacity) for b in self.buffers]
-        for buf, f in zip(self.buffers, feats):
+        for buf, f in zip(self.buffers, feats, strict=True):
             buf[slots] = f
 
     def read(self, slots):
@@ -192,12 +193,13 @@ class EngineRun:
     `flush` encodes full batches (storing reference features, comparing distorted ones
     against their reference's slots), `drain` yields the pairs whose windows are all done."""
 
-    def __init__(self, scorer):
-        self.scorer, self.dev = scorer, scorer.device
+    def __init__(self, scorer, per_layer=False):
+        self.scorer, self.dev, self.per_layer = scorer, scorer.device, per_layer
         self.pool, self.refs = SlotPool(), {}
         self.queue, self.queued, self.position = collections.deque(), 0, 0
         self.pending, self.inflight = collections.deque(), collections.deque()
-        self.acc = Accumulator(len(scorer.distances), self.dev)
+        extra = len(scorer.layer_distances) * len(scorer.blocks) if per_layer else 0
+        self.acc = Accumulator(len(scorer.distances) + extra, self.dev)
         self.streams = Streams(self.dev if scorer.overlap else None)
 
     # ---- queueing windows
@@ -240,7 +242,8 @@ class EngineRun:
         k, rows = len(ref.slots), self.acc.take(len(jobs))
         base = self.position
         self._enqueue(wins, False, ref.slots.repeat(len(jobs)), torch.tensor(rows).repeat_interleave(k))
-        self.pending.extend(Pending(base + (j + 1) * k, job, row, k) for j, (job, row) in enumerate(zip(jobs, rows)))
+        self.pending.extend(Pending(base + (j + 1) * k, job, row, k)
+                            for j, (job, row) in enumerate(zip(jobs, rows, strict=True)))
 
     def _add_blockwise(self, ref, imgs, jobs):
         """A reference too large to cache: per block of window positions, encode its windows
@@ -255,7 +258,7 @@ class EngineRun:
             self._enqueue(windows(imgs, select), False, slots.repeat(len(jobs)), rows.repeat_interleave(len(select)))
             self.pending.append(Pending(self.position, release=slots))
             self.flush(1)  # free this block's slots before the next block takes its own
-        self.pending.extend(Pending(self.position, job, int(row), total) for job, row in zip(jobs, rows))
+        self.pending.extend(Pending(self.position, job, int(row), total) for job, row in zip(jobs, rows, strict=True))
 
     # ---- encoding and comparing
     def flush(self, limit):
@@ -303,7 +306,7 @@ class EngineRun:
         """Score the batch's distorted windows against their reference slots, add to their pairs."""
         f_dis = feats if all_distorted else [f[dis_at.to(self.dev, non_blocking=True)] for f in feats]
         ref_slots = slots[dis_at].to(self.dev, non_blocking=True)
-        scores = self.scorer.window_scores(f_dis, lambda a, b: self.pool.read(ref_slots[a:b]))
+        scores = self.scorer.window_scores(f_dis, lambda a, b: self.pool.read(ref_slots[a:b]), self.per_layer)
         self.acc.add(rows[dis_at], scores)
 
     # ---- reading back
@@ -334,7 +337,7 @@ class EngineRun:
             event, sums, ready = self.inflight.popleft()
             if event is not None:
                 event.synchronize()
-            for entry, s in zip(ready, sums.numpy()):
+            for entry, s in zip(ready, sums.numpy(), strict=True):
                 yield entry.job, s / entry.windows
 
 
@@ -354,13 +357,16 @@ class Scorer:
         cache_mb: device memory for cached reference features; a reference larger than
             that is compared block by block (default 4096 on a GPU, 96 on a CPU: LIVE-size references stay cached).
         compile: compile the backbone (torch.compile; pays off on large GPU runs, see README).
+        layers: compare only these blocks ('1-6,9', 1-based, or a list of ints; see layers.py):
+            l2/cos become the sum of those blocks' per-layer scores, skld/jsd/wsd/swd the same
+            formulas on the sub-stack (outside the published protocol unless all are kept).
 
     Return rule: `score()` always returns {distance: tensor [N]}; calling the scorer returns
     the same dict, or the one tensor when it was built with a single distance name."""
 
     def __init__(self, model="dinov1", distances="all", device="auto", precision="published", weights=None,
                  batch_size=None, workers=None, resize=None, swd_seed=0, model_norm=False, cache_mb=None,
-                 compile=False):
+                 layers=None, compile=False):
         self.backbone = get_backbone(model)
         self.distances = parse_distances(distances, self.backbone)
         self.single = isinstance(distances, str) and distances != "all" and "," not in distances
@@ -374,27 +380,56 @@ class Scorer:
         self.cache_mb = _count(cache_mb, "cache_mb", 1, 4096 if gpu else 96)
         self.distance_batch = 128 if gpu else 2
         self.overlap = gpu and os.environ.get("ZSIQA_OVERLAP", "1") != "0"  # distances on a side stream
+        self._window_bytes, self._sizes, self.layers = None, None, None
+        if layers is not None:
+            if self.backbone.output == "embed":
+                raise UserError(f"{self.backbone.name} compares one embedding: it has no blocks to choose")
+            keep = parse_layers(layers, sum(self.group_sizes))
+            self.layers = None if len(keep) == sum(self.group_sizes) else keep  # all blocks: the default, exactly
         self.fixed_batch = bool(compile)  # a compiled backbone gets fixed-shape batches (short ones padded)
         if compile:
+            self._probe()  # measured before compiling: a batch of one would be compiled for too
             self.extractor.compile()
-        self._window_bytes = None
         self.settings = {"model": self.backbone.name, "precision": precision, "model_norm": bool(model_norm),
                          "resize": self.resize, "swd_seed": self.swd_seed,
                          "weights": weights_identity(self.extractor.weights_path)}
+        if self.layers is not None:
+            self.settings["layers"] = ",".join(str(b) for b in self.blocks)
 
     @property
     def lower_better(self):
         """{distance: True when a lower score means more alike} (all published distances)."""
         return {d: DISTANCES[d].lower_better for d in self.distances}
 
+    def _probe(self):
+        """One window's features, measured once: their bytes and the layers per group."""
+        if self._window_bytes is None:
+            feats = self.extractor(torch.zeros(1, 3, 224, 224, device=self.device))
+            feats = feats if isinstance(feats, list) else [feats]
+            self._window_bytes = sum(f[0].numel() * f.element_size() for f in feats)
+            self._sizes = group_sizes(feats)
+
     @property
     def cached_windows(self):
         """How many reference windows' features fit the cache budget (at least one)."""
-        if self._window_bytes is None:  # one window's features, measured once
-            feats = self.extractor(torch.zeros(1, 3, 224, 224, device=self.device))
-            groups = feats if isinstance(feats, list) else [feats]
-            self._window_bytes = sum(f[0].numel() * f.element_size() for f in groups)
+        self._probe()
         return max(1, self.cache_mb * 2**20 // self._window_bytes)
+
+    @property
+    def group_sizes(self):
+        """Blocks per feature group of the backbone (one group for transformers)."""
+        self._probe()
+        return self._sizes
+
+    @property
+    def blocks(self):
+        """The 1-based numbers of the blocks compared (all of them by default)."""
+        return tuple(k + 1 for k in (self.layers if self.layers is not None else range(sum(self.group_sizes))))
+
+    @property
+    def layer_distances(self):
+        """The requested distances that are sums over layers (the rows of `layer_scores`)."""
+        return tuple(d for d in self.distances if DISTANCES[d].per_layer)
 
     # ------------------------------------------------------------ the one-call API
     def __call__(self, ref, dis):
@@ -407,6 +442,21 @@ class Scorer:
         """Score pairs. ref, dis: a path, a PIL image, a numpy HWC uint8 array, a tensor
         [3, H, W] or [N, 3, H, W] (float in [0, 1], uint8 or uint16), or a list of those.
         Returns {distance: float64 tensor [N]}."""
+        return self._score(ref, dis, per_layer=False)
+
+    def layer_scores(self, ref, dis):
+        """Per-block scores of the distances that are sums over layers (l2, cos).
+
+        Args:
+            ref, dis: as for `score`.
+
+        Returns:
+            {distance: float64 tensor [N, L]}, L = len(self.blocks) in forward order (a conv
+            net's groups one after another); the sum over L is the score to float32 rounding.
+        """
+        return self._score(ref, dis, per_layer=True)
+
+    def _score(self, ref, dis, per_layer):
         refs, dises = self._as_list(ref), self._as_list(dis)
         if len(refs) != len(dises):
             raise UserError(f"{len(refs)} references but {len(dises)} distorted images")
@@ -416,12 +466,33 @@ class Scorer:
             groups.setdefault(k, []).append(i)
         chunks = (Chunk(k, self._prepare(refs[idx[0]]), [self._prepare(dises[i]) for i in idx], idx)
                   for k, idx in groups.items())
-        out, seen = np.zeros((len(refs), len(self.distances))), np.zeros(len(refs), bool)
-        for i, row in self.score_chunks(chunks):
-            out[i], seen[i] = row, True
+        names = self.layer_distances if per_layer else self.distances
+        shape = (len(refs), len(names)) + ((len(self.blocks),) if per_layer else ())
+        out, seen = np.zeros(shape), np.zeros(len(refs), bool)
+        for i, *row in self._run_chunks(chunks, per_layer):
+            out[i], seen[i] = row[-1], True
         if not seen.all():  # every pair must come back: never a silent placeholder
             raise RuntimeError(f"internal error: {int((~seen).sum())} pair(s) were not scored")
-        return {d: torch.from_numpy(out[:, j]) for j, d in enumerate(self.distances)}
+        return {d: torch.from_numpy(out[:, j]) for j, d in enumerate(names)}
+
+    def maps(self, ref, dis):
+        """Where a pair differs: per distance a map at the image's size (see maps.py).
+
+        Args:
+            ref, dis: one image each (path, PIL image, numpy array or tensor [3, H, W]).
+
+        Returns:
+            {distance: float32 numpy array [H, W]}: l2/cos per patch token (or conv map
+            position), other distances per window; overlapping windows averaged.
+        """
+        import maps
+        return maps.image_maps(self, ref, dis)
+
+    def window_maps(self, ref, dis):
+        """Each window's 224×224 map: {distance: tensor [K, 224, 224]}, rows-outer window
+        order; a window's mean is its score as the engine computes it (see maps.py)."""
+        import maps
+        return maps.window_maps(self, ref, dis)
 
     def _as_list(self, x):
         if torch.is_tensor(x) and x.dim() == 4:
@@ -442,7 +513,7 @@ class Scorer:
             im = resize_square(im, self.resize)
         return pil_to_tensor(im)
 
-    def score_files(self, pairs, variants=None, jobs=None, on_error=None):
+    def score_files(self, pairs, variants=None, jobs=None, on_error=None, per_layer=False):
         """Score (ref_path, dis_path) pairs read from disk (decoded in `workers` processes).
 
         Args:
@@ -453,46 +524,69 @@ class Scorer:
                 every variant (variant 0 alone without variants).
             on_error: None to raise UserError when a file cannot be decoded, or a function
                 (job, message) called for each pair that cannot be, which is then skipped.
+            per_layer: also yield each pair's per-block scores, from the same pass.
 
         Yields:
             ((variant index, pair index), np.array of scores in self.distances order), as
-            pairs finish, grouped by reference.
+            pairs finish, grouped by reference; with per_layer a third item, np.array
+            [len(self.layer_distances), len(self.blocks)] (rows: distances, columns: blocks).
         """
         variants = list(variants or (None,))
         if jobs is None:
             jobs = [(v, i) for v in range(len(variants)) for i in range(len(pairs))]
         chunks = load_chunks(pairs, variants, self.resize, jobs, self.workers, self.device.type == "cuda")
-        yield from self.score_chunks(_report_failures(chunks, on_error))
+        yield from self._run_chunks(_report_failures(chunks, on_error), per_layer)
 
     # ------------------------------------------------------------ the engine
     def encode(self, windows_batch):
         """Windows [B, 3, 224, 224] float in [0, 1] → list of feature groups (one stack
         [B, L, T, D] for token backbones, one per map shape for conv nets)."""
         feats = self.extractor(windows_batch.to(self.device, non_blocking=True))
-        return list(feats) if isinstance(feats, (list, tuple)) else [feats]
+        feats = list(feats) if isinstance(feats, (list, tuple)) else [feats]
+        return select_layers(feats, self.layers, self.group_sizes) if self.layers is not None else feats
 
-    def window_scores(self, f_dis, ref_of):
+    def window_scores(self, f_dis, ref_of, per_layer=False):
         """Per-window scores [B, n_distances] (float64): f_dis are feature groups, ref_of(a, b)
         gives the matching reference groups of windows a:b. Done in sub-batches of
         `distance_batch` windows, which bounds the intermediates' memory (and on a CPU keeps
-        them small enough to be reused rather than page-faulted in afresh)."""
+        them small enough to be reused rather than page-faulted in afresh). per_layer: the
+        per-block terms of `layer_distances` follow, [B, n_distances + n_layer_distances · L]."""
         n, step, out = f_dis[0].shape[0], self.distance_batch, []
+        skip = self.backbone.cos_skip_nonfinite
         for s in range(0, n, step):
-            part = [compute(self.distances, d[s:s + step], r, self.swd_seed, self.backbone.cos_skip_nonfinite)
-                    for d, r in zip(f_dis, ref_of(s, s + step))]
-            out.append(sum(part).double())
+            pairs = list(zip((d[s:s + step] for d in f_dis), ref_of(s, s + step), strict=True))
+            row = sum(compute(self.distances, d, r, self.swd_seed, skip) for d, r in pairs).double()
+            if per_layer:  # groups one after another along L: [b, n_layer_distances, L] → flat
+                terms = torch.cat([compute_layers(self.distances, d, r, skip) for d, r in pairs], dim=2)
+                row = torch.cat([row, terms.flatten(1).double()], dim=1)
+            out.append(row)
         return torch.cat(out)
 
-    def score_chunks(self, chunks):
-        """The batched engine: consumes Chunks, yields (job, scores) as pairs finish."""
-        run = EngineRun(self)
+    def _run_chunks(self, chunks, per_layer):
+        """score_chunks, called with per_layer only when asked (older overrides take one argument)."""
+        return self.score_chunks(chunks, per_layer=True) if per_layer else self.score_chunks(chunks)
+
+    def score_chunks(self, chunks, per_layer=False):
+        """The batched engine: consumes Chunks, yields (job, scores) as pairs finish, or
+        (job, scores, per-block scores [n_layer_distances, L]) with per_layer."""
+        if per_layer and not self.layer_distances:
+            raise UserError(f"none of {', '.join(self.distances)} is a sum over layers "
+                            f"(per-layer scores exist for l2, cos)")
+        run, nd = EngineRun(self, per_layer), len(self.distances)
+        n_layer = len(self.layer_distances) if per_layer else 0
         keep = 1 if self.device.type == "cuda" else 0
         for chunk in chunks:
             run.add(chunk)
             run.flush(self.batch_size)
-            yield from run.drain(keep)
+            yield from _split(run.drain(keep), nd, n_layer)
         run.flush(1)
-        yield from run.drain(0)
+        yield from _split(run.drain(0), nd, n_layer)
+
+
+def _split(finished, nd, n_layer):
+    """(job, row) → (job, scores), or (job, scores, per-block rows [n_layer, L]) when n_layer."""
+    for job, row in finished:
+        yield (job, row[:nd], row[nd:].reshape(n_layer, -1)) if n_layer else (job, row)
 
 
 def _report_failures(chunks, on_error):
@@ -533,3 +627,11 @@ def _array_to_pil(a):
         raise UserError(f"numpy images must be H×W×3 (or ×4, or H×W) uint8, or H×W uint16; "
                         f"got {a.dtype} {list(a.shape)}")
     return Image.fromarray(np.ascontiguousarray(a))
+
+
+def __getattr__(name):
+    """`engine.PerceptualLoss` re-exports loss.PerceptualLoss (imported lazily: loss imports engine)."""
+    if name == "PerceptualLoss":
+        from loss import PerceptualLoss
+        return PerceptualLoss
+    raise AttributeError(f"module 'engine' has no attribute '{name}'")

@@ -1,0 +1,82 @@
+"""Choosing which blocks of a backbone are compared (`--layers 1-6,9`).
+
+Blocks are numbered from 1 in forward order across all feature groups (a conv net's groups
+of maps included: clip_rn50 has 5 blocks, ConvNeXt-Base 36). Keeping a subset restricts
+every distance to those blocks' outputs: for the per-layer distances (l2, cos) the score is
+the sum of the kept blocks' per-layer scores; skld, jsd, wsd and swd apply the same formulas
+to the sub-stack, which is outside the published protocol unless every block is kept.
+"""
+import re
+
+import torch
+
+from utils import UserError
+
+_ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def parse_layers(spec, n_layers):
+    """A block selection → sorted 0-based indices.
+
+    Args:
+        spec: '1-6,9' (1-based, ranges inclusive), 'all', or a sequence of 1-based ints.
+        n_layers: how many blocks the backbone has.
+
+    Returns:
+        tuple of 0-based block indices in forward order (duplicates merged).
+
+    Raises:
+        UserError: empty, malformed, reversed ('3-1') or out of range (0, > n_layers).
+    """
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return tuple(range(n_layers))
+    items = spec.split(",") if isinstance(spec, str) else [str(int(k)) if _is_int(k) else repr(k) for k in spec]
+    picked = set()
+    for item in items:
+        m = _ITEM.match(item)
+        if not m:
+            raise UserError(f"bad layer selection {spec!r}: '{item.strip()}' is not N or N-M (blocks 1-{n_layers})")
+        lo, hi = int(m[1]), int(m[2] or m[1])
+        if lo > hi:
+            raise UserError(f"bad layer selection {spec!r}: range {lo}-{hi} runs backwards")
+        if lo < 1 or hi > n_layers:
+            raise UserError(f"bad layer selection {spec!r}: blocks are numbered 1-{n_layers}")
+        picked.update(range(lo - 1, hi))
+    if not picked:
+        raise UserError(f"bad layer selection {spec!r}: no block chosen (blocks 1-{n_layers})")
+    return tuple(sorted(picked))
+
+
+def _is_int(k):
+    if torch.is_tensor(k):
+        return k.dim() == 0 and not k.is_floating_point()
+    return isinstance(k, int) and not isinstance(k, bool)
+
+
+def group_sizes(feats):
+    """Feature groups (a tensor [N, L, ...] or a list of them) → layers per group."""
+    return tuple(f.shape[1] for f in (feats if isinstance(feats, (list, tuple)) else [feats]))
+
+
+def select_layers(feats, keep, sizes):
+    """Keep only the chosen blocks of feature groups.
+
+    Args:
+        feats: list of groups [N, L_g, ...] in forward order.
+        keep: sorted 0-based global block indices, or None for all.
+        sizes: layers per group (`group_sizes`).
+
+    Returns:
+        list of groups: untouched when whole, sub-stacks when partly kept, dropped when empty.
+    """
+    if keep is None:
+        return feats
+    out, start = [], 0
+    for f, size in zip(feats, sizes, strict=True):
+        local = [k - start for k in keep if start <= k < start + size]
+        start += size
+        if len(local) == size:
+            out.append(f)
+        elif local:
+            out.append(f.index_select(1, torch.tensor(local, device=f.device)))
+    return out

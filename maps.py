@@ -1,0 +1,154 @@
+"""Spatial maps of where a pair differs (`Scorer.maps`, `run_single_img.py --maps DIR`).
+
+l2 and cos are sums over layers of means over positions, so each window's score splits into
+per-position shares. Token backbones: each patch token's share (summed over layers) is laid
+on the window's patch grid (14×14 for ViT-B/16, 7×7 for ViT-B/32 at 224 px) and upsampled
+(nearest) to the window's 224×224 pixels. Prefix tokens (class, registers) have no position:
+their share is spread evenly over the window. Conv maps: each layer's map is upsampled to
+224×224 and the layers summed; `cos` runs along the width axis (as published), so its map
+varies by row only. skld/jsd/wsd/swd mix positions (their columns are not spatial): their
+map is the window's score over the whole window. In every case a window's 224×224 map has
+the window's score as its mean. Overlapping windows are averaged into the image-size map.
+"""
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distances import one_minus_cos
+from utils import WINDOW, UserError, check_pair, to_float, window_positions, windows
+
+SPATIAL = ("l2", "cos")
+
+
+def token_density(terms):
+    """Per-token terms [N, L, T] (layer score = mean over T) → [N, g, g], summed over layers,
+    whose mean is the window's score; the T − g² prefix tokens' share spread evenly."""
+    n, _, t = terms.shape
+    g = math.isqrt(t)
+    terms = terms.sum(1)
+    grid = terms[:, t - g * g:].reshape(n, g, g) * (g * g) + terms[:, :t - g * g].sum(1)[:, None, None]
+    return grid / t
+
+
+def conv_density(name, f_dis, f_ref, skip_nonfinite):
+    """A conv group [N, L, C, H, W] → density [N, H, W or 1] summed over layers whose mean
+    is the group's score (cos: per row, the published cosine running along the width)."""
+    if name == "l2":
+        return (f_dis.float() - f_ref.float()).pow(2).mean(2).sum(1)
+    one_minus = one_minus_cos(f_dis, f_ref)  # [N, L, C, H]
+    if skip_nonfinite:  # as the published nanmean: inf → 0, NaN left out of sum and count
+        one_minus = one_minus.masked_fill(one_minus.isinf(), 0)
+    valid = ~one_minus.isnan()
+    rows = torch.where(valid, one_minus, 0).sum(2) * one_minus.shape[-1] / valid.sum((2, 3), keepdim=True)[..., 0]
+    return rows.sum(1)[..., None]
+
+
+def density(name, f_dis, f_ref, maps_kind, skip_nonfinite=False):
+    """The per-position density of a spatial distance on one feature group → [N, 224, 224]."""
+    if maps_kind:
+        dens = conv_density(name, f_dis, f_ref, skip_nonfinite)
+    elif name == "l2":
+        dens = token_density((f_dis.float() - f_ref.float()).pow(2).mean(-1))
+    else:
+        dens = token_density(one_minus_cos(f_dis, f_ref))
+    return F.interpolate(dens[:, None], size=(WINDOW, WINDOW), mode="nearest")[:, 0]
+
+
+def _batch_maps(scorer, fd, fr):
+    """One batch of windows' features → {distance: [b, 224, 224]}."""
+    maps_kind = scorer.backbone.features == "maps"
+    scores = scorer.window_scores(fd, lambda a, b: [f[a:b] for f in fr]).float()
+    out = {}
+    skip = scorer.backbone.cos_skip_nonfinite
+    for j, d in enumerate(scorer.distances):
+        if d in SPATIAL:
+            out[d] = sum(density(d, a, b, maps_kind, skip) for a, b in zip(fd, fr, strict=True))
+        else:
+            out[d] = scores[:, j, None, None].expand(-1, WINDOW, WINDOW)
+    return out
+
+
+def _pair(scorer, ref, dis):
+    """One pair as the Scorer reads it → float tensors [3, H, W] of the same size."""
+    ref, dis = (to_float(scorer._prepare(x)) for x in (ref, dis))
+    check_pair(ref.shape[:0:-1], dis.shape[:0:-1], "pair", resized=bool(scorer.resize))
+    return ref, dis
+
+
+def window_batches(scorer, ref, dis):
+    """Yield (first window index, {distance: [b, 224, 224]}) per batch of windows of a
+    prepared pair (float tensors [3, H, W])."""
+    wr, wd = windows(ref), windows(dis)
+    for s in range(0, wr.shape[0], scorer.batch_size):
+        fr, fd = scorer.encode(wr[s:s + scorer.batch_size]), scorer.encode(wd[s:s + scorer.batch_size])
+        yield s, {d: m.cpu() for d, m in _batch_maps(scorer, fd, fr).items()}
+
+
+def window_maps(scorer, ref, dis):
+    """{distance: tensor [K, 224, 224]}: each window's map, rows-outer order."""
+    parts = [m for _, m in window_batches(scorer, *_pair(scorer, ref, dis))]
+    return {d: torch.cat([p[d] for p in parts]) for d in scorer.distances}
+
+
+def image_maps(scorer, ref, dis):
+    """{distance: float32 numpy [H, W]}: window maps placed and overlaps averaged."""
+    ref, dis = _pair(scorer, ref, dis)
+    h, w = dis.shape[-2:]
+    pr, pc = window_positions(h), window_positions(w)
+    canvas = {d: torch.zeros(h, w, dtype=torch.float64) for d in scorer.distances}
+    count = torch.zeros(h, w, dtype=torch.float64)
+    for s, batch in window_batches(scorer, ref, dis):
+        for k in range(next(iter(batch.values())).shape[0]):  # a few windows per image: not a hot path
+            r, c = pr[(s + k) // len(pc)], pc[(s + k) % len(pc)]
+            count[r:r + WINDOW, c:c + WINDOW] += 1
+            for d, m in batch.items():
+                canvas[d][r:r + WINDOW, c:c + WINDOW] += m[k]
+    return {d: (canvas[d] / count).float().numpy() for d in scorer.distances}
+
+
+def check_folder(folder):
+    """Create the folder if needed; UserError when it cannot be written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, ".zsiqa_write_test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"cannot write maps to {folder}: {e.strerror or e}") from None
+
+
+def write_maps(maps, dis_image, folder, model=""):
+    """Write `<distance>.npy` (the raw map) and `<distance>.png` (a heatmap over the
+    distorted image, with a colour bar) per distance.
+
+    Args:
+        maps: {distance: numpy [H, W]} (`Scorer.maps`).
+        dis_image: the distorted image, float tensor [3, H, W] in [0, 1].
+        folder: where to write (created if missing).
+        model: shown in the titles.
+
+    Returns:
+        the list of paths written.
+    """
+    check_folder(folder)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rgb, written = dis_image.permute(1, 2, 0).clamp(0, 1).numpy(), []
+    for d, m in maps.items():
+        np.save(os.path.join(folder, f"{d}.npy"), m)
+        h, w = m.shape
+        fig, ax = plt.subplots(figsize=(6 * w / max(h, w) + 1.2, 6 * h / max(h, w)), dpi=100)
+        ax.imshow(rgb)
+        im = ax.imshow(m, cmap="inferno", alpha=0.6)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"{d} (higher = more different)")
+        ax.set_title(f"{model} {d}: mean {m.mean():.4g}".strip())
+        ax.axis("off")
+        fig.savefig(os.path.join(folder, f"{d}.png"), bbox_inches="tight")
+        plt.close(fig)
+        written += [os.path.join(folder, f"{d}.npy"), os.path.join(folder, f"{d}.png")]
+    return written
