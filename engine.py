@@ -199,8 +199,9 @@ class EngineRun:
         self.queue, self.queued, self.position = collections.deque(), 0, 0
         self.pending, self.inflight = collections.deque(), collections.deque()
         extra = len(scorer.layer_distances) * len(scorer.blocks) if per_layer else 0
-        self.acc = Accumulator(len(scorer.distances) + extra, self.dev)
         self.streams = Streams(self.dev if scorer.overlap else None)
+        with self.streams.side():  # the sums live on the comparison stream (their memory too)
+            self.acc = Accumulator(len(scorer.distances) + extra, self.dev)
 
     # ---- queueing windows
     def _enqueue(self, wins, is_ref, slots, rows):
