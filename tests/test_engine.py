@@ -124,8 +124,8 @@ def test_mixed_bit_depths_share_a_batch_correctly(tiny, tmp_path):
     pairs = [(ref, str(tmp_path / "dis16.png")), (ref, str(tmp_path / "dis8.png"))]
     one = {i: r for (_, i), r in Scorer(name, "l2,cos", **ON, weights=weights, batch_size=1).score_files(pairs)}
     big = {i: r for (_, i), r in Scorer(name, "l2,cos", **ON, weights=weights, batch_size=64).score_files(pairs)}
-    assert abs(one[0][0]) < 1e-10 and abs(big[0][0]) < 1e-10  # identical pictures: distance 0
-    np.testing.assert_allclose(big[1], one[1], rtol=1e-6)
+    assert abs(one[0][0]) < 1e-9 and abs(big[0][0]) < 1e-9  # identical pictures: distance 0 (to rounding)
+    np.testing.assert_allclose(big[1], one[1], rtol=1e-5)  # batch 1 and 64 differ in float rounding on a GPU
     metric = Scorer(name, "l2", **ON, weights=weights)
     ref8 = torch.from_numpy(np.repeat(grey[None], 3, 0))
     noisy = (ref8.float() / 255 + 0.02).clamp(0, 1)
