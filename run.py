@@ -313,7 +313,7 @@ def summarise_unlabelled(args, plan, records, paths, stats):
     statistics of its scores (methods.summarize) and, among ≥2 sets, the paired test against
     the best set on the references both scored. Rows go to summary_unlabelled.csv; one bar
     chart per variant and distance."""
-    from methods import paired_tests, summarize
+    from methods import bar_chart, paired_tests, summarize
     count, skipped, elapsed = stats
     rows, scores = [], {}
     for ((s, v), d), path in paths.items():
@@ -326,8 +326,8 @@ def summarise_unlabelled(args, plan, records, paths, stats):
                      "wins": None, "losses": None, "n_skipped": int(plan.skipped[s] + skipped[s, v]),
                      "pairs_per_s": _rate(count, elapsed), "file": path})
     keys = [(v, d) for ((_, v), d) in paths]
-    tests = {key: paired_tests(per_set, rows[0]["lower_better"]) for key, per_set in scores.items()
-             if len(per_set) > 1}
+    lower = {key: row["lower_better"] for key, row in zip(keys, rows)}
+    tests = {key: paired_tests(per_set, lower[key]) for key, per_set in scores.items() if len(per_set) > 1}
     for key, row in zip(keys, rows):
         row.update(tests.get(key, {}).get(row["set"], {}))
     results.append_summary(args.savedir, rows, "summary_unlabelled", results.UNLABELLED_FIELDS)
@@ -336,7 +336,6 @@ def summarise_unlabelled(args, plan, records, paths, stats):
         suffix = f"_{group[0]['robustness']}-{group[0]['pct']}" if group[0]["robustness"] != "none" else ""
         chart = os.path.join(args.savedir, f"{args.saveas or args.model}_{key[1]}{suffix}_methods.png")
         title = f"{args.saveas or args.model}, {key[1]}{suffix.replace('_', ', ')}: mean per set, 95% CI"
-        from methods import bar_chart
         bar_chart(group, chart, title)
         for row in group:
             row["chart"] = chart
