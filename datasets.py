@@ -24,14 +24,23 @@ class Dataset:
     pairs: list            # [(ref_rel, dis_rel, label)], in the dataset's own order
     higher_better: bool = None   # None: the layout's (LAYOUTS); the CSV layout decides per file
     where: list = field(default_factory=list)  # per pair, where its label was read ("FILE line N")
+    labelled: bool = True  # False: a set of outputs to score without labels (-dat dirs, a ref,dis list)
+    ref_root: str = None   # the folder reference paths are relative to, when not `root` (-dat dirs)
 
     def path(self, rel):
         return os.path.join(self.root, rel)
 
+    def ref_path(self, rel):
+        """A reference's path on disk: under `ref_root` when it has one, else under `root`."""
+        return os.path.join(self.ref_root or self.root, rel)
+
+    def dis_path(self, rel):
+        return os.path.join(self.root, rel)
+
     def missing(self):
-        """Relative paths of images that do not exist (each listed once)."""
-        seen = dict.fromkeys(p for r, d, _ in self.pairs for p in (r, d))
-        return [p for p in seen if not os.path.isfile(self.path(p))]
+        """Paths (on disk) of images that do not exist (each listed once)."""
+        seen = dict.fromkeys(p for r, d, _ in self.pairs for p in (self.ref_path(r), self.dis_path(d)))
+        return [p for p in seen if not os.path.isfile(p)]
 
 
 def _need(path, what):
@@ -144,17 +153,29 @@ def load_kadid10k(root, **_):
 
 def load_csv(root, csv_file=None, higher_is_better=None, **_):
     """A generic list: columns ref, dis and mos (higher = better unless told) or dmos (higher
-    = worse unless told); paths relative to the root (default: the CSV's folder)."""
+    = worse unless told); paths relative to the root (default: the CSV's folder). A list with
+    neither label column is a label-free set: every pair is scored, nothing correlated."""
     if not csv_file:
-        raise UserError("-dat csv needs --csv FILE (columns ref, dis, mos or dmos)")
+        raise UserError("-dat csv needs --csv FILE (columns ref, dis, and mos or dmos for correlations)")
     rows = _read_csv(_need(csv_file, "CSV list"), ("ref", "dis"))
     column = "mos" if "mos" in rows[0] else "dmos" if "dmos" in rows[0] else None
+    name = os.path.splitext(os.path.basename(csv_file))[0]
+    root = root or os.path.dirname(os.path.abspath(csv_file))
+    where = _csv_lines(csv_file, len(rows))
     if column is None:
-        raise UserError(f"{csv_file} needs a 'mos' or 'dmos' column")
+        return Dataset(name, root, [(r["ref"], r["dis"], None) for r in rows], where=where, labelled=False)
     higher = (column == "mos") if higher_is_better is None else bool(higher_is_better)
-    return Dataset(os.path.splitext(os.path.basename(csv_file))[0], root or os.path.dirname(os.path.abspath(csv_file)),
-                   [(r["ref"], r["dis"], _num(r[column], csv_file)) for r in rows], higher_better=higher,
-                   where=_csv_lines(csv_file, len(rows)))
+    return Dataset(name, root, [(r["ref"], r["dis"], _num(r[column], csv_file)) for r in rows], higher_better=higher,
+                   where=where)
+
+
+def load_dirs(ref_dir, dis_dirs, skip_missing=False, warn=None):
+    """-dat dirs: one label-free Dataset per output folder (named after it, paths relative to
+    it; references relative to `ref_dir`), paired by methods.pair_folders."""
+    from methods import pair_folders
+    sets = pair_folders(ref_dir, dis_dirs, skip_missing, warn)
+    return [Dataset(s.name, os.path.abspath(s.folder), [(r, d, None) for r, d in s.pairs], labelled=False,
+                    ref_root=os.path.abspath(ref_dir)) for s in sets]
 
 
 def _num(value, where):
@@ -192,7 +213,8 @@ LAYOUTS = {
     "live": Layout(load_live, False, "LIVE release 2 (779 pairs, realigned DMOS, higher = worse)"),
     "tid2013": Layout(load_tid2013, False, "TID2013 (3,000 pairs, stored as 100 − MOS, higher = worse)"),
     "kadid10k": Layout(load_kadid10k, True, "KADID-10k (10,125 pairs, 'dmos' higher = better)"),
-    "csv": Layout(load_csv, True, "your own list: ref, dis, mos|dmos columns, paths relative to --root"),
+    "csv": Layout(load_csv, True, "your own list: ref, dis, mos|dmos columns, paths relative to --root "
+                  "(without a label column: scored without labels)"),
 }
 
 
@@ -205,7 +227,7 @@ def load_dataset(name, root=None, **options):
         if not os.path.isdir(root):
             raise UserError(f"dataset root not found: {root}")
     dataset = LAYOUTS[name].load(root, **options)
-    if dataset.higher_better is None:
+    if dataset.higher_better is None and dataset.labelled:
         dataset.higher_better = LAYOUTS[name].higher_better
     check_labels(dataset)
     return dataset
@@ -215,7 +237,7 @@ def check_labels(dataset):
     """Refuse a NaN or infinite label and a pair (same reference, same distorted image)
     listed twice, naming where they were read: either would skew every correlation."""
     where = dataset.where or [f"pair {k + 1}" for k in range(len(dataset.pairs))]
-    labels = np.array([y for _, _, y in dataset.pairs], dtype=float)
+    labels = np.array([y if dataset.labelled else 0.0 for _, _, y in dataset.pairs], dtype=float)
     bad = np.flatnonzero(~np.isfinite(labels))
     if bad.size:
         k = bad[0]

@@ -1,5 +1,6 @@
 """Results files: `<sdir>/<dataset>_<name>[_<rob>-<pct>].csv` (header dis,ref,mos,pred, the
-published layout) and everything that keeps them trustworthy.
+published layout; a label-free set's files, `<set>_<name>_<distance>[_<rob>-<pct>].csv`, have
+dis,ref,pred) and everything that keeps them trustworthy.
 
 Beside each `X.csv` a record `X.json` says what made its numbers (dataset, label direction,
 model, distance, precision, normalisation, resize, robustness, SWD seed, weights identity and
@@ -8,7 +9,9 @@ a digest of the labels). A run resumes a file only when the record matches its o
 A row counts only when its line is complete (newline-terminated and parseable), so a crash
 mid-row costs that row, never a wrong number. `X.csv.lock` (flock, holding the pid) keeps a
 second run off a file being written; torchrun ranks write `X.csv.rank<r>` part files that
-are merged into X.csv. `summary.csv` collects one row per finished file.
+are merged into X.csv. `summary.csv` collects one row per finished file
+(`summary_unlabelled.csv` for label-free sets). A label-free record also holds the absolute
+reference and output folders (`ref_dir`, `dis_dir`), compared on resume.
 """
 import contextlib
 import csv
@@ -25,19 +28,25 @@ import tempfile
 from utils import UserError
 
 HEADER = ["dis", "ref", "mos", "pred"]
+UNLABELLED_HEADER = ["dis", "ref", "pred"]  # a label-free set's files
 # the settings a results file's predictions depend on: a run resumes a file only when all agree
 COMPARED = ("dataset", "model", "distance", "precision", "model_norm", "resize", "robustness", "pct", "swd_seed",
-            "weights")
+            "weights", "ref_dir", "dis_dir")
 SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "n_skipped", "srcc", "plcc", "krcc",
                   "plcc_logistic", "pairs_per_s", "label_higher_better", "precision", "model_norm", "resize",
                   "swd_seed", "weights", "labels_sha256", "file"]
+UNLABELLED_FIELDS = ["set", "model", "distance", "robustness", "pct", "n", "n_skipped", "mean", "std", "median",
+                     "ci95_low", "ci95_high", "lower_better", "vs", "n_common", "p_value", "wins", "losses",
+                     "pairs_per_s", "precision", "model_norm", "resize", "swd_seed", "weights", "ref_dir", "dis_dir",
+                     "file"]
 
 
 # ---------------------------------------------------------------- names and records
 
 def results_path(savedir, dataset, model, distance, variant=("", 0), saveas=None, n_distances=1):
     """The seed's naming: <dataset>_<saveas>.csv for one distance with -s, else
-    <dataset>_<saveas or model>_<distance>.csv; _<rob>-<pct> for robustness runs."""
+    <dataset>_<saveas or model>_<distance>.csv; _<rob>-<pct> for robustness runs
+    (n_distances=0: always the latter, as label-free sets are named)."""
     stem = f"{dataset}_{saveas}" if saveas and n_distances == 1 else f"{dataset}_{saveas or model}_{distance}"
     kind, pct = variant
     return os.path.join(savedir, stem + (f"_{kind}-{pct}" if kind else "") + ".csv")
@@ -52,8 +61,13 @@ def part_path(path, rank):
 
 
 def labels_of(pairs):
-    """{(dis, ref): label} of a dataset's pairs [(ref, dis, label)]."""
+    """{(dis, ref): label} of a dataset's pairs [(ref, dis, label)] (label None: label-free)."""
     return {(dis, ref): label for ref, dis, label in pairs}
+
+
+def _labelled(labels):
+    """Whether a {(dis, ref): label} map carries labels (a label-free set's are all None)."""
+    return any(y is not None for y in labels.values())
 
 
 def labels_digest(labels):
@@ -74,11 +88,16 @@ def make_records(dataset, settings, files):
         {path: record dict}.
     """
     labels = labels_of(dataset.pairs)
+    if not getattr(dataset, "labelled", True):
+        labels = {}
     base = {"dataset": dataset.name, "label_higher_better": bool(dataset.higher_better), "model": settings["model"],
             "precision": settings["precision"], "model_norm": bool(settings["model_norm"]),
             "resize": settings["resize"],
             "swd_seed": settings["swd_seed"], "weights": settings["weights"], "n_labels": len(labels),
             "labels_sha256": labels_digest(labels)}
+    if not getattr(dataset, "labelled", True):  # label-free: no labels; which folders were paired
+        base.update(label_higher_better=None, labels_sha256=None, n_pairs=len(dataset.pairs),
+                    ref_dir=os.path.abspath(dataset.ref_root or dataset.root), dis_dir=os.path.abspath(dataset.root))
     return {path: {**base, "distance": d, "pred_higher_better": bool(pred_hb), "robustness": kind or "none",
                    "pct": pct if kind else 0}
             for path, (d, (kind, pct), pred_hb) in files.items()}
@@ -115,22 +134,25 @@ def complete_text(path, whole=False):
 
 
 def read_done(path):
-    """Complete rows of a results (or part) file: {(dis, ref): (mos, pred)}; {} if absent.
-    A row counts when its line is newline-terminated and its mos and pred parse."""
+    """Complete rows of a results (or part) file: {(dis, ref): (mos, pred)} (mos None in a
+    label-free file, header dis,ref,pred); {} if absent. A row counts when its line is
+    newline-terminated and its numbers parse."""
     if not os.path.isfile(path):
         return {}
     rows = csv.reader(io.StringIO(complete_text(path), newline=""))
     header = next(rows, None)
     if header is None:
         return {}
-    if header != HEADER:
-        raise UserError(f"{path} is not a results file (header {','.join(header)[:60]!r}, expected dis,ref,mos,pred); "
-                        "pass --overwrite to start it afresh")
+    if header not in (HEADER, UNLABELLED_HEADER):
+        raise UserError(f"{path} is not a results file (header {','.join(header)[:60]!r}, expected dis,ref,mos,pred "
+                        "or dis,ref,pred); pass --overwrite to start it afresh")
     done = {}
     for row in rows:
         try:
-            if len(row) == 4:
+            if len(row) == len(header) == 4:
                 done[(row[0], row[1])] = (float(row[2]), float(row[3]))
+            elif len(row) == len(header) == 3:
+                done[(row[0], row[1])] = (None, float(row[2]))
         except ValueError:
             continue
     return done
@@ -199,22 +221,23 @@ def _replace(path, data):
 class ResultsWriter:
     """Appends finished rows to results (or part) files as they come, each row written whole
     and unbuffered, so Ctrl-C or a crash leaves valid files. A failed write (a full disk)
-    truncates the torn row away and stops with one line: rows already written stay valid."""
+    truncates the torn row away and stops with one line: rows already written stay valid.
+    labelled=False: label-free files (dis,ref,pred; `mos` is ignored)."""
 
-    def __init__(self, paths):
-        self.paths, self.files, self.ends = dict(paths), {}, {}
+    def __init__(self, paths, labelled=True):
+        self.paths, self.files, self.ends, self.labelled = dict(paths), {}, {}, labelled
         for key, path in self.paths.items():
             with writing(path):
                 f = open(path, "ab", buffering=0)
                 self.files[key] = f
                 if f.tell() == 0:
-                    _write_all(f, _csv_line(HEADER))
+                    _write_all(f, _csv_line(HEADER if labelled else UNLABELLED_HEADER))
                 self.ends[key] = f.tell()
 
     def write(self, key, dis, ref, mos, pred):
         f = self.files[key]
         try:
-            _write_all(f, _csv_line([dis, ref, float(mos), float(pred)]))
+            _write_all(f, _csv_line([dis, ref, float(mos), float(pred)] if self.labelled else [dis, ref, float(pred)]))
         except OSError as e:
             with contextlib.suppress(OSError):
                 f.truncate(self.ends[key])
@@ -240,7 +263,8 @@ def finish(path, labels, order):
     """Rewrite results file `path` (merging part files) in dataset order with the current
     labels: rows of the current pairs `order` [(dis, ref)] first, then other pairs of the
     dataset; rows of pairs no longer in the dataset are dropped (their label is stale).
-    Torn bytes go with the rewrite. Returns the rows of the current pairs [(dis, ref, mos, pred)]."""
+    Torn bytes go with the rewrite. Returns the rows of the current pairs [(dis, ref, mos, pred)].
+    Labels all None (a label-free set): written as dis,ref,pred, returned with mos None."""
     done = collect(path)
     current = [(k, done[k][1]) for k in order if k in done]
     in_order = dict.fromkeys(order)
@@ -248,8 +272,12 @@ def finish(path, labels, order):
     rows = [(dis, ref, labels[(dis, ref)], pred) for (dis, ref), pred in current + others]
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(HEADER)
-    w.writerows(rows)
+    if _labelled(labels):
+        w.writerow(HEADER)
+        w.writerows(rows)
+    else:
+        w.writerow(UNLABELLED_HEADER)
+        w.writerows((dis, ref, pred) for dis, ref, _, pred in rows)
     _replace(path, out.getvalue().encode("utf-8"))
     for part in glob.glob(glob.escape(path) + ".rank*"):
         os.remove(part)
@@ -271,11 +299,19 @@ def prepare(records, labels, order, overwrite=False):
     Returns:
         {path: set of the (dis, ref) of `order` it already holds}.
     """
+    return prepare_many([(records, labels, order)], overwrite)
+
+
+def prepare_many(sets, overwrite=False):
+    """`prepare` for several sets at once [(records, labels, order)], each with its own pairs:
+    every file of every set is checked before any is touched."""
     if not overwrite:
-        for path, record in records.items():
-            if _exists(path):
-                check_resumable(path, record)
-    return {path: _prepare_one(path, record, labels, order, overwrite) for path, record in records.items()}
+        for records, _, _ in sets:
+            for path, record in records.items():
+                if _exists(path):
+                    check_resumable(path, record)
+    return {path: _prepare_one(path, record, labels, order, overwrite)
+            for records, labels, order in sets for path, record in records.items()}
 
 
 def _prepare_one(path, record, labels, order, overwrite):
@@ -325,25 +361,25 @@ def check_writable(folder):
         raise UserError(f"cannot write results to {folder}: {e.strerror or e} in {probe}") from None
 
 
-def append_summary(savedir, rows):
-    """Append rows to <savedir>/summary.csv (SUMMARY_FIELDS), in one write. A summary.csv
-    with another header (an older version's) is renamed summary.old-<k>.csv first and a
+def append_summary(savedir, rows, name="summary", fields=SUMMARY_FIELDS):
+    """Append rows to <savedir>/<name>.csv (`fields`), in one write. A summary file
+    with another header (an older version's) is renamed <name>.old-<k>.csv first and a
     fresh one started, so every summary file stays readable with its own header."""
-    path = os.path.join(savedir, "summary.csv")
+    path = os.path.join(savedir, f"{name}.csv")
     header = None
     if os.path.isfile(path):
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
             header = next(csv.reader(f), None)
     out = io.StringIO()
-    w = csv.DictWriter(out, SUMMARY_FIELDS, extrasaction="ignore", lineterminator="\n")
-    if header is not None and header != SUMMARY_FIELDS:
+    w = csv.DictWriter(out, fields, extrasaction="ignore", lineterminator="\n")
+    if header is not None and header != fields:
         k = 1
-        while os.path.exists(os.path.join(savedir, f"summary.old-{k}.csv")):
+        while os.path.exists(os.path.join(savedir, f"{name}.old-{k}.csv")):
             k += 1
-        old = os.path.join(savedir, f"summary.old-{k}.csv")
+        old = os.path.join(savedir, f"{name}.old-{k}.csv")
         with writing(path):
             os.replace(path, old)
-        sys.stderr.write(f"warning: {path} had an older header; moved to {old}, a new summary.csv is started\n")
+        sys.stderr.write(f"warning: {path} had an older header; moved to {old}, a new {name}.csv is started\n")
         header = None
     if header is None:
         w.writeheader()

@@ -4,6 +4,7 @@
   python run.py -dat live --root /data/LIVE -m dinov1 -d all
   python run.py -dat pipal --root /data/PIPAL -m clip_vitb32 -d l2 -rob tra -pct 1
   python run.py -dat tid2013 --root /data/TID2013 -m dinov1 -d wsd --kinds tra,sca,rot --pcts 1,2,4,8
+  python run.py -dat dirs --ref-dir GT --dis-dir OUT_A --dis-dir OUT_B -m dinov1 -d wsd
 
 Writes <sdir>/<dataset>_<name>[_<rob>-<pct>].csv (header dis,ref,mos,pred; paths relative to
 --root) with its record of settings beside it (.json), prints one summary row per distance
@@ -11,11 +12,19 @@ Writes <sdir>/<dataset>_<name>[_<rob>-<pct>].csv (header dis,ref,mos,pred; paths
 interrupted run resumes where it stopped when the settings match (results.py); a run locks
 its files. Under torchrun the pairs are sharded over the ranks and rank 0 writes the same
 files as one process would.
+
+Without labels (-dat dirs: output folders paired with a reference folder by file name, see
+methods.py; or -dat csv with only ref,dis columns) every set (output folder, or the list) gets
+<sdir>/<set>_<name>_<distance>[_<rob>-<pct>].csv (header dis,ref,pred; paths relative to their
+folders), a table ranking the sets per distance (mean, bootstrap CI, Wilcoxon against the best)
+appended to <sdir>/summary_unlabelled.csv, and a bar chart <sdir>/<name>_<distance>_methods.png.
+All sets' pairs are scored in one pass, so a reference shared by several sets is encoded once.
 """
 import contextlib
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,11 +34,14 @@ from utils import ArgParser, UserError, cli_entry, int_at_least, to_json
 
 def build_parser():
     p = ArgParser(description=__doc__.split("\n")[1])
-    p.add_argument("-dat", "--dataset", required=True, help="layout: pipal, live, tid2013, kadid10k, csv")
+    p.add_argument("-dat", "--dataset", required=True, help="layout: pipal, live, tid2013, kadid10k, csv, dirs")
     p.add_argument("--root", help="dataset folder (csv: paths are relative to it; default the CSV's folder)")
     p.add_argument("--csv", help="-dat csv: the list (columns ref, dis, mos or dmos)")
     p.add_argument("--higher-is-better", choices=["yes", "no"],
                    help="-dat csv: label direction (default: mos yes, dmos no)")
+    p.add_argument("--ref-dir", help="-dat dirs: the reference (ground-truth) folder")
+    p.add_argument("--dis-dir", action="append",
+                   help="-dat dirs: an output folder (one method) to score against --ref-dir; repeat per method")
     p.add_argument("-m", "--model", default="dinov1")
     p.add_argument("-d", "--distance", default="wsd", help="distance, comma list or 'all'")
     p.add_argument("-s", "--saveas", help="name used in the results file names (default: the model)")
@@ -52,7 +64,8 @@ def build_parser():
                    help="windows per forward pass (default 256 on a GPU, 16 on a CPU)")
     p.add_argument("--workers", type=int_at_least(0), default=None,
                    help="image-decoding processes (default 8 on a GPU, 0 on a CPU)")
-    p.add_argument("--limit", type=int_at_least(1), default=None, help="only the first N pairs")
+    p.add_argument("--limit", type=int_at_least(1), default=None,
+                   help="only the first N pairs (-dat dirs: of each output folder)")
     p.add_argument("--skip-missing", action="store_true",
                    help="score the usable pairs instead of stopping at missing, unreadable or mis-sized images")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
@@ -93,15 +106,16 @@ def check_images(dataset, pairs, skip_missing, resize=None, variants=(("", 0),))
 
     from utils import pair_problem
     sizes, unreadable = {}, set()
-    for rel in dict.fromkeys(p for r, d, _ in pairs for p in (r, d)):
+    for path in dict.fromkeys(p for r, d, _ in pairs for p in (dataset.ref_path(r), dataset.dis_path(d))):
         try:
-            with Image.open(dataset.path(rel)) as im:
-                sizes[rel] = (resize, resize) if resize else im.size  # header only: fast
+            with Image.open(path) as im:
+                sizes[path] = (resize, resize) if resize else im.size  # header only: fast
         except Exception:  # any missing or unreadable file counts as unusable
-            unreadable.add(rel)
+            unreadable.add(path)
     shrink = max((p for k, p in variants if k == "tra"), default=0)  # the largest shift crops the most
 
     def problem(ref, dis):
+        ref, dis = dataset.ref_path(ref), dataset.dis_path(dis)
         if ref in unreadable or dis in unreadable:
             return "missing or unreadable"
         return pair_problem(sizes[ref], sizes[dis], shrink, bool(resize))
@@ -119,65 +133,131 @@ def check_images(dataset, pairs, skip_missing, resize=None, variants=(("", 0),))
     return [p for p, w in zip(pairs, why, strict=False) if not w]
 
 
-def load_pairs(args, variants):
-    """The dataset (all its pairs, for labels) and the pairs to score: the first --limit, the
-    usable ones; the results folder is checked writable first, before any work."""
-    from datasets import load_dataset
+@dataclass
+class Plan:
+    """What a run scores: its sets (datasets.Dataset: a labelled dataset, a label-free list, or
+    one per output folder of -dat dirs), each set's usable pairs [(ref, dis, label)] and the
+    number skipped up front. Pair i of the run (a job's index) is `index[i]` = (set, k)."""
+    sets: list
+    pairs: list
+    skipped: list
+
+    def __post_init__(self):
+        self.index = [(s, k) for s, pairs in enumerate(self.pairs) for k in range(len(pairs))]
+
+    @property
+    def labelled(self):
+        return self.sets[0].labelled
+
+    @property
+    def name(self):
+        return self.sets[0].name if len(self.sets) == 1 else "dirs"
+
+    def order(self, s):
+        """Set s's pairs to score as results-file keys [(dis, ref)]."""
+        return [(dis, ref) for ref, dis, _ in self.pairs[s]]
+
+    def files(self):
+        """Every pair of the run as paths on disk [(ref, dis)]: one list for one engine call."""
+        return [(self.sets[s].ref_path(self.pairs[s][k][0]), self.sets[s].dis_path(self.pairs[s][k][1]))
+                for s, k in self.index]
+
+
+def load_sets(args):
+    """The run's sets: one dataset (labelled, or a label-free list), or -dat dirs' folders."""
+    from datasets import load_dataset, load_dirs
+    if args.dataset != "dirs":
+        if args.ref_dir or args.dis_dir:
+            raise UserError("--ref-dir/--dis-dir go with -dat dirs (score output folders against references)")
+        hib = None if args.higher_is_better is None else args.higher_is_better == "yes"
+        return [load_dataset(args.dataset, args.root, csv_file=args.csv, higher_is_better=hib)]
+    if not args.ref_dir or not args.dis_dir:
+        raise UserError("-dat dirs needs --ref-dir GT and --dis-dir OUT (the flag once per output folder)")
+    if args.root or args.csv:
+        raise UserError("-dat dirs takes --ref-dir and --dis-dir, not --root or --csv")
+    return load_dirs(args.ref_dir, args.dis_dir, args.skip_missing, lambda line: sys.stderr.write(line + "\n"))
+
+
+def load_plan(args, variants):
+    """The sets and the pairs to score: the first --limit of each set, the usable ones; the
+    results folder is checked writable first, before any work."""
     results.check_writable(args.savedir)
-    hib = None if args.higher_is_better is None else args.higher_is_better == "yes"
-    dataset = load_dataset(args.dataset, args.root, csv_file=args.csv, higher_is_better=hib)
-    pairs = check_images(dataset, dataset.pairs[: args.limit], args.skip_missing, args.resize, variants)
-    if not pairs:
-        raise UserError(f"no pairs to score in {dataset.root}")
-    return dataset, pairs, len(dataset.pairs[: args.limit]) - len(pairs)
+    sets, pairs, skipped = [], [], []
+    for dataset in load_sets(args):
+        limited = dataset.pairs[: args.limit]
+        usable = check_images(dataset, limited, args.skip_missing, args.resize, variants)
+        if not usable:
+            sys.stderr.write(f"warning: no pairs to score in {dataset.root}; left out\n")
+            continue
+        sets.append(dataset)
+        pairs.append(usable)
+        skipped.append(len(limited) - len(usable))
+    if not sets:
+        raise UserError("no pairs to score")
+    return Plan(sets, pairs, skipped)
 
 
-def results_files(args, dataset_name, variants):
-    """{(variant index, distance): results path} and {path: (distance, variant, pred higher
-    better)}; distances checked against the backbone (without loading it)."""
+def results_files(args, plan, variants):
+    """{((set, variant index), distance): results path} and, per set, {path: (distance, variant,
+    pred higher better)}; distances checked against the backbone (without loading it)."""
     from distances import DISTANCES
     from engine import parse_distances
     from models import get_backbone
     names = parse_distances(args.distance, get_backbone(args.model))
-    paths = {(v, d): results.results_path(args.savedir, dataset_name, args.model, d, variants[v], args.saveas,
-                                          len(names))
-             for v in range(len(variants)) for d in names}
-    return paths, {p: (d, variants[v], not DISTANCES[d].lower_better) for (v, d), p in paths.items()}
+    paths, files = {}, []
+    for s, dataset in enumerate(plan.sets):
+        files.append({})
+        for v, variant in enumerate(variants):
+            for d in names:  # label-free sets: the distance always in the name (n_distances 0)
+                path = results.results_path(args.savedir, dataset.name, args.model, d, variant, args.saveas,
+                                            len(names) if dataset.labelled else 0)
+                paths[((s, v), d)] = path
+                files[s][path] = (d, variant, not DISTANCES[d].lower_better)
+    return paths, files
 
 
-def todo_jobs(done, paths, order):
+def prepare(args, plan, records):
+    """Make every set's results files ready (results.prepare_many); returns {path: done keys}."""
+    return results.prepare_many([(records[s], results.labels_of(dataset.pairs), plan.order(s))
+                                 for s, dataset in enumerate(plan.sets)], args.overwrite)
+
+
+def todo_jobs(done, paths, plan):
     """The (variant, pair index) jobs some distance's file still lacks, variant-major."""
-    variants = sorted({v for v, _ in paths})
-    complete = {v: set.intersection(*(done[p] for (w, _), p in paths.items() if w == v)) for v in variants}
-    return [(v, i) for v in variants for i, key in enumerate(order) if key not in complete[v]]
+    groups = sorted({g for g, _ in paths})
+    complete = {g: set.intersection(*(done[p] for (h, _), p in paths.items() if h == g)) for g in groups}
+    keys = [(plan.pairs[s][k][1], plan.pairs[s][k][0]) for s, k in plan.index]
+    return [(v, i) for v in sorted({v for _, v in groups}) for i, (s, _) in enumerate(plan.index)
+            if keys[i] not in complete[(s, v)]]
 
 
-def score(args, dist, scorer, dataset, pairs, variants, paths, todo):
+def score(args, dist, scorer, plan, variants, paths, todo):
     """Score this rank's share of the jobs, appending rows to the results (torchrun: part)
-    files as they finish. Returns (pairs scored, [pairs skipped mid-run per variant], seconds),
-    summed over the ranks."""
+    files as they finish. Returns (pairs scored, [[pairs skipped mid-run per variant] per set],
+    seconds), summed over the ranks."""
     from robustness import Transform
     transforms = [Transform(k, p) if k else None for k, p in variants]
-    skipped = np.zeros(len(variants), dtype=int)
+    skipped = np.zeros((len(plan.sets), len(variants)), dtype=int)
+    files = plan.files()
 
     def skip(job, message):  # --skip-missing: a pair that cannot be decoded mid-run
-        skipped[job[0]] += 1
-        sys.stderr.write(f"warning: skipped {pairs[job[1]][1]}: {message}\n")
+        skipped[plan.index[job[1]][0], job[0]] += 1
+        sys.stderr.write(f"warning: skipped {files[job[1]][1]}: {message}\n")
     targets = paths if dist.world == 1 else {k: results.part_path(p, dist.rank) for k, p in paths.items()}
     progress = None
     if not args.no_progress and dist.rank == 0:
         from tqdm import tqdm
-        progress = tqdm(total=len(todo), unit="pair", dynamic_ncols=True, desc=f"{dataset.name} {args.model}",
+        progress = tqdm(total=len(todo), unit="pair", dynamic_ncols=True, desc=f"{plan.name} {args.model}",
                         disable=None, file=sys.stderr)
-    files = [(dataset.path(r), dataset.path(d)) for r, d, _ in pairs]
     count, started = 0, time.perf_counter()
-    writer = results.ResultsWriter(targets)
+    writer = results.ResultsWriter(targets, plan.labelled)
     try:
-        for (v, i), row in scorer.score_files(files, transforms, jobs=dist.shard(pairs, todo),
+        for (v, i), row in scorer.score_files(files, transforms, jobs=dist.shard(files, todo),
                                               **({"on_error": skip} if args.skip_missing else {})):
-            ref, dis, mos = pairs[i]
+            s, k = plan.index[i]
+            ref, dis, mos = plan.pairs[s][k]
             for j, d in enumerate(scorer.distances):
-                writer.write((v, d), dis, ref, mos, row[j])
+                writer.write(((s, v), d), dis, ref, mos, row[j])
             count += 1
             if progress is not None:
                 progress.update(dist.world)
@@ -188,28 +268,64 @@ def score(args, dist, scorer, dataset, pairs, variants, paths, todo):
     return dist.sum(count), dist.sum(skipped), time.perf_counter() - started
 
 
-def summarise(args, dataset, records, paths, order, stats):
+def _rate(count, elapsed):
+    return round(count / elapsed, 2) if count and elapsed > 0 else float("nan")
+
+
+def summarise(args, plan, records, paths, stats):
     """Finish every results file (dataset order, current labels, parts merged) and append its
     summary row (correlations and the settings of its record) to summary.csv."""
     from calc_scores import correlations
-    labels = results.labels_of(dataset.pairs)
-    count, skipped, elapsed, skipped_up_front = stats
-    rate = count / elapsed if count and elapsed > 0 else float("nan")
+    count, skipped, elapsed = stats
     summary = []
-    for (v, _d), path in paths.items():
-        rec = records[path]
-        rows = results.finish(path, labels, order)
+    for ((s, v), _d), path in paths.items():
+        dataset, rec = plan.sets[s], records[path]
+        rows = results.finish(path, results.labels_of(dataset.pairs), plan.order(s))
         c = correlations([r[3] for r in rows], [r[2] for r in rows], dataset.higher_better, rec["pred_higher_better"])
-        summary.append({**rec, **c, "n_skipped": int(skipped_up_front + skipped[v]), "pairs_per_s": round(rate, 2),
-                        "file": path})
+        summary.append({**rec, **c, "n_skipped": int(plan.skipped[s] + skipped[s, v]),
+                        "pairs_per_s": _rate(count, elapsed), "file": path})
     results.append_summary(args.savedir, summary)
     if args.kinds:
         from robustness import write_sweep
         table, png = write_sweep(summary, os.path.join(args.savedir,
-                                                       f"{dataset.name}_{args.saveas or args.model}_sweep"))
+                                                       f"{plan.name}_{args.saveas or args.model}_sweep"))
         for row in summary:
             row["sweep_table"], row["sweep_plot"] = table, png
     return summary
+
+
+def summarise_unlabelled(args, plan, records, paths, stats):
+    """Finish every label-free results file; one row per set, variant and distance: the
+    statistics of its scores (methods.summarize) and, among ≥2 sets, the paired test against
+    the best set on the references both scored. Rows go to summary_unlabelled.csv; one bar
+    chart per variant and distance."""
+    from methods import bar_chart, paired_tests, summarize
+    count, skipped, elapsed = stats
+    rows, scores = [], {}
+    for ((s, v), d), path in paths.items():
+        dataset, rec = plan.sets[s], records[path]
+        got = results.finish(path, results.labels_of(dataset.pairs), plan.order(s))
+        scores.setdefault((v, d), {})[dataset.name] = {ref: pred for _, ref, _, pred in got}
+        stat = summarize([pred for *_, pred in got])
+        rows.append({"set": dataset.name, **rec, **stat, "ci95_low": stat["ci95"][0], "ci95_high": stat["ci95"][1],
+                     "lower_better": not rec["pred_higher_better"], "vs": None, "n_common": None, "p_value": None,
+                     "wins": None, "losses": None, "n_skipped": int(plan.skipped[s] + skipped[s, v]),
+                     "pairs_per_s": _rate(count, elapsed), "file": path})
+    keys = [(v, d) for ((_, v), d) in paths]
+    lower = {key: row["lower_better"] for key, row in zip(keys, rows)}
+    tests = {key: paired_tests(per_set, lower[key]) for key, per_set in scores.items() if len(per_set) > 1}
+    for key, row in zip(keys, rows):
+        row.update(tests.get(key, {}).get(row["set"], {}))
+    results.append_summary(args.savedir, rows, "summary_unlabelled", results.UNLABELLED_FIELDS)
+    for key in scores:
+        group = [row for k, row in zip(keys, rows) if k == key]
+        suffix = f"_{group[0]['robustness']}-{group[0]['pct']}" if group[0]["robustness"] != "none" else ""
+        chart = os.path.join(args.savedir, f"{args.saveas or args.model}_{key[1]}{suffix}_methods.png")
+        title = f"{args.saveas or args.model}, {key[1]}{suffix.replace('_', ', ')}: mean per set, 95% CI"
+        bar_chart(group, chart, title)
+        for row in group:
+            row["chart"] = chart
+    return rows
 
 
 def report(args, summary):
@@ -227,6 +343,28 @@ def report(args, summary):
             print(f"{'':8} {'':>7} {r['n_skipped']:>6} pair(s) skipped")
 
 
+def report_unlabelled(args, rows):
+    """Print the label-free rows: per variant, one table per distance ranking the sets
+    (methods.format_table), or JSON with --json."""
+    from methods import format_table
+    if args.json:
+        print(to_json(rows))
+        return
+    variants = dict.fromkeys((r["robustness"], r["pct"]) for r in rows)
+    for kind, pct in variants:
+        if len(variants) > 1 or kind != "none":
+            print(f"[{'clean' if kind == 'none' else f'{kind}-{pct}'}]")
+        for d in dict.fromkeys(r["distance"] for r in rows):
+            group = [r for r in rows if r["distance"] == d and (r["robustness"], r["pct"]) == (kind, pct)]
+            print(format_table(group, group[0]["lower_better"]))
+    for r in rows:
+        if r["n_skipped"]:
+            print(f"{r['set']}, {r['distance']}: {r['n_skipped']} pair(s) skipped")
+    print(f"{rows[0]['pairs_per_s']} pairs/s; per-pair files in {args.savedir}; summary appended to "
+          f"{os.path.join(args.savedir, 'summary_unlabelled.csv')}; charts {rows[0]['chart']}"
+          + (" …" if len({r['chart'] for r in rows}) > 1 else ""))
+
+
 @cli_entry
 def main(argv=None):
     """Check everything that can be checked before the model loads (arguments, results
@@ -236,21 +374,23 @@ def main(argv=None):
     from engine import Scorer
     dist = distributed.setup()
     variants = variants_of(args)
-    dataset, pairs, skipped_up_front = dist.from_rank0(lambda: load_pairs(args, variants))
-    paths, files = results_files(args, dataset.name, variants)
+    plan = dist.from_rank0(lambda: load_plan(args, variants))
+    paths, files = results_files(args, plan, variants)
     lock = dist.from_rank0(lambda: results.Lock(paths.values()), share=False)
     with lock or contextlib.nullcontext():
         scorer = Scorer(args.model, args.distance, device=dist.device(args.device), precision=args.precision,
                         weights=args.weights, batch_size=args.batch_size, workers=args.workers, resize=args.resize,
                         model_norm=args.model_norm)
-        records = results.make_records(dataset, scorer.settings, files)
-        order = [(dis, ref) for ref, dis, _ in pairs]
-        todo = dist.from_rank0(lambda: todo_jobs(
-            results.prepare(records, results.labels_of(dataset.pairs), order, args.overwrite), paths, order))
-        stats = score(args, dist, scorer, dataset, pairs, variants, paths, todo)
+        per_set = [results.make_records(dataset, scorer.settings, files[s]) for s, dataset in enumerate(plan.sets)]
+        records = {path: rec for recs in per_set for path, rec in recs.items()}
+        todo = dist.from_rank0(lambda: todo_jobs(prepare(args, plan, per_set), paths, plan))
+        stats = score(args, dist, scorer, plan, variants, paths, todo)
         if dist.rank != 0:
             return 0
-        report(args, summarise(args, dataset, records, paths, order, (*stats, skipped_up_front)))
+        if plan.labelled:
+            report(args, summarise(args, plan, records, paths, stats))
+        else:
+            report_unlabelled(args, summarise_unlabelled(args, plan, records, paths, stats))
     return 0
 
 

@@ -102,3 +102,16 @@ def make_csv(root, n=4, size=(224, 250)):
         rows.append({"ref": f"gt/{k}.png", "dis": f"out/{k}.png", "mos": 4.5 - k})
     _write_rows(f"{root}/list.csv", rows)
     return f"{root}/list.csv"
+
+
+def make_dirs(root, levels=(("A", 1), ("B", 4)), n=8, size=(224, 232), sub=True):
+    """A reference folder GT/ and one output folder per (name, noise level), files paired by
+    name (GT/0.png ↔ A/0.png; with `sub`, the last image in a subfolder x/). Returns
+    (GT folder, [output folders])."""
+    names = [f"x/{k}" if sub and k == n - 1 else str(k) for k in range(n)]
+    for k, name in enumerate(names):
+        _img(f"{root}/GT/{name}.png", *size, 800 + k)
+    for m, (method, level) in enumerate(levels):
+        for k, name in enumerate(names):
+            _distort(f"{root}/GT/{name}.png", f"{root}/{method}/{name}.png", level, 900 + 50 * m + k)
+    return f"{root}/GT", [f"{root}/{method}" for method, _ in levels]

@@ -1,0 +1,260 @@
+"""run.py -dat dirs (output folders against a reference folder) and label-free lists, end to end
+with the tiny backbone: per-pair files, the ranking table, resume, torchrun, bad input."""
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import stats
+
+import minidata
+import run
+from conftest import ROOT
+from engine import Scorer
+
+
+def _run(tiny, *args):
+    name, weights = tiny
+    return run.main([*args, "-m", name, "--weights", weights, "--device", "cpu", "--no-progress"])
+
+
+def _dirs(gt, outs):
+    return ["-dat", "dirs", "--ref-dir", gt, *[a for o in outs for a in ("--dis-dir", o)]]
+
+
+def _api(tiny, gt, out, frame, distances):
+    return Scorer(tiny[0], distances, device="cpu", weights=tiny[1])(
+        [os.path.join(gt, p) for p in frame.ref], [os.path.join(out, p) for p in frame.dis])
+
+
+def test_dirs_files_equal_api_and_summary_equals_scipy(tiny, tmp_path, capsys):
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"))
+    res = tmp_path / "res"
+    assert _run(tiny, *_dirs(gt, outs), "-d", "l2,wsd", "-sdir", str(res), "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 4 and {r["set"] for r in rows} == {"A", "B"}
+    frames = {}
+    for method, out in zip(("A", "B"), outs):
+        for d in ("l2", "wsd"):
+            path = res / f"{method}_{tiny[0]}_{d}.csv"
+            frames[(method, d)] = frame = pd.read_csv(path)
+            assert list(frame.columns) == ["dis", "ref", "pred"] and len(frame) == 8
+            assert "x/7.png" in set(frame.dis)  # paths relative to their folders, subfolders kept
+            record = json.loads(path.with_suffix(".json").read_text())
+            assert record["ref_dir"] == os.path.abspath(gt) and record["dis_dir"] == os.path.abspath(out)
+            assert record["label_higher_better"] is None and record["distance"] == d
+        api = _api(tiny, gt, out, frames[(method, "l2")], ["l2", "wsd"])
+        for d in ("l2", "wsd"):
+            np.testing.assert_allclose(frames[(method, d)].pred, api[d].numpy(), rtol=1e-6)
+    for r in rows:
+        x = frames[(r["set"], r["distance"])].pred.to_numpy()
+        assert r["model"] == tiny[0] and r["n"] == 8
+        assert r["mean"] == pytest.approx(x.mean()) and r["std"] == pytest.approx(x.std(ddof=1))
+        assert r["median"] == pytest.approx(np.median(x)) and r["ci95"][0] <= x.mean() <= r["ci95"][1]
+    for d in ("l2", "wsd"):  # noise level 1 beats level 4 on every image
+        best, worse = (next(r for r in rows if r["distance"] == d and r["set"] == s) for s in ("A", "B"))
+        assert best["p_value"] is None and best["vs"] == worse["vs"] == "A"
+        a, b = frames[("A", d)].set_index("ref").pred, frames[("B", d)].set_index("ref").pred
+        assert worse["p_value"] == pytest.approx(stats.wilcoxon(b[a.index], a).pvalue)
+        assert worse["p_value"] < 0.05 and worse["losses"] == 8 and worse["wins"] == 0
+    logged = list(csv.DictReader(open(res / "summary_unlabelled.csv")))
+    assert len(logged) == 4 and {r["set"] for r in logged} == {"A", "B"}
+    for d in ("l2", "wsd"):
+        assert (res / f"{tiny[0]}_{d}_methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_ranks_the_better_method_first(tiny, tmp_path, capsys):
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), levels=(("worse", 4), ("better", 1)), n=6)
+    assert _run(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "r"), "--limit", "5") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "l2 (lower = more alike to the reference)"
+    first, second = lines[2].split(), lines[3].split()
+    assert first[:3] == ["1", "better", "5"] and first[-1] == "best"  # --limit: per folder
+    assert second[:3] == ["2", "worse", "5"] and second[-1] == "0/5"
+
+
+def test_reference_encoded_once_across_methods(tiny, tmp_path, monkeypatch):
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), levels=(("a", 1), ("b", 2), ("c", 3)), n=3)
+    encoded, calls = [], []
+    original_encode, original_files = Scorer.encode, Scorer.score_files
+    monkeypatch.setattr(Scorer, "encode", lambda self, w: encoded.append(w.shape[0]) or original_encode(self, w))
+
+    def score_files(self, *a, **k):
+        calls.append(1)
+        yield from original_files(self, *a, **k)
+    monkeypatch.setattr(Scorer, "score_files", score_files)
+    _run(tiny, *_dirs(gt, outs), "-d", "l2,cos", "-sdir", str(tmp_path / "r"))
+    assert len(calls) == 1
+    n_windows = 2  # 224×232 → 1×2 windows
+    assert sum(encoded) == n_windows * (3 + 3 * 3)  # 3 references once each, 9 outputs
+
+
+def test_label_free_csv_equals_a_dirs_set(tiny, tmp_path, capsys):
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), levels=(("A", 2),), n=4, sub=False)
+    lst = tmp_path / "d" / "mine.csv"
+    lst.write_text("ref,dis\n" + "".join(f"GT/{k}.png,A/{k}.png\n" for k in range(4)))
+    assert _run(tiny, "-dat", "csv", "--csv", str(lst), "-d", "l2", "-sdir", str(tmp_path / "r"), "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1 and rows[0]["set"] == "mine" and rows[0]["n"] == 4 and "srcc" not in rows[0]
+    frame = pd.read_csv(tmp_path / "r" / f"mine_{tiny[0]}_l2.csv")
+    assert list(frame.columns) == ["dis", "ref", "pred"] and list(frame.ref) == [f"GT/{k}.png" for k in range(4)]
+    _run(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "r2"), "--json")
+    other = json.loads(capsys.readouterr().out)[0]
+    np.testing.assert_allclose(frame.pred, pd.read_csv(tmp_path / "r2" / f"A_{tiny[0]}_l2.csv").pred, rtol=1e-6)
+    assert rows[0]["mean"] == pytest.approx(other["mean"]) and rows[0]["ci95"] == pytest.approx(other["ci95"])
+
+
+def test_interrupted_dirs_run_resumes_without_recomputing(tiny, tmp_path, monkeypatch):
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=4)
+    args = [*_dirs(gt, outs), "-d", "l2,jsd", "--batch-size", "3"]
+    _run(tiny, *args, "-sdir", str(tmp_path / "full"))
+    original = Scorer.score_files
+
+    def crashing(self, *a, **k):
+        for n, item in enumerate(original(self, *a, **k)):
+            if n == 3:
+                raise KeyboardInterrupt
+            yield item
+    monkeypatch.setattr(Scorer, "score_files", crashing)
+    part = tmp_path / "part"
+    with pytest.raises(SystemExit) as e:
+        _run(tiny, *args, "-sdir", str(part))
+    assert e.value.code == 130
+    assert sum(len(pd.read_csv(part / f"{m}_{tiny[0]}_l2.csv")) for m in "AB") == 3
+    monkeypatch.setattr(Scorer, "score_files", original)
+    seen, chunks_orig = [], Scorer.score_chunks
+
+    def counting(self, chunks):
+        for item in chunks_orig(self, chunks):
+            seen.append(item[0])
+            yield item
+    monkeypatch.setattr(Scorer, "score_chunks", counting)
+    _run(tiny, *args, "-sdir", str(part))
+    assert len(seen) == 8 - 3  # only the missing pairs were scored
+    for m in "AB":
+        for d in ("l2", "jsd"):
+            name = f"{m}_{tiny[0]}_{d}.csv"
+            a, b = pd.read_csv(tmp_path / "full" / name), pd.read_csv(part / name)
+            assert list(a.dis) == list(b.dis)
+            np.testing.assert_allclose(a.pred, b.pred, rtol=1e-6)
+
+
+def test_record_tells_reference_folders_apart(tiny, tmp_path, capsys):
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), levels=(("A", 1),), n=2)
+    other = tmp_path / "GT2"
+    os.rename(gt, other)
+    _run(tiny, *_dirs(str(other), outs), "-d", "l2", "-sdir", str(tmp_path / "r"))
+    minidata.make_dirs(str(tmp_path / "d"), levels=(), n=2)  # a second reference folder, same file names
+    with pytest.raises(SystemExit) as e:
+        _run(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "r"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "was made with ref_dir" in err and len(err.strip().splitlines()) == 1
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_equal_one_on_dirs(tiny_weights, tmp_path):
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=5)
+    common = [*_dirs(gt, outs), "-m", "tiny_vit_test", "-d", "l2,wsd", "--device", "cpu", "--no-progress", "--json"]
+    script = str(ROOT / "tests" / "tiny_run.py")
+    one = subprocess.run([sys.executable, script, tiny_weights, *common, "-sdir", str(tmp_path / "one")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(_free_port()), script, tiny_weights, *common, "-sdir", str(tmp_path / "two")],
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-2000:]
+    for m in "AB":
+        for d in ("l2", "wsd"):
+            a = pd.read_csv(tmp_path / "one" / f"{m}_tiny_vit_test_{d}.csv")
+            b = pd.read_csv(tmp_path / "two" / f"{m}_tiny_vit_test_{d}.csv")
+            assert list(a.dis) == list(b.dis) and list(a.ref) == list(b.ref)
+            np.testing.assert_allclose(a.pred, b.pred, rtol=1e-5)
+    assert not list((tmp_path / "two").glob("*.rank*"))
+    for x, y in zip(json.loads(one.stdout), json.loads(two.stdout), strict=True):
+        assert (x["set"], x["distance"], x["n"]) == (y["set"], y["distance"], y["n"])
+        assert x["mean"] == pytest.approx(y["mean"], rel=1e-5) and x["wins"] == y["wins"]
+
+
+@pytest.mark.parametrize("case,match", [
+    ("empty", "holds no images"), ("nopartner", "no image has a partner"), ("noref", "folder not found"),
+    ("twice", "given twice"), ("dup", "differ only by extension"), ("orphan", "pass --skip-missing"),
+    ("flags_without_dirs", "go with -dat dirs"), ("dirs_without_flags", "-dat dirs needs --ref-dir"),
+    ("no_dis", "-dat dirs needs --ref-dir"), ("sizes", "sizes differ")])
+def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys, case, match):
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=2, sub=False)
+    args = _dirs(gt, outs)
+    if case == "empty":
+        os.makedirs(tmp_path / "E")
+        args = _dirs(gt, [str(tmp_path / "E")])
+    elif case == "nopartner":
+        Image.new("RGB", (224, 232)).save(tmp_path / "d" / "A" / "zzz.png")
+        [os.remove(os.path.join(outs[0], f"{k}.png")) for k in range(2)]
+    elif case == "noref":
+        args = _dirs(str(tmp_path / "none"), outs)
+    elif case == "twice":
+        args = _dirs(gt, [outs[0], outs[0] + "/"])
+    elif case == "dup":
+        Image.new("RGB", (224, 232)).save(os.path.join(outs[1], "0.jpg"))
+    elif case == "orphan":
+        os.remove(os.path.join(outs[1], "1.png"))
+    elif case == "flags_without_dirs":
+        args = ["-dat", "kadid10k", "--root", str(tmp_path), "--ref-dir", gt]
+    elif case == "dirs_without_flags":
+        args = ["-dat", "dirs", "--dis-dir", outs[0]]
+    elif case == "no_dis":
+        args = ["-dat", "dirs", "--ref-dir", gt]
+    elif case == "sizes":
+        Image.new("RGB", (230, 232)).save(os.path.join(outs[1], "1.png"))
+    with pytest.raises(SystemExit) as e:
+        _run(tiny, *args, "-d", "l2", "-sdir", str(tmp_path / "r"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_skip_missing_scores_the_pairs_found(tiny, tmp_path, capsys):
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=3, sub=False)
+    os.remove(os.path.join(outs[1], "1.png"))
+    assert _run(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "r"), "--skip-missing", "--json") == 0
+    rows = {r["set"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["A"]["n"] == 3 and rows["B"]["n"] == 2 and rows["B"]["n_common"] == 2
+
+
+def test_sweep_on_dirs_matches_a_single_robustness_run(tiny, tmp_path, capsys):
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=2, sub=False)
+    assert _run(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "s"), "--kinds", "rot,sca",
+                "--pcts", "2") == 0
+    out = capsys.readouterr().out
+    assert "[clean]" in out and "[rot-2]" in out and "[sca-2]" in out
+    _run(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "one"), "-rob", "rot", "-pct", "2")
+    for m in "AB":
+        np.testing.assert_allclose(pd.read_csv(tmp_path / "s" / f"{m}_{tiny[0]}_l2_rot-2.csv").pred,
+                                   pd.read_csv(tmp_path / "one" / f"{m}_{tiny[0]}_l2_rot-2.csv").pred, rtol=1e-6)
+    assert (tmp_path / "s" / f"{tiny[0]}_l2_sca-2_methods.png").is_file()
+    logged = list(csv.DictReader(open(tmp_path / "s" / "summary_unlabelled.csv")))
+    assert {(r["robustness"], r["pct"]) for r in logged} == {("none", "0"), ("rot", "2"), ("sca", "2")}
+
+
+def test_label_free_files_keep_complete_rows_only(tmp_path):
+    import results
+    path = str(tmp_path / "A_m_l2.csv")
+    writer = results.ResultsWriter({"k": path}, labelled=False)
+    writer.write("k", "0.png", "0.png", None, 0.5)
+    writer.close()
+    with open(path, "a") as f:
+        f.write("1.png,1.png,0.7")  # torn: no newline
+    assert open(path).read().startswith("dis,ref,pred\n0.png,0.png,0.5\n")
+    assert results.read_done(path) == {("0.png", "0.png"): (None, 0.5)}
+    rows = results.finish(path, {("0.png", "0.png"): None, ("1.png", "1.png"): None}, [("0.png", "0.png")])
+    assert rows == [("0.png", "0.png", None, 0.5)] and open(path).read() == "dis,ref,pred\n0.png,0.png,0.5\n"
