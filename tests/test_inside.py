@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import needs_shared
 from PIL import Image
 
 import run_single_img
+from conftest import needs_shared
 from distances import DISTANCES
 from engine import PerceptualLoss, Scorer
 from layers import parse_layers
