@@ -116,13 +116,14 @@ class Accumulator:
         return self.next - 1
 
     def add(self, rows, scores):
+        """Add window scores [B, columns] to the rows (a tensor on the device) of their pairs."""
         if self.next > self.sums.shape[0]:
             self.sums = _grown(self.sums, max(self.next, 2 * self.sums.shape[0]))
-        self.sums.index_add_(0, rows.to(self.sums.device, non_blocking=True), scores)
+        self.sums.index_add_(0, rows, scores)
 
     def pop(self, rows):
         """The sums of these rows (zeroed and freed for reuse)."""
-        idx = torch.tensor(rows).to(self.sums.device, non_blocking=True)
+        idx = upload(torch.tensor(rows), self.sums.device)
         out = self.sums.index_select(0, idx)
         self.sums.index_fill_(0, idx, 0)
         self.free.extend(rows)
@@ -294,21 +295,18 @@ class EngineRun:
         feats = [f[:n] for f in self.scorer.encode(wins)]
         is_ref, slots, rows = (torch.cat([getattr(p, k) for p in parts]) for k in ("is_ref", "slots", "rows"))
         ref_at = is_ref.nonzero().flatten()
+        dis_at = (~is_ref).nonzero().flatten()
+        # every index the batch needs, sent in one copy: [ref_at, their slots, dis_at, their slots, their rows]
+        index = upload(torch.cat([ref_at, slots[ref_at], dis_at, slots[dis_at], rows[dis_at]]), self.dev)
+        ref_at_d, ref_slots_d, dis_at_d, dis_slots_d, rows_d = index.split([len(ref_at)] * 2 + [len(dis_at)] * 3)
         if len(ref_at):
             self.streams.main_waits_for_side()  # slots being rewritten may still be read by the last comparison
-            at = ref_at.to(self.dev, non_blocking=True)
-            self.pool.write(slots[ref_at].to(self.dev, non_blocking=True), [f[at] for f in feats])
-        dis_at = (~is_ref).nonzero().flatten()
+            self.pool.write(ref_slots_d, [f[ref_at_d] for f in feats])
         if len(dis_at):
-            with self.streams.side(feats):
-                self._compare(feats, dis_at, slots, rows, all_distorted=not len(ref_at))
-
-    def _compare(self, feats, dis_at, slots, rows, all_distorted):
-        """Score the batch's distorted windows against their reference slots, add to their pairs."""
-        f_dis = feats if all_distorted else [f[dis_at.to(self.dev, non_blocking=True)] for f in feats]
-        ref_slots = slots[dis_at].to(self.dev, non_blocking=True)
-        scores = self.scorer.window_scores(f_dis, lambda a, b: self.pool.read(ref_slots[a:b]), self.per_layer)
-        self.acc.add(rows[dis_at], scores)
+            with self.streams.side([*feats, index]):
+                f_dis = feats if not len(ref_at) else [f[dis_at_d] for f in feats]
+                scores = self.scorer.window_scores(f_dis, lambda a, b: self.pool.read(dis_slots_d[a:b]), self.per_layer)
+                self.acc.add(rows_d, scores)
 
     # ---- reading back
     def _collect(self, upto):
@@ -575,7 +573,7 @@ class Scorer:
                             f"(per-layer scores exist for l2, cos)")
         run, nd = EngineRun(self, per_layer), len(self.distances)
         n_layer = len(self.layer_distances) if per_layer else 0
-        keep = 1 if self.device.type == "cuda" else 0
+        keep = 2 if self.device.type == "cuda" else 0  # read-backs left in flight: the GPU never waits for the host
         for chunk in chunks:
             run.add(chunk)
             run.flush(self.batch_size)
@@ -588,6 +586,14 @@ def _split(finished, nd, n_layer):
     """(job, row) → (job, scores), or (job, scores, per-block rows [n_layer, L]) when n_layer."""
     for job, row in finished:
         yield (job, row[:nd], row[nd:].reshape(n_layer, -1)) if n_layer else (job, row)
+
+
+def upload(t, device):
+    """A small CPU tensor on `device` without a host sync: a copy from pageable memory makes
+    CUDA wait for the stream's queued work first, one from page-locked memory does not."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _report_failures(chunks, on_error):

@@ -145,6 +145,16 @@ def window_count(height, width):
     return len(window_positions(height)) * len(window_positions(width))
 
 
+@functools.lru_cache(maxsize=64)
+def _window_index(height, width, device):
+    """Row and column indices of every window's pixels, on the device, made once per image
+    size (a fresh host→device copy per image would make CUDA sync with its queued work)."""
+    offs = torch.arange(WINDOW)
+    rows = (torch.tensor(window_positions(height))[:, None] + offs).reshape(-1)
+    cols = (torch.tensor(window_positions(width))[:, None] + offs).reshape(-1)
+    return rows.to(device), cols.to(device)
+
+
 def windows(img, select=None):
     """Crop every 224×224 window (rows outer) of img [3, H, W] → [K, 3, 224, 224], or of a
     stack [n, 3, H, W] → [n·K, 3, 224, 224] (image-major), by one gather per axis instead
@@ -154,15 +164,14 @@ def windows(img, select=None):
     img = img if batched else img[None]
     n, c, h, w = img.shape
     pr, pc = window_positions(h), window_positions(w)
-    offs = torch.arange(WINDOW)  # indices built on the host and sent without a device sync
+    offs = torch.arange(WINDOW)
     if select is not None:
         k = torch.as_tensor(list(select))
         rows = (torch.tensor(pr)[k // len(pc), None] + offs).to(img.device, non_blocking=True)
         cols = (torch.tensor(pc)[k % len(pc), None] + offs).to(img.device, non_blocking=True)
         crops = img[:, :, rows[:, :, None], cols[:, None, :]]  # [n, 3, k, 224, 224]
         return crops.transpose(1, 2).reshape(n * len(k), c, WINDOW, WINDOW)
-    rows = (torch.tensor(pr)[:, None] + offs).reshape(-1).to(img.device, non_blocking=True)
-    cols = (torch.tensor(pc)[:, None] + offs).reshape(-1).to(img.device, non_blocking=True)
+    rows, cols = _window_index(h, w, img.device)
     crops = img[:, :, rows][:, :, :, cols]  # [n, 3, nr*224, nc*224]
     crops = crops.reshape(n, c, len(pr), WINDOW, len(pc), WINDOW).permute(0, 2, 4, 1, 3, 5)
     return crops.reshape(n * len(pr) * len(pc), c, WINDOW, WINDOW)
