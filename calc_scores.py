@@ -9,7 +9,13 @@ each coefficient over references instead. The label's direction comes from -dat 
 --label-higher-better when given, else from the file's record (X.json beside X.csv, written
 by run.py), else from the file name's dataset prefix (published files have no record); a
 prediction column from a similarity metric (PSNR, SSIM, …: higher = better) is flipped too.
+
+  python calc_scores.py --per-layer results/pipal_dinov1_l2_layers.csv [--json] [--plot srcc.png]
+
+--per-layer takes a per-layer file (run.py --per-layer) and gives SRCC and PLCC per block,
+signed the same way, the directions from the record of X.csv beside X_layers.csv.
 """
+import io
 import os
 import re
 import warnings
@@ -139,21 +145,89 @@ def scatter_plot(frame, label_higher_better, pred_higher_better, out, title):
     plt.close(fig)
 
 
+def read_layers(path):
+    """A per-layer file's rows (DataFrame: dis, ref, mos, block_<k>…), its block columns and the
+    record of its results file (X.csv beside X_layers.csv; None when absent)."""
+    import pandas as pd
+    if not os.path.isfile(path):
+        raise UserError(f"per-layer file not found: {path}")
+    results_file = path[: -len("_layers.csv")] + ".csv" if path.endswith("_layers.csv") else None
+    record = results.read_record(results_file) if results_file else None
+    try:
+        frame = pd.read_csv(io.StringIO(results.complete_text(path)))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as e:
+        raise UserError(f"cannot read per-layer file {path}: {str(e).splitlines()[0]}") from None
+    blocks = [c for c in frame.columns if re.fullmatch(r"block_\d+", str(c))]
+    if "mos" not in frame.columns or not blocks:
+        raise UserError(f"{path} is not a labelled per-layer file (header dis,ref,mos,block_1,…)")
+    if frame.empty:
+        raise UserError(f"{path} holds no complete rows")
+    return frame, blocks, record
+
+
+def per_layer_main(a):
+    """--per-layer: SRCC/PLCC per block, as a table, JSON, or SRCC against the block (--plot)."""
+    a.file = a.per_layer
+    frame, blocks, record = read_layers(a.file)
+    _, label_hb = label_direction(a, record)
+    sign = agreement_sign(label_hb, pred_direction(a, record))
+    label = frame.mos.to_numpy(float)
+    rows = []
+    for col in blocks:
+        x = sign * frame[col].to_numpy(float)
+        ok = len(x) >= 3 and np.ptp(x) > 0 and np.ptp(label) > 0
+        rows.append({"block": int(col.split("_")[1]),
+                     "srcc": float(stats.spearmanr(x, label)[0]) if ok else float("nan"),
+                     "plcc": float(stats.pearsonr(x, label)[0]) if ok else float("nan")})
+    if a.plot:
+        layer_plot(rows, a.plot, os.path.basename(a.file))
+    if a.json:
+        print(to_json(rows))
+        return 0
+    print(f"{os.path.basename(a.file)}  n={len(frame)}")
+    print(f"{'block':>5} {'SRCC':>7} {'PLCC':>7}")
+    for r in rows:
+        print(f"{r['block']:>5} {r['srcc']:7.4f} {r['plcc']:7.4f}")
+    return 0
+
+
+def layer_plot(rows, out, title):
+    """SRCC against the block number, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    ax.plot([r["block"] for r in rows], [r["srcc"] for r in rows], "o-", lw=1.5)
+    ax.set_xlabel("block")
+    ax.set_ylabel("SRCC")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
 @cli_entry
 def main(argv=None):
     p = ArgParser(description=__doc__.split("\n")[1])
     p.add_argument("-dat", "--dataset",
                    help=f"layout, for the label's direction ({', '.join(LAYOUTS)}); default from the file name")
-    p.add_argument("-f", "--file", required=True, help="results file with header dis,ref,mos,pred")
+    p.add_argument("-f", "--file", help="results file with header dis,ref,mos,pred")
+    p.add_argument("--per-layer", metavar="FILE", help="a per-layer file X_layers.csv: SRCC/PLCC per block")
     p.add_argument("--byref", action="store_true", help="average the coefficients over references")
     p.add_argument("--label-higher-better", choices=["yes", "no"], help="override the dataset's label direction")
     p.add_argument("--pred-higher-better", choices=["yes", "no"],
                    help="override: predictions are similarities (default: detected from the file name, e.g. psnr)")
-    p.add_argument("--plot", help="write a scatter plot (PNG) with the fitted logistic curve")
+    p.add_argument("--plot", help="write a scatter plot (PNG) with the fitted logistic curve "
+                   "(--per-layer: SRCC against the block)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     if a.dataset is not None and a.dataset not in LAYOUTS:
         raise UserError(f"unknown dataset layout '{a.dataset}'; known: {', '.join(LAYOUTS)}")
+    if bool(a.file) == bool(a.per_layer):
+        raise UserError("give a results file (-f X.csv) or a per-layer file (--per-layer X_layers.csv)")
+    if a.per_layer:
+        return per_layer_main(a)
     frame, record = results.read_frame(a.file)
     dataset, label_hb = label_direction(a, record)
     pred_hb = pred_direction(a, record)

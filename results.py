@@ -4,14 +4,17 @@ dis,ref,pred) and everything that keeps them trustworthy.
 
 Beside each `X.csv` a record `X.json` says what made its numbers (dataset, label direction,
 model, distance, precision, normalisation, resize, robustness, SWD seed, weights identity and
-a digest of the labels). A run resumes a file only when the record matches its own settings
-(labels aside: predictions do not depend on them, and rows always take the current labels).
+a digest of the labels; `layers`: the blocks compared, None = all). A run resumes a file only
+when the record matches its own settings (labels aside: predictions do not depend on them,
+and rows always take the current labels).
 A row counts only when its line is complete (newline-terminated and parseable), so a crash
 mid-row costs that row, never a wrong number. `X.csv.lock` (flock, holding the pid) keeps a
 second run off a file being written; torchrun ranks write `X.csv.rank<r>` part files that
 are merged into X.csv. `summary.csv` collects one row per finished file
 (`summary_unlabelled.csv` for label-free sets). A label-free record also holds the absolute
-reference and output folders (`ref_dir`, `dis_dir`), compared on resume.
+reference and output folders (`ref_dir`, `dis_dir`), compared on resume. `run.py --per-layer`
+writes `X_layers.csv` beside an l2/cos file `X.csv`: its per-block distances (header
+dis,ref,mos,block_<k>…; no mos for label-free sets), whose sum over blocks is X.csv's pred.
 """
 import contextlib
 import csv
@@ -31,7 +34,7 @@ HEADER = ["dis", "ref", "mos", "pred"]
 UNLABELLED_HEADER = ["dis", "ref", "pred"]  # a label-free set's files
 # the settings a results file's predictions depend on: a run resumes a file only when all agree
 COMPARED = ("dataset", "model", "distance", "precision", "model_norm", "resize", "robustness", "pct", "swd_seed",
-            "weights", "ref_dir", "dis_dir")
+            "weights", "ref_dir", "dis_dir", "layers")
 SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "n_skipped", "srcc", "plcc", "krcc",
                   "plcc_logistic", "pairs_per_s", "label_higher_better", "precision", "model_norm", "resize",
                   "swd_seed", "weights", "labels_sha256", "file"]
@@ -81,7 +84,8 @@ def make_records(dataset, settings, files):
 
     Args:
         dataset: a datasets.Dataset: its name, label direction and labels (all its pairs', digested).
-        settings: `Scorer.settings` (model, precision, model_norm, resize, swd_seed, weights).
+        settings: `Scorer.settings` (model, precision, model_norm, resize, swd_seed, weights; layers when a
+            subset of blocks is compared: recorded as None = all blocks otherwise).
         files: {path: (distance, (robustness kind or '', pct), pred_higher_better)}.
 
     Returns:
@@ -93,7 +97,8 @@ def make_records(dataset, settings, files):
     base = {"dataset": dataset.name, "label_higher_better": bool(dataset.higher_better), "model": settings["model"],
             "precision": settings["precision"], "model_norm": bool(settings["model_norm"]),
             "resize": settings["resize"],
-            "swd_seed": settings["swd_seed"], "weights": settings["weights"], "n_labels": len(labels),
+            "swd_seed": settings["swd_seed"], "weights": settings["weights"], "layers": settings.get("layers"),
+            "n_labels": len(labels),
             "labels_sha256": labels_digest(labels)}
     if not getattr(dataset, "labelled", True):  # label-free: no labels; which folders were paired
         base.update(label_higher_better=None, labels_sha256=None, n_pairs=len(dataset.pairs),
@@ -231,13 +236,20 @@ class ResultsWriter:
                 f = open(path, "ab", buffering=0)
                 self.files[key] = f
                 if f.tell() == 0:
-                    _write_all(f, _csv_line(HEADER if labelled else UNLABELLED_HEADER))
+                    _write_all(f, _csv_line(self.header()))
                 self.ends[key] = f.tell()
+
+    def header(self):
+        return HEADER if self.labelled else UNLABELLED_HEADER
+
+    def values(self, pred):
+        """A row's prediction column(s)."""
+        return [float(pred)]
 
     def write(self, key, dis, ref, mos, pred):
         f = self.files[key]
         try:
-            _write_all(f, _csv_line([dis, ref, float(mos), float(pred)] if self.labelled else [dis, ref, float(pred)]))
+            _write_all(f, _csv_line([dis, ref, *([float(mos)] if self.labelled else []), *self.values(pred)]))
         except OSError as e:
             with contextlib.suppress(OSError):
                 f.truncate(self.ends[key])
@@ -249,6 +261,79 @@ class ResultsWriter:
         for f in self.files.values():
             with contextlib.suppress(OSError):
                 f.close()
+
+
+class LayersWriter(ResultsWriter):
+    """ResultsWriter for per-layer files (`layers_header`): `pred` is a row of per-block distances."""
+
+    def __init__(self, paths, blocks, labelled=True):
+        self.blocks = tuple(blocks)
+        super().__init__(paths, labelled)
+
+    def header(self):
+        return layers_header(self.blocks, self.labelled)
+
+    def values(self, pred):
+        return [float(x) for x in pred]
+
+
+# ---------------------------------------------------------------- per-layer files (run.py --per-layer)
+
+def layers_path(path):
+    """`X_layers.csv` beside results file `X.csv`."""
+    return os.path.splitext(path)[0] + "_layers.csv"
+
+
+def layers_header(blocks, labelled=True):
+    """dis,ref[,mos],block_<k>… for the 1-based block numbers compared."""
+    return ["dis", "ref", *(["mos"] if labelled else []), *(f"block_{b}" for b in blocks)]
+
+
+def read_layers_done(path, blocks, labelled=True):
+    """Complete rows of a per-layer (or part) file: {(dis, ref): [per-block values]}; {} if
+    absent. UserError when its header is not this run's (other blocks)."""
+    if not os.path.isfile(path):
+        return {}
+    rows = csv.reader(io.StringIO(complete_text(path), newline=""))
+    header, want = next(rows, None), layers_header(blocks, labelled)
+    if header is None:
+        return {}
+    if header != want:
+        raise UserError(f"{path} has header {','.join(header)[:80]!r}, this run writes {','.join(want)[:80]!r}; "
+                        "pass --overwrite to start it afresh")
+    done, skip = {}, 3 if labelled else 2
+    for row in rows:
+        with contextlib.suppress(ValueError):
+            if len(row) == len(want):
+                done[(row[0], row[1])] = [float(x) for x in row[skip:]]
+    return done
+
+
+def finish_layers(path, labels, order, blocks):
+    """Rewrite per-layer file `path` (merging part files) in dataset order with the current
+    labels, as `finish` does for results files. Returns the (dis, ref) of `order` it holds."""
+    labelled = _labelled(labels)
+    done = read_layers_done(path, blocks, labelled)
+    for part in sorted(glob.glob(glob.escape(path) + ".rank*")):
+        done.update(read_layers_done(part, blocks, labelled))
+    in_order = dict.fromkeys(order)
+    keys = [k for k in order if k in done] + [k for k in done if k in labels and k not in in_order]
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(layers_header(blocks, labelled))
+    w.writerows([dis, ref, *([labels[(dis, ref)]] if labelled else []), *done[(dis, ref)]] for dis, ref in keys)
+    _replace(path, out.getvalue().encode("utf-8"))
+    for part in glob.glob(glob.escape(path) + ".rank*"):
+        os.remove(part)
+    return {k for k in order if k in done}
+
+
+def remove_layers(path):
+    """Delete results file `path`'s per-layer file and its part files (stale rows)."""
+    lp = layers_path(path)
+    for p in [lp, *glob.glob(glob.escape(lp) + ".rank*")]:
+        with writing(p), contextlib.suppress(FileNotFoundError):
+            os.remove(p)
 
 
 def collect(path):
@@ -286,6 +371,11 @@ def finish(path, labels, order):
 
 def _exists(path):
     return os.path.isfile(path) or bool(glob.glob(glob.escape(path) + ".rank*"))
+
+
+def exists(path):
+    """Whether results file `path` (or a torchrun part of it) exists."""
+    return _exists(path)
 
 
 def prepare(records, labels, order, overwrite=False):

@@ -19,6 +19,12 @@ methods.py; or -dat csv with only ref,dis columns) every set (output folder, or 
 folders), a table ranking the sets per distance (mean, bootstrap CI, Wilcoxon against the best)
 appended to <sdir>/summary_unlabelled.csv, and a bar chart <sdir>/<name>_<distance>_methods.png.
 All sets' pairs are scored in one pass, so a reference shared by several sets is encoded once.
+
+--layers 1-6,9 compares only those blocks (1-based; recorded, so a resume with other blocks is
+refused). --per-layer also writes, from the same pass, X_layers.csv beside each l2/cos results
+file X.csv: the per-block distances (header dis,ref[,mos],block_<k>…), summing to X.csv's pred;
+with it a pair counts as done only when both files hold it. --compile auto compiles the
+backbone on CUDA for runs of at least 20000 pairs to score (compilation pays from there).
 """
 import contextlib
 import os
@@ -30,6 +36,8 @@ import numpy as np
 
 import results
 from utils import ArgParser, UserError, cli_entry, int_at_least, to_json
+
+COMPILE_MIN_JOBS = 20000  # H200 bench: ~18 s of compilation against a ~13 % gain pays from ~20,000 PIPAL pairs
 
 
 def build_parser():
@@ -68,6 +76,11 @@ def build_parser():
                    help="only the first N pairs (-dat dirs: of each output folder)")
     p.add_argument("--skip-missing", action="store_true",
                    help="score the usable pairs instead of stopping at missing, unreadable or mis-sized images")
+    p.add_argument("--layers", help="compare only these blocks (1-based, e.g. 1-6,9; default all)")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also write X_layers.csv beside each l2/cos results file X.csv: per-block distances")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help=f"compile the backbone (auto: on CUDA with ≥ {COMPILE_MIN_JOBS} pairs to score)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -216,10 +229,111 @@ def results_files(args, plan, variants):
     return paths, files
 
 
-def prepare(args, plan, records):
-    """Make every set's results files ready (results.prepare_many); returns {path: done keys}."""
-    return results.prepare_many([(records[s], results.labels_of(dataset.pairs), plan.order(s))
+def check_per_layer(args):
+    """--per-layer needs a per-layer distance (l2, cos) among -d: checked before the model loads."""
+    if not args.per_layer:
+        return
+    from distances import DISTANCES
+    from engine import parse_distances
+    from models import get_backbone
+    backbone = get_backbone(args.model)
+    names = parse_distances(args.distance, backbone)
+    if not any(DISTANCES[d].per_layer for d in names):
+        able = [d for d in backbone.distances if DISTANCES[d].per_layer]
+        raise UserError(f"--per-layer writes per-block distances, which only {', '.join(able) or 'no distance'} "
+                        f"of {backbone.name} have; -d has {', '.join(names)}")
+
+
+def layer_files(args, paths):
+    """--per-layer: {((set, variant), distance): X_layers.csv} for the per-layer distances' files."""
+    from distances import DISTANCES
+    if not args.per_layer:
+        return {}
+    return {key: results.layers_path(path) for key, path in paths.items() if DISTANCES[key[1]].per_layer}
+
+
+def prepare(args, plan, records, paths, layer_paths, blocks):
+    """Make every set's results files ready (results.prepare_many); returns {path: done keys}.
+    A results file started afresh loses its old per-layer file; with --per-layer a pair of an
+    l2/cos file counts as done only when its X_layers.csv holds it too."""
+    fresh = [p for p in paths.values() if args.overwrite or not results.exists(p)]
+    done = results.prepare_many([(records[s], results.labels_of(dataset.pairs), plan.order(s))
                                  for s, dataset in enumerate(plan.sets)], args.overwrite)
+    for path in fresh:
+        results.remove_layers(path)
+    for key, lpath in layer_paths.items():
+        s = key[0][0]
+        done[paths[key]] &= results.finish_layers(lpath, results.labels_of(plan.sets[s].pairs), plan.order(s),
+                                                  blocks)
+    return done
+
+
+def jobs_to_score(args, plan, variants, paths):
+    """How many jobs the results files lack, read without touching them (for --compile auto)."""
+    if args.overwrite:
+        return len(plan.index) * len(variants)
+    done = {}
+    for path in paths.values():
+        try:
+            done[path] = set(results.collect(path))
+        except UserError:  # refused or started afresh later
+            done[path] = set()
+    return len(todo_jobs(done, paths, plan))
+
+
+def make_scorer(args, device, plan, variants, paths):
+    """The Scorer; --compile auto compiles on CUDA when at least COMPILE_MIN_JOBS jobs are to score."""
+    from engine import Scorer
+    from models import resolve_device
+    compile_ = args.compile == "on"
+    if args.compile == "auto" and resolve_device(device).type == "cuda":
+        compile_ = jobs_to_score(args, plan, variants, paths) >= COMPILE_MIN_JOBS
+    return Scorer(args.model, args.distance, device=device, precision=args.precision, weights=args.weights,
+                  batch_size=args.batch_size, workers=args.workers, resize=args.resize, model_norm=args.model_norm,
+                  layers=args.layers, compile=compile_)
+
+
+@contextlib.contextmanager
+def new_folders_undone(folder):
+    """Folders made for `folder` inside the block are removed again when it fails and leaves
+    them empty (a --layers out of range, found once the model is loaded, writes nothing)."""
+    made, probe = [], os.path.abspath(folder)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        made.append(probe)
+        probe = os.path.dirname(probe)
+    try:
+        yield
+    except BaseException:
+        for d in made:  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        raise
+
+
+class Writers:
+    """The run's results writers (torchrun: part files) and, with --per-layer, its per-layer ones."""
+
+    def __init__(self, dist, scorer, plan, paths, layer_paths):
+        def target(p):
+            return p if dist.world == 1 else results.part_path(p, dist.rank)
+        self.scorer, self.layer_keys = scorer, set(layer_paths)
+        self.rows = results.ResultsWriter({k: target(p) for k, p in paths.items()}, plan.labelled)
+        try:
+            self.layers = results.LayersWriter({k: target(p) for k, p in layer_paths.items()}, scorer.blocks,
+                                               plan.labelled)
+        except BaseException:
+            self.rows.close()
+            raise
+
+    def write(self, group, dis, ref, mos, row, per):
+        for j, d in enumerate(self.scorer.distances):
+            self.rows.write((group, d), dis, ref, mos, row[j])
+            if (group, d) in self.layer_keys:
+                self.layers.write((group, d), dis, ref, mos, per[0][self.scorer.layer_distances.index(d)])
+
+    def close(self):
+        self.rows.close()
+        self.layers.close()
 
 
 def todo_jobs(done, paths, plan):
@@ -231,7 +345,7 @@ def todo_jobs(done, paths, plan):
             if keys[i] not in complete[(s, v)]]
 
 
-def score(args, dist, scorer, plan, variants, paths, todo):
+def score(args, dist, scorer, plan, variants, paths, todo, layer_paths=None):
     """Score this rank's share of the jobs, appending rows to the results (torchrun: part)
     files as they finish. Returns (pairs scored, [[pairs skipped mid-run per variant] per set],
     seconds), summed over the ranks."""
@@ -243,21 +357,19 @@ def score(args, dist, scorer, plan, variants, paths, todo):
     def skip(job, message):  # --skip-missing: a pair that cannot be decoded mid-run
         skipped[plan.index[job[1]][0], job[0]] += 1
         sys.stderr.write(f"warning: skipped {files[job[1]][1]}: {message}\n")
-    targets = paths if dist.world == 1 else {k: results.part_path(p, dist.rank) for k, p in paths.items()}
     progress = None
     if not args.no_progress and dist.rank == 0:
         from tqdm import tqdm
         progress = tqdm(total=len(todo), unit="pair", dynamic_ncols=True, desc=f"{plan.name} {args.model}",
                         disable=None, file=sys.stderr)
     count, started = 0, time.perf_counter()
-    writer = results.ResultsWriter(targets, plan.labelled)
+    writer = Writers(dist, scorer, plan, paths, layer_paths or {})
+    extra = {**({"on_error": skip} if args.skip_missing else {}), **({"per_layer": True} if layer_paths else {})}
     try:
-        for (v, i), row in scorer.score_files(files, transforms, jobs=dist.shard(files, todo),
-                                              **({"on_error": skip} if args.skip_missing else {})):
+        for (v, i), row, *per in scorer.score_files(files, transforms, jobs=dist.shard(files, todo), **extra):
             s, k = plan.index[i]
             ref, dis, mos = plan.pairs[s][k]
-            for j, d in enumerate(scorer.distances):
-                writer.write(((s, v), d), dis, ref, mos, row[j])
+            writer.write((s, v), dis, ref, mos, row, per)
             count += 1
             if progress is not None:
                 progress.update(dist.world)
@@ -371,26 +483,36 @@ def main(argv=None):
     folder, labels, image headers, the lock), then score what the results files lack."""
     args = build_parser().parse_args(argv)
     import distributed
-    from engine import Scorer
     dist = distributed.setup()
     variants = variants_of(args)
+    check_per_layer(args)
     plan = dist.from_rank0(lambda: load_plan(args, variants))
     paths, files = results_files(args, plan, variants)
-    lock = dist.from_rank0(lambda: results.Lock(paths.values()), share=False)
-    with lock or contextlib.nullcontext():
-        scorer = Scorer(args.model, args.distance, device=dist.device(args.device), precision=args.precision,
-                        weights=args.weights, batch_size=args.batch_size, workers=args.workers, resize=args.resize,
-                        model_norm=args.model_norm)
-        per_set = [results.make_records(dataset, scorer.settings, files[s]) for s, dataset in enumerate(plan.sets)]
-        records = {path: rec for recs in per_set for path, rec in recs.items()}
-        todo = dist.from_rank0(lambda: todo_jobs(prepare(args, plan, per_set), paths, plan))
-        stats = score(args, dist, scorer, plan, variants, paths, todo)
-        if dist.rank != 0:
-            return 0
-        if plan.labelled:
-            report(args, summarise(args, plan, records, paths, stats))
-        else:
-            report_unlabelled(args, summarise_unlabelled(args, plan, records, paths, stats))
+    layer_paths = layer_files(args, paths)
+    with new_folders_undone(args.savedir):  # the lock's folder goes again if the Scorer refuses (--layers)
+        lock = dist.from_rank0(lambda: results.Lock(paths.values()), share=False)
+        with lock or contextlib.nullcontext():
+            scorer = make_scorer(args, dist.device(args.device), plan, variants, paths)
+            run_scoring(args, dist, scorer, plan, variants, paths, files, layer_paths)
+    return 0
+
+
+def run_scoring(args, dist, scorer, plan, variants, paths, files, layer_paths):
+    """Records, resume, scoring, then (rank 0) the finished files and the summary."""
+    per_set = [results.make_records(dataset, scorer.settings, files[s]) for s, dataset in enumerate(plan.sets)]
+    records = {path: rec for recs in per_set for path, rec in recs.items()}
+    todo = dist.from_rank0(lambda: todo_jobs(prepare(args, plan, per_set, paths, layer_paths, scorer.blocks),
+                                             paths, plan))
+    stats = score(args, dist, scorer, plan, variants, paths, todo, layer_paths)
+    if dist.rank != 0:
+        return
+    for key, lpath in layer_paths.items():
+        s = key[0][0]
+        results.finish_layers(lpath, results.labels_of(plan.sets[s].pairs), plan.order(s), scorer.blocks)
+    if plan.labelled:
+        report(args, summarise(args, plan, records, paths, stats))
+    else:
+        report_unlabelled(args, summarise_unlabelled(args, plan, records, paths, stats))
     return 0
 
 
