@@ -24,7 +24,7 @@ All sets' pairs are scored in one pass, so a reference shared by several sets is
 refused). --per-layer also writes, from the same pass, X_layers.csv beside each l2/cos results
 file X.csv: the per-block distances (header dis,ref[,mos],block_<k>…), summing to X.csv's pred;
 with it a pair counts as done only when both files hold it. --compile auto compiles the
-backbone on CUDA for runs of at least 20000 pairs to score (compilation pays from there).
+backbone on CUDA for runs of at least 200,000 jobs to score (compilation pays from about there).
 """
 import contextlib
 import os
@@ -37,7 +37,9 @@ import numpy as np
 import results
 from utils import ArgParser, UserError, cli_entry, int_at_least, to_json
 
-COMPILE_MIN_JOBS = 20000  # H200 bench: ~18 s of compilation against a ~13 % gain pays from ~20,000 PIPAL pairs
+# H200 bench (dinov1 bf16, two runs): ~18 s of compilation; eager 1,184–1,218 vs compiled 1,287–1,343
+# pairs/s (4–13 %), so it pays from about 180,000–400,000 PIPAL-size pairs (a PIPAL robustness sweep)
+COMPILE_MIN_JOBS = 200_000
 
 
 def build_parser():
