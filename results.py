@@ -99,10 +99,11 @@ def make_records(dataset, settings, files):
             "resize": settings["resize"],
             "swd_seed": settings["swd_seed"], "weights": settings["weights"], "layers": settings.get("layers"),
             "n_labels": len(labels),
-            "labels_sha256": labels_digest(labels)}
-    if not getattr(dataset, "labelled", True):  # label-free: no labels; which folders were paired
-        base.update(label_higher_better=None, labels_sha256=None, n_pairs=len(dataset.pairs),
-                    ref_dir=os.path.abspath(dataset.ref_root or dataset.root), dis_dir=os.path.abspath(dataset.root))
+            "labels_sha256": labels_digest(labels),
+            # where the images are: rows name them relative to these, so another copy is another dataset
+            "ref_dir": os.path.abspath(dataset.ref_root or dataset.root), "dis_dir": os.path.abspath(dataset.root)}
+    if not getattr(dataset, "labelled", True):  # label-free: no labels
+        base.update(label_higher_better=None, labels_sha256=None, n_pairs=len(dataset.pairs))
     return {path: {**base, "distance": d, "pred_higher_better": bool(pred_hb), "robustness": kind or "none",
                    "pct": pct if kind else 0}
             for path, (d, (kind, pct), pred_hb) in files.items()}

@@ -322,3 +322,15 @@ def test_calc_scores_ignores_a_torn_last_row(tmp_path, capsys):
     calc_scores.main(["-f", str(path), "--json"])
     got = json.loads(capsys.readouterr().out)
     assert got["n"] == 8 and got["srcc"] == pytest.approx(1.0)
+
+
+def test_another_copy_of_the_dataset_is_not_resumed(tiny, tmp_path, capsys):
+    """Rows name images relative to the root: another root (or a CSV list in another folder)
+    holding the same names is another dataset, so its results are not mixed in."""
+    a, b = minidata.make_pipal(str(tmp_path / "a")), minidata.make_pipal(str(tmp_path / "b"), n_dis=4)
+    out = ["-sdir", str(tmp_path / "r"), "-d", "l2"]
+    _run(tiny, "-dat", "pipal", "--root", a, *out, "--limit", "3")
+    _fails(capsys, tiny, ["-dat", "pipal", "--root", b, *out], "ref_dir")
+    la, lb = minidata.make_csv(str(tmp_path / "expA")), minidata.make_csv(str(tmp_path / "expB"))
+    _run(tiny, "-dat", "csv", "--csv", la, *out)
+    _fails(capsys, tiny, ["-dat", "csv", "--csv", lb, *out], "ref_dir")
