@@ -26,7 +26,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 
 import results
 from datasets import LAYOUTS
-from utils import ArgParser, UserError, cli_entry, to_json
+from utils import ArgParser, UserError, cli_entry, to_json, writing_file
 
 # prediction columns that are similarities (higher = better), negated as the published tables did
 SIMILARITY_METRICS = ("psnr", "ssim", "msssim", "ms_ssim", "fsim", "vif", "gmsd_sim")
@@ -83,7 +83,9 @@ def correlations_by_reference(frame, label_higher_better, pred_higher_better=Fal
     per = [correlations(g.pred, g.mos, label_higher_better, pred_higher_better) for g in groups]
     if not per:
         raise UserError("--byref needs references with at least 3 pairs each")
-    out = {k: float(np.nanmean([p[k] for p in per])) for k in ("srcc", "plcc", "krcc", "plcc_logistic")}
+    with warnings.catch_warnings():  # a coefficient NaN for every reference (e.g. no logistic fit) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = {k: float(np.nanmean([p[k] for p in per])) for k in ("srcc", "plcc", "krcc", "plcc_logistic")}
     return {"n": int(len(frame)), "refs": len(per), **out}
 
 
@@ -141,7 +143,8 @@ def scatter_plot(frame, label_higher_better, pred_higher_better, out, title):
     ax.set_ylabel("label")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out)
+    with writing_file(out):
+        fig.savefig(out)
     plt.close(fig)
 
 
@@ -203,7 +206,8 @@ def layer_plot(rows, out, title):
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out)
+    with writing_file(out):
+        fig.savefig(out)
     plt.close(fig)
 
 

@@ -36,6 +36,8 @@ from weights import identity as weights_identity
 
 def parse_distances(distances, backbone):
     """'wsd' | 'l2,cos' | 'all' | list → validated tuple of names for this backbone."""
+    if not isinstance(distances, (str, list, tuple)) or not all(isinstance(d, str) for d in distances):
+        raise UserError(f"distances must be a name, a comma list, a list of names or 'all', got {distances!r}")
     if isinstance(distances, str):
         distances = backbone.distances if distances == "all" else [d.strip() for d in distances.split(",") if d.strip()]
     distances = tuple(dict.fromkeys(distances))
@@ -371,6 +373,8 @@ class Scorer:
         self.single = isinstance(distances, str) and distances != "all" and "," not in distances
         self.resize = _count(resize, "resize", 224, None)
         self.swd_seed = _count(swd_seed, "swd_seed", 0, 0)
+        if self.swd_seed >= 2**63:
+            raise UserError(f"swd_seed must be below 2**63, got {swd_seed}")
         self.extractor = FeatureExtractor(self.backbone, weights, device, precision, model_norm)
         self.device = self.extractor.device
         gpu = self.device.type == "cuda"

@@ -96,6 +96,7 @@ class PerceptualLoss(nn.Module):
         check_images(ref, "ref")
         if dis.shape != ref.shape:
             raise UserError(f"dis and ref differ in shape: {list(dis.shape)} vs {list(ref.shape)}")
+        dis, ref = dis.float(), ref.float()  # float16/float64 images: the backbone's weights are float32
         f_dis = self.features(windows(dis))
         with torch.set_grad_enabled(torch.is_grad_enabled() and ref.requires_grad):
             f_ref = self.features(windows(ref))

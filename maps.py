@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from distances import one_minus_cos
-from utils import WINDOW, UserError, check_pair, to_float, window_positions, windows
+from utils import WINDOW, UserError, check_pair, to_float, window_positions, windows, writing_file
 
 SPATIAL = ("l2", "cos")
 
@@ -140,7 +140,8 @@ def write_maps(maps, dis_image, folder, model=""):
     import matplotlib.pyplot as plt
     rgb, written = dis_image.permute(1, 2, 0).clamp(0, 1).numpy(), []
     for d, m in maps.items():
-        np.save(os.path.join(folder, f"{d}.npy"), m)
+        with writing_file(os.path.join(folder, f"{d}.npy")):
+            np.save(os.path.join(folder, f"{d}.npy"), m)
         h, w = m.shape
         fig, ax = plt.subplots(figsize=(6 * w / max(h, w) + 1.2, 6 * h / max(h, w)), dpi=100)
         ax.imshow(rgb)
@@ -148,7 +149,8 @@ def write_maps(maps, dis_image, folder, model=""):
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"{d} (higher = more different)")
         ax.set_title(f"{model} {d}: mean {m.mean():.4g}".strip())
         ax.axis("off")
-        fig.savefig(os.path.join(folder, f"{d}.png"), bbox_inches="tight")
+        with writing_file(os.path.join(folder, f"{d}.png")):
+            fig.savefig(os.path.join(folder, f"{d}.png"), bbox_inches="tight")
         plt.close(fig)
         written += [os.path.join(folder, f"{d}.npy"), os.path.join(folder, f"{d}.png")]
     return written

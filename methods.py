@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from utils import UserError
+from utils import UserError, writing_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
 SHOWN = 3  # names quoted in a message about many files
@@ -184,6 +184,7 @@ def bar_chart(rows, path, title):
     ax.set_ylabel(f"mean {rows[0]['distance']} (lower = closer)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    with writing_file(path):
+        fig.savefig(path)
     plt.close(fig)
     return path

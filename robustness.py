@@ -5,7 +5,7 @@ import numbers
 
 from PIL import Image
 
-from utils import UserError
+from utils import UserError, writing_file
 
 
 def _even(x):
@@ -42,15 +42,15 @@ TRANSFORMS = {"tra": translate, "sca": zoom, "rot": rotate}
 def check(kind, pct):
     """UserError unless (kind, pct) is a transform the protocol defines: pct an integer; a
     shift of 0-99 % of the width (100 % would leave nothing, a negative one pads with black);
-    a zoom of 0 % or more; a rotation by any number of degrees."""
+    a zoom of 0-100 %; a rotation by any number of degrees."""
     if kind not in TRANSFORMS:
         raise UserError(f"unknown robustness transform '{kind}'; use one of {', '.join(TRANSFORMS)}")
     if isinstance(pct, bool) or not isinstance(pct, numbers.Integral):
         raise UserError(f"robustness magnitude must be an integer, got {pct!r}")
     if kind == "tra" and not 0 <= pct < 100:
         raise UserError(f"-rob tra -pct {pct}: a shift takes 0 to 99 (% of the width)")
-    if kind == "sca" and pct < 0:
-        raise UserError(f"-rob sca -pct {pct}: a zoom-in takes 0 or more (%)")
+    if kind == "sca" and not 0 <= pct <= 100:
+        raise UserError(f"-rob sca -pct {pct}: a zoom-in takes 0 to 100 (%)")
 
 
 def transform(ref, dis, kind, pct=1):
@@ -81,7 +81,7 @@ def write_sweep(summary, stem):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fields = ["distance", "robustness", "pct", "n", "srcc", "plcc", "krcc", "plcc_logistic"]
-    with open(stem + ".csv", "w", newline="") as f:
+    with writing_file(stem + ".csv"), open(stem + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(summary)
@@ -102,6 +102,7 @@ def write_sweep(summary, stem):
     axes[0][0].set_ylabel("SRCC")
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(stem + ".png")
+    with writing_file(stem + ".png"):
+        fig.savefig(stem + ".png")
     plt.close(fig)
     return stem + ".csv", stem + ".png"

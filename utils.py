@@ -1,5 +1,6 @@
 """Shared helpers: user-facing errors, image loading, sliding windows (PROTOCOL.md §1-2)."""
 import argparse
+import contextlib
 import functools
 import math
 import os
@@ -37,6 +38,16 @@ def int_at_least(low, why=""):
             raise argparse.ArgumentTypeError(f"must be at least {low}{why}, got {value}")
         return value
     return parse
+
+
+@contextlib.contextmanager
+def writing_file(path):
+    """An output file (plot, map, table) that cannot be written — a missing or read-only folder,
+    a folder in its place, a full disk, an unknown image extension — ends in one line."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot write {path}: {getattr(e, 'strerror', None) or str(e).splitlines()[0]}") from None
 
 
 def quiet_library_warnings():
@@ -82,12 +93,17 @@ def cli_entry(main):
 def _to_rgb_array(im):
     """Deep grey modes → float32 H×W×3 in [0, 1], else None. 'I;16*' and 'I' (16-bit files
     opened as 32-bit int) are scaled by 65535, 'F' is taken as [0, 1]; Pillow's own
-    convert('RGB') would clip them to 8 bits."""
+    convert('RGB') would clip them to 8 bits. Values outside those ranges (a float image of
+    0-255, a 32-bit integer image) have no known scale: refused rather than clipped."""
     if not (im.mode.startswith("I") or im.mode == "F"):
         return None
-    a = np.asarray(im, dtype=np.float32)
-    a = np.clip(a if im.mode == "F" else a / 65535.0, 0, 1)
-    return np.repeat(a[..., None], 3, axis=-1)
+    a = np.asarray(im, dtype=np.float64)
+    top = 1.0 if im.mode == "F" else 65535.0
+    if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > top):
+        lo, hi = (float(np.nanmin(a)), float(np.nanmax(a))) if np.isfinite(a).any() else (float("nan"),) * 2
+        raise UserError(f"a {im.mode}-mode image holds values in [{lo:.6g}, {hi:.6g}], outside [0, {top:g}]: its scale "
+                        f"is unknown (save it as 8- or 16-bit, or as float in [0, 1])")
+    return np.repeat((a / top).astype(np.float32)[..., None], 3, axis=-1)
 
 
 def open_image(path):
@@ -98,9 +114,14 @@ def open_image(path):
     try:
         with Image.open(path) as im:
             im.load()
-            return im.copy()
+            im = im.copy()
     except Exception as e:  # whatever a decoder raises (truncated, not an image, too large, …)
         raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    try:
+        _to_rgb_array(im)  # a deep image of unknown scale is refused here, with its name
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    return im
 
 
 def pil_to_tensor(im):

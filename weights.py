@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -204,7 +205,9 @@ def read_state_dict(path):
         elif is_torchscript(path):  # OpenAI's CLIP releases are TorchScript archives
             sd = read_torchscript(path)
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's note on old pickle protocols: noise before our one line
+                warnings.simplefilter("ignore")
+                sd = torch.load(path, map_location="cpu", weights_only=True)
     except UserError:
         raise
     except Exception:  # any unreadable file ends in the same one-line message
@@ -216,6 +219,9 @@ def read_state_dict(path):
         raise UserError(f"weights file {path} holds no state dict of tensors")
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
+    bad = next((k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:  # NaN/inf weights would make every score NaN
+        raise UserError(f"weights file {path} holds NaN or infinite values (first in {bad})")
     return sd
 
 

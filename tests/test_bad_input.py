@@ -105,3 +105,25 @@ def test_failed_download_is_one_line(imgs, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("ZSIQA_WEIGHTS_DIR", str(tmp_path / "w"))
     _fails(capsys, ["-ref", imgs("a.png"), "-dis", imgs("b.png", seed=1), "-m", "dinov1"], "download failed")
+
+
+def test_weights_with_nan_or_a_plain_pickle(tiny, imgs, capsys, tmp_path):
+    """NaN weights would make every score NaN with exit 0; a plain pickle used to print torch's
+    two-line protocol warning before the error line."""
+    import pickle
+
+    import torch
+    sd = torch.load(tiny[1])
+    sd["blocks.0.attn.qkv.weight"][0, 0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pth")
+    a, b = imgs("a.png"), imgs("b.png", seed=1)
+    _fails(capsys, ["-ref", a, "-dis", b, "-m", tiny[0], "--weights", str(tmp_path / "nan.pth")], "NaN or infinite")
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"a": [1, 2, 3]}, f, protocol=4)
+    _fails(capsys, ["-ref", a, "-dis", b, "-m", tiny[0], "--weights", str(tmp_path / "plain.pkl")], "weights")
+
+
+def test_map_file_that_cannot_be_written(tiny, imgs, capsys, tmp_path):
+    (tmp_path / "maps" / "l2.png").mkdir(parents=True)  # a folder where the heatmap goes
+    _fails(capsys, _base(tiny, imgs("a.png"), imgs("b.png", seed=1), "-d", "l2", "--maps", str(tmp_path / "maps")),
+           "cannot write")

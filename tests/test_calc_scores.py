@@ -105,3 +105,15 @@ def test_bad_results_files(tmp_path, capsys):
     with pytest.raises(SystemExit):
         calc_scores.main(["-f", str(tmp_path / "mystery.csv")])
     assert "label direction" in capsys.readouterr().err
+
+
+def test_plot_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    import calc_scores
+    path = tmp_path / "pipal_x_l2.csv"
+    rows = "".join(f"d{i}.bmp,r.bmp,{1500 + 10 * i},{0.5 - 0.01 * i * i}\n" for i in range(8))
+    path.write_text("dis,ref,mos,pred\n" + rows)
+    for target, match in [(tmp_path / "nodir" / "x.png", "cannot write"), (tmp_path / "x.xyz", "cannot write")]:
+        with pytest.raises(SystemExit) as e:
+            calc_scores.main(["-dat", "pipal", "-f", str(path), "--plot", str(target)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and match in err, err

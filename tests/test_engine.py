@@ -229,3 +229,12 @@ def test_compiled_backbone_gives_the_same_scores(tiny, mixed_set):
     got = compiled(refs, dises)
     for d in ALL:
         np.testing.assert_allclose(got[d].numpy(), eager[d].numpy(), rtol=1e-5, atol=1e-8, err_msg=d)
+
+
+def test_api_refuses_bad_distance_lists_and_seeds(tiny):
+    from utils import UserError
+    name, weights = tiny
+    for kwargs, match in [({"distances": None}, "distances must be"), ({"distances": ["l2", 3]}, "distances must be"),
+                          ({"swd_seed": 2**64}, "below 2\\*\\*63")]:
+        with pytest.raises(UserError, match=match):
+            Scorer(name, **{"distances": "l2", **kwargs}, device="cpu", weights=weights)

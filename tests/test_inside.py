@@ -220,3 +220,19 @@ def test_loss_refuses_bad_input(tiny, bad, match):
     name, weights = tiny
     with pytest.raises(UserError, match=match):
         PerceptualLoss(name, "l2", weights=weights, device="cpu")(bad, torch.rand(1, 3, 224, 224))
+
+
+def test_loss_takes_float16_and_float64_images(tiny):
+    """Float images of any precision are float images in [0, 1]: same value as float32."""
+    name, weights = tiny
+    gen = torch.Generator().manual_seed(3)
+    ref = torch.rand(1, 3, 224, 230, generator=gen)
+    dis = (ref + 0.1 * torch.randn(ref.shape, generator=gen)).clamp(0, 1)
+    loss = PerceptualLoss(name, "l2", weights=weights, device="cpu")
+    want = loss(dis, ref).item()
+    x = dis.double().requires_grad_(True)
+    got = loss(x, ref.double())
+    got.backward()
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    assert x.grad.dtype == torch.float64 and torch.isfinite(x.grad).all()
+    assert loss(dis.half(), ref.half()).item() == pytest.approx(want, rel=2e-2)

@@ -199,7 +199,8 @@ def test_unwritable_results_folder_refused_before_the_model_loads(tiny, tmp_path
     (["-r", "-5"], "at least 224"), (["-r", "0"], "at least 224"), (["-r", "100"], "at least 224"),
     (["--batch-size", "0"], "at least 1"), (["--workers", "-1"], "at least 0"), (["--limit", "-1"], "at least 1"),
     (["-rob", "tra", "-pct", "-5"], "0 to 99"), (["-rob", "tra", "-pct", "100"], "0 to 99"),
-    (["-rob", "tra", "-pct", "150"], "0 to 99"), (["-rob", "sca", "-pct", "-1"], "0 or more"),
+    (["-rob", "tra", "-pct", "150"], "0 to 99"), (["-rob", "sca", "-pct", "-1"], "0 to 100"),
+    (["-rob", "sca", "-pct", "100000000"], "0 to 100"),
     (["--kinds", "tra", "--pcts", "1,100"], "0 to 99")])
 def test_bad_numbers_refused_up_front(tiny, tmp_path, capsys, args, match):
     root = _pipal(tmp_path, n_ref=1, n_dis=1)

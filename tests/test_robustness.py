@@ -33,7 +33,8 @@ def test_reference_untouched_except_translation():
 
 
 @pytest.mark.parametrize("kind,pct,match", [("tra", -5, "0 to 99"), ("tra", 100, "0 to 99"), ("tra", 250, "0 to 99"),
-                                            ("sca", -1, "0 or more"), ("rot", 1.5, "integer"), ("sca", "2", "integer")])
+                                            ("sca", -1, "0 to 100"), ("sca", 101, "0 to 100"), ("rot", 1.5, "integer"),
+                                            ("sca", "2", "integer")])
 def test_magnitudes_outside_the_protocol_refused(kind, pct, match):
     """A negative shift would pad with black, 100 % would leave nothing: the API refuses too."""
     im = Image.new("RGB", (300, 250))
@@ -45,6 +46,6 @@ def test_magnitudes_outside_the_protocol_refused(kind, pct, match):
 
 def test_any_integer_rotation_and_zero_magnitudes_accepted():
     im = Image.new("RGB", (300, 250), (9, 9, 9))
-    for kind, pct in (("rot", -30), ("rot", 400), ("tra", 0), ("tra", 99), ("sca", 0), ("sca", 150)):
+    for kind, pct in (("rot", -30), ("rot", 400), ("tra", 0), ("tra", 99), ("sca", 0), ("sca", 100)):
         ref, dis = Transform(kind, pct)(im, im.copy())
         assert dis.size[1] == 250

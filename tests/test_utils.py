@@ -83,3 +83,16 @@ def test_windows_of_a_stack_are_image_major():
     g = torch.Generator().manual_seed(0)
     stack = torch.randint(0, 256, (3, 3, 260, 450), generator=g, dtype=torch.uint8)
     assert torch.equal(windows(stack), torch.cat([windows(img) for img in stack]))
+
+
+def test_deep_images_of_unknown_scale_are_refused(tmp_path):
+    """A float image holding 0-255 or a 32-bit one above 65535 has no known scale: one
+    line naming the file, never a clipped (silently wrong) picture."""
+    grey = np.arange(240 * 230, dtype=np.float32).reshape(230, 240) % 256
+    Image.fromarray(grey, mode="F").save(tmp_path / "f255.tif")
+    Image.fromarray((grey * 1000).astype(np.int32), mode="I").save(tmp_path / "i32.tif")
+    for name in ("f255.tif", "i32.tif"):
+        with pytest.raises(UserError, match=f"{name}: .*scale is unknown"):
+            load_image(tmp_path / name)
+    Image.fromarray(grey / 255, mode="F").save(tmp_path / "f1.tif")  # float in [0, 1]: read as it is
+    assert torch.allclose(load_image(tmp_path / "f1.tif")[0], torch.from_numpy(grey / 255), atol=1e-6)
