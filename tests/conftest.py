@@ -102,3 +102,18 @@ def golden_cli_mismatches(rows, checkpoint, capsys, entry=lambda model: model):
             if not close(printed["scores"][r["distance"]], r["score"]):
                 bad.append((model, r["distance"], ref, printed["scores"][r["distance"]], r["score"]))
     return checked, bad
+
+
+def interrupt_after(monkeypatch, n):
+    """Make Scorer.score_files raise KeyboardInterrupt (a Ctrl-C) after yielding n pairs;
+    returns a function that undoes it."""
+    from engine import Scorer
+    original = Scorer.score_files
+
+    def crashing(self, *a, **k):
+        for done, item in enumerate(original(self, *a, **k)):
+            if done == n:
+                raise KeyboardInterrupt
+            yield item
+    monkeypatch.setattr(Scorer, "score_files", crashing)
+    return lambda: monkeypatch.setattr(Scorer, "score_files", original)

@@ -15,7 +15,7 @@ from scipy import stats
 
 import minidata
 import run
-from conftest import ROOT
+from conftest import ROOT, interrupt_after
 from engine import Scorer
 
 
@@ -114,20 +114,13 @@ def test_interrupted_dirs_run_resumes_without_recomputing(tiny, tmp_path, monkey
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=4)
     args = [*_dirs(gt, outs), "-d", "l2,jsd", "--batch-size", "3"]
     _run(tiny, *args, "-sdir", str(tmp_path / "full"))
-    original = Scorer.score_files
-
-    def crashing(self, *a, **k):
-        for n, item in enumerate(original(self, *a, **k)):
-            if n == 3:
-                raise KeyboardInterrupt
-            yield item
-    monkeypatch.setattr(Scorer, "score_files", crashing)
+    restore = interrupt_after(monkeypatch, 3)
     part = tmp_path / "part"
     with pytest.raises(SystemExit) as e:
         _run(tiny, *args, "-sdir", str(part))
     assert e.value.code == 130
     assert sum(len(pd.read_csv(part / f"{m}_{tiny[0]}_l2.csv")) for m in "AB") == 3
-    monkeypatch.setattr(Scorer, "score_files", original)
+    restore()
     seen, chunks_orig = [], Scorer.score_chunks
 
     def counting(self, chunks):

@@ -13,7 +13,7 @@ from scipy import stats
 
 import minidata
 import run
-from conftest import ROOT
+from conftest import ROOT, interrupt_after
 from engine import Scorer
 from robustness import transform
 
@@ -117,20 +117,13 @@ def test_interrupted_run_resumes_without_recomputing(tiny, tmp_path, monkeypatch
     root = minidata.make_pipal(str(tmp_path / "p"), n_ref=3, n_dis=3)
     full = tmp_path / "full"
     _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2,jsd", "-sdir", str(full), "--batch-size", "3")
-    original = Scorer.score_files
-
-    def crashing(self, *a, **k):
-        for n, item in enumerate(original(self, *a, **k)):
-            if n == 4:
-                raise KeyboardInterrupt
-            yield item
-    monkeypatch.setattr(Scorer, "score_files", crashing)
+    restore = interrupt_after(monkeypatch, 4)
     part = tmp_path / "part"
     with pytest.raises(SystemExit) as e:
         _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2,jsd", "-sdir", str(part), "--batch-size", "3")
     assert e.value.code == 130
     assert len(_rows(part / f"pipal_{tiny[0]}_l2.csv")) == 4  # a valid file with the finished rows
-    monkeypatch.setattr(Scorer, "score_files", original)
+    restore()
     seen, chunks_orig = [], Scorer.score_chunks
 
     def counting(self, chunks):
