@@ -158,6 +158,8 @@ def load_csv(root, csv_file=None, higher_is_better=None, **_):
     if not csv_file:
         raise UserError("-dat csv needs --csv FILE (columns ref, dis, and mos or dmos for correlations)")
     rows = _read_csv(_need(csv_file, "CSV list"), ("ref", "dis"))
+    if "mos" in rows[0] and "dmos" in rows[0]:
+        raise UserError(f"{csv_file} has both a 'mos' and a 'dmos' column: keep the one to correlate with")
     column = "mos" if "mos" in rows[0] else "dmos" if "dmos" in rows[0] else None
     name = os.path.splitext(os.path.basename(csv_file))[0]
     root = root or os.path.dirname(os.path.abspath(csv_file))
@@ -244,7 +246,7 @@ def check_labels(dataset):
         more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
         raise UserError(f"{where[k]}: label {labels[k]} of {dataset.pairs[k][1]} is not a finite number{more}")
     first = {}
-    for k, (ref, dis, _) in enumerate(dataset.pairs):
-        j = first.setdefault((ref, dis), k)
+    for k, (ref, dis, _) in enumerate(dataset.pairs):  # `./a.png` and `a.png` are the same file
+        j = first.setdefault((os.path.normpath(ref), os.path.normpath(dis)), k)
         if j != k:
             raise UserError(f"pair {dis} / {ref} is listed twice: {where[j]} and {where[k]}; keep one")

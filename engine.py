@@ -373,6 +373,8 @@ class Scorer:
         self.single = isinstance(distances, str) and distances != "all" and "," not in distances
         self.resize = _count(resize, "resize", 224, None)
         self.swd_seed = _count(swd_seed, "swd_seed", 0, 0)
+        if not isinstance(model_norm, bool):
+            raise UserError(f"model_norm must be True or False, got {model_norm!r}")
         if self.swd_seed >= 2**63:
             raise UserError(f"swd_seed must be below 2**63, got {swd_seed}")
         self.extractor = FeatureExtractor(self.backbone, weights, device, precision, model_norm)

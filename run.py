@@ -60,9 +60,10 @@ def build_parser():
                    help="discard earlier rows of the results files instead of resuming")
     p.add_argument("-rob", "--robustness", choices=["tra", "sca", "rot"],
                    help="apply a shift/zoom/rotation when loading")
-    p.add_argument("-pct", "--pct", type=int, default=1, help="its magnitude (percent, or degrees for rot; default 1)")
+    p.add_argument("-pct", "--pct", type=int, default=None,
+                   help="its magnitude (percent, or degrees for rot; default 1)")
     p.add_argument("--kinds", help="sweep: comma list of tra,sca,rot (with --pcts); the clean run is included")
-    p.add_argument("--pcts", default="1,2,4,8", help="sweep magnitudes (default 1,2,4,8)")
+    p.add_argument("--pcts", default=None, help="sweep magnitudes (default 1,2,4,8)")
     p.add_argument("-r", "--resize", type=int_at_least(224, " (the window size)"), default=None,
                    help="resize both images to N×N first (N ≥ 224)")
     p.add_argument("--weights")
@@ -91,18 +92,23 @@ def build_parser():
 def variants_of(args):
     """[(robustness kind or '', pct)], the clean run first in a sweep; each checked (robustness.check)."""
     from robustness import check
+    if args.pct is not None and not args.robustness:
+        raise UserError("-pct is the magnitude of -rob tra|sca|rot: give -rob too (a sweep takes --kinds and --pcts)")
+    if args.pcts is not None and not args.kinds:
+        raise UserError("--pcts is the magnitudes of a --kinds sweep: give --kinds too")
     if args.kinds:
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        spec = args.pcts or "1,2,4,8"
         try:
-            pcts = [int(x) for x in args.pcts.split(",") if x.strip()]
+            pcts = [int(x) for x in spec.split(",") if x.strip()]
         except ValueError:
-            raise UserError(f"--pcts must be comma-separated integers, got {args.pcts!r}") from None
+            raise UserError(f"--pcts must be comma-separated integers, got {spec!r}") from None
         bad = [k for k in kinds if k not in ("tra", "sca", "rot")]
         if bad or not kinds or not pcts:
             raise UserError(f"--kinds takes tra,sca,rot (got {args.kinds!r}) and --pcts at least one integer")
         variants = [("", 0)] + [(k, p) for k in kinds for p in pcts]
     else:
-        variants = [(args.robustness, args.pct)] if args.robustness else [("", 0)]
+        variants = [(args.robustness, 1 if args.pct is None else args.pct)] if args.robustness else [("", 0)]
     for kind, pct in variants:
         if kind:
             check(kind, pct)

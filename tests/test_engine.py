@@ -235,6 +235,7 @@ def test_api_refuses_bad_distance_lists_and_seeds(tiny):
     from utils import UserError
     name, weights = tiny
     for kwargs, match in [({"distances": None}, "distances must be"), ({"distances": ["l2", 3]}, "distances must be"),
+                          ({"model_norm": "no"}, "True or False"),
                           ({"swd_seed": 2**64}, "below 2\\*\\*63")]:
         with pytest.raises(UserError, match=match):
             Scorer(name, **{"distances": "l2", **kwargs}, device="cpu", weights=weights)

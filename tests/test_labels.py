@@ -64,3 +64,16 @@ def test_pair_listed_twice_named(tmp_path, capsys):
     open(target, "w").write("\n".join(rows + [rows[1]]) + "\n")
     with pytest.raises(UserError, match="list.csv line 2 and .*list.csv line 6"):
         load_dataset("csv", csv_file=target)
+
+
+def test_same_pair_spelled_twice_and_both_label_columns(tmp_path):
+    """`./gt/0.png` is `gt/0.png`: still listed twice. A list with both mos and dmos is ambiguous."""
+    target = minidata.make_csv(str(tmp_path / "c"))
+    rows = open(target).read().splitlines()
+    ref, dis, mos = rows[1].split(",")
+    open(target, "w").write("\n".join(rows + [f"./{ref},./{dis},{mos}"]) + "\n")
+    with pytest.raises(UserError, match="listed twice"):
+        load_dataset("csv", csv_file=target)
+    open(target, "w").write("\n".join([rows[0] + ",dmos"] + [r + ",1.0" for r in rows[1:]]) + "\n")
+    with pytest.raises(UserError, match="both a 'mos' and a 'dmos'"):
+        load_dataset("csv", csv_file=target)

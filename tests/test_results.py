@@ -201,7 +201,8 @@ def test_unwritable_results_folder_refused_before_the_model_loads(tiny, tmp_path
     (["-rob", "tra", "-pct", "-5"], "0 to 99"), (["-rob", "tra", "-pct", "100"], "0 to 99"),
     (["-rob", "tra", "-pct", "150"], "0 to 99"), (["-rob", "sca", "-pct", "-1"], "0 to 100"),
     (["-rob", "sca", "-pct", "100000000"], "0 to 100"),
-    (["--kinds", "tra", "--pcts", "1,100"], "0 to 99")])
+    (["--kinds", "tra", "--pcts", "1,100"], "0 to 99"),
+    (["-pct", "3"], "give -rob too"), (["--pcts", "1,2"], "give --kinds too")])
 def test_bad_numbers_refused_up_front(tiny, tmp_path, capsys, args, match):
     root = _pipal(tmp_path, n_ref=1, n_dis=1)
     _fails(capsys, tiny, ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"), *args], match)
