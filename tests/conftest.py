@@ -117,3 +117,24 @@ def interrupt_after(monkeypatch, n):
             yield item
     monkeypatch.setattr(Scorer, "score_files", crashing)
     return lambda: monkeypatch.setattr(Scorer, "score_files", original)
+
+
+def count_scored(monkeypatch):
+    """A list that collects the (variant, pair) ids the engine scores from now on."""
+    from engine import Scorer
+    seen, original = [], Scorer.score_chunks
+
+    def counting(self, *args, **kwargs):
+        for item in original(self, *args, **kwargs):
+            seen.append(item[0])
+            yield item
+    monkeypatch.setattr(Scorer, "score_chunks", counting)
+    return seen
+
+
+def random_image(path, w, h, seed):
+    """A w×h RGB image of seeded uniform noise saved at path; returns the path as a string."""
+    import numpy as np
+    from PIL import Image
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return str(path)

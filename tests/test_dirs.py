@@ -15,7 +15,7 @@ from scipy import stats
 
 import minidata
 import run
-from conftest import ROOT, interrupt_after
+from conftest import ROOT, count_scored, interrupt_after
 from engine import Scorer
 
 
@@ -121,13 +121,7 @@ def test_interrupted_dirs_run_resumes_without_recomputing(tiny, tmp_path, monkey
     assert e.value.code == 130
     assert sum(len(pd.read_csv(part / f"{m}_{tiny[0]}_l2.csv")) for m in "AB") == 3
     restore()
-    seen, chunks_orig = [], Scorer.score_chunks
-
-    def counting(self, chunks):
-        for item in chunks_orig(self, chunks):
-            seen.append(item[0])
-            yield item
-    monkeypatch.setattr(Scorer, "score_chunks", counting)
+    seen = count_scored(monkeypatch)
     _run(tiny, *args, "-sdir", str(part))
     assert len(seen) == 8 - 3  # only the missing pairs were scored
     for m in "AB":

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import random_image
 from distances import DISTANCES
 from engine import Scorer
 from utils import load_image, windows
@@ -15,21 +16,15 @@ ALL = ["l2", "cos", "skld", "jsd", "wsd", "swd"]
 ON = {"device": os.environ.get("ZSIQA_TEST_DEVICE", "cpu"), "precision": "fp32"}
 
 
-def _image(path, w, h, seed):
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-    return str(path)
-
-
 @pytest.fixture
 def mixed_set(tmp_path):
     """Three references of different sizes, 2-3 distorted images each, refs interleaved."""
     sizes = [(224, 224), (300, 260), (450, 240)]
-    refs = [_image(tmp_path / f"r{i}.png", w, h, i) for i, (w, h) in enumerate(sizes)]
+    refs = [random_image(tmp_path / f"r{i}.png", w, h, i) for i, (w, h) in enumerate(sizes)]
     pairs = []
     for j in range(8):
         i = j % 3
-        pairs.append((refs[i], _image(tmp_path / f"d{j}.png", *sizes[i], 100 + j)))
+        pairs.append((refs[i], random_image(tmp_path / f"d{j}.png", *sizes[i], 100 + j)))
     return pairs
 
 

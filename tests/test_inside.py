@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import run_single_img
-from conftest import needs_shared
+from conftest import needs_shared, random_image
 from distances import DISTANCES
 from engine import PerceptualLoss, Scorer
 from layers import parse_layers
@@ -14,17 +14,11 @@ from utils import UserError, load_image, windows
 ALL = ["l2", "cos", "skld", "jsd", "wsd", "swd"]
 
 
-def _image(path, w, h, seed):
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-    return str(path)
-
-
 @pytest.fixture
 def pairs(tmp_path):
     sizes = [(224, 224), (300, 260), (450, 240)]
-    refs = [_image(tmp_path / f"r{i}.png", w, h, i) for i, (w, h) in enumerate(sizes)]
-    return [(refs[j % 3], _image(tmp_path / f"d{j}.png", *sizes[j % 3], 100 + j)) for j in range(5)]
+    refs = [random_image(tmp_path / f"r{i}.png", w, h, i) for i, (w, h) in enumerate(sizes)]
+    return [(refs[j % 3], random_image(tmp_path / f"d{j}.png", *sizes[j % 3], 100 + j)) for j in range(5)]
 
 
 def _split(pairs):

@@ -18,8 +18,7 @@ import calc_scores
 import minidata
 import results
 import run
-from conftest import ROOT
-from engine import Scorer
+from conftest import ROOT, count_scored
 
 
 def _run(tiny, *args):
@@ -39,18 +38,6 @@ def _fails(capsys, tiny, args, match):
 
 def _pipal(tmp_path, **kw):
     return minidata.make_pipal(str(tmp_path / "p"), **kw)
-
-
-def _count_scored(monkeypatch):
-    """A list that collects the (variant, pair) ids the engine scores from now on."""
-    seen, original = [], Scorer.score_chunks
-
-    def counting(self, *args, **kwargs):
-        for item in original(self, *args, **kwargs):
-            seen.append(item[0])
-            yield item
-    monkeypatch.setattr(Scorer, "score_chunks", counting)
-    return seen
 
 
 def test_record_beside_every_results_file(tiny, tmp_path):
@@ -89,7 +76,7 @@ def test_resume_only_with_the_same_settings(tiny, tmp_path, capsys, monkeypatch)
     assert "False" in err and "True" in err and "--overwrite" in err
     _fails(capsys, tiny, [*base, "-r", "240"], "resize")
     assert path.read_bytes() == before  # refused: nothing touched
-    seen = _count_scored(monkeypatch)
+    seen = count_scored(monkeypatch)
     assert _run(tiny, *base, "--model-norm", "--overwrite") == 0
     assert len(seen) == 6  # afresh: the three earlier rows discarded
     fresh = tmp_path / "fresh"
@@ -120,7 +107,7 @@ def test_edited_label_resumes_with_the_current_labels(tiny, tmp_path, capsys, mo
     lines[0] = lines[0].split(",")[0] + ",1234.5"  # a pair already scored gets a corrected label
     open(label, "w").write("\n".join(lines) + "\n")
     capsys.readouterr()
-    seen = _count_scored(monkeypatch)
+    seen = count_scored(monkeypatch)
     assert _run(tiny, *base) == 0
     assert len(seen) == 3  # predictions do not depend on labels: only the missing pairs scored
     frame = pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv")
@@ -141,7 +128,7 @@ def test_torn_row_is_scored_again(tiny, tmp_path, monkeypatch):
     cut = data.rindex(b",") + 4  # the last row cut mid-number: '...,0.5' with no newline
     path.write_bytes(data[:cut])
     assert results.read_done(str(path)).keys() == {(d, r) for d, r in zip(full.dis[:5], full.ref[:5], strict=True)}
-    seen = _count_scored(monkeypatch)
+    seen = count_scored(monkeypatch)
     _run(tiny, *base)
     assert len(seen) == 1
     again = pd.read_csv(path)

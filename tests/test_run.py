@@ -13,7 +13,7 @@ from scipy import stats
 
 import minidata
 import run
-from conftest import ROOT, interrupt_after
+from conftest import ROOT, count_scored, interrupt_after
 from engine import Scorer
 from robustness import transform
 
@@ -124,13 +124,7 @@ def test_interrupted_run_resumes_without_recomputing(tiny, tmp_path, monkeypatch
     assert e.value.code == 130
     assert len(_rows(part / f"pipal_{tiny[0]}_l2.csv")) == 4  # a valid file with the finished rows
     restore()
-    seen, chunks_orig = [], Scorer.score_chunks
-
-    def counting(self, chunks):
-        for item in chunks_orig(self, chunks):
-            seen.append(item[0])
-            yield item
-    monkeypatch.setattr(Scorer, "score_chunks", counting)
+    seen = count_scored(monkeypatch)
     _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2,jsd", "-sdir", str(part), "--batch-size", "3")
     assert len(seen) == 9 - 4  # only the missing pairs were scored
     for d in ("l2", "jsd"):
