@@ -90,20 +90,29 @@ def cli_entry(main):
     return wrapper
 
 
-def _to_rgb_array(im):
-    """Deep grey modes → float32 H×W×3 in [0, 1], else None. 'I;16*' and 'I' (16-bit files
-    opened as 32-bit int) are scaled by 65535, 'F' is taken as [0, 1]; Pillow's own
-    convert('RGB') would clip them to 8 bits. Values outside those ranges (a float image of
-    0-255, a 32-bit integer image) have no known scale: refused rather than clipped."""
+def _deep_scale(im):
+    """The divisor that brings a deep grey image to [0, 1] (65535 for 'I;16*' and 'I', 16-bit
+    files opened as 32-bit int; 1 for 'F'), None for other modes. Values outside that range
+    (a float image of 0-255, a 32-bit integer image, NaN) have no known scale: refused rather
+    than clipped. Checked from Pillow's extrema, without converting the image."""
     if not (im.mode.startswith("I") or im.mode == "F"):
         return None
-    a = np.asarray(im, dtype=np.float64)
     top = 1.0 if im.mode == "F" else 65535.0
-    if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > top):
-        lo, hi = (float(np.nanmin(a)), float(np.nanmax(a))) if np.isfinite(a).any() else (float("nan"),) * 2
-        raise UserError(f"a {im.mode}-mode image holds values in [{lo:.6g}, {hi:.6g}], outside [0, {top:g}]: its scale "
-                        f"is unknown (save it as 8- or 16-bit, or as float in [0, 1])")
-    return np.repeat((a / top).astype(np.float32)[..., None], 3, axis=-1)
+    lo, hi = im.getextrema()  # NaN is skipped by Pillow: looked for apart, in float images only
+    if lo < 0 or hi > top or (im.mode == "F" and np.isnan(np.asarray(im)).any()):
+        raise UserError(f"a {im.mode}-mode image holds values in [{lo:.6g}, {hi:.6g}] (or NaN), outside [0, {top:g}]: "
+                        f"its scale is unknown (save it as 8- or 16-bit, or as float in [0, 1])")
+    return top
+
+
+def _to_rgb_array(im):
+    """Deep grey modes → float32 H×W×3 in [0, 1] (see `_deep_scale`), else None; Pillow's own
+    convert('RGB') would clip them to 8 bits."""
+    top = _deep_scale(im)
+    if top is None:
+        return None
+    a = np.asarray(im, dtype=np.float32) / top
+    return np.repeat(a[..., None], 3, axis=-1)
 
 
 def open_image(path):
@@ -118,7 +127,7 @@ def open_image(path):
     except Exception as e:  # whatever a decoder raises (truncated, not an image, too large, …)
         raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     try:
-        _to_rgb_array(im)  # a deep image of unknown scale is refused here, with its name
+        _deep_scale(im)  # a deep image of unknown scale is refused here, with its name
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     return im

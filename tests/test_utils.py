@@ -91,7 +91,10 @@ def test_deep_images_of_unknown_scale_are_refused(tmp_path):
     grey = np.arange(240 * 230, dtype=np.float32).reshape(230, 240) % 256
     Image.fromarray(grey, mode="F").save(tmp_path / "f255.tif")
     Image.fromarray((grey * 1000).astype(np.int32), mode="I").save(tmp_path / "i32.tif")
-    for name in ("f255.tif", "i32.tif"):
+    holed = (grey / 255).astype(np.float32)
+    holed[5, 5] = np.nan
+    Image.fromarray(holed, mode="F").save(tmp_path / "fnan.tif")
+    for name in ("f255.tif", "i32.tif", "fnan.tif"):
         with pytest.raises(UserError, match=f"{name}: .*scale is unknown"):
             load_image(tmp_path / name)
     Image.fromarray(grey / 255, mode="F").save(tmp_path / "f1.tif")  # float in [0, 1]: read as it is
