@@ -391,15 +391,21 @@ class Scorer:
                 raise UserError(f"{self.backbone.name} compares one embedding: it has no blocks to choose")
             keep = parse_layers(layers, sum(self.group_sizes))
             self.layers = None if len(keep) == sum(self.group_sizes) else keep  # all blocks: the default, exactly
-        self.fixed_batch = bool(compile)  # a compiled backbone gets fixed-shape batches (short ones padded)
+        self.fixed_batch = False  # a compiled backbone gets fixed-shape batches (short ones padded)
         if compile:
-            self._probe()  # measured before compiling: a batch of one would be compiled for too
-            self.extractor.compile()
+            self.compile_backbone()
         self.settings = {"model": self.backbone.name, "precision": precision, "model_norm": bool(model_norm),
                          "resize": self.resize, "swd_seed": self.swd_seed,
                          "weights": weights_identity(self.extractor.weights_path)}
         if self.layers is not None:
             self.settings["layers"] = ",".join(str(b) for b in self.blocks)
+
+    def compile_backbone(self):
+        """Compile the backbone (torch.compile) and give it fixed-shape batches from now on;
+        `compile=True` does this at construction, run.py --compile auto once it knows the run's size."""
+        self._probe()  # measured before compiling: a batch of one would be compiled for too
+        self.extractor.compile()
+        self.fixed_batch = True
 
     @property
     def lower_better(self):

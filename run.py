@@ -276,29 +276,18 @@ def prepare(args, plan, records, paths, layer_paths, blocks):
     return done
 
 
-def jobs_to_score(args, plan, variants, paths):
-    """How many jobs the results files lack, read without touching them (for --compile auto)."""
-    if args.overwrite:
-        return len(plan.index) * len(variants)
-    done = {}
-    for path in paths.values():
-        try:
-            done[path] = set(results.collect(path))
-        except UserError:  # refused or started afresh later
-            done[path] = set()
-    return len(todo_jobs(done, paths, plan))
-
-
-def make_scorer(args, device, plan, variants, paths):
-    """The Scorer; --compile auto compiles on CUDA when at least COMPILE_MIN_JOBS jobs are to score."""
+def make_scorer(args, device):
+    """The Scorer (compiled at once with --compile on; see `compile_if_it_pays` for auto)."""
     from engine import Scorer
-    from models import resolve_device
-    compile_ = args.compile == "on"
-    if args.compile == "auto" and resolve_device(device).type == "cuda":
-        compile_ = jobs_to_score(args, plan, variants, paths) >= COMPILE_MIN_JOBS
     return Scorer(args.model, args.distance, device=device, precision=args.precision, weights=args.weights,
                   batch_size=args.batch_size, workers=args.workers, resize=args.resize, model_norm=args.model_norm,
-                  layers=args.layers, compile=compile_)
+                  layers=args.layers, compile=args.compile == "on")
+
+
+def compile_if_it_pays(args, scorer, todo):
+    """--compile auto: compile the backbone on CUDA when at least COMPILE_MIN_JOBS jobs are to score."""
+    if args.compile == "auto" and scorer.device.type == "cuda" and len(todo) >= COMPILE_MIN_JOBS:
+        scorer.compile_backbone()
 
 
 @contextlib.contextmanager
@@ -500,7 +489,7 @@ def main(argv=None):
     with new_folders_undone(args.savedir):  # the lock's folder goes again if the Scorer refuses (--layers)
         lock = dist.from_rank0(lambda: results.Lock(paths.values()), share=False)
         with lock or contextlib.nullcontext():
-            scorer = make_scorer(args, dist.device(args.device), plan, variants, paths)
+            scorer = make_scorer(args, dist.device(args.device))
             run_scoring(args, dist, scorer, plan, variants, paths, files, layer_paths)
     return 0
 
@@ -511,6 +500,7 @@ def run_scoring(args, dist, scorer, plan, variants, paths, files, layer_paths):
     records = {path: rec for recs in per_set for path, rec in recs.items()}
     todo = dist.from_rank0(lambda: todo_jobs(prepare(args, plan, per_set, paths, layer_paths, scorer.blocks),
                                              paths, plan))
+    compile_if_it_pays(args, scorer, todo)
     stats = score(args, dist, scorer, plan, variants, paths, todo, layer_paths)
     if dist.rank != 0:
         return

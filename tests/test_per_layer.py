@@ -139,18 +139,19 @@ def test_compile_flag_off_and_auto_on_cpu(tiny, tmp_path, monkeypatch, mode):
     assert seen == [False]
 
 
-def test_compile_auto_on_cuda_counts_jobs(tiny, tmp_path, monkeypatch):
+def test_compile_auto_on_cuda_counts_jobs(monkeypatch):
+    """auto compiles on CUDA from COMPILE_MIN_JOBS jobs to score (the count the run already made)."""
+    import types
+
     import torch
-    args = run.build_parser().parse_args(["-dat", "pipal", "--root", _pipal(tmp_path), "-m", tiny[0],
-                                          "-sdir", str(tmp_path / "r"), "-d", "l2"])
-    plan = run.load_plan(args, [("", 0)])
-    paths, _ = run.results_files(args, plan, [("", 0)])
-    seen = []
-    import engine
-    import models
-    monkeypatch.setattr(models, "resolve_device", lambda d: torch.device("cuda"))
-    monkeypatch.setattr(engine, "Scorer", lambda *a, **k: seen.append(k["compile"]))
+    calls = []
+    scorer = types.SimpleNamespace(device=torch.device("cuda"), compile_backbone=lambda: calls.append(1))
+    args = run.build_parser().parse_args(["-dat", "pipal", "--root", "x", "--compile", "auto"])
     for n_min, want in ((6, True), (7, False)):
         monkeypatch.setattr(run, "COMPILE_MIN_JOBS", n_min)
-        run.make_scorer(args, "auto", plan, [("", 0)], paths)
-        assert seen[-1] is want
+        calls.clear()
+        run.compile_if_it_pays(args, scorer, [(0, i) for i in range(6)])
+        assert bool(calls) is want
+    scorer.device = torch.device("cpu")
+    run.compile_if_it_pays(args, scorer, [(0, i) for i in range(100)])
+    assert bool(calls) is False
