@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from distances import DISTANCES, compute, compute_layers
-from layers import group_sizes, parse_layers, select_layers
+from layers import chosen_layers, group_sizes, select_layers
 from loading import Chunk, load_chunks
 from models import FeatureExtractor, get_backbone
 from utils import UserError, check_pair, open_image, pil_to_tensor, resize_square, to_float, window_count, windows
@@ -389,8 +389,7 @@ class Scorer:
         if layers is not None:
             if self.backbone.output == "embed":
                 raise UserError(f"{self.backbone.name} compares one embedding: it has no blocks to choose")
-            keep = parse_layers(layers, sum(self.group_sizes))
-            self.layers = None if len(keep) == sum(self.group_sizes) else keep  # all blocks: the default, exactly
+            self.layers = chosen_layers(layers, sum(self.group_sizes))
         self.fixed_batch = False  # a compiled backbone gets fixed-shape batches (short ones padded)
         if compile:
             self.compile_backbone()

@@ -53,6 +53,13 @@ def _is_int(k):
     return isinstance(k, int) and not isinstance(k, bool)
 
 
+def chosen_layers(spec, n_layers):
+    """`parse_layers`, or None when every block is chosen: all blocks is the default, exactly
+    (no selection step at all)."""
+    keep = parse_layers(spec, n_layers)
+    return None if len(keep) == n_layers else keep
+
+
 def group_sizes(feats):
     """Feature groups (a tensor [N, L, ...] or a list of them) → layers per group."""
     return tuple(f.shape[1] for f in (feats if isinstance(feats, (list, tuple)) else [feats]))

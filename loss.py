@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 
 from distances import DISTANCES, Shared
-from layers import group_sizes, parse_layers, select_layers
-from models import FeatureExtractor, _no_tf32_matmul, get_backbone
+from layers import chosen_layers, group_sizes, select_layers
+from models import FeatureExtractor, get_backbone
 from utils import WINDOW, UserError, window_count, windows
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -62,10 +62,7 @@ class PerceptualLoss(nn.Module):
         self.skip_nonfinite = backbone.cos_skip_nonfinite
         self.extractor = FeatureExtractor(backbone, weights, device, precision)
         self.sizes = group_sizes(self.extractor(torch.zeros(1, 3, WINDOW, WINDOW, device=self.extractor.device)))
-        self.layers = None
-        if layers is not None:
-            keep = parse_layers(layers, sum(self.sizes))
-            self.layers = None if len(keep) == sum(self.sizes) else keep
+        self.layers = None if layers is None else chosen_layers(layers, sum(self.sizes))
 
     def train(self, mode=True):
         """The backbone stays in eval mode whatever the loss module is set to."""
@@ -75,18 +72,7 @@ class PerceptualLoss(nn.Module):
 
     def features(self, wins):
         """Windows [B, 3, 224, 224] → feature groups, with autograd (as FeatureExtractor.forward)."""
-        ex = self.extractor
-        x = wins.to(ex.device)
-        if ex.norm is not None:
-            x = (x - ex.norm[0]) / ex.norm[1]
-        if ex.autocast is not None:
-            with torch.autocast(ex.device.type, dtype=ex.autocast):
-                feats = ex.forward_fn(ex.model, x)
-        elif ex.strict_fp32:
-            with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), _no_tf32_matmul():
-                feats = ex.forward_fn(ex.model, x)
-        else:
-            feats = ex.forward_fn(ex.model, x)
+        feats = self.extractor.run(wins)
         feats = list(feats) if isinstance(feats, (list, tuple)) else [feats]
         return select_layers(feats, self.layers, self.sizes)
 

@@ -451,6 +451,12 @@ class FeatureExtractor(nn.Module):
 
     @torch.inference_mode()
     def forward(self, x):
+        """Features for scoring, with no autograd record at all."""
+        return self.run(x)
+
+    def run(self, x):
+        """Windows → features at this extractor's device, normalisation and precision; records
+        autograd when the caller does (the differentiable loss, loss.py)."""
         x = x.to(self.device, non_blocking=True)
         if self.norm is not None:
             x = (x - self.norm[0]) / self.norm[1]
