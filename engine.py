@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from distances import DISTANCES, compute, compute_layers
-from layers import chosen_layers, group_sizes, select_layers
+from layers import chosen_layers, select_layers
 from loading import Chunk, load_chunks
 from models import FeatureExtractor, get_backbone
 from utils import UserError, check_pair, open_image, pil_to_tensor, resize_square, to_float, window_count, windows
@@ -385,7 +385,7 @@ class Scorer:
         self.cache_mb = _count(cache_mb, "cache_mb", 1, 4096 if gpu else 96)
         self.distance_batch = 128 if gpu else 2
         self.overlap = gpu and os.environ.get("ZSIQA_OVERLAP", "1") != "0"  # distances on a side stream
-        self._window_bytes, self._sizes, self.layers = None, None, None
+        self.layers = None
         if layers is not None:
             if self.backbone.output == "embed":
                 raise UserError(f"{self.backbone.name} compares one embedding: it has no blocks to choose")
@@ -402,7 +402,7 @@ class Scorer:
     def compile_backbone(self):
         """Compile the backbone (torch.compile) and give it fixed-shape batches from now on;
         `compile=True` does this at construction, run.py --compile auto once it knows the run's size."""
-        self._probe()  # measured before compiling: a batch of one would be compiled for too
+        self.extractor.probe()  # measured before compiling: a batch of one would be compiled for too
         self.extractor.compile()
         self.fixed_batch = True
 
@@ -411,25 +411,15 @@ class Scorer:
         """{distance: True when a lower score means more alike} (all published distances)."""
         return {d: DISTANCES[d].lower_better for d in self.distances}
 
-    def _probe(self):
-        """One window's features, measured once: their bytes and the layers per group."""
-        if self._window_bytes is None:
-            feats = self.extractor(torch.zeros(1, 3, 224, 224, device=self.device))
-            feats = feats if isinstance(feats, list) else [feats]
-            self._window_bytes = sum(f[0].numel() * f.element_size() for f in feats)
-            self._sizes = group_sizes(feats)
-
     @property
     def cached_windows(self):
         """How many reference windows' features fit the cache budget (at least one)."""
-        self._probe()
-        return max(1, self.cache_mb * 2**20 // self._window_bytes)
+        return max(1, self.cache_mb * 2**20 // self.extractor.probe()[1])
 
     @property
     def group_sizes(self):
         """Blocks per feature group of the backbone (one group for transformers)."""
-        self._probe()
-        return self._sizes
+        return self.extractor.probe()[0]
 
     @property
     def blocks(self):

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from distances import DISTANCES, Shared
-from layers import chosen_layers, group_sizes, select_layers
+from layers import chosen_layers, select_layers
 from models import FeatureExtractor, get_backbone
 from utils import WINDOW, UserError, window_count, windows
 
@@ -61,7 +61,7 @@ class PerceptualLoss(nn.Module):
         self.distance, self.reduction, self.swd_seed = names[0], reduction, swd_seed
         self.skip_nonfinite = backbone.cos_skip_nonfinite
         self.extractor = FeatureExtractor(backbone, weights, device, precision)
-        self.sizes = group_sizes(self.extractor(torch.zeros(1, 3, WINDOW, WINDOW, device=self.extractor.device)))
+        self.sizes = self.extractor.probe()[0]
         self.layers = None if layers is None else chosen_layers(layers, sum(self.sizes))
 
     def train(self, mode=True):

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distances import applicable
+from layers import group_sizes
 from utils import UserError
 from weights import (
     Weights,
@@ -442,6 +443,16 @@ class FeatureExtractor(nn.Module):
         self.forward_fn = getattr(backbone.family, backbone.output)
         mean, std = (torch.tensor(v, device=self.device).view(1, 3, 1, 1) for v in backbone.norm)
         self.norm = (mean, std) if model_norm else None  # off by default: the protocol feeds raw [0, 1]
+        self._probe = None
+
+    def probe(self):
+        """One blank window's features, measured once: (layers per feature group, bytes of
+        one window's features). The engine sizes its reference cache with them."""
+        if self._probe is None:
+            feats = self(torch.zeros(1, 3, 224, 224, device=self.device))
+            feats = feats if isinstance(feats, (list, tuple)) else [feats]
+            self._probe = (group_sizes(feats), sum(f[0].numel() * f.element_size() for f in feats))
+        return self._probe
 
     def compile(self):
         """Compile the forward pass (torch.compile, fixed shapes): faster batches on a GPU

@@ -160,7 +160,8 @@ def test_large_reference_compared_block_by_block(tiny, monkeypatch):
     dises = [(ref + s * torch.rand(3, 700, 650, generator=g)).clamp(0, 1) for s in (0.05, 0.1, 0.2)]
     cached = Scorer(name, ALL, **ON, weights=weights)([ref] * 3, dises)
     blocky = Scorer(name, ALL, **ON, weights=weights, cache_mb=1)
-    blocky._window_bytes = 2**20 // 3 + 1  # pretend a window's features take a third of the 1 MB budget: blocks of 2
+    sizes = blocky.group_sizes  # pretend a window's features take a third of the 1 MB budget: blocks of 2
+    monkeypatch.setattr(blocky.extractor, "probe", lambda: (sizes, 2**20 // 3 + 1))
     assert blocky.cached_windows == 2
     import engine
     reserved = []
