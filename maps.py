@@ -93,20 +93,28 @@ def window_maps(scorer, ref, dis):
     return {d: torch.cat([p[d] for p in parts]) for d in scorer.distances}
 
 
+def _pixel_index(first, count, pr, pc, w):
+    """Flat canvas indices [count, 224, 224] of the pixels of windows first..first+count−1
+    (rows-outer order over the row positions pr and column positions pc)."""
+    k = torch.arange(first, first + count)
+    rows = torch.as_tensor(pr)[k // len(pc)][:, None] + torch.arange(WINDOW)
+    cols = torch.as_tensor(pc)[k % len(pc)][:, None] + torch.arange(WINDOW)
+    return rows[:, :, None] * w + cols[:, None, :]
+
+
 def image_maps(scorer, ref, dis):
     """{distance: float32 numpy [H, W]}: window maps placed and overlaps averaged."""
     ref, dis = _pair(scorer, ref, dis)
     h, w = dis.shape[-2:]
     pr, pc = window_positions(h), window_positions(w)
-    canvas = {d: torch.zeros(h, w, dtype=torch.float64) for d in scorer.distances}
-    count = torch.zeros(h, w, dtype=torch.float64)
+    canvas = {d: torch.zeros(h * w, dtype=torch.float64) for d in scorer.distances}
+    count = torch.zeros(h * w, dtype=torch.float64)
     for s, batch in window_batches(scorer, ref, dis):
-        for k in range(next(iter(batch.values())).shape[0]):  # a few windows per image: not a hot path
-            r, c = pr[(s + k) // len(pc)], pc[(s + k) % len(pc)]
-            count[r:r + WINDOW, c:c + WINDOW] += 1
-            for d, m in batch.items():
-                canvas[d][r:r + WINDOW, c:c + WINDOW] += m[k]
-    return {d: (canvas[d] / count).float().numpy() for d in scorer.distances}
+        idx = _pixel_index(s, next(iter(batch.values())).shape[0], pr, pc, w).flatten()
+        count.index_add_(0, idx, torch.ones(idx.shape, dtype=torch.float64))
+        for d, m in batch.items():
+            canvas[d].index_add_(0, idx, m.flatten().double())
+    return {d: (canvas[d] / count).view(h, w).float().numpy() for d in scorer.distances}
 
 
 def check_folder(folder):

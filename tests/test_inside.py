@@ -110,6 +110,12 @@ def test_window_maps_mean_is_window_score(tiny, pairs):
         np.testing.assert_allclose(maps[d].double().mean((1, 2)).numpy(), want[:, j].numpy(), rtol=1e-5, err_msg=d)
     image = scorer.maps(ref, dis)
     assert image["l2"].shape == (240, 450) and image["l2"].dtype == np.float32
+    total, count = np.zeros((len(ALL), 240, 450)), np.zeros((240, 450))  # overlaps averaged, by hand
+    for k, (r, c) in enumerate([(r, c) for r in (0, 16) for c in (0, 200, 226)]):
+        count[r:r + 224, c:c + 224] += 1
+        total[:, r:r + 224, c:c + 224] += np.stack([maps[d][k].double().numpy() for d in ALL])
+    for j, d in enumerate(ALL):
+        np.testing.assert_allclose(image[d], total[j] / count, rtol=1e-6, err_msg=d)
 
 
 @needs_shared
