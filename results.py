@@ -37,11 +37,11 @@ COMPARED = ("dataset", "model", "distance", "precision", "model_norm", "resize",
             "weights", "ref_dir", "dis_dir", "layers")
 SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "n_skipped", "srcc", "plcc", "krcc",
                   "plcc_logistic", "pairs_per_s", "label_higher_better", "precision", "model_norm", "resize",
-                  "swd_seed", "weights", "labels_sha256", "file"]
+                  "swd_seed", "layers", "weights", "labels_sha256", "file"]
 UNLABELLED_FIELDS = ["set", "model", "distance", "robustness", "pct", "n", "n_skipped", "mean", "std", "median",
                      "ci95_low", "ci95_high", "lower_better", "vs", "n_common", "p_value", "wins", "losses",
-                     "pairs_per_s", "precision", "model_norm", "resize", "swd_seed", "weights", "ref_dir", "dis_dir",
-                     "file"]
+                     "pairs_per_s", "precision", "model_norm", "resize", "swd_seed", "layers", "weights", "ref_dir",
+                     "dis_dir", "file"]
 
 
 # ---------------------------------------------------------------- names and records

@@ -48,6 +48,8 @@ def test_all_blocks_equal_default_and_subset_is_sum_of_columns(tiny, tmp_path):
     assert list(sub.dis) == list(per.dis)
     np.testing.assert_allclose(sub.pred, per.block_2, rtol=1e-6)
     assert json.load(open(tmp_path / "c" / f"pipal_{tiny[0]}_l2.json"))["layers"] == "2"
+    for run_dir, want in [("b", ["", ""]), ("c", ["2"])]:  # summary rows say which blocks were compared
+        assert list(pd.read_csv(tmp_path / run_dir / "summary.csv", dtype=str, keep_default_na=False).layers) == want
 
 
 def test_resume_with_other_layers_refused(tiny, tmp_path, capsys):
@@ -155,3 +157,12 @@ def test_compile_auto_on_cuda_counts_jobs(monkeypatch):
     scorer.device = torch.device("cpu")
     run.compile_if_it_pays(args, scorer, [(0, i) for i in range(100)])
     assert bool(calls) is False
+
+
+def test_unlabelled_summary_names_the_blocks(tiny, tmp_path):
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=2, sub=False)
+    out = tmp_path / "r"
+    assert _run(tiny, "-dat", "dirs", "--ref-dir", gt, "--dis-dir", outs[0], "-d", "l2", "-sdir", str(out),
+                "--layers", "2") == 0
+    summary = pd.read_csv(out / "summary_unlabelled.csv", dtype=str, keep_default_na=False)
+    assert list(summary.layers) == ["2"] and list(summary.distance) == ["l2"]
