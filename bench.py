@@ -92,24 +92,29 @@ def time_forward(scorer, iters):
 
 
 def build_parser():
-    p = ArgParser(description=__doc__.split("\n")[1])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--model", default="dinov1")
+    p = ArgParser(__doc__)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--model", default="dinov1", help="backbone (default dinov1)")
     p.add_argument("--distances", default=PUBLISHED_FIVE, help=f"default the published five: {PUBLISHED_FIVE}")
-    p.add_argument("--precision", default="published")
+    p.add_argument("--precision", default="published", help="published (default), fp32, bf16 or fp16")
     p.add_argument("--weights", default="random", help="'random' (seeded; default) or a checkpoint")
-    p.add_argument("--size", type=int_at_least(224, " (the window size)"), default=288)
-    p.add_argument("--refs", type=int_at_least(1), default=20)
-    p.add_argument("--pairs", type=int_at_least(1), default=2000)
+    p.add_argument("--size", type=int_at_least(224, " (the window size)"), default=288,
+                   help="side of the synthetic square images in px (default 288, as PIPAL)")
+    p.add_argument("--refs", type=int_at_least(1), default=20, help="reference images (default 20)")
+    p.add_argument("--pairs", type=int_at_least(1), default=2000,
+                   help="distorted images, spread over the references (default 2000)")
     p.add_argument("--loop-pairs", type=int_at_least(0), default=None,
                    help="pairs timed with the loop (default 100 on a GPU, 4 on a CPU)")
-    p.add_argument("--batch-size", type=int_at_least(1), default=None)
-    p.add_argument("--workers", type=int_at_least(0), default=None)
-    p.add_argument("--forward-iters", type=int_at_least(1), default=None)
+    p.add_argument("--batch-size", type=int_at_least(1), default=None,
+                   help="windows per forward pass (default 256 on a GPU, 16 on a CPU)")
+    p.add_argument("--workers", type=int_at_least(0), default=None,
+                   help="image-decoding processes (default 8 on a GPU, 0 on a CPU)")
+    p.add_argument("--forward-iters", type=int_at_least(1), default=None,
+                   help="timed batches of the forward-only figure (c) (default 30 on a GPU, 2 on a CPU)")
     p.add_argument("--compile", choices=["on", "off"], default="off",
                    help="compile the backbone (torch.compile); the first call's time then includes compiling")
     p.add_argument("--data", help="folder for the synthetic set (default a temporary one; reused if present)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     return p
 
 

@@ -211,9 +211,8 @@ def layer_plot(rows, out, title):
     plt.close(fig)
 
 
-@cli_entry
-def main(argv=None):
-    p = ArgParser(description=__doc__.split("\n")[1])
+def build_parser():
+    p = ArgParser(__doc__)
     p.add_argument("-dat", "--dataset",
                    help=f"layout, for the label's direction ({', '.join(LAYOUTS)}); default from the file name")
     p.add_argument("-f", "--file", help="results file with header dis,ref,mos,pred")
@@ -224,8 +223,13 @@ def main(argv=None):
                    help="override: predictions are similarities (default: detected from the file name, e.g. psnr)")
     p.add_argument("--plot", help="write a scatter plot (PNG) with the fitted logistic curve "
                    "(--per-layer: SRCC against the block)")
-    p.add_argument("--json", action="store_true")
-    a = p.parse_args(argv)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+@cli_entry
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     if a.dataset is not None and a.dataset not in LAYOUTS:
         raise UserError(f"unknown dataset layout '{a.dataset}'; known: {', '.join(LAYOUTS)}")
     if bool(a.file) == bool(a.per_layer):

@@ -17,7 +17,7 @@ Without labels (-dat dirs: output folders paired with a reference folder by file
 methods.py; or -dat csv with only ref,dis columns) every set (output folder, or the list) gets
 <sdir>/<set>_<name>_<distance>[_<rob>-<pct>].csv (header dis,ref,pred; paths relative to their
 folders), a table ranking the sets per distance (mean, bootstrap CI, Wilcoxon against the best)
-appended to <sdir>/summary_unlabelled.csv, and a bar chart <sdir>/<name>_<distance>_methods.png.
+appended to <sdir>/summary_unlabelled.csv, and a bar chart <sdir>/<name>_<distance>[_<rob>-<pct>]_methods.png.
 All sets' pairs are scored in one pass, so a reference shared by several sets is encoded once.
 
 --layers 1-6,9 compares only those blocks (1-based; recorded, so a resume with other blocks is
@@ -43,7 +43,7 @@ COMPILE_MIN_JOBS = 200_000
 
 
 def build_parser():
-    p = ArgParser(description=__doc__.split("\n")[1])
+    p = ArgParser(__doc__)
     p.add_argument("-dat", "--dataset", required=True, help="layout: pipal, live, tid2013, kadid10k, csv, dirs")
     p.add_argument("--root", help="dataset folder (csv: paths are relative to it; default the CSV's folder)")
     p.add_argument("--csv", help="-dat csv: the list (columns ref, dis, mos or dmos)")
@@ -52,8 +52,8 @@ def build_parser():
     p.add_argument("--ref-dir", help="-dat dirs: the reference (ground-truth) folder")
     p.add_argument("--dis-dir", action="append",
                    help="-dat dirs: an output folder (one method) to score against --ref-dir; repeat per method")
-    p.add_argument("-m", "--model", default="dinov1")
-    p.add_argument("-d", "--distance", default="wsd", help="distance, comma list or 'all'")
+    p.add_argument("-m", "--model", default="dinov1", help="backbone (default dinov1)")
+    p.add_argument("-d", "--distance", default="wsd", help="distance, comma list or 'all' (default wsd)")
     p.add_argument("-s", "--saveas", help="name used in the results file names (default: the model)")
     p.add_argument("-sdir", "--savedir", default="results", help="folder for results files (default results/)")
     p.add_argument("--overwrite", action="store_true",
@@ -66,11 +66,12 @@ def build_parser():
     p.add_argument("--pcts", default=None, help="sweep magnitudes (default 1,2,4,8)")
     p.add_argument("-r", "--resize", type=int_at_least(224, " (the window size)"), default=None,
                    help="resize both images to N×N first (N ≥ 224)")
-    p.add_argument("--weights")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--weights", help="checkpoint file (default: $ZSIQA_WEIGHTS_DIR, library caches, download)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--model-norm", action="store_true",
                    help="normalise windows with the model's own mean/std (not the published protocol)")
-    p.add_argument("--precision", default="published")
+    p.add_argument("--precision", default="published",
+                   help="published (default: as the paper ran), fp32, bf16 or fp16")
     p.add_argument("--batch-size", type=int_at_least(1), default=None,
                    help="windows per forward pass (default 256 on a GPU, 16 on a CPU)")
     p.add_argument("--workers", type=int_at_least(0), default=None,
@@ -85,7 +86,7 @@ def build_parser():
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help=f"compile the backbone (auto: on CUDA with ≥ {COMPILE_MIN_JOBS} pairs to score)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 

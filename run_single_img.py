@@ -14,7 +14,7 @@ from utils import ArgParser, cli_entry, to_json
 
 
 def build_parser():
-    p = ArgParser(description=__doc__.split("\n")[1])
+    p = ArgParser(__doc__)
     p.add_argument("-ref", "--ref", help="reference image")
     p.add_argument("-dis", "--dis", help="distorted image (same size as the reference)")
     p.add_argument("-m", "--model", default="dinov1", help="backbone (see --list-models; default dinov1)")

@@ -21,7 +21,11 @@ class UserError(Exception):
 
 
 class ArgParser(argparse.ArgumentParser):
-    """argparse with its usage errors turned into UserError (one line, exit 2)."""
+    """argparse with its usage errors turned into UserError (one line, exit 2); `doc` (the
+    script's docstring, with its examples) is shown by --help as written."""
+
+    def __init__(self, doc, **kwargs):
+        super().__init__(description=doc.strip(), formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
     def error(self, message):
         raise UserError(message)

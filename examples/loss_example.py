@@ -23,7 +23,7 @@ from utils import ArgParser, cli_entry, load_image  # noqa: E402
 
 
 def build_parser():
-    p = ArgParser(description=__doc__.split("\n")[1])
+    p = ArgParser(__doc__)
     p.add_argument("--image", default=os.path.join(HERE, "ref.png"), help="clean image (default examples/ref.png)")
     p.add_argument("-m", "--model", default="dinov1", help="backbone (default dinov1)")
     p.add_argument("-d", "--distance", default="l2", help="distance (default l2)")

@@ -127,3 +127,16 @@ def test_map_file_that_cannot_be_written(tiny, imgs, capsys, tmp_path):
     (tmp_path / "maps" / "l2.png").mkdir(parents=True)  # a folder where the heatmap goes
     _fails(capsys, _base(tiny, imgs("a.png"), imgs("b.png", seed=1), "-d", "l2", "--maps", str(tmp_path / "maps")),
            "cannot write")
+
+
+@pytest.mark.parametrize("script", ["run", "run_single_img", "calc_scores", "bench"])
+def test_help_shows_the_scripts_docstring(script, capsys):
+    """--help exits 0 with the script's docstring (summary and examples) and every option explained."""
+    import importlib
+    mod = importlib.import_module(script)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and mod.__doc__.strip().splitlines()[0] in out and "  python " in out
+    undocumented = [a.dest for a in mod.build_parser()._actions if not a.help]
+    assert undocumented == [], undocumented
