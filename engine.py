@@ -30,7 +30,18 @@ from distances import DISTANCES, compute, compute_layers
 from layers import chosen_layers, select_layers
 from loading import Chunk, load_chunks
 from models import FeatureExtractor, get_backbone
-from utils import UserError, check_pair, open_image, pil_to_tensor, resize_square, to_float, window_count, windows
+from utils import (
+    UserError,
+    as_rgb,
+    check_pair,
+    open_image,
+    pil_to_tensor,
+    resize_square,
+    resize_tensor,
+    to_float,
+    window_count,
+    windows,
+)
 from weights import identity as weights_identity
 
 
@@ -502,16 +513,15 @@ class Scorer:
     def _prepare(self, x):
         """One image → [3, H, W] uint8 (8-bit sources, scaled later) or float in [0, 1]."""
         if torch.is_tensor(x):
-            return _checked_tensor(x)
+            x = _checked_tensor(x)
+            return resize_tensor(x, self.resize) if self.resize else x
         if isinstance(x, np.ndarray):
             x = _array_to_pil(x)
         elif not isinstance(x, (str, os.PathLike, Image.Image)):
             raise UserError(f"cannot score a {type(x).__name__}: give a path, a PIL image, a numpy HWC uint8 array "
                             f"or a tensor [3, H, W]")
-        im = x if isinstance(x, Image.Image) else open_image(x)
-        if self.resize:
-            im = resize_square(im, self.resize)
-        return pil_to_tensor(im)
+        im = as_rgb(_loaded(x)) if isinstance(x, Image.Image) else open_image(x)
+        return pil_to_tensor(resize_square(im, self.resize) if self.resize else im)
 
     def score_files(self, pairs, variants=None, jobs=None, on_error=None, per_layer=False):
         """Score (ref_path, dis_path) pairs read from disk (decoded in `workers` processes).
@@ -625,6 +635,17 @@ def _checked_tensor(x):
         raise UserError(f"float image tensors must hold values in [0, 1], "
                         f"got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
     return x
+
+
+def _loaded(im):
+    """A PIL image given to the API, decoded (a lazily opened file whose handle was closed is
+    refused in one line, not with Pillow's AssertionError)."""
+    try:
+        im.load()
+    except Exception as e:
+        raise UserError(f"cannot read the PIL image given: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
+                        f"(open it inside a `with` block and call .load(), or pass the path)") from None
+    return im
 
 
 def _array_to_pil(a):

@@ -94,33 +94,39 @@ def cli_entry(main):
     return wrapper
 
 
-def _deep_scale(im):
-    """The divisor that brings a deep grey image to [0, 1] (65535 for 'I;16*' and 'I', 16-bit
-    files opened as 32-bit int; 1 for 'F'), None for other modes. Values outside that range
-    (a float image of 0-255, a 32-bit integer image, NaN) have no known scale: refused rather
-    than clipped. Checked from Pillow's extrema, without converting the image."""
-    if not (im.mode.startswith("I") or im.mode == "F"):
-        return None
-    top = 1.0 if im.mode == "F" else 65535.0
-    lo, hi = im.getextrema()  # NaN is skipped by Pillow: looked for apart, in float images only
-    if lo < 0 or hi > top or (im.mode == "F" and np.isnan(np.asarray(im)).any()):
+def _deep_scale(mode):
+    """The divisor that brings a deep grey image to [0, 1]: 65535 for 'I;16*' and 'I' (16-bit
+    files open as 32-bit int), 1 for 'F'; None for 8-bit modes."""
+    if mode.startswith("I"):
+        return 65535.0
+    return 1.0 if mode == "F" else None
+
+
+def as_rgb(im):
+    """The protocol's first step, "convert to RGB" (§1), before any resize or robustness
+    transform: 8-bit modes → 'RGB' (alpha dropped, palette and CMYK mapped, as published);
+    deep grey modes → 'F' in [0, 1] (one grey channel, not clipped to 8 bits as Pillow's
+    convert('RGB') would). A deep image whose values lie outside its scale (a float image of
+    0-255, a 32-bit integer image, NaN) is refused rather than clipped."""
+    top = _deep_scale(im.mode)
+    if top is None:
+        if im.mode == "RGB":
+            return im
+        try:
+            return (im.convert("LA") if im.mode == "La" else im).convert("RGB")
+        except ValueError as e:
+            raise UserError(f"cannot convert a {im.mode}-mode image to RGB: {e}") from None
+    a = np.asarray(im, dtype=np.float32)  # any byte order ('I;16B' too)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if not (lo >= 0 and hi <= top) or np.isnan(a).any():
         raise UserError(f"a {im.mode}-mode image holds values in [{lo:.6g}, {hi:.6g}] (or NaN), outside [0, {top:g}]: "
                         f"its scale is unknown (save it as 8- or 16-bit, or as float in [0, 1])")
-    return top
-
-
-def _to_rgb_array(im):
-    """Deep grey modes → float32 H×W×3 in [0, 1] (see `_deep_scale`), else None; Pillow's own
-    convert('RGB') would clip them to 8 bits."""
-    top = _deep_scale(im)
-    if top is None:
-        return None
-    a = np.asarray(im, dtype=np.float32) / top
-    return np.repeat(a[..., None], 3, axis=-1)
+    return Image.fromarray(a / np.float32(top) if top != 1 else a)  # float32 H×W → 'F'
 
 
 def open_image(path):
-    """Open and fully decode an image file with Pillow; UserError if missing or unreadable."""
+    """Open and fully decode an image file with Pillow, converted (`as_rgb`) to 'RGB' or, for
+    deep grey files, 'F' in [0, 1]; UserError if missing or unreadable."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"image not found: {path}")
@@ -131,20 +137,17 @@ def open_image(path):
     except Exception as e:  # whatever a decoder raises (truncated, not an image, too large, …)
         raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     try:
-        _deep_scale(im)  # a deep image of unknown scale is refused here, with its name
+        return as_rgb(im)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
-    return im
 
 
 def pil_to_tensor(im):
     """Pillow image → tensor [3, H, W]: uint8 for 8-bit modes (exactly what the published
-    ToTensor then divides by 255), float32 in [0, 1] for deeper modes."""
-    deep = _to_rgb_array(im)
-    if deep is not None:
-        return torch.from_numpy(np.ascontiguousarray(deep.transpose(2, 0, 1)))
-    if im.mode != "RGB":
-        im = im.convert("RGB")  # as published: alpha dropped, palette and CMYK mapped
+    ToTensor then divides by 255), float32 in [0, 1] for deep grey ones (`as_rgb`)."""
+    im = as_rgb(im) if im.mode not in ("RGB", "F") else im
+    if im.mode == "F":
+        return torch.from_numpy(np.array(im, dtype=np.float32))[None].expand(3, -1, -1).contiguous()
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
@@ -155,7 +158,7 @@ def to_float(x):
 
 def load_image(path, resize=None):
     """Read an image file as float32 RGB [3, H, W] in [0, 1], whatever its mode
-    (L, LA, P, RGBA, I;16, CMYK, …). resize=N gives a bilinear N×N resize first."""
+    (L, LA, P, RGBA, I;16, CMYK, …). resize=N: then a bilinear N×N resize."""
     im = open_image(path)
     if resize:
         im = resize_square(im, resize)
@@ -163,8 +166,18 @@ def load_image(path, resize=None):
 
 
 def resize_square(im, size):
-    """The published optional `-r N`: bilinear resize to N×N."""
+    """The published optional `-r N`: bilinear resize to N×N (of an `as_rgb` image)."""
     return im.resize((size, size), Image.BILINEAR)
+
+
+def resize_tensor(x, size):
+    """`resize_square` for an image tensor [3, H, W] (uint8, or float in [0, 1]), by the same
+    Pillow filter, so a tensor resizes exactly as the same pixels read from a file: uint8 as
+    8-bit RGB, float per channel in 'F' mode (no rounding to 8 bits)."""
+    if x.dtype == torch.uint8:
+        return pil_to_tensor(resize_square(Image.fromarray(np.ascontiguousarray(x.permute(1, 2, 0).cpu())), size))
+    channels = [np.asarray(resize_square(Image.fromarray(c), size)) for c in x.float().cpu().numpy()]
+    return torch.from_numpy(np.stack(channels))
 
 
 @functools.cache

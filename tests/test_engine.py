@@ -235,3 +235,59 @@ def test_api_refuses_bad_distance_lists_and_seeds(tiny):
                           ({"swd_seed": 2**64}, "below 2\\*\\*63")]:
         with pytest.raises(UserError, match=match):
             Scorer(name, **{"distances": "l2", **kwargs}, device="cpu", weights=weights)
+
+
+def test_resize_comes_after_rgb_conversion_for_every_input_kind(tiny, tmp_path):
+    """-r N resizes the RGB image (PROTOCOL §1: convert to RGB, then resize), whether the pair
+    comes as files, PIL images or tensors: RGBA with transparent pixels and a palette image
+    score as their RGB conversions do, and a tensor is resized as its file would be."""
+    name, weights = tiny
+    rng = np.random.default_rng(5)
+    rgba = rng.integers(0, 256, (230, 250, 4), dtype=np.uint8)
+    rgba[:, :125, 3] = 0  # half transparent: Pillow's RGBA resize would premultiply these away
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.png")
+    pal = Image.fromarray(rng.integers(0, 256, (230, 250, 3), dtype=np.uint8)).quantize(64)
+    pal.save(tmp_path / "p.png")
+    pal.convert("RGB").save(tmp_path / "p_rgb.png")
+    sized = Scorer(name, "l2", **ON, weights=weights, resize=256)
+    assert sized(str(tmp_path / "a.png"), str(tmp_path / "rgb.png")).item() == 0
+    assert sized(str(tmp_path / "p.png"), str(tmp_path / "p_rgb.png")).item() == 0
+    plain = Scorer(name, "l2", **ON, weights=weights)
+
+    def by_hand(path):  # convert, then Pillow's bilinear resize, then the unresized scorer
+        return torch.from_numpy(np.array(Image.open(path).convert("RGB").resize((256, 256), Image.BILINEAR)))
+
+    want = plain(by_hand(tmp_path / "a.png").permute(2, 0, 1), by_hand(tmp_path / "p.png").permute(2, 0, 1)).item()
+    assert want > 0
+    tensors = [torch.from_numpy(np.array(Image.open(tmp_path / f).convert("RGB"))).permute(2, 0, 1)
+               for f in ("a.png", "p.png")]
+    assert sized(str(tmp_path / "a.png"), str(tmp_path / "p.png")).item() == pytest.approx(want, rel=1e-6)
+    assert sized(Image.open(tmp_path / "a.png"), Image.open(tmp_path / "p.png")).item() == pytest.approx(want, rel=1e-6)
+    assert sized(*tensors).item() == pytest.approx(want, rel=1e-6)  # uint8 tensors: resized as the files
+    assert sized(*(t.float() / 255 for t in tensors)).item() == pytest.approx(want, rel=2e-2)  # float: no 8-bit rounding
+    small = torch.rand(3, 100, 120)
+    assert Scorer(name, "l2", **ON, weights=weights, resize=224)(small, small).item() == 0  # resized, not refused
+
+
+def test_every_deep_and_odd_pil_mode_reads(tiny, tmp_path):
+    """Big-endian 16-bit TIFF ('I;16B'), PIL images in 'I;16L'/'I;16N'/'La' modes score as
+    their plain equivalents; a closed PIL image is one clear error."""
+    from utils import UserError
+    name, weights = tiny
+    grey = (np.random.default_rng(6).integers(0, 65536, (230, 240))).astype(np.uint16)
+    Image.fromarray(grey.astype(">u2")).save(tmp_path / "be.tif")
+    Image.fromarray(grey).save(tmp_path / "le.png")
+    assert Image.open(tmp_path / "be.tif").mode == "I;16B"
+    assert torch.equal(load_image(tmp_path / "be.tif"), load_image(tmp_path / "le.png"))
+    metric = Scorer(name, "l2", **ON, weights=weights)
+    assert metric(str(tmp_path / "be.tif"), str(tmp_path / "le.png")).item() == 0
+    for mode in ("I;16L", "I;16N"):  # built from bytes (Pillow's convert() to these modes clips at 255)
+        im = Image.frombytes(mode, (240, 230), grey.astype("<u2" if mode == "I;16L" else "=u2").tobytes())
+        assert metric(im, str(tmp_path / "le.png")).item() == 0
+    la = Image.fromarray(np.random.default_rng(7).integers(0, 256, (230, 240, 2), dtype=np.uint8), "LA")
+    assert metric(la.convert("La"), la.convert("La").convert("LA")).item() == 0
+    closed = Image.open(tmp_path / "le.png")
+    closed.close()
+    with pytest.raises(UserError, match="PIL image"):
+        metric(closed, str(tmp_path / "le.png"))
