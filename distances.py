@@ -90,8 +90,12 @@ def _softmax_rows(x):
 
 
 def _finish(value):
-    """Mean over columns, then log(raw + 1) ** 0.25 (the published squashing)."""
-    return torch.log(value.mean(-1) + 1) ** 0.25
+    """Mean over columns, then log(raw + 1) ** 0.25 (the published squashing). The fourth
+    root's slope is infinite at 0: a window at distance 0 gets the subgradient 0 there, so
+    the differentiable loss has no NaN gradients (same values)."""
+    squashed = torch.log(value.mean(-1) + 1)
+    zero = squashed == 0  # NaN is not zero: it stays NaN
+    return torch.where(zero, 0, torch.where(zero, 1, squashed) ** 0.25)
 
 
 class Shared:

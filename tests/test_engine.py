@@ -265,7 +265,7 @@ def test_resize_comes_after_rgb_conversion_for_every_input_kind(tiny, tmp_path):
     assert sized(str(tmp_path / "a.png"), str(tmp_path / "p.png")).item() == pytest.approx(want, rel=1e-6)
     assert sized(Image.open(tmp_path / "a.png"), Image.open(tmp_path / "p.png")).item() == pytest.approx(want, rel=1e-6)
     assert sized(*tensors).item() == pytest.approx(want, rel=1e-6)  # uint8 tensors: resized as the files
-    assert sized(*(t.float() / 255 for t in tensors)).item() == pytest.approx(want, rel=2e-2)  # float: no 8-bit rounding
+    assert sized(*(t.float() / 255 for t in tensors)).item() == pytest.approx(want, rel=2e-2)  # float: unrounded
     small = torch.rand(3, 100, 120)
     assert Scorer(name, "l2", **ON, weights=weights, resize=224)(small, small).item() == 0  # resized, not refused
 

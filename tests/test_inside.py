@@ -189,6 +189,26 @@ def test_loss_equals_scorer(tiny, d):
     assert torch.isfinite(dis.grad).all() and dis.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("d", ALL)
+def test_loss_gradients_finite_where_a_window_is_identical(tiny, d):
+    """A window at distance 0 (the fourth root's slope is infinite there) gives the
+    subgradient 0, not NaN: an identical pair has zero gradients, a pair differing in one
+    window finite ones that are non-zero only where pixels differ or windows overlap them."""
+    name, weights = tiny
+    gen = torch.Generator().manual_seed(4)
+    ref = torch.rand(1, 3, 224, 448, generator=gen)
+    loss = PerceptualLoss(name, d, weights=weights, device="cpu")
+    same = ref.clone().requires_grad_(True)
+    loss(same, ref).backward()
+    assert same.grad.abs().max() < 1e-9  # zero (cos: to float rounding)
+    dis = ref.clone()
+    dis[..., 300:] = (dis[..., 300:] + 0.2 * torch.rand(1, 3, 224, 148, generator=gen)).clamp(0, 1)
+    dis.requires_grad_(True)
+    loss(dis, ref).backward()
+    assert torch.isfinite(dis.grad).all() and dis.grad[..., 200:].abs().sum() > 0
+    assert dis.grad[..., :200].abs().max() < 1e-9  # only window 0, at distance 0, sees these columns
+
+
 def test_loss_optimises_and_autocast(tiny):
     name, weights = tiny
     gen = torch.Generator().manual_seed(2)
