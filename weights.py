@@ -124,6 +124,7 @@ def resolve_weights(backbone, explicit=None):
     found or downloaded under an official OpenAI name must have the published sha256."""
     w = backbone.weights
     if explicit:
+        explicit = os.fspath(explicit)
         if not os.path.isfile(explicit):
             raise UserError(f"weights file not found: {explicit}")
         return explicit
@@ -193,32 +194,53 @@ def is_torchscript(path):
         return any("/code/" in n for n in z.namelist())
 
 
-def read_state_dict(path):
-    """Read a checkpoint in any official format: TorchScript archive (OpenAI CLIP; read by
-    `read_torchscript`, none of its code is run), pickled state dict (.pt/.pth/.bin; tensors
-    only, nothing else is unpickled), safetensors. An OpenCLIP training checkpoint's
-    `state_dict` (keys prefixed `module.`) is unwrapped."""
+def is_safetensors(path):
+    """A safetensors file, whatever its name: an 8-byte little-endian header length, then
+    a JSON header that starts with '{' and fits in the file."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
+def _load_any(path):
+    """The raw object of a checkpoint file (see `read_state_dict`); UserError when unreadable."""
     try:
-        if path.endswith(".safetensors"):
+        if is_safetensors(path):
             from safetensors.torch import load_file
-            sd = load_file(path)
-        elif is_torchscript(path):  # OpenAI's CLIP releases are TorchScript archives
-            sd = read_torchscript(path)
-        else:
-            with warnings.catch_warnings():  # torch's note on old pickle protocols: noise before our one line
-                warnings.simplefilter("ignore")
-                sd = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path)
+        if is_torchscript(path):  # OpenAI's CLIP releases are TorchScript archives
+            return read_torchscript(path)
+        with warnings.catch_warnings():  # torch's note on old pickle protocols: noise before our one line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except UserError:
         raise
+    except pickle.UnpicklingError as e:  # weights_only refused a global: nothing in the file ran
+        why = next((line for line in str(e).splitlines() if "GLOBAL" in line.upper()), "unpickling refused")
+        raise UserError(f"refusing weights file {path}: it holds Python objects other than tensors "
+                        f"({why.strip()[:120]}); none of them was run") from None
     except Exception:  # any unreadable file ends in the same one-line message
         raise UserError(f"cannot read weights file {path}: not a TorchScript archive, PyTorch "
                         f"state dict or safetensors file (corrupt or truncated?)") from None
+
+
+def read_state_dict(path):
+    """Read a checkpoint in any official format: TorchScript archive (OpenAI CLIP; read by
+    `read_torchscript`, none of its code is run), pickled state dict (.pt/.pth/.bin; tensors
+    only, nothing else is unpickled), safetensors (recognised by content, whatever the
+    name). An OpenCLIP training checkpoint's `state_dict` (keys prefixed `module.`) is
+    unwrapped. Names must be strings and tensors real numbers; NaN/inf are refused."""
+    path = os.fspath(path)
+    sd = _load_any(path)
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
-        raise UserError(f"weights file {path} holds no state dict of tensors")
-    if all(k.startswith("module.") for k in sd):
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) and isinstance(k, str) for k, v in sd.items()):
+        raise UserError(f"weights file {path} holds no state dict of named tensors")
+    if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
+    complex_key = next((k for k, v in sd.items() if v.is_complex()), None)
+    if complex_key is not None:  # loading would silently drop the imaginary part
+        raise UserError(f"weights file {path} holds complex tensors (first {complex_key}): not weights of a backbone")
     bad = next((k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:  # NaN/inf weights would make every score NaN
         raise UserError(f"weights file {path} holds NaN or infinite values (first in {bad})")

@@ -272,3 +272,37 @@ def test_pickled_state_dicts_still_read_safely(tmp_path):
     torch.save(sd, tmp_path / "sd.pt")
     got = weights.read_state_dict(str(tmp_path / "sd.pt"))
     assert list(got) == ["a", "b"] and torch.equal(got["b"], sd["b"])
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_state_dicts_are_refused_in_one_line(tmp_path):
+    """A pickle with a code-running global (refused as such, never run), complex tensors
+    (loading would drop the imaginary part), non-string names: each one clear UserError."""
+    marker = tmp_path / "ran"
+    cases = {"evil.pth": ({"a": torch.ones(2), "b": _Evil(marker)}, "Python objects other than tensors"),
+             "complex.pth": ({"a": torch.ones(2, dtype=torch.complex64)}, "complex tensors"),
+             "intkey.pth": ({"a": torch.ones(2), 1: torch.ones(1)}, "named tensors")}
+    for name, (obj, match) in cases.items():
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(UserError, match=match):
+            weights.read_state_dict(str(tmp_path / name))
+    assert not marker.exists()
+
+
+def test_safetensors_read_by_content_and_paths_as_pathlib(tmp_path):
+    """A safetensors file under a .pth name is read as safetensors; a pathlib.Path works
+    wherever a weights path does."""
+    from safetensors.torch import save_file
+    sd = {"a": torch.arange(6.0).view(2, 3)}
+    save_file(sd, tmp_path / "named.pth")
+    got = weights.read_state_dict(tmp_path / "named.pth")
+    assert list(got) == ["a"] and torch.equal(got["a"], sd["a"])
+    b = models.BACKBONES["dinov1"]
+    assert weights.resolve_weights(b, tmp_path / "named.pth") == str(tmp_path / "named.pth")
