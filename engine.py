@@ -34,6 +34,7 @@ from utils import (
     UserError,
     as_rgb,
     check_pair,
+    int_option,
     open_image,
     pil_to_tensor,
     resize_square,
@@ -63,15 +64,6 @@ def parse_distances(distances, backbone):
             raise UserError(f"distance '{d}' does not apply to {backbone.name}; "
                             f"it takes: {', '.join(backbone.distances)}{why}")
     return distances
-
-
-def _count(value, name, minimum, default):
-    """An integer option ≥ minimum (None: the default); refuses floats, bools and strings."""
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise UserError(f"{name} must be an integer of at least {minimum}, got {value!r}")
-    return int(value)
 
 
 # ---------------------------------------------------------------- engine state
@@ -382,18 +374,17 @@ class Scorer:
         self.backbone = get_backbone(model)
         self.distances = parse_distances(distances, self.backbone)
         self.single = isinstance(distances, str) and distances != "all" and "," not in distances
-        self.resize = _count(resize, "resize", 224, None)
-        self.swd_seed = _count(swd_seed, "swd_seed", 0, 0)
-        if not isinstance(model_norm, bool):
-            raise UserError(f"model_norm must be True or False, got {model_norm!r}")
-        if self.swd_seed >= 2**63:
-            raise UserError(f"swd_seed must be below 2**63, got {swd_seed}")
+        self.resize = int_option(resize, "resize", 224, None)
+        self.swd_seed = int_option(swd_seed, "swd_seed", 0, 0, below=2**63, below_text="2**63")
+        for flag, value in (("model_norm", model_norm), ("compile", compile)):
+            if not isinstance(value, bool):
+                raise UserError(f"{flag} must be True or False, got {value!r}")
         self.extractor = FeatureExtractor(self.backbone, weights, device, precision, model_norm)
         self.device = self.extractor.device
         gpu = self.device.type == "cuda"
-        self.batch_size = _count(batch_size, "batch size", 1, 256 if gpu else 16)
-        self.workers = _count(workers, "workers", 0, min(8, os.cpu_count() or 1) if gpu else 0)
-        self.cache_mb = _count(cache_mb, "cache_mb", 1, 4096 if gpu else 96)
+        self.batch_size = int_option(batch_size, "batch size", 1, 256 if gpu else 16)
+        self.workers = int_option(workers, "workers", 0, min(8, os.cpu_count() or 1) if gpu else 0)
+        self.cache_mb = int_option(cache_mb, "cache_mb", 1, 4096 if gpu else 96)
         self.distance_batch = 128 if gpu else 2
         self.overlap = gpu and os.environ.get("ZSIQA_OVERLAP", "1") != "0"  # distances on a side stream
         self.layers = None
@@ -541,9 +532,11 @@ class Scorer:
             pairs finish, grouped by reference; with per_layer a third item, np.array
             [len(self.layer_distances), len(self.blocks)] (rows: distances, columns: blocks).
         """
-        variants = list(variants or (None,))
+        variants, pairs = list(variants or (None,)), list(pairs)
+        _check_pairs(pairs)
         if jobs is None:
             jobs = [(v, i) for v in range(len(variants)) for i in range(len(pairs))]
+        _check_jobs(jobs, len(variants), len(pairs))
         chunks = load_chunks(pairs, variants, self.resize, jobs, self.workers, self.device.type == "cuda")
         yield from self._run_chunks(_report_failures(chunks, on_error), per_layer)
 
@@ -619,6 +612,8 @@ def _report_failures(chunks, on_error):
 
 def _checked_tensor(x):
     """An image tensor → [3, H, W], uint8 or float in [0, 1]; wrong ranges are refused."""
+    if x.layout != torch.strided:
+        raise UserError(f"image tensors must be dense, got a {x.layout} tensor (call .to_dense())")
     if x.dim() != 3 or x.shape[0] != 3:
         raise UserError(f"image tensors must be [3, H, W] or [N, 3, H, W], got {list(x.shape)}")
     if x.dtype == torch.uint8:
@@ -646,6 +641,27 @@ def _loaded(im):
         raise UserError(f"cannot read the PIL image given: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
                         f"(open it inside a `with` block and call .load(), or pass the path)") from None
     return im
+
+
+def _check_pairs(pairs):
+    """score_files takes a list of (ref_path, dis_path): anything else is one clear error."""
+    for k, pair in enumerate(pairs):
+        if isinstance(pair, (str, os.PathLike)) or not isinstance(pair, (tuple, list)) or len(pair) != 2 or \
+                not all(isinstance(p, (str, os.PathLike)) for p in pair):
+            raise UserError(f"score_files takes (ref_path, dis_path) pairs; item {k} is {pair!r}")
+
+
+def _check_jobs(jobs, n_variants, n_pairs):
+    """Every job is (variant index, pair index) within range."""
+    for job in jobs:
+        ok = isinstance(job, (tuple, list)) and len(job) == 2 and all(_is_index(x) for x in job)
+        if not ok or not (0 <= job[0] < n_variants and 0 <= job[1] < n_pairs):
+            raise UserError(f"job {job!r} is not a (variant, pair) index within {n_variants} variant(s) and "
+                            f"{n_pairs} pair(s)")
+
+
+def _is_index(x):
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def _array_to_pil(a):

@@ -6,6 +6,7 @@ every distance to those blocks' outputs: for the per-layer distances (l2, cos) t
 the sum of the kept blocks' per-layer scores; skld, jsd, wsd and swd apply the same formulas
 to the sub-stack, which is outside the published protocol unless every block is kept.
 """
+import numbers
 import re
 
 import torch
@@ -30,6 +31,10 @@ def parse_layers(spec, n_layers):
     """
     if isinstance(spec, str) and spec.strip().lower() == "all":
         return tuple(range(n_layers))
+    if _is_int(spec):
+        spec = [spec]
+    elif not isinstance(spec, (str, list, tuple, range)):
+        raise UserError(f"bad layer selection {spec!r}: give a string like '1-6,9', an integer or a list of integers")
     items = spec.split(",") if isinstance(spec, str) else [str(int(k)) if _is_int(k) else repr(k) for k in spec]
     picked = set()
     for item in items:
@@ -48,9 +53,10 @@ def parse_layers(spec, n_layers):
 
 
 def _is_int(k):
+    """An integer block number: Python, numpy or 0-d integer tensor (not a bool)."""
     if torch.is_tensor(k):
-        return k.dim() == 0 and not k.is_floating_point()
-    return isinstance(k, int) and not isinstance(k, bool)
+        return k.dim() == 0 and not k.is_floating_point() and k.dtype != torch.bool
+    return isinstance(k, numbers.Integral) and not isinstance(k, bool)
 
 
 def chosen_layers(spec, n_layers):

@@ -17,7 +17,7 @@ import torch.nn as nn
 from distances import DISTANCES, Shared
 from layers import chosen_layers, select_layers
 from models import FeatureExtractor, get_backbone
-from utils import WINDOW, UserError, window_count, windows
+from utils import WINDOW, UserError, int_option, window_count, windows
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -30,6 +30,8 @@ def check_images(x, name):
     if not x.is_floating_point():
         raise UserError(f"{name}: PerceptualLoss takes float tensors in [0, 1], got {x.dtype} "
                         f"(divide 8-bit images by 255)")
+    if x.shape[0] == 0:
+        raise UserError(f"{name}: an empty batch (N = 0) has no loss")
     if min(x.shape[-2:]) < WINDOW:
         raise UserError(f"{name}: sides must be at least {WINDOW} px, got {x.shape[-2]}x{x.shape[-1]} (H x W)")
     lo, hi = torch.aminmax(x.detach())
@@ -58,7 +60,8 @@ class PerceptualLoss(nn.Module):
             raise UserError(f"PerceptualLoss takes one distance, got {', '.join(names)}")
         if reduction not in REDUCTIONS:
             raise UserError(f"unknown reduction '{reduction}'; use one of {', '.join(REDUCTIONS)}")
-        self.distance, self.reduction, self.swd_seed = names[0], reduction, swd_seed
+        self.distance, self.reduction = names[0], reduction
+        self.swd_seed = int_option(swd_seed, "swd_seed", 0, 0, below=2**63, below_text="2**63")
         self.skip_nonfinite = backbone.cos_skip_nonfinite
         self.extractor = FeatureExtractor(backbone, weights, device, precision)
         self.sizes = self.extractor.probe()[0]

@@ -72,8 +72,12 @@ def _batch_maps(scorer, fd, fr):
 
 
 def _pair(scorer, ref, dis):
-    """One pair as the Scorer reads it → float tensors [3, H, W] of the same size."""
-    ref, dis = (to_float(scorer._prepare(x)) for x in (ref, dis))
+    """One pair as the Scorer reads it → float tensors [3, H, W] of the same size (a tensor
+    [1, 3, H, W] is that one image; maps are made for one pair at a time)."""
+    for x in (ref, dis):
+        if torch.is_tensor(x) and x.dim() == 4 and x.shape[0] != 1:
+            raise UserError(f"maps are made for one pair at a time: got a batch of {x.shape[0]} images")
+    ref, dis = (to_float(scorer._prepare(x[0] if torch.is_tensor(x) and x.dim() == 4 else x)) for x in (ref, dis))
     check_pair(ref.shape[:0:-1], dis.shape[:0:-1], "pair", resized=bool(scorer.resize))
     return ref, dis
 

@@ -381,6 +381,9 @@ ALIASES = {"openclip_vitb32": "openclip_vitb32_laion", "embed_openclip_vitb32": 
 
 
 def get_backbone(name):
+    """The registry entry of a backbone name or alias; UserError for anything else."""
+    if not isinstance(name, str):
+        raise UserError(f"the model must be a registry name (a string), got {type(name).__name__}")
     name = ALIASES.get(name, name)
     if name not in BACKBONES:
         raise UserError(f"unknown model '{name}'; known: {', '.join(BACKBONES)}")
@@ -393,14 +396,23 @@ PRECISIONS = ("published", "fp32", "fp16", "bf16")
 
 
 def resolve_device(device="auto"):
+    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N', an int N (cuda:N) or such a
+    torch.device → torch.device. Other kinds (mps, xpu, meta, …) are not supported: refused."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA device is available")
+    if isinstance(device, int) and not isinstance(device, bool):
+        device = f"cuda:{device}"
     try:
-        return torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device '{device}'; use auto, cpu or cuda") from None
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown or unsupported device '{device}'; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA device is available")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {dev} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return dev
 
 
 class _no_tf32_matmul:

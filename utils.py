@@ -3,6 +3,7 @@ import argparse
 import contextlib
 import functools
 import math
+import numbers
 import os
 import sys
 import warnings
@@ -29,6 +30,18 @@ class ArgParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(message)
+
+
+def int_option(value, name, minimum, default, below=None, below_text=None):
+    """An integer API option in [minimum, below) (None: the default); refuses floats, bools
+    and strings with one line naming the option."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise UserError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+    if below is not None and value >= below:
+        raise UserError(f"{name} must be below {below_text or below}, got {value}")
+    return int(value)
 
 
 def int_at_least(low, why=""):

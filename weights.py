@@ -215,11 +215,11 @@ def _load_any(path):
             return torch.load(path, map_location="cpu", weights_only=True)
     except UserError:
         raise
-    except pickle.UnpicklingError as e:  # weights_only refused a global: nothing in the file ran
-        why = next((line for line in str(e).splitlines() if "GLOBAL" in line.upper()), "unpickling refused")
-        raise UserError(f"refusing weights file {path}: it holds Python objects other than tensors "
-                        f"({why.strip()[:120]}); none of them was run") from None
-    except Exception:  # any unreadable file ends in the same one-line message
+    except Exception as e:  # any unreadable file ends in one line
+        why = next((line for line in str(e).splitlines() if "GLOBAL" in line.upper()), None)
+        if isinstance(e, pickle.UnpicklingError) and why:  # weights_only refused a global: nothing ran
+            raise UserError(f"refusing weights file {path}: it holds Python objects other than tensors "
+                            f"({why.strip()[:120]}); none of them was run") from None
         raise UserError(f"cannot read weights file {path}: not a TorchScript archive, PyTorch "
                         f"state dict or safetensors file (corrupt or truncated?)") from None
 

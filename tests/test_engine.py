@@ -291,3 +291,40 @@ def test_every_deep_and_odd_pil_mode_reads(tiny, tmp_path):
     closed.close()
     with pytest.raises(UserError, match="PIL image"):
         metric(closed, str(tmp_path / "le.png"))
+
+
+def test_api_misuse_is_one_clear_error(tiny, tmp_path):
+    """Wrong types and out-of-range values given to the API end in a UserError naming them,
+    never a TypeError/IndexError from deep inside (or a silent compile)."""
+    from loss import PerceptualLoss
+    from utils import UserError
+    name, weights = tiny
+    for kwargs, match in [({"model": [name]}, "registry name"), ({"device": "mps"}, "unsupported device"),
+                          ({"device": "meta"}, "unsupported device"), ({"compile": "no"}, "compile must be"),
+                          ({"layers": 2.5}, "layer selection"), ({"layers": {1}}, "layer selection")]:
+        with pytest.raises(UserError, match=match):
+            Scorer(**{"model": name, "distances": "l2", **ON, "weights": weights, **kwargs})
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            Scorer(name, "l2", device=0, weights=weights)
+    blocks = [Scorer(name, "l2", **ON, weights=weights, layers=k).blocks for k in (2, np.int64(2), "2", [2])]
+    assert blocks == [(2,)] * 4
+    metric = Scorer(name, "l2", **ON, weights=weights)
+    img = torch.rand(3, 224, 230)
+    with pytest.raises(UserError, match="dense"):
+        metric(img.to_sparse(), img)
+    pair = (random_image(tmp_path / "a.png", 230, 224, 1), random_image(tmp_path / "b.png", 230, 224, 2))
+    for pairs, kwargs in [([pair[0]], {}), ([pair], {"jobs": [(0, 1)]}), ([pair], {"jobs": [(1, 0)]}),
+                          ([(pair[0], None)], {})]:
+        with pytest.raises(UserError, match="pair|job"):
+            list(metric.score_files(pairs, **kwargs))
+    assert [i for i, _ in metric.score_files(iter([pair]))] == [(0, 0)]  # any iterable of pairs
+    ref, dis = torch.rand(3, 224, 230), torch.rand(3, 224, 230)
+    np.testing.assert_array_equal(metric.maps(ref[None], dis[None])["l2"], metric.maps(ref, dis)["l2"])
+    with pytest.raises(UserError, match="one pair at a time"):
+        metric.maps(torch.stack([ref, ref]), torch.stack([dis, dis]))
+    one, empty = torch.rand(1, 3, 224, 224), torch.rand(0, 3, 224, 224)
+    for kwargs, images, match in [({}, empty, "empty batch"), ({"swd_seed": "a"}, one, "swd_seed"),
+                                  ({"swd_seed": -1}, one, "swd_seed")]:
+        with pytest.raises(UserError, match=match):
+            PerceptualLoss(name, "swd", weights=weights, device="cpu", **kwargs)(images, images)
