@@ -353,7 +353,7 @@ class Scorer:
     Args:
         model: a registry name (see `models.BACKBONES`).
         distances: one name, a comma list, a list, or 'all'.
-        device: auto|cpu|cuda. precision: published|fp32|fp16|bf16.
+        device: auto|cpu|cuda|cuda:N. precision: published|fp32|fp16|bf16.
         weights: a checkpoint path (else $ZSIQA_WEIGHTS_DIR, the library caches, then download).
         batch_size: windows per forward pass. workers: image-decoding processes for files.
         resize: optional N ≥ 224 for the published `-r N` square resize.

@@ -116,6 +116,17 @@ def variants_of(args):
     return variants
 
 
+def _unreadable_reason(path, error):
+    """Why an image file cannot be opened, for the up-front list: missing, too large for
+    Pillow's decompression-bomb guard, or not a readable image."""
+    from PIL import Image
+    if not os.path.isfile(path):
+        return "missing"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"too large (over Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} px)"
+    return "unreadable (not an image Pillow can open)"
+
+
 def check_images(dataset, pairs, skip_missing, resize=None, variants=(("", 0),)):
     """List unusable pairs up front, from image headers only: missing or unreadable files,
     reference and distorted of different sizes, a side under 224 px (also after a shift's
@@ -127,19 +138,19 @@ def check_images(dataset, pairs, skip_missing, resize=None, variants=(("", 0),))
     from PIL import Image
 
     from utils import pair_problem
-    sizes, unreadable = {}, set()
+    sizes, unreadable = {}, {}
     for path in dict.fromkeys(p for r, d, _ in pairs for p in (dataset.ref_path(r), dataset.dis_path(d))):
         try:
             with Image.open(path) as im:
                 sizes[path] = (resize, resize) if resize else im.size  # header only: fast
-        except Exception:  # any missing or unreadable file counts as unusable
-            unreadable.add(path)
+        except Exception as e:  # any missing or unreadable file counts as unusable
+            unreadable[path] = _unreadable_reason(path, e)
     shrink = max((p for k, p in variants if k == "tra"), default=0)  # the largest shift crops the most
 
     def problem(ref, dis):
         ref, dis = dataset.ref_path(ref), dataset.dis_path(dis)
         if ref in unreadable or dis in unreadable:
-            return "missing or unreadable"
+            return unreadable.get(ref) or unreadable[dis]
         return pair_problem(sizes[ref], sizes[dis], shrink, bool(resize))
 
     why = [problem(r, d) for r, d, _ in pairs]

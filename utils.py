@@ -72,6 +72,9 @@ def quiet_library_warnings():
     CLI's stderr; real problems still raise."""
     for pattern in (".*pkg_resources.*", ".*deprecated.*", ".*Importing from timm.*"):
         warnings.filterwarnings("ignore", message=pattern)
+    # images of 89-179 Mpx are read (the engine compares big images block by block); larger
+    # ones are still refused by Pillow's guard, in one line
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 def to_json(obj, **dumps_options):

@@ -137,15 +137,30 @@ def test_missing_images_listed_up_front(tiny, tmp_path, capsys):
     root = minidata.make_tid2013(str(tmp_path / "t"))
     os.remove(os.path.join(root, "distorted_images", "I01_01_2.bmp"))
     open(os.path.join(root, "distorted_images", "i02_01_1.bmp"), "w").write("broken")
+    _huge_png_header(os.path.join(root, "distorted_images", "i01_01_1.bmp"), 20000, 10000)  # 200 Mpx declared
     with pytest.raises(SystemExit) as e:
         _run(tiny, "-dat", "tid2013", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"))
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "2 of 6 pair(s) unusable" in err and "missing or unreadable" in err
-    assert "i01_01_2.bmp" in err.lower()
+    assert e.value.code == 2 and "3 of 6 pair(s) unusable" in err and len(err.strip().splitlines()) == 1, err
+    assert "missing; too large; unreadable" in err and "decompression-bomb limit" in err
+    assert "i01_01_2.bmp (missing)" in err.lower()
     assert not (tmp_path / "r").exists()
     assert _run(tiny, "-dat", "tid2013", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"),
                 "--skip-missing") == 0
-    assert len(_rows(tmp_path / "r" / f"tid2013_{tiny[0]}_l2.csv")) == 4
+    assert len(_rows(tmp_path / "r" / f"tid2013_{tiny[0]}_l2.csv")) == 3
+
+
+def _huge_png_header(path, width, height):
+    """A PNG that declares width×height grey pixels but holds almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+                + chunk(b"IEND", b""))
 
 
 def test_bad_dataset_arguments(tiny, tmp_path, capsys):
