@@ -395,7 +395,8 @@ class Scorer:
         self.fixed_batch = False  # a compiled backbone gets fixed-shape batches (short ones padded)
         if compile:
             self.compile_backbone()
-        self.settings = {"model": self.backbone.name, "precision": precision, "model_norm": bool(model_norm),
+        self.settings = {"model": self.backbone.name, "precision": precision, "device": self.device.type,
+                         "model_norm": bool(model_norm),
                          "resize": self.resize, "swd_seed": self.swd_seed,
                          "weights": weights_identity(self.extractor.weights_path)}
         if self.layers is not None:

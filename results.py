@@ -33,15 +33,17 @@ from utils import UserError
 HEADER = ["dis", "ref", "mos", "pred"]
 UNLABELLED_HEADER = ["dis", "ref", "pred"]  # a label-free set's files
 # the settings a results file's predictions depend on: a run resumes a file only when all agree
-COMPARED = ("dataset", "model", "distance", "precision", "model_norm", "resize", "robustness", "pct", "swd_seed",
-            "weights", "ref_dir", "dis_dir", "layers")
+# ('published' is fp16 for CLIP on a GPU, fp32 on a CPU, so the device type is compared too)
+COMPARED = ("dataset", "model", "distance", "precision", "device", "model_norm", "resize", "robustness", "pct",
+            "swd_seed", "weights", "ref_dir", "dis_dir", "layers")
+ADDED_LATER = ("device",)  # settings older records lack: not compared when absent
 SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "n_skipped", "srcc", "plcc", "krcc",
-                  "plcc_logistic", "pairs_per_s", "label_higher_better", "precision", "model_norm", "resize",
+                  "plcc_logistic", "pairs_per_s", "label_higher_better", "precision", "device", "model_norm", "resize",
                   "swd_seed", "layers", "weights", "labels_sha256", "file"]
 UNLABELLED_FIELDS = ["set", "model", "distance", "robustness", "pct", "n", "n_skipped", "mean", "std", "median",
                      "ci95_low", "ci95_high", "lower_better", "vs", "n_common", "p_value", "wins", "losses",
-                     "pairs_per_s", "precision", "model_norm", "resize", "swd_seed", "layers", "weights", "ref_dir",
-                     "dis_dir", "file"]
+                     "pairs_per_s", "precision", "device", "model_norm", "resize", "swd_seed", "layers", "weights",
+                     "ref_dir", "dis_dir", "file"]
 
 
 # ---------------------------------------------------------------- names and records
@@ -84,7 +86,7 @@ def make_records(dataset, settings, files):
 
     Args:
         dataset: a datasets.Dataset: its name, label direction and labels (all its pairs', digested).
-        settings: `Scorer.settings` (model, precision, model_norm, resize, swd_seed, weights; layers when a
+        settings: `Scorer.settings` (model, precision, device, model_norm, resize, swd_seed, weights; layers when a
             subset of blocks is compared: recorded as None = all blocks otherwise).
         files: {path: (distance, (robustness kind or '', pct), pred_higher_better)}.
 
@@ -95,7 +97,8 @@ def make_records(dataset, settings, files):
     if not getattr(dataset, "labelled", True):
         labels = {}
     base = {"dataset": dataset.name, "label_higher_better": bool(dataset.higher_better), "model": settings["model"],
-            "precision": settings["precision"], "model_norm": bool(settings["model_norm"]),
+            "precision": settings["precision"], "device": settings.get("device"),
+            "model_norm": bool(settings["model_norm"]),
             "resize": settings["resize"],
             "swd_seed": settings["swd_seed"], "weights": settings["weights"], "layers": settings.get("layers"),
             "n_labels": len(labels),
@@ -126,7 +129,8 @@ def read_record(path):
 
 def first_difference(old, new):
     """(setting, old value, new value) of the first compared setting that differs, or None."""
-    return next(((k, old.get(k), new.get(k)) for k in COMPARED if old.get(k) != new.get(k)), None)
+    return next(((k, old.get(k), new.get(k)) for k in COMPARED
+                 if old.get(k) != new.get(k) and (k in old or k not in ADDED_LATER)), None)
 
 
 # ---------------------------------------------------------------- reading

@@ -85,6 +85,24 @@ def test_resume_only_with_the_same_settings(tiny, tmp_path, capsys, monkeypatch)
     assert json.loads((out / f"pipal_{tiny[0]}_l2.json").read_text())["model_norm"] is True
 
 
+def test_resume_on_another_device_refused(tiny, tmp_path, capsys):
+    """'published' means fp16 for CLIP on a GPU and fp32 on a CPU: a file begun on one device
+    type is not continued on the other (an older record without the field still resumes)."""
+    root = _pipal(tmp_path)
+    out = tmp_path / "r"
+    base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)]
+    _run(tiny, *base, "--limit", "3")
+    rec_path = out / f"pipal_{tiny[0]}_l2.json"
+    rec = json.loads(rec_path.read_text())
+    assert rec["device"] == "cpu"
+    rec_path.write_text(json.dumps({**rec, "device": "cuda"}))  # as if begun on a GPU
+    err = _fails(capsys, tiny, base, "device")
+    assert "cuda" in err and "cpu" in err
+    rec_path.write_text(json.dumps({k: v for k, v in rec.items() if k != "device"}))  # an older record
+    assert _run(tiny, *base) == 0 and len(pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv")) == 6
+    assert json.loads(rec_path.read_text())["device"] == "cpu"
+
+
 def test_file_without_record_is_not_resumed(tiny, tmp_path, capsys):
     root = _pipal(tmp_path)
     out = tmp_path / "r"
