@@ -7,6 +7,7 @@ better quality; distances are higher = worse, so correlations flip the sign when
 """
 import csv
 import glob
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -49,6 +50,34 @@ def _need(path, what):
     return path
 
 
+def _read_text(path, what):
+    """A text label file's contents, decoded as UTF-8 with a leading byte-order mark dropped
+    (Excel and Notepad write one; left in, it would become part of the first name or number).
+    One line naming the file when it is absent, a folder, unreadable or not UTF-8: no other
+    encoding is guessed, since a wrong guess turns a name into another name."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a folder, not a file") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        at = (f"{path} is UTF-16 text" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else
+              f"{path} line {line}: byte 0x{raw[e.start]:02x} is not UTF-8")
+        raise UserError(f"{at}; save the {what} as UTF-8 (Excel: 'CSV UTF-8')") from None
+
+
+def _text_lines(path, what):
+    """[(line number, line)] of a text label file (see _read_text), any line ending (LF, CRLF, CR)."""
+    return list(enumerate(io.StringIO(_read_text(path, what), newline=None), 1))
+
+
 def _case_map(folder):
     """lower-case file name → actual name, for label files whose case differs from disk."""
     try:
@@ -65,7 +94,7 @@ def load_pipal(root, **_):
         raise UserError(f"no label files (*.txt) in {os.path.join(root, 'Train_Label')}")
     pairs, where = [], []
     for f in files:
-        for n, line in enumerate(open(f, encoding="utf-8", errors="replace"), 1):
+        for n, line in _text_lines(f, "PIPAL label file"):
             if not line.strip():
                 continue
             try:
@@ -122,10 +151,10 @@ def _max_img_index(folder):
 def load_tid2013(root, **_):
     """TID2013: mos_with_names.txt lines `5.51429 i01_01_1.bmp`; reference_images/I01.BMP;
     distorted_images/... (case differs between label file and disk). Stored as 100 − MOS."""
-    label = _need(os.path.join(root, "mos_with_names.txt"), "TID2013 label file")
+    label = os.path.join(root, "mos_with_names.txt")
     refs, diss = _case_map(os.path.join(root, "reference_images")), _case_map(os.path.join(root, "distorted_images"))
     pairs, where = [], []
-    for n, line in enumerate(open(label, encoding="utf-8", errors="replace"), 1):
+    for n, line in _text_lines(label, "TID2013 label file"):
         if not line.strip():
             continue
         try:
@@ -143,9 +172,9 @@ def load_tid2013(root, **_):
 def load_kadid10k(root, **_):
     """KADID-10k: dmos.csv (dist_img, ref_img, dmos, var), images in images/. Its 'dmos' is
     higher = better."""
-    label = _need(os.path.join(root, "dmos.csv"), "KADID-10k label file")
+    label = os.path.join(root, "dmos.csv")
     folder = "images" if os.path.isdir(os.path.join(root, "images")) else "."
-    rows = _read_csv(label, ("dist_img", "ref_img", "dmos"))
+    rows = _read_csv(label, "KADID-10k label file", ("dist_img", "ref_img", "dmos"))
     pairs = [(os.path.normpath(f"{folder}/{r['ref_img']}"), os.path.normpath(f"{folder}/{r['dist_img']}"),
               _num(r["dmos"], label)) for r in rows]
     return Dataset("kadid10k", root, pairs, where=_csv_lines(label, len(rows)))
@@ -157,7 +186,7 @@ def load_csv(root, csv_file=None, higher_is_better=None, **_):
     neither label column is a label-free set: every pair is scored, nothing correlated."""
     if not csv_file:
         raise UserError("-dat csv needs --csv FILE (columns ref, dis, and mos or dmos for correlations)")
-    rows = _read_csv(_need(csv_file, "CSV list"), ("ref", "dis"))
+    rows = _read_csv(csv_file, "CSV list", ("ref", "dis"))
     if "mos" in rows[0] and "dmos" in rows[0]:
         raise UserError(f"{csv_file} has both a 'mos' and a 'dmos' column: keep the one to correlate with")
     column = "mos" if "mos" in rows[0] else "dmos" if "dmos" in rows[0] else None
@@ -192,9 +221,8 @@ def _csv_lines(path, n):
     return [f"{path} line {k + 2}" for k in range(n)]
 
 
-def _read_csv(path, required):
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
+def _read_csv(path, what, required):
+    rows = list(csv.DictReader(io.StringIO(_read_text(path, what), newline="")))
     if not rows:
         raise UserError(f"{path} has no rows")
     absent = [c for c in required if c not in rows[0]]

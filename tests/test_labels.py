@@ -77,3 +77,60 @@ def test_same_pair_spelled_twice_and_both_label_columns(tmp_path):
     open(target, "w").write("\n".join([rows[0] + ",dmos"] + [r + ",1.0" for r in rows[1:]]) + "\n")
     with pytest.raises(UserError, match="both a 'mos' and a 'dmos'"):
         load_dataset("csv", csv_file=target)
+
+
+# ---------------------------------------------------------------- label files as text: one helper opens them all
+# (UTF-8, a leading BOM dropped, any line ending; a folder or another encoding refused in one line)
+
+def _label_files(tmp_path):
+    """{layout: (root, its text label file)} for the four text layouts; csv's root is None."""
+    pipal = minidata.make_pipal(str(tmp_path / "p"), n_ref=1)
+    tid = minidata.make_tid2013(str(tmp_path / "t"), n_ref=1)
+    kadid = minidata.make_kadid(str(tmp_path / "k"), n_ref=1)
+    target = minidata.make_csv(str(tmp_path / "c"), n=2)
+    return {"pipal": (pipal, os.path.join(pipal, "Train_Label", "A0001.txt")),
+            "tid2013": (tid, os.path.join(tid, "mos_with_names.txt")),
+            "kadid10k": (kadid, os.path.join(kadid, "dmos.csv")), "csv": (None, target)}
+
+
+def _load(layout, root, label):
+    return load_dataset(layout, root, csv_file=label if layout == "csv" else None)
+
+
+@pytest.mark.parametrize("layout", ["pipal", "tid2013", "kadid10k", "csv"])
+def test_bom_and_crlf_read_as_plain_utf8(tmp_path, layout):
+    """A BOM (Notepad, Excel), Windows line endings and trailing blank lines: same pairs, same labels."""
+    root, label = _label_files(tmp_path)[layout]
+    want = _load(layout, root, label).pairs
+    text = open(label, newline="").read()
+    open(label, "w", newline="").write("\ufeff" + text.replace("\n", "\r\n") + "\r\n\r\n")
+    got = _load(layout, root, label)
+    assert got.pairs == want and not got.missing()
+
+
+@pytest.mark.parametrize("layout", ["pipal", "tid2013", "kadid10k", "csv"])
+def test_label_file_not_utf8_refused(tmp_path, layout):
+    """A list saved as Latin-1/cp1252 (Excel's 'CSV'): refused naming file, line and byte, with the fix."""
+    root, label = _label_files(tmp_path)[layout]
+    lines = open(label).read().splitlines()
+    lines[1] = lines[1].replace(".", "\xe9.", 1)
+    open(label, "w", encoding="latin-1").write("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=f"{label} line 2: byte 0xe9 is not UTF-8; save .* as UTF-8"):
+        _load(layout, root, label)
+    open(label, "w", encoding="utf-16").write("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=f"{label} is UTF-16 text; save"):
+        _load(layout, root, label)
+
+
+@pytest.mark.parametrize("layout", ["pipal", "tid2013", "kadid10k", "csv"])
+def test_folder_in_place_of_label_file(tmp_path, capsys, layout):
+    """`--csv DIR`, a folder dmos.csv/ or mos_with_names.txt/ or Train_Label/X.txt/: one line, exit 2."""
+    root, label = _label_files(tmp_path)[layout]
+    os.remove(label)
+    os.makedirs(label)
+    with pytest.raises(SystemExit) as e:
+        run.main(["-dat", layout] + (["--csv", label] if layout == "csv" else ["--root", root])
+                 + ["-sdir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{label} is a folder, not a file" in err
