@@ -174,10 +174,10 @@ def load_kadid10k(root, **_):
     higher = better."""
     label = os.path.join(root, "dmos.csv")
     folder = "images" if os.path.isdir(os.path.join(root, "images")) else "."
-    rows = _read_csv(label, "KADID-10k label file", ("dist_img", "ref_img", "dmos"))
-    pairs = [(os.path.normpath(f"{folder}/{r['ref_img']}"), os.path.normpath(f"{folder}/{r['dist_img']}"),
-              _num(r["dmos"], label)) for r in rows]
-    return Dataset("kadid10k", root, pairs, where=_csv_lines(label, len(rows)))
+    rows, where = _read_csv(label, "KADID-10k label file", ("dist_img", "ref_img", "dmos"))
+    pairs = [(os.path.normpath(f"{folder}/{_name(r, 'ref_img', w)}"),
+              os.path.normpath(f"{folder}/{_name(r, 'dist_img', w)}"), _num(r["dmos"], w)) for r, w in zip(rows, where)]
+    return Dataset("kadid10k", root, pairs, where=where)
 
 
 def load_csv(root, csv_file=None, higher_is_better=None, **_):
@@ -186,18 +186,17 @@ def load_csv(root, csv_file=None, higher_is_better=None, **_):
     neither label column is a label-free set: every pair is scored, nothing correlated."""
     if not csv_file:
         raise UserError("-dat csv needs --csv FILE (columns ref, dis, and mos or dmos for correlations)")
-    rows = _read_csv(csv_file, "CSV list", ("ref", "dis"))
+    rows, where = _read_csv(csv_file, "CSV list", ("ref", "dis"))
     if "mos" in rows[0] and "dmos" in rows[0]:
         raise UserError(f"{csv_file} has both a 'mos' and a 'dmos' column: keep the one to correlate with")
     column = "mos" if "mos" in rows[0] else "dmos" if "dmos" in rows[0] else None
     name = os.path.splitext(os.path.basename(csv_file))[0]
     root = root or os.path.dirname(os.path.abspath(csv_file))
-    where = _csv_lines(csv_file, len(rows))
+    pairs = [(_name(r, "ref", w), _name(r, "dis", w), column and _num(r[column], w)) for r, w in zip(rows, where)]
     if column is None:
-        return Dataset(name, root, [(r["ref"], r["dis"], None) for r in rows], where=where, labelled=False)
+        return Dataset(name, root, pairs, where=where, labelled=False)
     higher = (column == "mos") if higher_is_better is None else bool(higher_is_better)
-    return Dataset(name, root, [(r["ref"], r["dis"], _num(r[column], csv_file)) for r in rows], higher_better=higher,
-                   where=where)
+    return Dataset(name, root, pairs, higher_better=higher, where=where)
 
 
 def load_dirs(ref_dir, dis_dirs, skip_missing=False, warn=None):
@@ -210,25 +209,74 @@ def load_dirs(ref_dir, dis_dirs, skip_missing=False, warn=None):
 
 
 def _num(value, where):
+    """A label read as a number, or one line naming where it was read. Python's digit grouping
+    ('1_000') is not taken: in a label it is a typo, not a number."""
+    if not value:
+        raise UserError(f"{where}: the label is blank")
     try:
+        if "_" in value:
+            raise ValueError(value)
         return float(value)
-    except (TypeError, ValueError):
+    except ValueError:
         raise UserError(f"{where}: label {value!r} is not a number") from None
 
 
-def _csv_lines(path, n):
-    """Where each of a CSV's n rows was read: line 2 onwards (after the header)."""
-    return [f"{path} line {k + 2}" for k in range(n)]
+def _name(row, column, where):
+    """An image name from a list's row: refused when blank, or when it holds a control
+    character (a line break swallowed by an unclosed quote, a tab), which no real name has."""
+    value = row[column]
+    if not value:
+        raise UserError(f"{where}: the {column} name is blank")
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        raise UserError(f"{where}: the {column} name {value!r} holds a control character (an unclosed quote?)")
+    return value
 
 
 def _read_csv(path, what, required):
-    rows = list(csv.DictReader(io.StringIO(_read_text(path, what), newline="")))
+    """A CSV label list as ([row], [where]): each row a {column: value} dict (spaces around
+    values dropped) and where it was read ("FILE line N", N the line it starts on). Blank rows,
+    also rows of only commas, are skipped. A row with more or fewer fields than the header is
+    refused: csv would cut or pad it silently (a decimal comma, 4,5, read as the label 4)."""
+    reader = csv.reader(io.StringIO(_read_text(path, what), newline=""))
+    header, rows, where = None, [], []
+    for line, fields in _csv_records(reader, path):
+        if header is None:
+            header = _csv_header(path, fields, required)
+        elif len(fields) != len(header):
+            raise UserError(f"{path} line {line}: {len(fields)} field{'s' * (len(fields) != 1)}, "
+                            f"the header has {len(header)}")
+        else:
+            rows.append(dict(zip(header, fields)))
+            where.append(f"{path} line {line}")
     if not rows:
         raise UserError(f"{path} has no rows")
-    absent = [c for c in required if c not in rows[0]]
+    return rows, where
+
+
+def _csv_records(reader, path):
+    """(the line it starts on, [fields, stripped]) for each record of a csv.reader that is not
+    blank; a syntax error csv reports (a NUL byte) is one line naming the file and line."""
+    start = 1
+    try:
+        for fields in reader:
+            line, start = start, reader.line_num + 1
+            fields = [f.strip() for f in fields]
+            if any(fields):
+                yield line, fields
+    except csv.Error as e:
+        raise UserError(f"{path} line {reader.line_num}: {e}") from None
+
+
+def _csv_header(path, names, required):
+    """A list's header: each column named once, the required ones present."""
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise UserError(f"{path}: column(s) {', '.join(twice)} appear more than once in the header")
+    absent = [c for c in required if c not in names]
     if absent:
-        raise UserError(f"{path} lacks column(s) {', '.join(absent)}; it has {', '.join(rows[0])}")
-    return rows
+        raise UserError(f"{path} lacks column(s) {', '.join(absent)}; its first line (the header) has "
+                        f"{', '.join(names)}")
+    return names
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Labels are refused when they would skew every correlation: NaN or infinite values and a
 pair listed twice, each named by file and line (one line, exit 2)."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -134,3 +135,51 @@ def test_folder_in_place_of_label_file(tmp_path, capsys, layout):
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"{label} is a folder, not a file" in err
+
+
+# ---------------------------------------------------------------- CSV lists: every row as wide as the header
+
+def _write_list(tmp_path, header, *rows):
+    target = tmp_path / "c" / "list.csv"
+    if not target.exists():
+        minidata.make_csv(str(tmp_path / "c"))
+    target.write_text("\n".join([header, *rows]) + "\n")
+    return str(target)
+
+
+@pytest.mark.parametrize("header, rows, message", [
+    ("ref,dis,mos", ["gt/0.png,out/0.png,4,5", "gt/1.png,out/1.png,3,5"], "line 2: 4 fields, the header has 3"),
+    ("ref,dis,mos", ["gt/0.png,out/0.png,4", "gt/1.png,out/1.png"], "line 3: 2 fields, the header has 3"),
+    ("ref,dis", ["gt/0.png,out/0.png", "gt/1.png"], "line 3: 1 field, the header has 2"),
+    ("ref,dis,mos", ["gt/0.png,out/0.png,1", "gt/1.png,out/1.png,"], "line 3: the label is blank"),
+    ("ref,dis,mos", ["gt/0.png,out/0.png,1", "gt/1.png,out/1.png,1_5"], "line 3: label '1_5' is not a number"),
+    ("ref,dis,mos", ["gt/0.png,,1"], "line 2: the dis name is blank"),
+    ("ref,dis", ['gt/0.png,"out/0.png', 'gt/1.png,out/1.png"'], r"line 2: the dis name .* control character"),
+    ("ref,dis,mos,mos", ["gt/0.png,out/0.png,1,2"], "mos appear more than once"),
+    ("gt/0.png,out/0.png,1", ["gt/1.png,out/1.png,2"], r"lacks column\(s\) ref, dis; its first line \(the header\)"),
+])
+def test_list_rows_refused_with_file_and_line(tmp_path, capsys, header, rows, message):
+    """A decimal comma (4,5) was read as 4; a short row gave a TypeError (label-free) or 'label
+    None' without a line. Each now stops in one line naming the file and line."""
+    target = _write_list(tmp_path, header, *rows)
+    with pytest.raises(SystemExit) as e:
+        run.main(["-dat", "csv", "--csv", target, "-sdir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(f"{re.escape(target)}:? .*{message}", err), err
+
+
+@pytest.mark.parametrize("layout", ["kadid10k", "csv"])
+def test_csv_blank_rows_skipped_and_lines_counted(tmp_path, layout):
+    """Blank rows (also ',,' and spaces, as spreadsheets write them) are skipped, yet every
+    later row is still named by its own line; spaces around values are dropped."""
+    root, label = _label_files(tmp_path)[layout]
+    want = _load(layout, root, label).pairs
+    lines = open(label).read().splitlines()
+    lines = [lines[0], "", lines[1], " , ,", ",".join(f" {v} " for v in lines[2].split(","))] + lines[3:] + ["  "]
+    open(label, "w").write("\n".join(lines) + "\n")
+    got = _load(layout, root, label)
+    assert got.pairs == want and got.where[:2] == [f"{label} line 3", f"{label} line 5"]
+    _edit(label, lines[4], lines[4].replace(" 3.5 " if layout == "csv" else " 3.0 ", "nan"))
+    with pytest.raises(UserError, match=f"{label} line 5: label nan"):
+        _load(layout, root, label)
