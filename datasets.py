@@ -182,14 +182,13 @@ def load_kadid10k(root, **_):
 
 def load_csv(root, csv_file=None, higher_is_better=None, **_):
     """A generic list: columns ref, dis and mos (higher = better unless told) or dmos (higher
-    = worse unless told); paths relative to the root (default: the CSV's folder). A list with
-    neither label column is a label-free set: every pair is scored, nothing correlated."""
+    = worse unless told), names in any case, other columns ignored; paths relative to the root
+    (default: the CSV's folder). A list of only ref and dis is a label-free set: every pair is
+    scored, nothing correlated."""
     if not csv_file:
         raise UserError("-dat csv needs --csv FILE (columns ref, dis, and mos or dmos for correlations)")
     rows, where = _read_csv(csv_file, "CSV list", ("ref", "dis"))
-    if "mos" in rows[0] and "dmos" in rows[0]:
-        raise UserError(f"{csv_file} has both a 'mos' and a 'dmos' column: keep the one to correlate with")
-    column = "mos" if "mos" in rows[0] else "dmos" if "dmos" in rows[0] else None
+    column = _label_column(csv_file, rows)
     name = os.path.splitext(os.path.basename(csv_file))[0]
     root = root or os.path.dirname(os.path.abspath(csv_file))
     pairs = [(_name(r, "ref", w), _name(r, "dis", w), column and _num(r[column], w)) for r, w in zip(rows, where)]
@@ -268,7 +267,10 @@ def _csv_records(reader, path):
 
 
 def _csv_header(path, names, required):
-    """A list's header: each column named once, the required ones present."""
+    """A list's header, its names compared in lower case ('MOS', ' Ref ' are mos and ref: read
+    as written, a label column spelled otherwise would be dropped silently), an unnamed column
+    called by its place; each column named once, the required ones present."""
+    names = [n.lower() or f"(unnamed column {k + 1})" for k, n in enumerate(names)]
     twice = sorted({c for c in names if names.count(c) > 1})
     if twice:
         raise UserError(f"{path}: column(s) {', '.join(twice)} appear more than once in the header")
@@ -277,6 +279,25 @@ def _csv_header(path, names, required):
         raise UserError(f"{path} lacks column(s) {', '.join(absent)}; its first line (the header) has "
                         f"{', '.join(names)}")
     return names
+
+
+def _label_column(path, rows):
+    """A list's label column: 'mos' or 'dmos', or None for a label-free list. Beside a label
+    column other columns are ignored (a std, a note). Without one, a column other than ref and
+    dis is refused (an unnamed one only when it holds values): it may be the label under another
+    name, and scoring the list without labels would drop it silently."""
+    columns = list(rows[0])
+    if "mos" in columns and "dmos" in columns:
+        raise UserError(f"{path} has both a 'mos' and a 'dmos' column: keep the one to correlate with")
+    if "mos" in columns or "dmos" in columns:
+        return "mos" if "mos" in columns else "dmos"
+    other = [c for c in columns if c not in ("ref", "dis")
+             and (not c.startswith("(unnamed column ") or any(r[c] for r in rows))]
+    if other:
+        raise UserError(f"{path} has column(s) {', '.join(other)} but no 'mos' or 'dmos': name the label column "
+                        "mos (higher = better) or dmos (higher = worse), or keep only ref and dis to score "
+                        "without labels")
+    return None
 
 
 @dataclass(frozen=True)

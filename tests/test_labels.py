@@ -183,3 +183,28 @@ def test_csv_blank_rows_skipped_and_lines_counted(tmp_path, layout):
     _edit(label, lines[4], lines[4].replace(" 3.5 " if layout == "csv" else " 3.0 ", "nan"))
     with pytest.raises(UserError, match=f"{label} line 5: label nan"):
         _load(layout, root, label)
+
+
+@pytest.mark.parametrize("header, higher", [("REF,DIS,MOS", True), (" Ref , Dis , DMOS ", False),
+                                            ("ref,dis,mos,std,note,", True)])
+def test_header_names_any_case_and_extra_columns(tmp_path, header, higher):
+    """'MOS' or ' Ref ' (was: the list silently scored without labels) name the same columns;
+    beside a label column other columns, also unnamed ones, are ignored."""
+    extra = "," * (header.count(",") - 2)
+    target = _write_list(tmp_path, header, *(f"gt/{k}.png,out/{k}.png,{4.5 - k}{extra}" for k in range(4)))
+    got = load_dataset("csv", csv_file=target)
+    assert got.labelled and got.higher_better is higher and [y for _, _, y in got.pairs] == [4.5, 3.5, 2.5, 1.5]
+    assert not got.missing()
+
+
+@pytest.mark.parametrize("header, rows, named", [
+    ("ref,dis,score", ["gt/0.png,out/0.png,3"], "score"),
+    ("ref,dis,", ["gt/0.png,out/0.png,3"], r"\(unnamed column 3\)")])
+def test_label_free_list_with_other_columns_refused(tmp_path, header, rows, named):
+    """Without mos or dmos, another column may be the label under another name: refused rather
+    than dropped. An unnamed column left empty (spreadsheets' trailing commas) is no label."""
+    target = _write_list(tmp_path, header, *rows)
+    with pytest.raises(UserError, match=f"has column\\(s\\) {named} but no 'mos' or 'dmos'"):
+        load_dataset("csv", csv_file=target)
+    _write_list(tmp_path, "ref,dis,,", "gt/0.png,out/0.png,,", "gt/1.png,out/1.png,,")
+    assert not load_dataset("csv", csv_file=target).labelled
