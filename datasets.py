@@ -114,20 +114,15 @@ def load_live(root, **_):
     """LIVE release 2: jp2k/ jpeg/ wn/ gblur/ fastfading/ refimgs/, dmos_realigned.mat
     (dmos_new, as the published runs used) or dmos.mat (dmos), refnames_all.mat. The 982
     entries run in folder order; the 203 originals (orgs = 1) are left out: 779 pairs. DMOS."""
-    from scipy.io import loadmat
     realigned = os.path.join(root, "dmos_realigned.mat")
-    try:
-        if os.path.isfile(realigned):
-            m = loadmat(realigned)
-            dmos = m["dmos_new"].ravel()
-        else:
-            m = loadmat(_need(os.path.join(root, "dmos.mat"), "LIVE label file dmos.mat or dmos_realigned.mat"))
-            dmos = m["dmos"].ravel()
-        orgs = m["orgs"].ravel()
-        cells = loadmat(_need(os.path.join(root, "refnames_all.mat"), "LIVE refnames_all.mat"))["refnames_all"].ravel()
-        refnames = [str(x[0]) if len(x) else "" for x in cells]
-    except (KeyError, ValueError, NotImplementedError, OSError) as e:
-        raise UserError(f"cannot read LIVE label files in {root}: {e}") from None
+    label_file, key = ((realigned, "dmos_new") if os.path.lexists(realigned) else
+                       (os.path.join(root, "dmos.mat"), "dmos"))
+    if not os.path.lexists(label_file):
+        raise UserError(f"LIVE label file not found: {realigned} or {label_file}")
+    m = _loadmat(label_file, "LIVE label file", (key, "orgs"))
+    dmos, orgs = _mat_numbers(m, key, label_file), _mat_numbers(m, "orgs", label_file)
+    names_file = os.path.join(root, "refnames_all.mat")
+    refnames = _live_refnames(_loadmat(names_file, "LIVE refnames_all.mat", ("refnames_all",)), names_file)
     counts = [c for _, c in LIVE_FOLDERS]
     if len(dmos) != sum(counts):  # a cut-down copy: each folder holds img1…imgN
         counts = [_max_img_index(os.path.join(root, folder)) for folder, _ in LIVE_FOLDERS]
@@ -136,10 +131,52 @@ def load_live(root, **_):
     if not (len(dmos) == len(orgs) == len(refnames) == len(names)):
         raise UserError(f"LIVE label files in {root} hold {len(dmos)} entries, but release 2 has 982 "
                         f"and the folders hold {len(names)} images")
-    label_file = realigned if os.path.isfile(realigned) else os.path.join(root, "dmos.mat")
     kept = [k for k, org in enumerate(orgs) if not org]
+    unnamed = [k + 1 for k in kept if not refnames[k]]
+    if unnamed:
+        raise UserError(f"{names_file} entry {unnamed[0]}: no reference name")
     pairs = [(f"refimgs/{refnames[k]}", names[k], float(dmos[k])) for k in kept]
     return Dataset("live", root, pairs, where=[f"{label_file} entry {k + 1}" for k in kept])
+
+
+def _loadmat(path, what, keys):
+    """A MATLAB label file's variables, or one line naming the file when it is absent, a folder,
+    empty or damaged (scipy then raises any of a dozen kinds of error), or lacks one of `keys`."""
+    from scipy.io import loadmat
+    if os.path.isdir(path):
+        raise UserError(f"{what} {path} is a folder, not a file")
+    try:
+        m = loadmat(_need(path, what))
+    except Exception as e:  # a damaged file: MatReadError, ValueError, TypeError, struct.error, zlib.error, ...
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot read {what} {path} (empty, damaged or not a MATLAB file?): {reason}") from None
+    absent = [k for k in keys if k not in m]
+    if absent:
+        held = ", ".join(k for k in m if not k.startswith("__")) or "nothing"
+        raise UserError(f"{path} lacks the variable(s) {', '.join(absent)}; it holds {held}")
+    return m
+
+
+def _mat_numbers(m, key, path):
+    """A MATLAB variable's values as floats, flattened; refused when they are not numbers."""
+    values = np.asarray(m[key])
+    if values.dtype.kind not in "biuf":
+        held = {"U": "text", "S": "text", "O": "cells or structs", "c": "complex numbers"}.get(values.dtype.kind)
+        raise UserError(f"{path}: '{key}' holds {held or values.dtype}, not real numbers")
+    return values.astype(float).ravel()
+
+
+def _live_refnames(m, path):
+    """refnames_all's entries as file names ('' for an empty one): a cell array of strings (or a
+    char matrix); an entry holding numbers or several strings is refused with its index."""
+    names = []
+    for k, cell in enumerate(np.asarray(m["refnames_all"]).ravel()):
+        cell = np.asarray(cell).ravel()
+        if cell.size and (cell.dtype.kind != "U" or cell.size > 1):
+            raise UserError(f"{path} entry {k + 1}: {cell.dtype} {cell[:3].tolist()}, not a file name "
+                            "(refnames_all holds names like 'img29.bmp')")
+        names.append(str(cell[0]) if cell.size else "")
+    return names
 
 
 def _max_img_index(folder):

@@ -208,3 +208,60 @@ def test_label_free_list_with_other_columns_refused(tmp_path, header, rows, name
         load_dataset("csv", csv_file=target)
     _write_list(tmp_path, "ref,dis,,", "gt/0.png,out/0.png,,", "gt/1.png,out/1.png,,")
     assert not load_dataset("csv", csv_file=target).labelled
+
+
+# ---------------------------------------------------------------- LIVE's .mat files: damaged or odd ones in one line
+
+def _damage(path, how):
+    """Replace a .mat file: empty, random bytes, a folder, or the given variables."""
+    from scipy.io import savemat
+    os.remove(path)
+    if how == "empty":
+        open(path, "wb").close()
+    elif how == "junk":
+        open(path, "wb").write(b"MATLAB 5.0 MAT-file" + bytes(range(256)) * 2)
+    elif how == "folder":
+        os.makedirs(path)
+    else:
+        savemat(path, how)
+
+
+@pytest.mark.parametrize("name, how, message", [
+    ("dmos_realigned.mat", "empty", r"cannot read LIVE label file .* \(empty, damaged or not a MATLAB file\?\)"),
+    ("dmos_realigned.mat", "junk", "cannot read LIVE label file"),
+    ("dmos_realigned.mat", "folder", "is a folder, not a file"),
+    ("dmos_realigned.mat", {"dmos": np.ones((1, 10)), "orgs": np.zeros((1, 10))},
+     r"lacks the variable\(s\) dmos_new; it holds dmos, orgs"),
+    ("dmos_realigned.mat", {"dmos_new": np.array(["a"] * 10), "orgs": np.zeros((1, 10))},
+     "'dmos_new' holds text, not real numbers"),
+    ("refnames_all.mat", "empty", "cannot read LIVE refnames_all.mat"),
+    ("refnames_all.mat", {"refnames_all": np.arange(10.0)[None]}, r"entry 1: float64 \[0.0\], not a file name"),
+])
+def test_live_mat_files_refused_in_one_line(tmp_path, capsys, name, how, message):
+    """A zero-byte or damaged .mat gave scipy's MatReadError, a refnames_all.mat of numbers a
+    TypeError: each is now one line naming the file, exit 2."""
+    root = minidata.make_live(str(tmp_path / "l"))
+    _damage(os.path.join(root, name), how)
+    with pytest.raises(SystemExit) as e:
+        run.main(["-dat", "live", "--root", root, "-sdir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert os.path.join(root, name) in err and re.search(message, err), err
+
+
+def test_live_refnames_as_char_matrix_read(tmp_path):
+    """refnames_all saved as a char matrix (not a cell array) names the same references."""
+    from scipy.io import loadmat, savemat
+    root = minidata.make_live(str(tmp_path / "l"))
+    want = load_dataset("live", root).pairs
+    path = os.path.join(root, "refnames_all.mat")
+    names = [str(cell[0]) for cell in loadmat(path)["refnames_all"].ravel()]
+    savemat(path, {"refnames_all": np.array(names)})
+    assert load_dataset("live", root).pairs == want
+
+
+def test_live_without_label_file_names_both(tmp_path):
+    root = minidata.make_live(str(tmp_path / "l"))
+    os.remove(os.path.join(root, "dmos_realigned.mat"))
+    with pytest.raises(UserError, match="LIVE label file not found: .*dmos_realigned.mat or .*dmos.mat$"):
+        load_dataset("live", root)
