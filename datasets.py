@@ -73,9 +73,14 @@ def _read_text(path, what):
         raise UserError(f"{at}; save the {what} as UTF-8 (Excel: 'CSV UTF-8')") from None
 
 
-def _text_lines(path, what):
-    """[(line number, line)] of a text label file (see _read_text), any line ending (LF, CRLF, CR)."""
-    return list(enumerate(io.StringIO(_read_text(path, what), newline=None), 1))
+def _label_lines(path, what):
+    """[(where, line)] for the lines of a text label file (see _read_text) that are not blank,
+    stripped, where = "FILE line N"; any line ending (LF, CRLF, CR). A file without one is refused."""
+    lines = [(f"{path} line {n}", line.strip())
+             for n, line in enumerate(io.StringIO(_read_text(path, what), newline=None), 1) if line.strip()]
+    if not lines:
+        raise UserError(f"{what} {path} holds no labels (it is empty)")
+    return lines
 
 
 def _case_map(folder):
@@ -94,17 +99,20 @@ def load_pipal(root, **_):
         raise UserError(f"no label files (*.txt) in {os.path.join(root, 'Train_Label')}")
     pairs, where = [], []
     for f in files:
-        for n, line in _text_lines(f, "PIPAL label file"):
-            if not line.strip():
-                continue
-            try:
-                dis, mos = (s.strip() for s in line.split(","))
-                pairs.append((f"Train_Ref/{dis.split('_')[0]}{os.path.splitext(dis)[1]}", f"Train_Dis/{dis}",
-                              float(mos)))
-            except ValueError:
-                raise UserError(f"{f} line {n}: expected 'NAME.bmp,MOS', got {line.strip()[:60]!r}") from None
-            where.append(f"{f} line {n}")
+        for at, line in _label_lines(f, "PIPAL label file"):
+            pairs.append(_pipal_pair(line, at))
+            where.append(at)
     return Dataset("pipal", root, pairs, where=where)
+
+
+def _pipal_pair(line, where):
+    """A PIPAL label line as (reference, distorted, MOS): its reference is named by the part of
+    the distorted name before the first '_' (A0001_00_00.bmp: Train_Ref/A0001.bmp)."""
+    fields = [s.strip() for s in line.split(",")]
+    if len(fields) != 2 or not re.match(r"[^_\s]+_", fields[0]):
+        raise UserError(f"{where}: expected 'NAME.bmp,MOS' (NAME like A0001_00_00), got {line[:60]!r}")
+    dis = fields[0]
+    return f"Train_Ref/{dis.split('_')[0]}{os.path.splitext(dis)[1]}", f"Train_Dis/{dis}", _num(fields[1], where)
 
 
 LIVE_FOLDERS = (("jp2k", 227), ("jpeg", 233), ("wn", 174), ("gblur", 174), ("fastfading", 174))
@@ -191,18 +199,15 @@ def load_tid2013(root, **_):
     label = os.path.join(root, "mos_with_names.txt")
     refs, diss = _case_map(os.path.join(root, "reference_images")), _case_map(os.path.join(root, "distorted_images"))
     pairs, where = [], []
-    for n, line in _text_lines(label, "TID2013 label file"):
-        if not line.strip():
-            continue
-        try:
-            mos, dis = line.split()
-            mos = float(mos)
-        except ValueError:
-            raise UserError(f"{label} line {n}: expected 'MOS NAME', got {line.strip()[:60]!r}") from None
+    for at, line in _label_lines(label, "TID2013 label file"):
+        fields = line.split()
+        if len(fields) != 2 or not re.match(r"[iI]\d\d_", fields[1]):
+            raise UserError(f"{at}: expected 'MOS NAME' (NAME like i01_01_1.bmp), got {line[:60]!r}")
+        mos, dis = fields
         ref = f"I{dis[1:3]}.BMP"
         pairs.append((f"reference_images/{refs.get(ref.lower(), ref)}",
-                      f"distorted_images/{diss.get(dis.lower(), dis)}", 100 - mos))
-        where.append(f"{label} line {n}")
+                      f"distorted_images/{diss.get(dis.lower(), dis)}", 100 - _num(mos, at)))
+        where.append(at)
     return Dataset("tid2013", root, pairs, where=where)
 
 

@@ -265,3 +265,33 @@ def test_live_without_label_file_names_both(tmp_path):
     os.remove(os.path.join(root, "dmos_realigned.mat"))
     with pytest.raises(UserError, match="LIVE label file not found: .*dmos_realigned.mat or .*dmos.mat$"):
         load_dataset("live", root)
+
+
+# ---------------------------------------------------------------- PIPAL and TID2013 lines
+
+@pytest.mark.parametrize("layout, line, message", [
+    ("pipal", "A0001_00_00.bmp,1_500", "line 2: label '1_500' is not a number"),
+    ("pipal", "A0001.bmp,1500", r"line 2: expected 'NAME.bmp,MOS' \(NAME like A0001_00_00\)"),
+    ("pipal", ",1500", "line 2: expected 'NAME.bmp,MOS'"),
+    ("pipal", "A0001_00_00.bmp,15,00", "line 2: expected 'NAME.bmp,MOS'"),
+    ("tid2013", "5_1 i01_01_1.bmp", "line 2: label '5_1' is not a number"),
+    ("tid2013", "i01_01_1.bmp 5.1", r"line 2: expected 'MOS NAME' \(NAME like i01_01_1.bmp\)"),
+    ("tid2013", "5.1 x.bmp", "line 2: expected 'MOS NAME'"),
+])
+def test_text_label_lines_refused_with_line(tmp_path, layout, line, message):
+    """A line that would give a wrong reference (no '_' in a PIPAL name: A0001.bmp.bmp; a TID
+    name not starting iNN_) or a typo read as a number ('1_500' is 1500 to Python) is refused."""
+    root, label = _label_files(tmp_path)[layout]
+    lines = open(label).read().splitlines()
+    open(label, "w").write("\n".join([lines[0], line] + lines[2:]) + "\n")
+    with pytest.raises(UserError, match=f"{label} {message}"):
+        load_dataset(layout, root)
+
+
+@pytest.mark.parametrize("layout", ["pipal", "tid2013"])
+def test_empty_text_label_file_refused(tmp_path, layout):
+    """A label file of blank lines held no pairs: its references silently left out of PIPAL."""
+    root, label = _label_files(tmp_path)[layout]
+    open(label, "w").write("\n  \n\r\n")
+    with pytest.raises(UserError, match=f"label file {label} holds no labels"):
+        load_dataset(layout, root)
