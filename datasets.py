@@ -70,7 +70,8 @@ def _read_text(path, what):
         line = raw.count(b"\n", 0, e.start) + 1
         at = (f"{path} is UTF-16 text" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else
               f"{path} line {line}: byte 0x{raw[e.start]:02x} is not UTF-8")
-        raise UserError(f"{at}; save the {what} as UTF-8 (Excel: 'CSV UTF-8')") from None
+        excel = " (Excel: 'CSV UTF-8')" if path.lower().endswith(".csv") else ""
+        raise UserError(f"{at}; save the {what} as UTF-8{excel}") from None
 
 
 def _label_lines(path, what):
