@@ -205,9 +205,18 @@ def _write_all(f, data):
 
 
 def _csv_line(values):
+    """One CSV row as UTF-8 bytes ending in a newline; every file this module writes is made of
+    these. A field holding \\r or \\n (a file name may), a quote or a comma is quoted, so the row
+    reads back whole: the csv writer quotes only its own line terminator's characters, so it is
+    given \\r\\n and the row's end put back to \\n."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(values)
-    return out.getvalue().encode("utf-8")
+    csv.writer(out, lineterminator="\r\n").writerow(values)
+    return (out.getvalue()[:-2] + "\n").encode("utf-8")
+
+
+def _csv_text(rows):
+    """Rows as CSV bytes, each by `_csv_line`."""
+    return b"".join(_csv_line(row) for row in rows)
 
 
 def _replace(path, data):
@@ -319,11 +328,9 @@ def finish_layers(path, labels, order, blocks):
         done.update(read_layers_done(part, blocks, labelled))
     in_order = dict.fromkeys(order)
     keys = [k for k in order if k in done] + [k for k in done if k in labels and k not in in_order]
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
-    w.writerow(layers_header(blocks, labelled))
-    w.writerows([dis, ref, *([labels[(dis, ref)]] if labelled else []), *done[(dis, ref)]] for dis, ref in keys)
-    _replace(path, out.getvalue().encode("utf-8"))
+    _replace(path, _csv_text([layers_header(blocks, labelled),
+                              *([dis, ref, *([labels[(dis, ref)]] if labelled else []), *done[(dis, ref)]]
+                                for dis, ref in keys)]))
     for part in glob.glob(glob.escape(path) + ".rank*"):
         os.remove(part)
     return {k for k in order if k in done}
@@ -356,15 +363,10 @@ def finish(path, labels, order):
     in_order = dict.fromkeys(order)
     others = [(k, pred) for k, (_, pred) in done.items() if k in labels and k not in in_order]
     rows = [(dis, ref, labels[(dis, ref)], pred) for (dis, ref), pred in current + others]
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
     if _labelled(labels):
-        w.writerow(HEADER)
-        w.writerows(rows)
+        _replace(path, _csv_text([HEADER, *rows]))
     else:
-        w.writerow(UNLABELLED_HEADER)
-        w.writerows((dis, ref, pred) for dis, ref, _, pred in rows)
-    _replace(path, out.getvalue().encode("utf-8"))
+        _replace(path, _csv_text([UNLABELLED_HEADER, *((dis, ref, pred) for dis, ref, _, pred in rows)]))
     for part in glob.glob(glob.escape(path) + ".rank*"):
         os.remove(part)
     return rows[: len(current)]
@@ -461,8 +463,6 @@ def append_summary(savedir, rows, name="summary", fields=SUMMARY_FIELDS):
     if os.path.isfile(path):
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
             header = next(csv.reader(f), None)
-    out = io.StringIO()
-    w = csv.DictWriter(out, fields, extrasaction="ignore", lineterminator="\n")
     if header is not None and header != fields:
         k = 1
         while os.path.exists(os.path.join(savedir, f"{name}.old-{k}.csv")):
@@ -472,11 +472,10 @@ def append_summary(savedir, rows, name="summary", fields=SUMMARY_FIELDS):
             os.replace(path, old)
         sys.stderr.write(f"warning: {path} had an older header; moved to {old}, a new {name}.csv is started\n")
         header = None
-    if header is None:
-        w.writeheader()
-    w.writerows(rows)
+    head = [fields] if header is None else []
+    data = _csv_text(head + [[row.get(k, "") for k in fields] for row in rows])
     with writing(path, "the results files are complete"), open(path, "ab", buffering=0) as f:
-        _write_all(f, out.getvalue().encode("utf-8"))
+        _write_all(f, data)
 
 
 # ---------------------------------------------------------------- the lock

@@ -323,3 +323,33 @@ def test_another_copy_of_the_dataset_is_not_resumed(tiny, tmp_path, capsys):
     la, lb = minidata.make_csv(str(tmp_path / "expA")), minidata.make_csv(str(tmp_path / "expB"))
     _run(tiny, "-dat", "csv", "--csv", la, *out)
     _fails(capsys, tiny, ["-dat", "csv", "--csv", lb, *out], "ref_dir")
+
+
+def test_odd_file_names_round_trip(tiny, tmp_path, capsys, monkeypatch):
+    """Names holding \r, \n, a quote or a comma are written quoted and read back: a resume has
+    nothing to score, and calc_scores counts every pair (an unquoted \r split the row in two)."""
+    target = minidata.make_csv(str(tmp_path / "data"))
+    folder = os.path.dirname(target)
+    names = ["c\rd", "e\nf", 'g"h', "i,j"]
+    rows = list(csv.DictReader(open(target, newline="")))
+    for row, name in zip(rows, names, strict=True):
+        os.rename(os.path.join(folder, row["dis"]), os.path.join(folder, "out", name + ".png"))
+        row["dis"] = f"out/{name}.png"
+    with open(target, "w", newline="") as f:
+        w = csv.DictWriter(f, ["ref", "dis", "mos"], quoting=csv.QUOTE_ALL)
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "r"
+    base = ["-dat", "csv", "--csv", target, "-d", "l2", "-sdir", str(out), "--json"]
+    assert _run(tiny, *base) == 0
+    ran = json.loads(capsys.readouterr().out)[0]
+    assert ran["n"] == 4
+    path = str(out / f"list_{tiny[0]}_l2.csv")
+    assert sorted(d for d, _ in results.read_done(path)) == sorted(f"out/{n}.png" for n in names)
+    seen = count_scored(monkeypatch)
+    assert _run(tiny, *base) == 0 and seen == []  # resumed: nothing left to score
+    capsys.readouterr()
+    calc_scores.main(["-f", path, "--json"])
+    got = json.loads(capsys.readouterr().out)
+    assert got["n"] == 4 and got["srcc"] == pytest.approx(ran["srcc"])
+    assert sorted(pd.read_csv(path).dis) == sorted(f"out/{n}.png" for n in names)
