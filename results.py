@@ -457,7 +457,8 @@ def check_writable(folder):
 def append_summary(savedir, rows, name="summary", fields=SUMMARY_FIELDS):
     """Append rows to <savedir>/<name>.csv (`fields`), in one write. A summary file
     with another header (an older version's) is renamed <name>.old-<k>.csv first and a
-    fresh one started, so every summary file stays readable with its own header."""
+    fresh one started, so every summary file stays readable with its own header; one whose
+    last line lacks its newline gets it first, so the new rows start on a line of their own."""
     path = os.path.join(savedir, f"{name}.csv")
     header = None
     if os.path.isfile(path):
@@ -474,8 +475,18 @@ def append_summary(savedir, rows, name="summary", fields=SUMMARY_FIELDS):
         header = None
     head = [fields] if header is None else []
     data = _csv_text(head + [[row.get(k, "") for k in fields] for row in rows])
-    with writing(path, "the results files are complete"), open(path, "ab", buffering=0) as f:
-        _write_all(f, data)
+    with writing(path, "the results files are complete"), open(path, "a+b", buffering=0) as f:
+        _write_all(f, _line_start(f) + data)
+
+
+def _line_start(f):
+    """A newline when file `f` (open for reading and appending) is not empty and lacks a final newline (a
+    hand edit, or a write cut short): what an appended row needs to start a line of its own; else nothing."""
+    end = f.seek(0, os.SEEK_END)
+    if end == 0:
+        return b""
+    f.seek(end - 1)
+    return b"" if f.read(1) == b"\n" else b"\n"
 
 
 # ---------------------------------------------------------------- the lock

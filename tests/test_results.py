@@ -353,3 +353,18 @@ def test_odd_file_names_round_trip(tiny, tmp_path, capsys, monkeypatch):
     got = json.loads(capsys.readouterr().out)
     assert got["n"] == 4 and got["srcc"] == pytest.approx(ran["srcc"])
     assert sorted(pd.read_csv(path).dis) == sorted(f"out/{n}.png" for n in names)
+
+
+def test_summary_without_a_final_newline_gets_one(tmp_path):
+    """A hand-edited summary.csv lacking its last newline: the next row starts a line of its own."""
+    row = {"dataset": "x", "model": "m", "distance": "l2", "n": 4}
+    results.append_summary(str(tmp_path), [row])
+    path = tmp_path / "summary.csv"
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    results.append_summary(str(tmp_path), [{**row, "distance": "cos"}])
+    logged = list(csv.reader(open(path, newline="")))
+    assert [len(r) for r in logged] == [len(results.SUMMARY_FIELDS)] * 3
+    assert [r[2] for r in logged[1:]] == ["l2", "cos"]
+    (tmp_path / "summary_unlabelled.csv").write_bytes(b",".join(f.encode() for f in results.UNLABELLED_FIELDS))
+    results.append_summary(str(tmp_path), [{"set": "A"}], "summary_unlabelled", results.UNLABELLED_FIELDS)
+    assert [r["set"] for r in csv.DictReader(open(tmp_path / "summary_unlabelled.csv", newline=""))] == ["A"]
