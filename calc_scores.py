@@ -103,8 +103,8 @@ def label_direction(args, record):
         return dataset, args.label_higher_better == "yes"
     if args.dataset in LAYOUTS and not (args.dataset == "csv" and record is not None):  # a list decides per file
         return dataset, LAYOUTS[args.dataset].higher_better
-    if record is not None and "label_higher_better" in record:
-        return dataset, bool(record["label_higher_better"])
+    if (record or {}).get("label_higher_better") is not None:  # a JSON boolean (results.read_record checks)
+        return dataset, record["label_higher_better"]
     if dataset in LAYOUTS:
         return dataset, LAYOUTS[dataset].higher_better
     raise UserError(f"cannot tell the label direction of {args.file}: pass -dat ({', '.join(LAYOUTS)}) "
@@ -115,8 +115,8 @@ def pred_direction(args, record):
     """Predictions higher = better: --pred-higher-better, the record's distance, the file name (psnr, …)."""
     if args.pred_higher_better:
         return args.pred_higher_better == "yes"
-    if record is not None and "pred_higher_better" in record:
-        return bool(record["pred_higher_better"])
+    if (record or {}).get("pred_higher_better") is not None:
+        return record["pred_higher_better"]
     return is_similarity(args.file)
 
 

@@ -35,6 +35,13 @@ UNLABELLED_HEADER = ["dis", "ref", "pred"]  # a label-free set's files
 # the settings a results file's predictions depend on: a run resumes a file only when all agree
 COMPARED = ("dataset", "model", "distance", "precision", "model_norm", "resize", "robustness", "pct", "swd_seed",
             "weights", "ref_dir", "dis_dir", "layers")
+# a record's fields and their JSON types (None: null), checked whenever a record is read: a hand edit such
+# as "pred_higher_better": "false" (a string, so true) would otherwise flip every sign in calc_scores
+RECORD_TYPES = {"dataset": (str,), "label_higher_better": (bool, None), "pred_higher_better": (bool,), "model": (str,),
+                "distance": (str,), "precision": (str,), "model_norm": (bool,), "resize": (int, None),
+                "robustness": (str,), "pct": (int,), "swd_seed": (int,), "weights": (str,), "layers": (str, None),
+                "n_labels": (int,), "n_pairs": (int,), "labels_sha256": (str, None), "ref_dir": (str,),
+                "dis_dir": (str,)}
 SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "n_skipped", "srcc", "plcc", "krcc",
                   "plcc_logistic", "pairs_per_s", "label_higher_better", "precision", "model_norm", "resize",
                   "swd_seed", "layers", "weights", "labels_sha256", "file"]
@@ -121,7 +128,29 @@ def read_record(path):
         raise UserError(f"cannot read the record {rec}: {e}; pass --overwrite to start {path} afresh") from None
     if not isinstance(record, dict):
         raise UserError(f"{rec} is not a results record; pass --overwrite to start {path} afresh")
+    _check_types(rec, record, f"correct it, or pass --overwrite to run.py to start {path} afresh")
     return record
+
+
+def _check_types(rec, record, hint):
+    """UserError naming file `rec` and the first field whose JSON type is not RECORD_TYPES' (`hint`: what to do)."""
+    for key, kinds in RECORD_TYPES.items():
+        value = record.get(key)
+        if key in record and not any(_of_type(value, kind) for kind in kinds):
+            want = " or ".join(_JSON_NAMES[kind] for kind in kinds)
+            got = next((name for kind, name in _JSON_NAMES.items() if _of_type(value, kind)), "a number")
+            raise UserError(f"{rec}: {key} is {json.dumps(value)} ({got}), expected {want}; {hint}")
+
+
+_JSON_NAMES = {bool: "true or false", int: "an integer", str: "a string", None: "null", list: "a list",
+               dict: "an object"}
+
+
+def _of_type(value, kind):
+    """Whether a JSON value is of `kind` (None: null); true and false are not integers here."""
+    if kind is None:
+        return value is None
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
 def first_difference(old, new):

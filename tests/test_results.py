@@ -368,3 +368,31 @@ def test_summary_without_a_final_newline_gets_one(tmp_path):
     (tmp_path / "summary_unlabelled.csv").write_bytes(b",".join(f.encode() for f in results.UNLABELLED_FIELDS))
     results.append_summary(str(tmp_path), [{"set": "A"}], "summary_unlabelled", results.UNLABELLED_FIELDS)
     assert [r["set"] for r in csv.DictReader(open(tmp_path / "summary_unlabelled.csv", newline=""))] == ["A"]
+
+
+def _one_line_exit_2(capsys, main, argv, *match):
+    """main(argv) exits 2 with one line on stderr holding every `match`; returns that line."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert all(m in err for m in match), err
+    return err
+
+
+@pytest.mark.parametrize("field,value", [("pred_higher_better", "false"), ("label_higher_better", "false"),
+                                         ("label_higher_better", 0), ("pct", True), ("resize", "240"),
+                                         ("dataset", ["x"])])
+def test_record_with_a_wrong_type_is_refused(tiny, tmp_path, capsys, field, value):
+    """A hand-edited record: "false" (a string) read with bool() was true and flipped every sign."""
+    target = minidata.make_csv(str(tmp_path / "data"))
+    out = tmp_path / "r"
+    base = ["-dat", "csv", "--csv", target, "-d", "l2", "-sdir", str(out)]
+    _run(tiny, *base)
+    rec = out / f"list_{tiny[0]}_l2.json"
+    record = json.loads(rec.read_text())
+    rec.write_text(json.dumps({**record, field: value}))
+    path = str(out / f"list_{tiny[0]}_l2.csv")
+    _one_line_exit_2(capsys, calc_scores.main, ["-f", path], str(rec), field, json.dumps(value))
+    _fails(capsys, tiny, base, field)
+    assert json.loads(rec.read_text())[field] == value  # refused: nothing touched
