@@ -86,6 +86,25 @@ def labels_digest(labels):
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def check_utf8(paths, what, hint):
+    """Refuse, before any work, a path that is not valid UTF-8 (on Linux a name's undecodable bytes
+    reach Python as surrogates): rows, records and summaries are UTF-8, so it could not be written
+    there. `what` names the path in the message, `hint` says what to do."""
+    for path in paths:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{what} {os.fsencode(path)!r} is not valid UTF-8 (results files are UTF-8 text); "
+                            f"{hint}") from None
+
+
+def check_names(dataset, pairs):
+    """`check_utf8` of the images of `pairs` [(ref, dis, label)], as absolute paths: rows name the
+    images, records and summaries their folders."""
+    check_utf8((os.path.abspath(p) for ref, dis, _ in pairs for p in (dataset.ref_path(ref), dataset.dis_path(dis))),
+               "image", "rename it (or the folder holding it)")
+
+
 def make_records(dataset, settings, files):
     """What makes each results file's numbers, as written to its X.json.
 
