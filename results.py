@@ -24,6 +24,7 @@ import glob
 import hashlib
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -180,11 +181,17 @@ def first_difference(old, new):
 # ---------------------------------------------------------------- reading
 
 def complete_text(path, whole=False):
-    """The file's text up to its last newline: a torn last line (a crash mid-row) is left out
-    (whole=True: all of it, for files not written by run.py)."""
+    """The file's text up to the end of its last complete row: a torn last row (a crash
+    mid-row) is left out (whole=True: all of it, for files not written by run.py). A row ends
+    at a newline outside quotes: a quoted name may hold newlines of its own."""
     with open(path, "rb") as f:
         data = f.read()
-    return (data if whole else data[: data.rfind(b"\n") + 1]).decode("utf-8", errors="replace")
+    if whole:
+        return data.decode("utf-8", errors="replace")
+    end = data.rfind(b"\n")
+    while end >= 0 and data.count(b'"', 0, end) % 2:  # inside a quoted field: not a row's end
+        end = data.rfind(b"\n", 0, end)
+    return data[: end + 1].decode("utf-8", errors="replace")
 
 
 def read_done(path):
@@ -214,24 +221,69 @@ def read_done(path):
 
 def read_frame(path):
     """A results file's rows as a DataFrame (dis, ref, mos, pred) and its record (or None):
-    complete lines only when it has a record (run.py wrote it), all of a published file.
-    UserError when missing, unreadable or lacking a column."""
-    import pandas as pd
+    complete rows only when it has a record (run.py wrote it), all of a published file.
+    UserError when missing, unreadable, lacking a column or holding a bad row (`read_table`,
+    `number_frame`)."""
     if not os.path.isfile(path):
         raise UserError(f"results file not found: {path}")
     record = read_record(path)
-    try:
-        frame = pd.read_csv(io.StringIO(complete_text(path, whole=record is None)))
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as e:
-        raise UserError(f"cannot read results file {path}: {str(e).splitlines()[0]}") from None
-    missing = [c for c in HEADER if c not in frame.columns]
+    header, rows = read_table(path, whole=record is None)
+    missing = [c for c in HEADER if c not in header]
     if missing:
         raise UserError(f"{path} lacks column(s) {', '.join(missing)}; expected header dis,ref,mos,pred")
-    if frame.empty:
+    if not rows:
         raise UserError(f"{path} holds no complete rows")
-    if frame[["mos", "pred"]].isna().any().any() or not all(frame[c].dtype.kind in "fiu" for c in ("mos", "pred")):
-        raise UserError(f"{path} has empty or non-numeric mos/pred values")
-    return frame, record
+    return number_frame(path, header, rows, ["mos", "pred"]), record
+
+
+def read_table(path, whole=False):
+    """(header, [(line, row)]) of a CSV file read for correlations (calc_scores: a results or
+    per-layer file), blank lines left out; complete rows only unless `whole` (`complete_text`).
+    UserError naming the file, and the line where one applies, when it cannot be read or is
+    empty, a column name repeats, a row has another number of fields than the header, or the
+    header comes again (two files joined): such a file has no one meaning to compute from."""
+    try:
+        reader = csv.reader(io.StringIO(complete_text(path, whole), newline=""))
+        header, rows, line = next(reader, None), [], reader.line_num + 1
+        if not header:
+            raise UserError(f"{path} is empty: no header")
+        if len(set(header)) < len(header):
+            raise UserError(f"{path} has a column name twice in its header {','.join(header)[:80]!r}")
+        for row in reader:
+            if row == header:
+                raise UserError(f"{path} line {line}: the header again (two files joined?); keep one header")
+            if row and len(row) != len(header):
+                raise UserError(f"{path} line {line}: {len(row)} field(s), the header has {len(header)}")
+            rows += [(line, row)] if row else []
+            line = reader.line_num + 1
+    except (OSError, csv.Error) as e:
+        raise UserError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    return header, rows
+
+
+def number_frame(path, header, rows, numeric):
+    """The rows [(line, row)] of `read_table` as a DataFrame, the `numeric` columns as floats.
+    UserError naming the file, line and column of the first value that is blank, not a number,
+    or not finite (inf, nan): any of them would make the coefficients NaN or meaningless.
+    The one rule for the numbers calc_scores computes from."""
+    import pandas as pd
+    columns = {name: [row[k] for _, row in rows] for k, name in enumerate(header)}
+    for name in numeric:
+        k = header.index(name)
+        columns[name] = [_finite(path, line, name, row[k]) for line, row in rows]
+    return pd.DataFrame(columns, columns=header)
+
+
+def _finite(path, line, column, cell):
+    """float(cell), or UserError naming the file, line and column when it is blank, not a number or not finite."""
+    try:
+        value = float(cell)
+    except ValueError:
+        raise UserError(f"{path} line {line}: {column} is " + ("blank" if not cell.strip() else
+                                                                f"{cell!r}, not a number")) from None
+    if not math.isfinite(value):
+        raise UserError(f"{path} line {line}: {column} is {cell!r}, not a finite number")
+    return value
 
 
 # ---------------------------------------------------------------- writing

@@ -396,3 +396,15 @@ def test_record_with_a_wrong_type_is_refused(tiny, tmp_path, capsys, field, valu
     _one_line_exit_2(capsys, calc_scores.main, ["-f", path], str(rec), field, json.dumps(value))
     _fails(capsys, tiny, base, field)
     assert json.loads(rec.read_text())[field] == value  # refused: nothing touched
+
+
+def test_torn_row_inside_a_quoted_name_is_left_out(tmp_path, capsys):
+    """A row cut after a newline inside a quoted name: the part before is not a row's end, so
+    resume and calc_scores leave the torn row out instead of reading (or refusing) half of it."""
+    path = tmp_path / "x_l2.csv"
+    rows = "".join(f"d{i},r,{i},{0.1 * i}\n" for i in range(8))
+    path.write_text("dis,ref,mos,pred\n" + rows + '"d8\nx",r,8,0.8\n"d9\n')
+    (tmp_path / "x_l2.json").write_text(json.dumps({"dataset": "x", "label_higher_better": False}))
+    assert set(results.read_done(str(path))) == {*((f"d{i}", "r") for i in range(8)), ("d8\nx", "r")}
+    calc_scores.main(["-f", str(path), "--json"])
+    assert json.loads(capsys.readouterr().out)["n"] == 9
