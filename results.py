@@ -7,7 +7,7 @@ model, distance, precision, normalisation, resize, robustness, SWD seed, weights
 a digest of the labels; `layers`: the blocks compared, None = all). A run resumes a file only
 when the record matches its own settings (labels aside: predictions do not depend on them,
 and rows always take the current labels).
-A row counts only when its line is complete (newline-terminated and parseable), so a crash
+A row counts only when its line is complete (newline-terminated, its numbers finite), so a crash
 mid-row costs that row, never a wrong number. `X.csv.lock` (flock, holding the pid) keeps a
 second run off a file being written; torchrun ranks write `X.csv.rank<r>` part files that
 are merged into X.csv. `summary.csv` collects one row per finished file
@@ -197,7 +197,7 @@ def complete_text(path, whole=False):
 def read_done(path):
     """Complete rows of a results (or part) file: {(dis, ref): (mos, pred)} (mos None in a
     label-free file, header dis,ref,pred); {} if absent. A row counts when its line is
-    newline-terminated and its numbers parse."""
+    newline-terminated and its numbers are finite (`_number`): any other row is scored again."""
     if not os.path.isfile(path):
         return {}
     rows = csv.reader(io.StringIO(complete_text(path), newline=""))
@@ -209,13 +209,9 @@ def read_done(path):
                         "or dis,ref,pred); pass --overwrite to start it afresh")
     done = {}
     for row in rows:
-        try:
-            if len(row) == len(header) == 4:
-                done[(row[0], row[1])] = (float(row[2]), float(row[3]))
-            elif len(row) == len(header) == 3:
-                done[(row[0], row[1])] = (None, float(row[2]))
-        except ValueError:
-            continue
+        values = [_number(x) for x in row[2:]]
+        if len(row) == len(header) and None not in values:
+            done[(row[0], row[1])] = tuple(values) if len(values) == 2 else (None, *values)
     return done
 
 
@@ -274,15 +270,22 @@ def number_frame(path, header, rows, numeric):
     return pd.DataFrame(columns, columns=header)
 
 
-def _finite(path, line, column, cell):
-    """float(cell), or UserError naming the file, line and column when it is blank, not a number or not finite."""
+def _number(cell):
+    """A CSV cell's finite float, or None (blank, not a number, inf, nan): the one rule for the
+    numbers read back, strict in `number_frame`, a row to score again in `read_done`."""
     try:
         value = float(cell)
     except ValueError:
-        raise UserError(f"{path} line {line}: {column} is " + ("blank" if not cell.strip() else
-                                                                f"{cell!r}, not a number")) from None
-    if not math.isfinite(value):
-        raise UserError(f"{path} line {line}: {column} is {cell!r}, not a finite number")
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _finite(path, line, column, cell):
+    """`_number(cell)`, or UserError naming the file, line and column when it is None."""
+    value = _number(cell)
+    if value is None:
+        raise UserError(f"{path} line {line}: {column} is " + (f"{cell!r}, not a finite number" if cell.strip()
+                                                                else "blank"))
     return value
 
 
@@ -401,7 +404,7 @@ def layers_header(blocks, labelled=True):
 
 def read_layers_done(path, blocks, labelled=True):
     """Complete rows of a per-layer (or part) file: {(dis, ref): [per-block values]}; {} if
-    absent. UserError when its header is not this run's (other blocks)."""
+    absent; rows count as `read_done`'s do. UserError when its header is not this run's (other blocks)."""
     if not os.path.isfile(path):
         return {}
     rows = csv.reader(io.StringIO(complete_text(path), newline=""))
@@ -413,9 +416,9 @@ def read_layers_done(path, blocks, labelled=True):
                         "pass --overwrite to start it afresh")
     done, skip = {}, 3 if labelled else 2
     for row in rows:
-        with contextlib.suppress(ValueError):
-            if len(row) == len(want):
-                done[(row[0], row[1])] = [float(x) for x in row[skip:]]
+        values = [_number(x) for x in row[skip:]]
+        if len(row) == len(want) and None not in values:
+            done[(row[0], row[1])] = values
     return done
 
 

@@ -129,7 +129,7 @@ def _with_line3(row):
 
 @pytest.mark.parametrize("text,match", [
     (_with_line3("d1.bmp,r1.bmp,1510,\n"), "line 3: pred is blank"),
-    (_with_line3("d1.bmp,r1.bmp,1510,abc\n"), "line 3: pred is 'abc', not a number"),
+    (_with_line3("d1.bmp,r1.bmp,1510,abc\n"), "line 3: pred is 'abc', not a finite number"),
     (_with_line3("d1.bmp,r1.bmp,1510,inf\n"), "line 3: pred is 'inf', not a finite number"),
     (_with_line3("d1.bmp,r1.bmp,1510,-inf\n"), "line 3: pred is '-inf', not a finite number"),
     (_with_line3("d1.bmp,r1.bmp,nan,0.49\n"), "line 3: mos is 'nan', not a finite number"),

@@ -408,3 +408,22 @@ def test_torn_row_inside_a_quoted_name_is_left_out(tmp_path, capsys):
     assert set(results.read_done(str(path))) == {*((f"d{i}", "r") for i in range(8)), ("d8\nx", "r")}
     calc_scores.main(["-f", str(path), "--json"])
     assert json.loads(capsys.readouterr().out)["n"] == 9
+
+
+def test_row_with_a_non_finite_number_is_scored_again(tiny, tmp_path, monkeypatch):
+    """A results row whose pred reads inf or nan (a hand edit) is not a finished row: it was kept,
+    and the summary's SRCC was computed from it (0.4 instead of 1, no warning)."""
+    target = minidata.make_csv(str(tmp_path / "data"))
+    out = tmp_path / "r"
+    base = ["-dat", "csv", "--csv", target, "-d", "l2", "-sdir", str(out), "--per-layer"]
+    _run(tiny, *base)
+    path, layers = out / f"list_{tiny[0]}_l2.csv", out / f"list_{tiny[0]}_l2_layers.csv"
+    full = pd.read_csv(path)
+    for victim, value in [(path, "inf"), (path, "nan"), (layers, "-inf")]:
+        lines = victim.read_text().splitlines(keepends=True)
+        lines[2] = lines[2].rsplit(",", 1)[0] + f",{value}\n"
+        victim.write_text("".join(lines))
+        seen = count_scored(monkeypatch)
+        _run(tiny, *base)
+        assert len(seen) == 1
+        np.testing.assert_allclose(pd.read_csv(path).pred, full.pred, rtol=1e-6)
