@@ -225,6 +225,9 @@ def read_frame(path):
     record = read_record(path)
     header, rows = read_table(path, whole=record is None)
     missing = [c for c in HEADER if c not in header]
+    if header == UNLABELLED_HEADER:
+        raise UserError(f"{path} is a label-free results file (dis,ref,pred): it has no labels to correlate with; "
+                        "its statistics are in summary_unlabelled.csv")
     if missing:
         raise UserError(f"{path} lacks column(s) {', '.join(missing)}; expected header dis,ref,mos,pred")
     if not rows:

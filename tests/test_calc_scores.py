@@ -152,8 +152,9 @@ def test_damaged_files_refused_with_file_and_line(tmp_path, capsys, text, match,
     assert str(path) in err and match.replace("pred", last) in err, err
 
 
-def test_column_missing_or_named_twice(tmp_path, capsys):
-    for header, match in [("dis,ref,mos", "lacks column(s) pred"), ("dis,ref,mos,pred,pred", "column name twice")]:
+def test_column_missing_or_named_twice_or_no_labels(tmp_path, capsys):
+    for header, match in [("dis,ref,mos", "lacks column(s) pred"), ("dis,ref,mos,pred,pred", "column name twice"),
+                          ("dis,ref,pred", "label-free")]:
         path = tmp_path / "pipal_x_l2.csv"
         path.write_text(header + "\n" + "".join(f"d{i},r,{i}" + ",0.5" * (header.count(",") - 2) + "\n"
                                                  for i in range(8)))
