@@ -15,7 +15,6 @@ prediction column from a similarity metric (PSNR, SSIM, …: higher = better) is
 --per-layer takes a per-layer file (run.py --per-layer) and gives SRCC and PLCC per block,
 signed the same way, the directions from the record of X.csv beside X_layers.csv.
 """
-import io
 import os
 import re
 import warnings
@@ -103,8 +102,8 @@ def label_direction(args, record):
         return dataset, args.label_higher_better == "yes"
     if args.dataset in LAYOUTS and not (args.dataset == "csv" and record is not None):  # a list decides per file
         return dataset, LAYOUTS[args.dataset].higher_better
-    if record is not None and "label_higher_better" in record:
-        return dataset, bool(record["label_higher_better"])
+    if (record or {}).get("label_higher_better") is not None:  # a JSON boolean (results.read_record checks)
+        return dataset, record["label_higher_better"]
     if dataset in LAYOUTS:
         return dataset, LAYOUTS[dataset].higher_better
     raise UserError(f"cannot tell the label direction of {args.file}: pass -dat ({', '.join(LAYOUTS)}) "
@@ -115,8 +114,8 @@ def pred_direction(args, record):
     """Predictions higher = better: --pred-higher-better, the record's distance, the file name (psnr, …)."""
     if args.pred_higher_better:
         return args.pred_higher_better == "yes"
-    if record is not None and "pred_higher_better" in record:
-        return bool(record["pred_higher_better"])
+    if (record or {}).get("pred_higher_better") is not None:
+        return record["pred_higher_better"]
     return is_similarity(args.file)
 
 
@@ -150,22 +149,19 @@ def scatter_plot(frame, label_higher_better, pred_higher_better, out, title):
 
 def read_layers(path):
     """A per-layer file's rows (DataFrame: dis, ref, mos, block_<k>…), its block columns and the
-    record of its results file (X.csv beside X_layers.csv; None when absent)."""
-    import pandas as pd
+    record of its results file (X.csv beside X_layers.csv; None when absent). Bad rows and
+    values are refused as `results.read_frame` refuses them (`results.read_table`, `number_frame`)."""
     if not os.path.isfile(path):
         raise UserError(f"per-layer file not found: {path}")
     results_file = path[: -len("_layers.csv")] + ".csv" if path.endswith("_layers.csv") else None
     record = results.read_record(results_file) if results_file else None
-    try:
-        frame = pd.read_csv(io.StringIO(results.complete_text(path)))
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as e:
-        raise UserError(f"cannot read per-layer file {path}: {str(e).splitlines()[0]}") from None
-    blocks = [c for c in frame.columns if re.fullmatch(r"block_\d+", str(c))]
-    if "mos" not in frame.columns or not blocks:
+    header, rows = results.read_table(path)
+    blocks = [c for c in header if re.fullmatch(r"block_\d+", c)]
+    if "mos" not in header or not blocks:
         raise UserError(f"{path} is not a labelled per-layer file (header dis,ref,mos,block_1,…)")
-    if frame.empty:
+    if not rows:
         raise UserError(f"{path} holds no complete rows")
-    return frame, blocks, record
+    return results.number_frame(path, header, rows, ["mos", *blocks]), blocks, record
 
 
 def per_layer_main(a):

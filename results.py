@@ -7,7 +7,7 @@ model, distance, precision, normalisation, resize, robustness, SWD seed, weights
 a digest of the labels; `layers`: the blocks compared, None = all). A run resumes a file only
 when the record matches its own settings (labels aside: predictions do not depend on them,
 and rows always take the current labels).
-A row counts only when its line is complete (newline-terminated and parseable), so a crash
+A row counts only when its line is complete (newline-terminated, its numbers finite), so a crash
 mid-row costs that row, never a wrong number. `X.csv.lock` (flock, holding the pid) keeps a
 second run off a file being written; torchrun ranks write `X.csv.rank<r>` part files that
 are merged into X.csv. `summary.csv` collects one row per finished file
@@ -24,6 +24,7 @@ import glob
 import hashlib
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -37,6 +38,13 @@ UNLABELLED_HEADER = ["dis", "ref", "pred"]  # a label-free set's files
 COMPARED = ("dataset", "model", "distance", "precision", "device", "model_norm", "resize", "robustness", "pct",
             "swd_seed", "weights", "ref_dir", "dis_dir", "layers")
 ADDED_LATER = ("device",)  # settings older records lack: not compared when absent
+# a record's fields and their JSON types (None: null), checked whenever a record is read: a hand edit such
+# as "pred_higher_better": "false" (a string, so true) would otherwise flip every sign in calc_scores
+RECORD_TYPES = {"dataset": (str,), "label_higher_better": (bool, None), "pred_higher_better": (bool,), "model": (str,),
+                "distance": (str,), "precision": (str,), "device": (str,), "model_norm": (bool,), "resize": (int, None),
+                "robustness": (str,), "pct": (int,), "swd_seed": (int,), "weights": (str,), "layers": (str, None),
+                "n_labels": (int,), "n_pairs": (int,), "labels_sha256": (str, None), "ref_dir": (str,),
+                "dis_dir": (str,)}
 SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "n_skipped", "srcc", "plcc", "krcc",
                   "plcc_logistic", "pairs_per_s", "label_higher_better", "precision", "device", "model_norm", "resize",
                   "swd_seed", "layers", "weights", "labels_sha256", "file"]
@@ -79,6 +87,25 @@ def labels_digest(labels):
     """sha256 of the {(dis, ref): label} map in its order: changes with any edited label."""
     text = "".join(f"{dis}\t{ref}\t{float(y)!r}\n" for (dis, ref), y in labels.items())
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_utf8(paths, what, hint):
+    """Refuse, before any work, a path that is not valid UTF-8 (on Linux a name's undecodable bytes
+    reach Python as surrogates): rows, records and summaries are UTF-8, so it could not be written
+    there. `what` names the path in the message, `hint` says what to do."""
+    for path in paths:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{what} {os.fsencode(path)!r} is not valid UTF-8 (results files are UTF-8 text); "
+                            f"{hint}") from None
+
+
+def check_names(dataset, pairs):
+    """`check_utf8` of the images of `pairs` [(ref, dis, label)], as absolute paths: rows name the
+    images, records and summaries their folders."""
+    check_utf8((os.path.abspath(p) for ref, dis, _ in pairs for p in (dataset.ref_path(ref), dataset.dis_path(dis))),
+               "image", "rename it (or the folder holding it)")
 
 
 def make_records(dataset, settings, files):
@@ -124,7 +151,29 @@ def read_record(path):
         raise UserError(f"cannot read the record {rec}: {e}; pass --overwrite to start {path} afresh") from None
     if not isinstance(record, dict):
         raise UserError(f"{rec} is not a results record; pass --overwrite to start {path} afresh")
+    _check_types(rec, record, f"correct it, or pass --overwrite to run.py to start {path} afresh")
     return record
+
+
+def _check_types(rec, record, hint):
+    """UserError naming file `rec` and the first field whose JSON type is not RECORD_TYPES' (`hint`: what to do)."""
+    for key, kinds in RECORD_TYPES.items():
+        value = record.get(key)
+        if key in record and not any(_of_type(value, kind) for kind in kinds):
+            want = " or ".join(_JSON_NAMES[kind] for kind in kinds)
+            got = next((name for kind, name in _JSON_NAMES.items() if _of_type(value, kind)), "a number")
+            raise UserError(f"{rec}: {key} is {json.dumps(value)} ({got}), expected {want}; {hint}")
+
+
+_JSON_NAMES = {bool: "true or false", int: "an integer", str: "a string", None: "null", list: "a list",
+               dict: "an object"}
+
+
+def _of_type(value, kind):
+    """Whether a JSON value is of `kind` (None: null); true and false are not integers here."""
+    if kind is None:
+        return value is None
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
 def first_difference(old, new):
@@ -136,17 +185,23 @@ def first_difference(old, new):
 # ---------------------------------------------------------------- reading
 
 def complete_text(path, whole=False):
-    """The file's text up to its last newline: a torn last line (a crash mid-row) is left out
-    (whole=True: all of it, for files not written by run.py)."""
+    """The file's text up to the end of its last complete row: a torn last row (a crash
+    mid-row) is left out (whole=True: all of it, for files not written by run.py). A row ends
+    at a newline outside quotes: a quoted name may hold newlines of its own."""
     with open(path, "rb") as f:
         data = f.read()
-    return (data if whole else data[: data.rfind(b"\n") + 1]).decode("utf-8", errors="replace")
+    if whole:
+        return data.decode("utf-8", errors="replace")
+    end = data.rfind(b"\n")
+    while end >= 0 and data.count(b'"', 0, end) % 2:  # inside a quoted field: not a row's end
+        end = data.rfind(b"\n", 0, end)
+    return data[: end + 1].decode("utf-8", errors="replace")
 
 
 def read_done(path):
     """Complete rows of a results (or part) file: {(dis, ref): (mos, pred)} (mos None in a
     label-free file, header dis,ref,pred); {} if absent. A row counts when its line is
-    newline-terminated and its numbers parse."""
+    newline-terminated and its numbers are finite (`_number`): any other row is scored again."""
     if not os.path.isfile(path):
         return {}
     rows = csv.reader(io.StringIO(complete_text(path), newline=""))
@@ -158,36 +213,87 @@ def read_done(path):
                         "or dis,ref,pred); pass --overwrite to start it afresh")
     done = {}
     for row in rows:
-        try:
-            if len(row) == len(header) == 4:
-                done[(row[0], row[1])] = (float(row[2]), float(row[3]))
-            elif len(row) == len(header) == 3:
-                done[(row[0], row[1])] = (None, float(row[2]))
-        except ValueError:
-            continue
+        values = [_number(x) for x in row[2:]]
+        if len(row) == len(header) and None not in values:
+            done[(row[0], row[1])] = tuple(values) if len(values) == 2 else (None, *values)
     return done
 
 
 def read_frame(path):
     """A results file's rows as a DataFrame (dis, ref, mos, pred) and its record (or None):
-    complete lines only when it has a record (run.py wrote it), all of a published file.
-    UserError when missing, unreadable or lacking a column."""
-    import pandas as pd
+    complete rows only when it has a record (run.py wrote it), all of a published file.
+    UserError when missing, unreadable, lacking a column or holding a bad row (`read_table`,
+    `number_frame`)."""
     if not os.path.isfile(path):
         raise UserError(f"results file not found: {path}")
     record = read_record(path)
-    try:
-        frame = pd.read_csv(io.StringIO(complete_text(path, whole=record is None)))
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as e:
-        raise UserError(f"cannot read results file {path}: {str(e).splitlines()[0]}") from None
-    missing = [c for c in HEADER if c not in frame.columns]
+    header, rows = read_table(path, whole=record is None)
+    missing = [c for c in HEADER if c not in header]
+    if header == UNLABELLED_HEADER:
+        raise UserError(f"{path} is a label-free results file (dis,ref,pred): it has no labels to correlate with; "
+                        "its statistics are in summary_unlabelled.csv")
     if missing:
         raise UserError(f"{path} lacks column(s) {', '.join(missing)}; expected header dis,ref,mos,pred")
-    if frame.empty:
+    if not rows:
         raise UserError(f"{path} holds no complete rows")
-    if frame[["mos", "pred"]].isna().any().any() or not all(frame[c].dtype.kind in "fiu" for c in ("mos", "pred")):
-        raise UserError(f"{path} has empty or non-numeric mos/pred values")
-    return frame, record
+    return number_frame(path, header, rows, ["mos", "pred"]), record
+
+
+def read_table(path, whole=False):
+    """(header, [(line, row)]) of a CSV file read for correlations (calc_scores: a results or
+    per-layer file), blank lines left out; complete rows only unless `whole` (`complete_text`).
+    UserError naming the file, and the line where one applies, when it cannot be read or is
+    empty, a column name repeats, a row has another number of fields than the header, or the
+    header comes again (two files joined): such a file has no one meaning to compute from."""
+    try:
+        reader = csv.reader(io.StringIO(complete_text(path, whole), newline=""))
+        header, rows, line = next(reader, None), [], reader.line_num + 1
+        if not header:
+            raise UserError(f"{path} is empty: no header")
+        if len(set(header)) < len(header):
+            raise UserError(f"{path} has a column name twice in its header {','.join(header)[:80]!r}")
+        for row in reader:
+            if row == header:
+                raise UserError(f"{path} line {line}: the header again (two files joined?); keep one header")
+            if row and len(row) != len(header):
+                raise UserError(f"{path} line {line}: {len(row)} field(s), the header has {len(header)}")
+            rows += [(line, row)] if row else []
+            line = reader.line_num + 1
+    except (OSError, csv.Error) as e:
+        raise UserError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    return header, rows
+
+
+def number_frame(path, header, rows, numeric):
+    """The rows [(line, row)] of `read_table` as a DataFrame, the `numeric` columns as floats.
+    UserError naming the file, line and column of the first value that is blank, not a number,
+    or not finite (inf, nan): any of them would make the coefficients NaN or meaningless.
+    The one rule for the numbers calc_scores computes from."""
+    import pandas as pd
+    columns = {name: [row[k] for _, row in rows] for k, name in enumerate(header)}
+    for name in numeric:
+        k = header.index(name)
+        columns[name] = [_finite(path, line, name, row[k]) for line, row in rows]
+    return pd.DataFrame(columns, columns=header)
+
+
+def _number(cell):
+    """A CSV cell's finite float, or None (blank, not a number, inf, nan): the one rule for the
+    numbers read back, strict in `number_frame`, a row to score again in `read_done`."""
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _finite(path, line, column, cell):
+    """`_number(cell)`, or UserError naming the file, line and column when it is None."""
+    value = _number(cell)
+    if value is None:
+        raise UserError(f"{path} line {line}: {column} is " + (f"{cell!r}, not a finite number" if cell.strip()
+                                                                else "blank"))
+    return value
 
 
 # ---------------------------------------------------------------- writing
@@ -209,9 +315,18 @@ def _write_all(f, data):
 
 
 def _csv_line(values):
+    """One CSV row as UTF-8 bytes ending in a newline; every file this module writes is made of
+    these. A field holding \\r or \\n (a file name may), a quote or a comma is quoted, so the row
+    reads back whole: the csv writer quotes only its own line terminator's characters, so it is
+    given \\r\\n and the row's end put back to \\n."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(values)
-    return out.getvalue().encode("utf-8")
+    csv.writer(out, lineterminator="\r\n").writerow(values)
+    return (out.getvalue()[:-2] + "\n").encode("utf-8")
+
+
+def _csv_text(rows):
+    """Rows as CSV bytes, each by `_csv_line`."""
+    return b"".join(_csv_line(row) for row in rows)
 
 
 def _replace(path, data):
@@ -296,7 +411,7 @@ def layers_header(blocks, labelled=True):
 
 def read_layers_done(path, blocks, labelled=True):
     """Complete rows of a per-layer (or part) file: {(dis, ref): [per-block values]}; {} if
-    absent. UserError when its header is not this run's (other blocks)."""
+    absent; rows count as `read_done`'s do. UserError when its header is not this run's (other blocks)."""
     if not os.path.isfile(path):
         return {}
     rows = csv.reader(io.StringIO(complete_text(path), newline=""))
@@ -308,9 +423,9 @@ def read_layers_done(path, blocks, labelled=True):
                         "pass --overwrite to start it afresh")
     done, skip = {}, 3 if labelled else 2
     for row in rows:
-        with contextlib.suppress(ValueError):
-            if len(row) == len(want):
-                done[(row[0], row[1])] = [float(x) for x in row[skip:]]
+        values = [_number(x) for x in row[skip:]]
+        if len(row) == len(want) and None not in values:
+            done[(row[0], row[1])] = values
     return done
 
 
@@ -323,11 +438,9 @@ def finish_layers(path, labels, order, blocks):
         done.update(read_layers_done(part, blocks, labelled))
     in_order = dict.fromkeys(order)
     keys = [k for k in order if k in done] + [k for k in done if k in labels and k not in in_order]
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
-    w.writerow(layers_header(blocks, labelled))
-    w.writerows([dis, ref, *([labels[(dis, ref)]] if labelled else []), *done[(dis, ref)]] for dis, ref in keys)
-    _replace(path, out.getvalue().encode("utf-8"))
+    _replace(path, _csv_text([layers_header(blocks, labelled),
+                              *([dis, ref, *([labels[(dis, ref)]] if labelled else []), *done[(dis, ref)]]
+                                for dis, ref in keys)]))
     for part in glob.glob(glob.escape(path) + ".rank*"):
         os.remove(part)
     return {k for k in order if k in done}
@@ -360,15 +473,10 @@ def finish(path, labels, order):
     in_order = dict.fromkeys(order)
     others = [(k, pred) for k, (_, pred) in done.items() if k in labels and k not in in_order]
     rows = [(dis, ref, labels[(dis, ref)], pred) for (dis, ref), pred in current + others]
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
     if _labelled(labels):
-        w.writerow(HEADER)
-        w.writerows(rows)
+        _replace(path, _csv_text([HEADER, *rows]))
     else:
-        w.writerow(UNLABELLED_HEADER)
-        w.writerows((dis, ref, pred) for dis, ref, _, pred in rows)
-    _replace(path, out.getvalue().encode("utf-8"))
+        _replace(path, _csv_text([UNLABELLED_HEADER, *((dis, ref, pred) for dis, ref, _, pred in rows)]))
     for part in glob.glob(glob.escape(path) + ".rank*"):
         os.remove(part)
     return rows[: len(current)]
@@ -459,14 +567,13 @@ def check_writable(folder):
 def append_summary(savedir, rows, name="summary", fields=SUMMARY_FIELDS):
     """Append rows to <savedir>/<name>.csv (`fields`), in one write. A summary file
     with another header (an older version's) is renamed <name>.old-<k>.csv first and a
-    fresh one started, so every summary file stays readable with its own header."""
+    fresh one started, so every summary file stays readable with its own header; one whose
+    last line lacks its newline gets it first, so the new rows start on a line of their own."""
     path = os.path.join(savedir, f"{name}.csv")
     header = None
     if os.path.isfile(path):
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
             header = next(csv.reader(f), None)
-    out = io.StringIO()
-    w = csv.DictWriter(out, fields, extrasaction="ignore", lineterminator="\n")
     if header is not None and header != fields:
         k = 1
         while os.path.exists(os.path.join(savedir, f"{name}.old-{k}.csv")):
@@ -476,11 +583,20 @@ def append_summary(savedir, rows, name="summary", fields=SUMMARY_FIELDS):
             os.replace(path, old)
         sys.stderr.write(f"warning: {path} had an older header; moved to {old}, a new {name}.csv is started\n")
         header = None
-    if header is None:
-        w.writeheader()
-    w.writerows(rows)
-    with writing(path, "the results files are complete"), open(path, "ab", buffering=0) as f:
-        _write_all(f, out.getvalue().encode("utf-8"))
+    head = [fields] if header is None else []
+    data = _csv_text(head + [[row.get(k, "") for k in fields] for row in rows])
+    with writing(path, "the results files are complete"), open(path, "a+b", buffering=0) as f:
+        _write_all(f, _line_start(f) + data)
+
+
+def _line_start(f):
+    """A newline when file `f` (open for reading and appending) is not empty and lacks a final newline (a
+    hand edit, or a write cut short): what an appended row needs to start a line of its own; else nothing."""
+    end = f.seek(0, os.SEEK_END)
+    if end == 0:
+        return b""
+    f.seek(end - 1)
+    return b"" if f.read(1) == b"\n" else b"\n"
 
 
 # ---------------------------------------------------------------- the lock

@@ -218,6 +218,7 @@ def load_plan(args, variants):
     sets, pairs, skipped = [], [], []
     for dataset in load_sets(args):
         limited = dataset.pairs[: args.limit]
+        results.check_names(dataset, limited)
         usable = check_images(dataset, limited, args.skip_missing, args.resize, variants)
         if not usable:
             sys.stderr.write(f"warning: no pairs to score in {dataset.root}; left out\n")
@@ -246,6 +247,7 @@ def results_files(args, plan, variants):
                                             len(names) if dataset.labelled else 0)
                 paths[((s, v), d)] = path
                 files[s][path] = (d, variant, not DISTANCES[d].lower_better)
+    results.check_utf8(paths.values(), "results file", "choose another -sdir or -s")
     return paths, files
 
 

@@ -117,3 +117,59 @@ def test_plot_that_cannot_be_written_is_one_line(tmp_path, capsys):
             calc_scores.main(["-dat", "pipal", "-f", str(path), "--plot", str(target)])
         err = capsys.readouterr().err
         assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and match in err, err
+
+
+
+ROWS = [f"d{i}.bmp,r{i % 2}.bmp,{1500 + 10 * i},{0.5 - 0.01 * i * i}\n" for i in range(8)]  # line 3: ...,1510,0.49
+
+
+def _with_line3(row):
+    return "<header>\n" + "".join(ROWS[:1] + [row] + ROWS[2:])
+
+
+@pytest.mark.parametrize("text,match", [
+    (_with_line3("d1.bmp,r1.bmp,1510,\n"), "line 3: pred is blank"),
+    (_with_line3("d1.bmp,r1.bmp,1510,abc\n"), "line 3: pred is 'abc', not a finite number"),
+    (_with_line3("d1.bmp,r1.bmp,1510,inf\n"), "line 3: pred is 'inf', not a finite number"),
+    (_with_line3("d1.bmp,r1.bmp,1510,-inf\n"), "line 3: pred is '-inf', not a finite number"),
+    (_with_line3("d1.bmp,r1.bmp,nan,0.49\n"), "line 3: mos is 'nan', not a finite number"),
+    (_with_line3("d1.bmp,r1.bmp,1510,0,49\n"), "line 3: 5 field(s), the header has 4"),
+    (_with_line3("d1.bmp,r1.bmp\n"), "line 3: 2 field(s), the header has 4"),
+    ("<header>\n" + "".join(ROWS) + "<header>\n" + "".join(ROWS), "line 10: the header again"),
+    ("", "is empty"), ("\n", "is empty"), ("<header>\n", "holds no complete rows")])
+@pytest.mark.parametrize("kind", ["results", "per-layer"])
+def test_damaged_files_refused_with_file_and_line(tmp_path, capsys, text, match, kind):
+    """-f and --per-layer read through one rule: a blank, non-numeric or non-finite value, a row of
+    another length, a repeated header, an empty file are one line naming the file and line, exit 2
+    (--per-layer gave a traceback or a table of nan, -f took inf and printed numbers from it)."""
+    last = "pred" if kind == "results" else "block_1"
+    path = tmp_path / ("pipal_x_l2.csv" if kind == "results" else "pipal_x_l2_layers.csv")
+    path.write_text(text.replace("<header>", f"dis,ref,mos,{last}"))
+    with pytest.raises(SystemExit) as e:
+        calc_scores.main(["-f" if kind == "results" else "--per-layer", str(path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(path) in err and match.replace("pred", last) in err, err
+
+
+def test_column_missing_or_named_twice_or_no_labels(tmp_path, capsys):
+    for header, match in [("dis,ref,mos", "lacks column(s) pred"), ("dis,ref,mos,pred,pred", "column name twice"),
+                          ("dis,ref,pred", "label-free")]:
+        path = tmp_path / "pipal_x_l2.csv"
+        path.write_text(header + "\n" + "".join(f"d{i},r,{i}" + ",0.5" * (header.count(",") - 2) + "\n"
+                                                 for i in range(8)))
+        with pytest.raises(SystemExit) as e:
+            calc_scores.main(["-f", str(path)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_names_stay_names(tmp_path, capsys):
+    """Names are read as text: 'NA' and '001' stay names (pandas made them NaN and 1), so --byref
+    groups the references as written."""
+    path = tmp_path / "pipal_x_l2.csv"
+    path.write_text("dis,ref,mos,pred\n" + "".join(f"d{i},{('NA', '001')[i % 2]},{1500 + 10 * i},{-0.1 * i}\n"
+                                                   for i in range(8)))
+    calc_scores.main(["-f", str(path), "--byref", "--json"])
+    got = json.loads(capsys.readouterr().out)
+    assert got["refs"] == 2 and got["srcc"] == pytest.approx(1.0)

@@ -245,3 +245,25 @@ def test_label_free_files_keep_complete_rows_only(tmp_path):
     assert results.read_done(path) == {("0.png", "0.png"): (None, 0.5)}
     rows = results.finish(path, {("0.png", "0.png"): None, ("1.png", "1.png"): None}, [("0.png", "0.png")])
     assert rows == [("0.png", "0.png", None, 0.5)] and open(path).read() == "dis,ref,pred\n0.png,0.png,0.5\n"
+
+
+def _refused(tiny, capsys, args, sdir, match):
+    """run.py exits 2 with one line holding `match`, writing nothing under `sdir`."""
+    with pytest.raises(SystemExit) as e:
+        _run(tiny, *args, "-d", "l2", "-sdir", sdir)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+    assert not os.path.exists(sdir)
+
+
+def test_name_not_utf8_refused_before_the_model_loads(tiny, tmp_path, capsys, monkeypatch):
+    """Names whose bytes are not UTF-8 (Latin-1 'café') cannot go into the UTF-8 results files and
+    summaries (a UnicodeEncodeError once scoring had begun): one line naming it, before the model loads."""
+    import engine
+    monkeypatch.setattr(engine, "Scorer", lambda *a, **k: pytest.fail("the model was loaded"))
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=2, sub=False)
+    latin = os.fsdecode(os.fsencode(str(tmp_path)) + b"/r\xe9")
+    _refused(tiny, capsys, _dirs(gt, outs), latin, "choose another -sdir")
+    for folder in (gt, *outs):
+        os.rename(os.fsencode(os.path.join(folder, "1.png")), os.fsencode(folder) + b"/caf\xe9.png")
+    _refused(tiny, capsys, _dirs(gt, outs), str(tmp_path / "r"), r"caf\xe9.png' is not valid UTF-8")

@@ -341,3 +341,107 @@ def test_another_copy_of_the_dataset_is_not_resumed(tiny, tmp_path, capsys):
     la, lb = minidata.make_csv(str(tmp_path / "expA")), minidata.make_csv(str(tmp_path / "expB"))
     _run(tiny, "-dat", "csv", "--csv", la, *out)
     _fails(capsys, tiny, ["-dat", "csv", "--csv", lb, *out], "ref_dir")
+
+
+def test_odd_file_names_round_trip(tiny, tmp_path, capsys, monkeypatch):
+    """Names holding \r, \n, a quote or a comma are written quoted and read back: a resume has
+    nothing to score, and calc_scores counts every pair (an unquoted \r split the row in two)."""
+    target = minidata.make_csv(str(tmp_path / "data"))
+    folder = os.path.dirname(target)
+    names = ["c\rd", "e\nf", 'g"h', "i,j"]
+    rows = list(csv.DictReader(open(target, newline="")))
+    for row, name in zip(rows, names, strict=True):
+        os.rename(os.path.join(folder, row["dis"]), os.path.join(folder, "out", name + ".png"))
+        row["dis"] = f"out/{name}.png"
+    with open(target, "w", newline="") as f:
+        w = csv.DictWriter(f, ["ref", "dis", "mos"], quoting=csv.QUOTE_ALL)
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "r"
+    base = ["-dat", "csv", "--csv", target, "-d", "l2", "-sdir", str(out), "--json"]
+    assert _run(tiny, *base) == 0
+    ran = json.loads(capsys.readouterr().out)[0]
+    assert ran["n"] == 4
+    path = str(out / f"list_{tiny[0]}_l2.csv")
+    assert sorted(d for d, _ in results.read_done(path)) == sorted(f"out/{n}.png" for n in names)
+    seen = count_scored(monkeypatch)
+    assert _run(tiny, *base) == 0 and seen == []  # resumed: nothing left to score
+    capsys.readouterr()
+    calc_scores.main(["-f", path, "--json"])
+    got = json.loads(capsys.readouterr().out)
+    assert got["n"] == 4 and got["srcc"] == pytest.approx(ran["srcc"])
+    assert sorted(pd.read_csv(path).dis) == sorted(f"out/{n}.png" for n in names)
+
+
+def test_summary_without_a_final_newline_gets_one(tmp_path):
+    """A hand-edited summary.csv lacking its last newline: the next row starts a line of its own."""
+    row = {"dataset": "x", "model": "m", "distance": "l2", "n": 4}
+    results.append_summary(str(tmp_path), [row])
+    path = tmp_path / "summary.csv"
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    results.append_summary(str(tmp_path), [{**row, "distance": "cos"}])
+    logged = list(csv.reader(open(path, newline="")))
+    assert [len(r) for r in logged] == [len(results.SUMMARY_FIELDS)] * 3
+    assert [r[2] for r in logged[1:]] == ["l2", "cos"]
+    (tmp_path / "summary_unlabelled.csv").write_bytes(b",".join(f.encode() for f in results.UNLABELLED_FIELDS))
+    results.append_summary(str(tmp_path), [{"set": "A"}], "summary_unlabelled", results.UNLABELLED_FIELDS)
+    assert [r["set"] for r in csv.DictReader(open(tmp_path / "summary_unlabelled.csv", newline=""))] == ["A"]
+
+
+def _one_line_exit_2(capsys, main, argv, *match):
+    """main(argv) exits 2 with one line on stderr holding every `match`; returns that line."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert all(m in err for m in match), err
+    return err
+
+
+@pytest.mark.parametrize("field,value", [("pred_higher_better", "false"), ("label_higher_better", "false"),
+                                         ("label_higher_better", 0), ("pct", True), ("resize", "240"),
+                                         ("dataset", ["x"])])
+def test_record_with_a_wrong_type_is_refused(tiny, tmp_path, capsys, field, value):
+    """A hand-edited record: "false" (a string) read with bool() was true and flipped every sign."""
+    target = minidata.make_csv(str(tmp_path / "data"))
+    out = tmp_path / "r"
+    base = ["-dat", "csv", "--csv", target, "-d", "l2", "-sdir", str(out)]
+    _run(tiny, *base)
+    rec = out / f"list_{tiny[0]}_l2.json"
+    record = json.loads(rec.read_text())
+    rec.write_text(json.dumps({**record, field: value}))
+    path = str(out / f"list_{tiny[0]}_l2.csv")
+    _one_line_exit_2(capsys, calc_scores.main, ["-f", path], str(rec), field, json.dumps(value))
+    _fails(capsys, tiny, base, field)
+    assert json.loads(rec.read_text())[field] == value  # refused: nothing touched
+
+
+def test_torn_row_inside_a_quoted_name_is_left_out(tmp_path, capsys):
+    """A row cut after a newline inside a quoted name: the part before is not a row's end, so
+    resume and calc_scores leave the torn row out instead of reading (or refusing) half of it."""
+    path = tmp_path / "x_l2.csv"
+    rows = "".join(f"d{i},r,{i},{0.1 * i}\n" for i in range(8))
+    path.write_text("dis,ref,mos,pred\n" + rows + '"d8\nx",r,8,0.8\n"d9\n')
+    (tmp_path / "x_l2.json").write_text(json.dumps({"dataset": "x", "label_higher_better": False}))
+    assert set(results.read_done(str(path))) == {*((f"d{i}", "r") for i in range(8)), ("d8\nx", "r")}
+    calc_scores.main(["-f", str(path), "--json"])
+    assert json.loads(capsys.readouterr().out)["n"] == 9
+
+
+def test_row_with_a_non_finite_number_is_scored_again(tiny, tmp_path, monkeypatch):
+    """A results row whose pred reads inf or nan (a hand edit) is not a finished row: it was kept,
+    and the summary's SRCC was computed from it (0.4 instead of 1, no warning)."""
+    target = minidata.make_csv(str(tmp_path / "data"))
+    out = tmp_path / "r"
+    base = ["-dat", "csv", "--csv", target, "-d", "l2", "-sdir", str(out), "--per-layer"]
+    _run(tiny, *base)
+    path, layers = out / f"list_{tiny[0]}_l2.csv", out / f"list_{tiny[0]}_l2_layers.csv"
+    full = pd.read_csv(path)
+    for victim, value in [(path, "inf"), (path, "nan"), (layers, "-inf")]:
+        lines = victim.read_text().splitlines(keepends=True)
+        lines[2] = lines[2].rsplit(",", 1)[0] + f",{value}\n"
+        victim.write_text("".join(lines))
+        seen = count_scored(monkeypatch)
+        _run(tiny, *base)
+        assert len(seen) == 1
+        np.testing.assert_allclose(pd.read_csv(path).pred, full.pred, rtol=1e-6)
