@@ -201,7 +201,8 @@ def complete_text(path, whole=False):
 def read_done(path):
     """Complete rows of a results (or part) file: {(dis, ref): (mos, pred)} (mos None in a
     label-free file, header dis,ref,pred); {} if absent. A row counts when its line is
-    newline-terminated and its numbers are finite (`_number`): any other row is scored again."""
+    newline-terminated and its numbers parse (`_float`; nan/inf kept: an engine's NaN is a
+    result to report; `prepare` counts such rows as not done, so a resume scores them again)."""
     if not os.path.isfile(path):
         return {}
     rows = csv.reader(io.StringIO(complete_text(path), newline=""))
@@ -213,7 +214,7 @@ def read_done(path):
                         "or dis,ref,pred); pass --overwrite to start it afresh")
     done = {}
     for row in rows:
-        values = [_number(x) for x in row[2:]]
+        values = [_float(x) for x in row[2:]]
         if len(row) == len(header) and None not in values:
             done[(row[0], row[1])] = tuple(values) if len(values) == 2 else (None, *values)
     return done
@@ -277,14 +278,19 @@ def number_frame(path, header, rows, numeric):
     return pd.DataFrame(columns, columns=header)
 
 
-def _number(cell):
-    """A CSV cell's finite float, or None (blank, not a number, inf, nan): the one rule for the
-    numbers read back, strict in `number_frame`, a row to score again in `read_done`."""
+def _float(cell):
+    """A CSV cell's float (nan and inf included), or None when it is blank or not a number."""
     try:
-        value = float(cell)
+        return float(cell)
     except ValueError:
         return None
-    return value if math.isfinite(value) else None
+
+
+def _number(cell):
+    """A CSV cell's finite float, or None (blank, not a number, inf, nan): the one rule for the
+    numbers read back, strict in `number_frame`; in results files a row to score again."""
+    value = _float(cell)
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _finite(path, line, column, cell):
@@ -423,7 +429,7 @@ def read_layers_done(path, blocks, labelled=True):
                         "pass --overwrite to start it afresh")
     done, skip = {}, 3 if labelled else 2
     for row in rows:
-        values = [_number(x) for x in row[skip:]]
+        values = [_float(x) for x in row[skip:]]
         if len(row) == len(want) and None not in values:
             done[(row[0], row[1])] = values
     return done
@@ -443,7 +449,7 @@ def finish_layers(path, labels, order, blocks):
                                 for dis, ref in keys)]))
     for part in glob.glob(glob.escape(path) + ".rank*"):
         os.remove(part)
-    return {k for k in order if k in done}
+    return {k for k in order if k in done and all(map(math.isfinite, done[k]))}  # nan/inf: scored again
 
 
 def remove_layers(path):
@@ -531,7 +537,7 @@ def _prepare_one(path, record, labels, order, overwrite):
     rows = finish(path, labels, order)
     if exists:  # rows relabelled first, then the record says which labels they carry
         _replace(record_path(path), data)
-    return {(dis, ref) for dis, ref, _, _ in rows}
+    return {(dis, ref) for dis, ref, _, pred in rows if math.isfinite(pred)}  # nan/inf (a hand edit?): scored again
 
 
 def check_resumable(path, record):

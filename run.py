@@ -27,6 +27,7 @@ with it a pair counts as done only when both files hold it. --compile auto compi
 backbone on CUDA for runs of at least 200,000 jobs to score (compilation pays from about there).
 """
 import contextlib
+import math
 import os
 import sys
 import time
@@ -395,6 +396,18 @@ def _rate(count, elapsed):
     return round(count / elapsed, 2) if count and elapsed > 0 else float("nan")
 
 
+def _finite_rows(path, rows):
+    """(the rows whose score is a number, how many were not): a NaN or inf score (e.g. a
+    half-precision overflow in the backbone) stays in the results file, is left out of the
+    statistics, counted as skipped, and said in one warning line naming the first pair."""
+    kept = [r for r in rows if math.isfinite(r[3])]
+    if len(kept) < len(rows):
+        first = next(r for r in rows if not math.isfinite(r[3]))
+        sys.stderr.write(f"warning: {path}: {len(rows) - len(kept)} pair(s) scored NaN or inf (first {first[0]}); "
+                         f"left out of the statistics and counted as skipped\n")
+    return kept, len(rows) - len(kept)
+
+
 def summarise(args, plan, records, paths, stats):
     """Finish every results file (dataset order, current labels, parts merged) and append its
     summary row (correlations and the settings of its record) to summary.csv."""
@@ -403,9 +416,9 @@ def summarise(args, plan, records, paths, stats):
     summary = []
     for ((s, v), _d), path in paths.items():
         dataset, rec = plan.sets[s], records[path]
-        rows = results.finish(path, results.labels_of(dataset.pairs), plan.order(s))
+        rows, nonfinite = _finite_rows(path, results.finish(path, results.labels_of(dataset.pairs), plan.order(s)))
         c = correlations([r[3] for r in rows], [r[2] for r in rows], dataset.higher_better, rec["pred_higher_better"])
-        summary.append({**rec, **c, "n_skipped": int(plan.skipped[s] + skipped[s, v]),
+        summary.append({**rec, **c, "n_skipped": int(plan.skipped[s] + skipped[s, v] + nonfinite),
                         "pairs_per_s": _rate(count, elapsed), "file": path})
     results.append_summary(args.savedir, summary)
     if args.kinds:
@@ -427,12 +440,12 @@ def summarise_unlabelled(args, plan, records, paths, stats):
     rows, scores = [], {}
     for ((s, v), d), path in paths.items():
         dataset, rec = plan.sets[s], records[path]
-        got = results.finish(path, results.labels_of(dataset.pairs), plan.order(s))
+        got, nonfinite = _finite_rows(path, results.finish(path, results.labels_of(dataset.pairs), plan.order(s)))
         scores.setdefault((v, d), {})[dataset.name] = {ref: pred for _, ref, _, pred in got}
         stat = summarize([pred for *_, pred in got])
         rows.append({"set": dataset.name, **rec, **stat, "ci95_low": stat["ci95"][0], "ci95_high": stat["ci95"][1],
                      "lower_better": not rec["pred_higher_better"], "vs": None, "n_common": None, "p_value": None,
-                     "wins": None, "losses": None, "n_skipped": int(plan.skipped[s] + skipped[s, v]),
+                     "wins": None, "losses": None, "n_skipped": int(plan.skipped[s] + skipped[s, v] + nonfinite),
                      "pairs_per_s": _rate(count, elapsed), "file": path})
     keys = [(v, d) for ((_, v), d) in paths]
     lower = {key: row["lower_better"] for key, row in zip(keys, rows)}

@@ -445,3 +445,28 @@ def test_row_with_a_non_finite_number_is_scored_again(tiny, tmp_path, monkeypatc
         _run(tiny, *base)
         assert len(seen) == 1
         np.testing.assert_allclose(pd.read_csv(path).pred, full.pred, rtol=1e-6)
+
+
+def test_engine_nan_kept_in_file_left_out_of_summary_with_a_warning(tiny, tmp_path, monkeypatch, capsys):
+    """A pair the engine scores NaN (a half-precision overflow, say) is neither dropped from
+    the results file nor fed to the correlations: kept as nan, counted as skipped, one warning."""
+    from engine import Scorer
+    root = _pipal(tmp_path)
+    out = tmp_path / "r"
+    original = Scorer.score_chunks
+
+    def one_nan(self, *args, **kwargs):
+        for k, item in enumerate(original(self, *args, **kwargs)):
+            yield (item[0], item[1] * np.nan, *item[2:]) if k == 0 else item
+    monkeypatch.setattr(Scorer, "score_chunks", one_nan)
+    assert _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out), "--json") == 0
+    captured = capsys.readouterr()
+    assert "1 pair(s) scored NaN or inf" in captured.err and len(captured.err.strip().splitlines()) == 1
+    frame = pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv")
+    assert len(frame) == 6 and frame.pred.isna().sum() == 1
+    row = json.loads(captured.out)[0]
+    assert row["n"] == 5 and row["n_skipped"] == 1
+    monkeypatch.setattr(Scorer, "score_chunks", original)
+    seen = count_scored(monkeypatch)
+    assert _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)) == 0
+    assert len(seen) == 1 and not pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv").pred.isna().any()  # scored again
