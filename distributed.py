@@ -5,6 +5,7 @@ each rank appends its rows to `<results>.rank<r>` part files and rank 0 merges t
 (results.py), so the final files hold the same rows, in the same order, as a one-process
 run. This module holds only the process-group calls; without torchrun each is a no-op.
 """
+import contextlib
 import os
 
 import torch
@@ -77,12 +78,25 @@ class Context:
         return [(v, i) for v, i in todo if owner[pairs[i][0]] == self.rank]
 
 
-def setup():
-    """Join the torchrun process group if launched by torchrun (gloo on CPU, nccl on CUDA)."""
+@contextlib.contextmanager
+def session():
+    """The torchrun process group for the block, if launched by torchrun (gloo on CPU, nccl
+    on CUDA), left again at its end: a rank that exits with the group still up dies in C++
+    teardown ("terminate called without an active exception", SIGABRT) and torchrun then
+    fails the whole run. Without torchrun: a one-process Context."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Context()
-    if not tdist.is_initialized():
+        yield Context()
+        return
+    joined = not tdist.is_initialized()
+    if joined:
+        # timm imports torch.distributed.fsdp; imported after the group is up, that keeps the
+        # group's gloo threads alive past destroy_process_group, and one of them then aborts
+        # the process at exit now and then (SIGABRT, torchrun fails): import it before
+        import timm  # noqa: F401
         tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Context(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    yield Context(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    if joined:  # all ranks leave together (rank 0 finishes the files last), then the group goes
+        tdist.barrier()
+        tdist.destroy_process_group()
 

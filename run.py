@@ -27,7 +27,6 @@ with it a pair counts as done only when both files hold it. --compile auto compi
 backbone on CUDA for runs of at least 200,000 jobs to score (compilation pays from about there).
 """
 import contextlib
-import math
 import os
 import sys
 import time
@@ -396,16 +395,11 @@ def _rate(count, elapsed):
     return round(count / elapsed, 2) if count and elapsed > 0 else float("nan")
 
 
-def _finite_rows(path, rows):
-    """(the rows whose score is a number, how many were not): a NaN or inf score (e.g. a
-    half-precision overflow in the backbone) stays in the results file, is left out of the
-    statistics, counted as skipped, and said in one warning line naming the first pair."""
-    kept = [r for r in rows if math.isfinite(r[3])]
-    if len(kept) < len(rows):
-        first = next(r for r in rows if not math.isfinite(r[3]))
-        sys.stderr.write(f"warning: {path}: {len(rows) - len(kept)} pair(s) scored NaN or inf (first {first[0]}); "
-                         f"left out of the statistics and counted as skipped\n")
-    return kept, len(rows) - len(kept)
+def _finished_rows(path, dataset, order):
+    """Finish a results file (results.finish); its rows whose score is a number, and how many
+    were NaN or inf (kept in the file, left out of the statistics, warned about)."""
+    rows = results.finish(path, results.labels_of(dataset.pairs), order)
+    return results.drop_nonfinite(path, rows, lambda r: r[3], lambda r: r[0])
 
 
 def summarise(args, plan, records, paths, stats):
@@ -416,7 +410,7 @@ def summarise(args, plan, records, paths, stats):
     summary = []
     for ((s, v), _d), path in paths.items():
         dataset, rec = plan.sets[s], records[path]
-        rows, nonfinite = _finite_rows(path, results.finish(path, results.labels_of(dataset.pairs), plan.order(s)))
+        rows, nonfinite = _finished_rows(path, dataset, plan.order(s))
         c = correlations([r[3] for r in rows], [r[2] for r in rows], dataset.higher_better, rec["pred_higher_better"])
         summary.append({**rec, **c, "n_skipped": int(plan.skipped[s] + skipped[s, v] + nonfinite),
                         "pairs_per_s": _rate(count, elapsed), "file": path})
@@ -440,7 +434,7 @@ def summarise_unlabelled(args, plan, records, paths, stats):
     rows, scores = [], {}
     for ((s, v), d), path in paths.items():
         dataset, rec = plan.sets[s], records[path]
-        got, nonfinite = _finite_rows(path, results.finish(path, results.labels_of(dataset.pairs), plan.order(s)))
+        got, nonfinite = _finished_rows(path, dataset, plan.order(s))
         scores.setdefault((v, d), {})[dataset.name] = {ref: pred for _, ref, _, pred in got}
         stat = summarize([pred for *_, pred in got])
         rows.append({"set": dataset.name, **rec, **stat, "ci95_low": stat["ci95"][0], "ci95_high": stat["ci95"][1],
@@ -507,17 +501,17 @@ def main(argv=None):
     folder, labels, image headers, the lock), then score what the results files lack."""
     args = build_parser().parse_args(argv)
     import distributed
-    dist = distributed.setup()
-    variants = variants_of(args)
-    check_per_layer(args)
-    plan = dist.from_rank0(lambda: load_plan(args, variants))
-    paths, files = results_files(args, plan, variants)
-    layer_paths = layer_files(args, paths)
-    with new_folders_undone(args.savedir):  # the lock's folder goes again if the Scorer refuses (--layers)
-        lock = dist.from_rank0(lambda: results.Lock(paths.values()), share=False)
-        with lock or contextlib.nullcontext():
-            scorer = make_scorer(args, dist.device(args.device))
-            run_scoring(args, dist, scorer, plan, variants, paths, files, layer_paths)
+    with distributed.session() as dist:
+        variants = variants_of(args)
+        check_per_layer(args)
+        plan = dist.from_rank0(lambda: load_plan(args, variants))
+        paths, files = results_files(args, plan, variants)
+        layer_paths = layer_files(args, paths)
+        with new_folders_undone(args.savedir):  # the lock's folder goes again if the Scorer refuses (--layers)
+            lock = dist.from_rank0(lambda: results.Lock(paths.values()), share=False)
+            with lock or contextlib.nullcontext():
+                scorer = make_scorer(args, dist.device(args.device))
+                run_scoring(args, dist, scorer, plan, variants, paths, files, layer_paths)
     return 0
 
 
