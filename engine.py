@@ -535,8 +535,7 @@ class Scorer:
         """
         variants, pairs = list(variants or (None,)), list(pairs)
         _check_pairs(pairs)
-        if jobs is None:
-            jobs = [(v, i) for v in range(len(variants)) for i in range(len(pairs))]
+        jobs = [(v, i) for v in range(len(variants)) for i in range(len(pairs))] if jobs is None else list(jobs)
         _check_jobs(jobs, len(variants), len(pairs))
         chunks = load_chunks(pairs, variants, self.resize, jobs, self.workers, self.device.type == "cuda")
         yield from self._run_chunks(_report_failures(chunks, on_error), per_layer)
@@ -646,8 +645,8 @@ def _loaded(im):
 
 def _check_pairs(pairs):
     """score_files takes a list of (ref_path, dis_path): anything else is one clear error."""
-    for k, pair in enumerate(pairs):
-        if isinstance(pair, (str, os.PathLike)) or not isinstance(pair, (tuple, list)) or len(pair) != 2 or \
+    for k, pair in enumerate(pairs):  # tuples, lists, numpy rows (a DataFrame's .values) of two paths
+        if isinstance(pair, (str, bytes, os.PathLike)) or not hasattr(pair, "__len__") or len(pair) != 2 or \
                 not all(isinstance(p, (str, os.PathLike)) for p in pair):
             raise UserError(f"score_files takes (ref_path, dis_path) pairs; item {k} is {pair!r}")
 

@@ -235,9 +235,26 @@ def read_frame(path):
                         "its statistics are in summary_unlabelled.csv")
     if missing:
         raise UserError(f"{path} lacks column(s) {', '.join(missing)}; expected header dis,ref,mos,pred")
+    if record is not None:  # run.py wrote it: a pair the engine scored NaN/inf is left out, as in its summary
+        k = header.index("pred")
+        rows, _ = drop_nonfinite(path, rows, lambda r: _float(r[1][k]), lambda r: r[1][0])
     if not rows:
         raise UserError(f"{path} holds no complete rows")
     return number_frame(path, header, rows, ["mos", "pred"]), record
+
+
+def drop_nonfinite(path, rows, score_of, name_of):
+    """(the rows whose score is not NaN/inf, how many were): a pair the engine scored NaN or inf
+    (e.g. a half-precision overflow) stays in the results file but is left out of statistics,
+    said in one warning line naming the first. One rule for run.py's summary and calc_scores.
+    score_of(row) → float, or None (unparsed: kept, for the strict reader to name)."""
+    scores = [score_of(r) for r in rows]
+    bad = [r for r, v in zip(rows, scores, strict=True) if v is not None and not math.isfinite(v)]
+    if not bad:
+        return rows, 0
+    sys.stderr.write(f"warning: {path}: {len(bad)} pair(s) scored NaN or inf (first {name_of(bad[0])}); "
+                     f"kept in the file, left out of the statistics\n")
+    return [r for r, v in zip(rows, scores, strict=True) if v is None or math.isfinite(v)], len(bad)
 
 
 def read_table(path, whole=False):
@@ -287,8 +304,8 @@ def _float(cell):
 
 
 def _number(cell):
-    """A CSV cell's finite float, or None (blank, not a number, inf, nan): the one rule for the
-    numbers read back, strict in `number_frame`; in results files a row to score again."""
+    """A CSV cell's finite float, or None (blank, not a number, inf, nan): the numbers
+    calc_scores computes from (strictly, in `number_frame`)."""
     value = _float(cell)
     return value if value is not None and math.isfinite(value) else None
 

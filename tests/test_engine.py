@@ -319,6 +319,7 @@ def test_api_misuse_is_one_clear_error(tiny, tmp_path):
         with pytest.raises(UserError, match="pair|job"):
             list(metric.score_files(pairs, **kwargs))
     assert [i for i, _ in metric.score_files(iter([pair]))] == [(0, 0)]  # any iterable of pairs
+    assert [i for i, _ in metric.score_files(np.array([pair]), jobs=((0, k) for k in range(1)))] == [(0, 0)]
     ref, dis = torch.rand(3, 224, 230), torch.rand(3, 224, 230)
     np.testing.assert_array_equal(metric.maps(ref[None], dis[None])["l2"], metric.maps(ref, dis)["l2"])
     with pytest.raises(UserError, match="one pair at a time"):

@@ -344,33 +344,23 @@ def test_another_copy_of_the_dataset_is_not_resumed(tiny, tmp_path, capsys):
 
 
 def test_odd_file_names_round_trip(tiny, tmp_path, capsys, monkeypatch):
-    """Names holding \r, \n, a quote or a comma are written quoted and read back: a resume has
-    nothing to score, and calc_scores counts every pair (an unquoted \r split the row in two)."""
-    target = minidata.make_csv(str(tmp_path / "data"))
-    folder = os.path.dirname(target)
+    """Names holding \r, \n, a quote or a comma (files on disk, -dat dirs) are written quoted and
+    read back: a resume has nothing to score (an unquoted \r split the row in two and the pair
+    was dropped and scored again on every run)."""
+    gt, (outs,) = minidata.make_dirs(str(tmp_path / "d"), levels=(("A", 2),), n=4, sub=False)
     names = ["c\rd", "e\nf", 'g"h', "i,j"]
-    rows = list(csv.DictReader(open(target, newline="")))
-    for row, name in zip(rows, names, strict=True):
-        os.rename(os.path.join(folder, row["dis"]), os.path.join(folder, "out", name + ".png"))
-        row["dis"] = f"out/{name}.png"
-    with open(target, "w", newline="") as f:
-        w = csv.DictWriter(f, ["ref", "dis", "mos"], quoting=csv.QUOTE_ALL)
-        w.writeheader()
-        w.writerows(rows)
+    for k, name in enumerate(names):
+        for folder in (gt, outs):
+            os.rename(os.path.join(folder, f"{k}.png"), os.path.join(folder, name + ".png"))
     out = tmp_path / "r"
-    base = ["-dat", "csv", "--csv", target, "-d", "l2", "-sdir", str(out), "--json"]
+    base = ["-dat", "dirs", "--ref-dir", gt, "--dis-dir", outs, "-d", "l2", "-sdir", str(out), "--json"]
     assert _run(tiny, *base) == 0
-    ran = json.loads(capsys.readouterr().out)[0]
-    assert ran["n"] == 4
-    path = str(out / f"list_{tiny[0]}_l2.csv")
-    assert sorted(d for d, _ in results.read_done(path)) == sorted(f"out/{n}.png" for n in names)
+    assert json.loads(capsys.readouterr().out)[0]["n"] == 4
+    path = str(out / f"A_{tiny[0]}_l2.csv")
+    assert sorted(d for d, _ in results.read_done(path)) == sorted(f"{n}.png" for n in names)
     seen = count_scored(monkeypatch)
     assert _run(tiny, *base) == 0 and seen == []  # resumed: nothing left to score
-    capsys.readouterr()
-    calc_scores.main(["-f", path, "--json"])
-    got = json.loads(capsys.readouterr().out)
-    assert got["n"] == 4 and got["srcc"] == pytest.approx(ran["srcc"])
-    assert sorted(pd.read_csv(path).dis) == sorted(f"out/{n}.png" for n in names)
+    assert sorted(pd.read_csv(path).dis) == sorted(f"{n}.png" for n in names)
 
 
 def test_summary_without_a_final_newline_gets_one(tmp_path):
@@ -466,6 +456,10 @@ def test_engine_nan_kept_in_file_left_out_of_summary_with_a_warning(tiny, tmp_pa
     assert len(frame) == 6 and frame.pred.isna().sum() == 1
     row = json.loads(captured.out)[0]
     assert row["n"] == 5 and row["n_skipped"] == 1
+    calc_scores.main(["-f", str(out / f"pipal_{tiny[0]}_l2.csv"), "--json"])  # the same rule reading it back
+    again = capsys.readouterr()
+    assert json.loads(again.out)["n"] == 5 and json.loads(again.out)["srcc"] == pytest.approx(row["srcc"])
+    assert "1 pair(s) scored NaN or inf" in again.err
     monkeypatch.setattr(Scorer, "score_chunks", original)
     seen = count_scored(monkeypatch)
     assert _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)) == 0
