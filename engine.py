@@ -35,10 +35,12 @@ from utils import (
     as_rgb,
     check_pair,
     int_option,
+    is_integer,
     open_image,
     pil_to_tensor,
     resize_square,
     resize_tensor,
+    seed_option,
     to_float,
     window_count,
     windows,
@@ -375,7 +377,7 @@ class Scorer:
         self.distances = parse_distances(distances, self.backbone)
         self.single = isinstance(distances, str) and distances != "all" and "," not in distances
         self.resize = int_option(resize, "resize", 224, None)
-        self.swd_seed = int_option(swd_seed, "swd_seed", 0, 0, below=2**63, below_text="2**63")
+        self.swd_seed = seed_option(swd_seed)
         for flag, value in (("model_norm", model_norm), ("compile", compile)):
             if not isinstance(value, bool):
                 raise UserError(f"{flag} must be True or False, got {value!r}")
@@ -654,14 +656,10 @@ def _check_pairs(pairs):
 def _check_jobs(jobs, n_variants, n_pairs):
     """Every job is (variant index, pair index) within range."""
     for job in jobs:
-        ok = isinstance(job, (tuple, list)) and len(job) == 2 and all(_is_index(x) for x in job)
+        ok = isinstance(job, (tuple, list)) and len(job) == 2 and all(is_integer(x) for x in job)
         if not ok or not (0 <= job[0] < n_variants and 0 <= job[1] < n_pairs):
             raise UserError(f"job {job!r} is not a (variant, pair) index within {n_variants} variant(s) and "
                             f"{n_pairs} pair(s)")
-
-
-def _is_index(x):
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def _array_to_pil(a):

@@ -6,12 +6,11 @@ every distance to those blocks' outputs: for the per-layer distances (l2, cos) t
 the sum of the kept blocks' per-layer scores; skld, jsd, wsd and swd apply the same formulas
 to the sub-stack, which is outside the published protocol unless every block is kept.
 """
-import numbers
 import re
 
 import torch
 
-from utils import UserError
+from utils import UserError, is_integer
 
 _ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
@@ -56,7 +55,7 @@ def _is_int(k):
     """An integer block number: Python, numpy or 0-d integer tensor (not a bool)."""
     if torch.is_tensor(k):
         return k.dim() == 0 and not k.is_floating_point() and k.dtype != torch.bool
-    return isinstance(k, numbers.Integral) and not isinstance(k, bool)
+    return is_integer(k)
 
 
 def chosen_layers(spec, n_layers):

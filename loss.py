@@ -17,7 +17,7 @@ import torch.nn as nn
 from distances import DISTANCES, Shared
 from layers import chosen_layers, select_layers
 from models import FeatureExtractor, get_backbone
-from utils import WINDOW, UserError, int_option, window_count, windows
+from utils import WINDOW, UserError, seed_option, window_count, windows
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -61,7 +61,7 @@ class PerceptualLoss(nn.Module):
         if reduction not in REDUCTIONS:
             raise UserError(f"unknown reduction '{reduction}'; use one of {', '.join(REDUCTIONS)}")
         self.distance, self.reduction = names[0], reduction
-        self.swd_seed = int_option(swd_seed, "swd_seed", 0, 0, below=2**63, below_text="2**63")
+        self.swd_seed = seed_option(swd_seed)
         self.skip_nonfinite = backbone.cos_skip_nonfinite
         self.extractor = FeatureExtractor(backbone, weights, device, precision)
         self.sizes = self.extractor.probe()[0]

@@ -32,16 +32,26 @@ class ArgParser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+def is_integer(x):
+    """A Python or numpy integer (a bool is not one here)."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def int_option(value, name, minimum, default, below=None, below_text=None):
     """An integer API option in [minimum, below) (None: the default); refuses floats, bools
     and strings with one line naming the option."""
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise UserError(f"{name} must be an integer of at least {minimum}, got {value!r}")
     if below is not None and value >= below:
         raise UserError(f"{name} must be below {below_text or below}, got {value}")
     return int(value)
+
+
+def seed_option(value):
+    """The SWD seed option (default 0): an integer in [0, 2**63), what torch.Generator takes."""
+    return int_option(value, "swd_seed", 0, 0, below=2**63, below_text="2**63")
 
 
 def int_at_least(low, why=""):
