@@ -16,6 +16,7 @@ reference and output folders (`ref_dir`, `dis_dir`), compared on resume. `run.py
 writes `X_layers.csv` beside an l2/cos file `X.csv`: its per-block distances (header
 dis,ref,mos,block_<k>…; no mos for label-free sets), whose sum over blocks is X.csv's pred.
 """
+import codecs
 import contextlib
 import csv
 import errno
@@ -190,6 +191,8 @@ def complete_text(path, whole=False):
     at a newline outside quotes: a quoted name may hold newlines of its own."""
     with open(path, "rb") as f:
         data = f.read()
+    if data.startswith(codecs.BOM_UTF8):  # a file re-saved by Excel or Notepad: the mark is not part of the header
+        data = data[len(codecs.BOM_UTF8):]
     if whole:
         return data.decode("utf-8", errors="replace")
     end = data.rfind(b"\n")

@@ -173,3 +173,17 @@ def test_names_stay_names(tmp_path, capsys):
     calc_scores.main(["-f", str(path), "--byref", "--json"])
     got = json.loads(capsys.readouterr().out)
     assert got["refs"] == 2 and got["srcc"] == pytest.approx(1.0)
+
+
+def test_results_file_resaved_with_a_byte_order_mark(tmp_path, capsys):
+    """A results file re-saved by Excel or Notepad starts with a UTF-8 byte-order mark: read as
+    without it (the header's first name became '\\ufeffdis', 'lacks column dis')."""
+    f, pred, mos, _ = _frame(tmp_path)
+    calc_scores.main(["-f", str(f), "--json"])
+    plain = json.loads(capsys.readouterr().out)
+    marked = tmp_path / f.name.replace(".csv", "_bom.csv")
+    marked.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    calc_scores.main(["-f", str(marked), "--json", "-dat", "kadid10k"])
+    got = json.loads(capsys.readouterr().out)
+    assert got["n"] == plain["n"] == 60
+    assert got["srcc"] == plain["srcc"] == pytest.approx(stats.spearmanr(-pred, mos)[0])
