@@ -10,20 +10,22 @@ Works on a 224×224 centre crop by default (one window: a few seconds per step o
 Prints the loss and the PSNR against the clean image as it goes. Weights come from --weights
 or the usual lookup ($ZSIQA_WEIGHTS_DIR, library caches, download).
 """
+import argparse
 import os
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
-from utils import ArgParser, cli_entry, load_image  # noqa: E402
+from zsiqa import PerceptualLoss  # noqa: E402
+from zsiqa.images import load_image  # noqa: E402
 
 
 def build_parser():
-    p = ArgParser(__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", default=os.path.join(HERE, "ref.png"), help="clean image (default examples/ref.png)")
     p.add_argument("-m", "--model", default="dinov1", help="backbone (default dinov1)")
     p.add_argument("-d", "--distance", default="l2", help="distance (default l2)")
@@ -42,10 +44,8 @@ def psnr(x, y):
     return float(10 * torch.log10(1 / (x - y).pow(2).mean()))
 
 
-@cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from loss import PerceptualLoss
     criterion = PerceptualLoss(args.model, args.distance, weights=args.weights, device=args.device, layers=args.layers)
     dev = criterion.extractor.device
     clean = load_image(args.image)[None].to(dev)

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils import quiet_library_warnings  # noqa: E402
+from zsiqa.cli import quiet_library_warnings  # noqa: E402
 
 quiet_library_warnings()
 
@@ -53,8 +53,8 @@ def tiny_weights(tmp_path_factory):
 @pytest.fixture
 def tiny(monkeypatch, tiny_weights):
     """Register the tiny backbone for this test; returns (name, weights path)."""
-    import models
     from tinymodel import TINY, register_tiny
+    from zsiqa import models
     register_tiny(models.BACKBONES, monkeypatch.setitem)
     return TINY, tiny_weights
 
@@ -73,7 +73,7 @@ def group_rows(rows, *keys):
 def golden_api_scores(rows, checkpoint, device="cpu", entry=lambda model: model):
     """{id(row): score} for golden model rows: one Scorer and one call per (model, checkpoint),
     so each model's features are computed once. `entry` maps a row's model to a registry name."""
-    from engine import Scorer
+    from zsiqa.scorer import Scorer
     out = {}
     for (model, ckpt), group in group_rows(rows, "model", "checkpoint").items():
         distances = sorted({r["distance"] for r in group})
@@ -107,7 +107,7 @@ def golden_cli_mismatches(rows, checkpoint, capsys, entry=lambda model: model):
 def interrupt_after(monkeypatch, n):
     """Make Scorer.score_files raise KeyboardInterrupt (a Ctrl-C) after yielding n pairs;
     returns a function that undoes it."""
-    from engine import Scorer
+    from zsiqa.scorer import Scorer
     original = Scorer.score_files
 
     def crashing(self, *a, **k):
@@ -121,7 +121,7 @@ def interrupt_after(monkeypatch, n):
 
 def count_scored(monkeypatch):
     """A list that collects the (variant, pair) ids the engine scores from now on."""
-    from engine import Scorer
+    from zsiqa.scorer import Scorer
     seen, original = [], Scorer.score_chunks
 
     def counting(self, *args, **kwargs):

@@ -10,8 +10,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import fused  # noqa: E402
-from distances import DISTANCES, compute, to_columns  # noqa: E402
+from zsiqa import fused  # noqa: E402
+from zsiqa.distances import DISTANCES, compute, to_columns  # noqa: E402
 
 NAMES = ("skld", "jsd", "wsd")
 

@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from engine import Scorer  # noqa: E402
+from zsiqa.scorer import Scorer  # noqa: E402
 
 if __name__ == "__main__":
     weights, size, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -96,7 +96,7 @@ def test_missing_weights_offline_names_file_and_places(imgs, tmp_path, model, fi
 
 def test_failed_download_is_one_line(imgs, tmp_path, monkeypatch, capsys):
     """Online but unreachable (a closed local port): the download error is reported, not raised."""
-    import models
+    from zsiqa import models
     monkeypatch.setitem(models.BACKBONES, "dinov1", models.BACKBONES["dinov1"].__class__(
         **{**models.BACKBONES["dinov1"].__dict__,
            "weights": models.Weights("dino_vitbase16_pretrain.pth", "http://127.0.0.1:9/dino.pth",
@@ -129,14 +129,20 @@ def test_map_file_that_cannot_be_written(tiny, imgs, capsys, tmp_path):
            "cannot write")
 
 
-@pytest.mark.parametrize("script", ["run", "run_single_img", "calc_scores", "bench"])
-def test_help_shows_the_scripts_docstring(script, capsys):
-    """--help exits 0 with the script's docstring (summary and examples) and every option explained."""
+@pytest.mark.parametrize("script, command", [("run", "eval"), ("run_single_img", "score"), ("calc_scores", "corr"),
+                                             ("bench", "bench")])
+def test_help_shows_the_commands_text(script, command, capsys):
+    """--help exits 0 with the command's text (summary and examples), under the script's name,
+    and every option explained."""
     import importlib
+
+    from zsiqa import cli
     mod = importlib.import_module(script)
     with pytest.raises(SystemExit) as e:
         mod.main(["--help"])
     out = capsys.readouterr().out
-    assert e.value.code == 0 and mod.__doc__.strip().splitlines()[0] in out and "  python " in out
-    undocumented = [a.dest for a in mod.build_parser()._actions if not a.help]
+    doc = cli.COMMANDS[command].doc
+    assert e.value.code == 0 and out.startswith(f"usage: {script}.py ") and doc.splitlines()[0] in out
+    assert f"  zsiqa {command}" in out
+    undocumented = [a.dest for a in cli.build_parser(command)._actions if not a.help]
     assert undocumented == [], undocumented

@@ -16,7 +16,7 @@ from scipy import stats
 import minidata
 import run
 from conftest import ROOT, count_scored, interrupt_after
-from engine import Scorer
+from zsiqa.scorer import Scorer
 
 
 def _run(tiny, *args):
@@ -234,17 +234,17 @@ def test_sweep_on_dirs_matches_a_single_robustness_run(tiny, tmp_path, capsys):
 
 
 def test_label_free_files_keep_complete_rows_only(tmp_path):
-    import results
+    from zsiqa import results
     path = str(tmp_path / "A_m_l2.csv")
-    writer = results.ResultsWriter({"k": path}, labelled=False)
-    writer.write("k", "0.png", "0.png", None, 0.5)
+    writer = results.RowWriter({"k": path}, results.Columns(labelled=False))
+    writer.write("k", "0.png", "0.png", None, [0.5])
     writer.close()
     with open(path, "a") as f:
         f.write("1.png,1.png,0.7")  # torn: no newline
     assert open(path).read().startswith("dis,ref,pred\n0.png,0.png,0.5\n")
-    assert results.read_done(path) == {("0.png", "0.png"): (None, 0.5)}
+    assert results.read_done(path) == {("0.png", "0.png"): (None, (0.5,))}
     rows = results.finish(path, {("0.png", "0.png"): None, ("1.png", "1.png"): None}, [("0.png", "0.png")])
-    assert rows == [("0.png", "0.png", None, 0.5)] and open(path).read() == "dis,ref,pred\n0.png,0.png,0.5\n"
+    assert rows == [("0.png", "0.png", None, (0.5,))] and open(path).read() == "dis,ref,pred\n0.png,0.png,0.5\n"
 
 
 def _refused(tiny, capsys, args, sdir, match):
@@ -259,8 +259,8 @@ def _refused(tiny, capsys, args, sdir, match):
 def test_name_not_utf8_refused_before_the_model_loads(tiny, tmp_path, capsys, monkeypatch):
     """Names whose bytes are not UTF-8 (Latin-1 'café') cannot go into the UTF-8 results files and
     summaries (a UnicodeEncodeError once scoring had begun): one line naming it, before the model loads."""
-    import engine
-    monkeypatch.setattr(engine, "Scorer", lambda *a, **k: pytest.fail("the model was loaded"))
+    from zsiqa import evaluate
+    monkeypatch.setattr(evaluate, "Scorer", lambda *a, **k: pytest.fail("the model was loaded"))
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=2, sub=False)
     latin = os.fsdecode(os.fsencode(str(tmp_path)) + b"/r\xe9")
     _refused(tiny, capsys, _dirs(gt, outs), latin, "choose another -sdir")

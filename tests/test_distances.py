@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from scipy.special import rel_entr, softmax
 
 from conftest import GOLDEN, close, needs_shared
-from distances import DISTANCES, to_columns
+from zsiqa.distances import DISTANCES, to_columns
 
 NAMES = ["l2", "cos", "skld", "wsd", "jsd"]
 

@@ -7,9 +7,10 @@ import torch
 from PIL import Image
 
 from conftest import random_image
-from distances import DISTANCES
-from engine import Scorer
-from utils import load_image, windows
+from zsiqa.distances import DISTANCES
+from zsiqa.images import load_image
+from zsiqa.scorer import Scorer
+from zsiqa.windows import windows
 
 ALL = ["l2", "cos", "skld", "jsd", "wsd", "swd"]
 # ZSIQA_TEST_DEVICE=cuda runs these on a GPU (strict fp32): streams, fused kernels, compilation
@@ -94,7 +95,7 @@ def test_embed_variant_runs_and_is_bounded(tiny, mixed_set):
 
 
 def test_api_refuses_tensors_outside_unit_range(tiny):
-    from utils import UserError
+    from zsiqa.errors import UserError
     name, weights = tiny
     metric = Scorer(name, "l2", **ON, weights=weights)
     with pytest.raises(UserError, match=r"\[0, 1\]"):
@@ -128,7 +129,7 @@ def test_mixed_bit_depths_share_a_batch_correctly(tiny, tmp_path):
 
 
 def test_api_input_types(tiny, tmp_path):
-    from utils import UserError
+    from zsiqa.errors import UserError
     name, weights = tiny
     metric = Scorer(name, "l2", **ON, weights=weights)
     rng = np.random.default_rng(4)
@@ -163,7 +164,7 @@ def test_large_reference_compared_block_by_block(tiny, monkeypatch):
     sizes = blocky.group_sizes  # pretend a window's features take a third of the 1 MB budget: blocks of 2
     monkeypatch.setattr(blocky.extractor, "probe", lambda: (sizes, 2**20 // 3 + 1))
     assert blocky.cached_windows == 2
-    import engine
+    from zsiqa import engine
     reserved = []
     original = engine.SlotPool.reserve
     monkeypatch.setattr(engine.SlotPool, "reserve", lambda self, n: reserved.append(n) or original(self, n))
@@ -176,7 +177,7 @@ def test_large_reference_compared_block_by_block(tiny, monkeypatch):
 def test_unreadable_body_mid_run(tiny, mixed_set, tmp_path):
     """A file whose header reads but whose body is cut: with on_error the pair is reported
     and skipped, the others scored; without, UserError after the pairs before it."""
-    from utils import UserError
+    from zsiqa.errors import UserError
     name, weights = tiny
     cut = tmp_path / "cut.png"
     data = open(mixed_set[4][1], "rb").read()
@@ -228,7 +229,7 @@ def test_compiled_backbone_gives_the_same_scores(tiny, mixed_set):
 
 
 def test_api_refuses_bad_distance_lists_and_seeds(tiny):
-    from utils import UserError
+    from zsiqa.errors import UserError
     name, weights = tiny
     for kwargs, match in [({"distances": None}, "distances must be"), ({"distances": ["l2", 3]}, "distances must be"),
                           ({"model_norm": "no"}, "True or False"),
@@ -273,7 +274,7 @@ def test_resize_comes_after_rgb_conversion_for_every_input_kind(tiny, tmp_path):
 def test_every_deep_and_odd_pil_mode_reads(tiny, tmp_path):
     """Big-endian 16-bit TIFF ('I;16B'), PIL images in 'I;16L'/'I;16N'/'La' modes score as
     their plain equivalents; a closed PIL image is one clear error."""
-    from utils import UserError
+    from zsiqa.errors import UserError
     name, weights = tiny
     grey = (np.random.default_rng(6).integers(0, 65536, (230, 240))).astype(np.uint16)
     Image.fromarray(grey.astype(">u2")).save(tmp_path / "be.tif")
@@ -296,8 +297,8 @@ def test_every_deep_and_odd_pil_mode_reads(tiny, tmp_path):
 def test_api_misuse_is_one_clear_error(tiny, tmp_path):
     """Wrong types and out-of-range values given to the API end in a UserError naming them,
     never a TypeError/IndexError from deep inside (or a silent compile)."""
-    from loss import PerceptualLoss
-    from utils import UserError
+    from zsiqa.errors import UserError
+    from zsiqa.loss import PerceptualLoss
     name, weights = tiny
     for kwargs, match in [({"model": [name]}, "registry name"), ({"device": "mps"}, "unsupported device"),
                           ({"device": "meta"}, "unsupported device"), ({"compile": "no"}, "compile must be"),

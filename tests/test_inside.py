@@ -6,10 +6,13 @@ from PIL import Image
 
 import run_single_img
 from conftest import needs_shared, random_image
-from distances import DISTANCES
-from engine import PerceptualLoss, Scorer
-from layers import parse_layers
-from utils import UserError, load_image, windows
+from zsiqa.blocks import parse_layers
+from zsiqa.distances import DISTANCES
+from zsiqa.errors import UserError
+from zsiqa.images import load_image
+from zsiqa.loss import PerceptualLoss
+from zsiqa.scorer import Scorer
+from zsiqa.windows import windows
 
 ALL = ["l2", "cos", "skld", "jsd", "wsd", "swd"]
 

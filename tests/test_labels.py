@@ -8,8 +8,8 @@ import pytest
 
 import minidata
 import run
-from datasets import load_dataset
-from utils import UserError
+from zsiqa.datasets import load_dataset
+from zsiqa.errors import UserError
 
 
 def _edit(path, old, new):

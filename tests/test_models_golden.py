@@ -47,7 +47,7 @@ def test_torchscript_release_format_loads(golden, checkpoint, tmp_path):
     import clip.model
     import torch
 
-    from engine import Scorer
+    from zsiqa.scorer import Scorer
     sd = torch.load(checkpoint("clip_vitb32"), map_location="cpu")
     model = clip.model.build_model(dict(sd)).float().eval()
     archive = tmp_path / "ViT-B-32.pt"

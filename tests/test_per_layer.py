@@ -9,9 +9,9 @@ from scipy import stats
 
 import calc_scores
 import minidata
-import results
 import run
-from engine import Scorer
+from zsiqa import results
+from zsiqa.scorer import Scorer
 
 
 def _run(tiny, *args):
@@ -146,16 +146,18 @@ def test_compile_auto_on_cuda_counts_jobs(monkeypatch):
     import types
 
     import torch
+
+    from zsiqa import scorer as scorer_module
     calls = []
-    scorer = types.SimpleNamespace(device=torch.device("cuda"), compile_backbone=lambda: calls.append(1))
-    args = run.build_parser().parse_args(["-dat", "pipal", "--root", "x", "--compile", "auto"])
+    scorer = types.SimpleNamespace(device=torch.device("cuda"), fixed_batch=False,
+                                   compile_backbone=lambda: calls.append(1))
     for n_min, want in ((6, True), (7, False)):
-        monkeypatch.setattr(run, "COMPILE_MIN_JOBS", n_min)
+        monkeypatch.setattr(scorer_module, "COMPILE_MIN_JOBS", n_min)
         calls.clear()
-        run.compile_if_it_pays(args, scorer, [(0, i) for i in range(6)])
+        Scorer.compile_if_it_pays(scorer, 6)
         assert bool(calls) is want
     scorer.device = torch.device("cpu")
-    run.compile_if_it_pays(args, scorer, [(0, i) for i in range(100)])
+    Scorer.compile_if_it_pays(scorer, 100)
     assert bool(calls) is False
 
 

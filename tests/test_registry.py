@@ -5,10 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-import distances
 import run_single_img
-from engine import Scorer
-from utils import load_image, windows
+from zsiqa import distances
+from zsiqa.images import load_image
+from zsiqa.scorer import Scorer
+from zsiqa.windows import windows
 
 
 def l1(f_dis, f_ref):

@@ -16,9 +16,10 @@ from scipy import stats
 
 import calc_scores
 import minidata
-import results
 import run
 from conftest import ROOT, count_scored
+from zsiqa import results
+from zsiqa.errors import UserError
 
 
 def _run(tiny, *args):
@@ -164,7 +165,7 @@ def test_torn_part_file_rows_are_not_merged(tmp_path):
     open(path + ".rank1", "w").write("dis,ref,mos,pred\nb,r,2.0,0.5\nc,r,3.0,0.7")
     labels = {("a", "r"): 1.5, ("b", "r"): 2.5, ("c", "r"): 3.5, ("d", "r"): 4.0}
     rows = results.finish(path, labels, [("a", "r"), ("b", "r"), ("c", "r")])
-    assert rows == [("a", "r", 1.5, 0.25), ("b", "r", 2.5, 0.5)]
+    assert rows == [("a", "r", 1.5, (0.25,)), ("b", "r", 2.5, (0.5,))]
     assert not os.path.exists(path + ".rank1")
     assert open(path).read() == "dis,ref,mos,pred\na,r,1.5,0.25\nb,r,2.5,0.5\n"
 
@@ -192,9 +193,9 @@ def test_full_disk_keeps_written_rows(tiny, tmp_path, capsys, monkeypatch):
 
 
 def test_unwritable_results_folder_refused_before_the_model_loads(tiny, tmp_path, capsys, monkeypatch):
-    import engine
+    from zsiqa import evaluate
     root = _pipal(tmp_path)
-    monkeypatch.setattr(engine, "Scorer", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(evaluate, "Scorer", lambda *a, **k: pytest.fail("the model was loaded"))
     (tmp_path / "afile").write_text("x")
     for sdir in (tmp_path / "afile", tmp_path / "afile" / "sub"):
         _fails(capsys, tiny, ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(sdir)], "not a folder")
@@ -223,7 +224,7 @@ def test_second_run_on_the_same_file_stops_at_once(tiny_weights, tmp_path):
     env = {**os.environ, "ZSIQA_TEST_DELAY": "1.5", "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen([sys.executable, str(ROOT / "tests" / "slow_run.py"), *common], cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lock = out / "pipal_tiny_vit_test_l2.csv.lock"
+    lock = out / ".pipal_tiny_vit_test_l2.csv.lock"
     deadline = time.time() + 120
     while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
         assert first.poll() is None and time.time() < deadline, first.communicate()
@@ -241,17 +242,19 @@ def test_second_run_on_the_same_file_stops_at_once(tiny_weights, tmp_path):
     frame = pd.read_csv(out / "pipal_tiny_vit_test_l2.csv")
     assert len(frame) == 6 and frame.dis.is_unique
     assert len(list(csv.DictReader(open(out / "summary.csv")))) == 1  # the first run's row alone
-    assert not lock.exists()  # released (and removed) at the end
+    assert lock.read_text() == ""  # released at the end, its pid cleared
 
 
 def test_lock_is_exclusive_and_released(tmp_path):
     path = str(tmp_path / "x.csv")
-    with results.Lock([path]):
-        assert open(path + ".lock").read().strip() == str(os.getpid())
-        with pytest.raises(results.UserError, match=f"pid {os.getpid()}"):
+    lock_file = results.lock_path(path)
+    assert lock_file == str(tmp_path / ".x.csv.lock")
+    with results.Lock([path, path]):  # one file named twice is locked once
+        assert open(lock_file).read().strip() == str(os.getpid())
+        with pytest.raises(UserError, match=f"pid {os.getpid()}"):
             results.Lock([str(tmp_path / "y.csv"), path])
-        assert not os.path.exists(str(tmp_path / "y.csv.lock"))  # the ones taken are given back
-    assert not os.path.exists(path + ".lock")
+        results.Lock([str(tmp_path / "y.csv")]).release()  # the ones taken were given back
+    assert open(lock_file).read() == ""  # released: no pid left behind
     results.Lock([path]).release()
 
 
@@ -285,7 +288,7 @@ def test_corrupt_body_stops_keeping_finished_rows(tiny, tmp_path, capsys):
     path = out / f"kadid10k_{tiny[0]}_l2.csv"
     assert path.read_bytes().endswith(b"\n") and list(pd.read_csv(path).columns) == ["dis", "ref", "mos", "pred"]
     assert results.read_record(str(path))["distance"] == "l2"
-    assert not (out / f"kadid10k_{tiny[0]}_l2.csv.lock").exists()
+    assert (out / f".kadid10k_{tiny[0]}_l2.csv.lock").read_text() == ""  # released
 
 
 def test_corrupt_body_mid_run_skipped_with_skip_missing(tiny, tmp_path, capsys):
@@ -440,7 +443,7 @@ def test_row_with_a_non_finite_number_is_scored_again(tiny, tmp_path, monkeypatc
 def test_engine_nan_kept_in_file_left_out_of_summary_with_a_warning(tiny, tmp_path, monkeypatch, capsys):
     """A pair the engine scores NaN (a half-precision overflow, say) is neither dropped from
     the results file nor fed to the correlations: kept as nan, counted as skipped, one warning."""
-    from engine import Scorer
+    from zsiqa.scorer import Scorer
     root = _pipal(tmp_path)
     out = tmp_path / "r"
     original = Scorer.score_chunks

@@ -4,8 +4,8 @@ import pytest
 from PIL import Image
 
 from conftest import GOLDEN, needs_shared
-from robustness import Transform, transform
-from utils import UserError
+from zsiqa.errors import UserError
+from zsiqa.robustness import Transform, transform
 
 
 @needs_shared

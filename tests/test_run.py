@@ -14,8 +14,8 @@ from scipy import stats
 import minidata
 import run
 from conftest import ROOT, count_scored, interrupt_after
-from engine import Scorer
-from robustness import transform
+from zsiqa.robustness import transform
+from zsiqa.scorer import Scorer
 
 
 def _run(tiny, *args):
@@ -61,7 +61,7 @@ def test_each_layout_end_to_end(tiny, tmp_path, capsys, layout):
 
 
 def test_label_conventions(tmp_path):
-    from datasets import load_dataset
+    from zsiqa.datasets import load_dataset
     tid = load_dataset("tid2013", minidata.make_tid2013(str(tmp_path / "tid")))
     assert tid.pairs[0] == ("reference_images/I01.BMP", "distorted_images/i01_01_1.bmp", pytest.approx(100 - 6.0))
     assert tid.pairs[1][1] == "distorted_images/I01_01_2.bmp"  # case taken from disk
@@ -84,7 +84,7 @@ def test_robustness_run_scores_transformed_pairs(tiny, tmp_path):
     for kind in ("tra", "sca", "rot"):
         _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"), "-rob", kind, "-pct", "3")
         frame = _rows(tmp_path / "r" / f"pipal_{tiny[0]}_l2_{kind}-3.csv")
-        from utils import pil_to_tensor
+        from zsiqa.images import pil_to_tensor
         pairs = [transform(Image.open(os.path.join(root, r)).convert("RGB"),
                            Image.open(os.path.join(root, d)).convert("RGB"), kind, 3)
                  for r, d in zip(frame.ref, frame.dis, strict=False)]

@@ -1,17 +1,116 @@
-"""The code's shape as a habit: no function over 60 lines outside tests (ruff checks line
-length and complexity; it has no rule for a function's length)."""
+"""The code's shape as a habit, checked on the source: short functions (ruff checks line length
+and complexity, not a function's length), imports that name the package and run one way
+(commands → evaluation → scorer → backbones → protocol, no cycle even through imports inside
+functions), lazy imports only for heavy or optional third-party modules (and in the CLI's
+entry points), and no private member reached across modules."""
 import ast
 
 from conftest import ROOT
 
 MAX_LINES = 60
+PACKAGE = ROOT / "zsiqa"
+# each module's layer; a module imports only from its own layer or below
+LAYERS = [
+    ("errors", "options", "output", "windows", "images", "fused", "distances", "blocks"),     # protocol
+    ("weights", "models"),                                                                    # backbones
+    ("loading", "engine", "maps", "scorer", "loss"),                                          # scoring
+    ("robustness", "folders", "datasets", "results", "stats", "plots", "report", "distributed"),  # evaluation
+    ("evaluate", "correlate", "benchmark", "cli", "__main__", "__init__"),                    # commands
+]
+LAYER = {m: k for k, group in enumerate(LAYERS) for m in group}
+# third-party modules imported inside functions: heavy (timm 1.5 s, scipy.stats, matplotlib, pandas,
+# clip's pkg_resources) or optional (huggingface_hub, triton)
+LAZY_OK = {"timm", "clip", "matplotlib", "scipy", "pandas", "huggingface_hub", "triton"}
+
+
+def _modules():
+    return {p.stem: ast.parse(p.read_text()) for p in sorted(PACKAGE.glob("*.py"))}
+
+
+def _imports(tree):
+    """(first-party module or None, imported module name, inside a function, node) of every import."""
+    inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for n in ast.walk(f)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, id(node) in inside, node) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"relative import at line {node.lineno}"
+            if node.module == "zsiqa":  # from zsiqa import results, plots: modules
+                out += [(f"zsiqa.{a.name}", id(node) in inside, node) for a in node.names]
+            else:
+                out.append((node.module, id(node) in inside, node))
+    return out
 
 
 def test_no_function_over_60_lines():
     long = []
-    for path in sorted(ROOT.glob("*.py")) + sorted((ROOT / "examples").glob("*.py")):
+    for path in sorted(ROOT.glob("*.py")) + sorted(PACKAGE.glob("*.py")) + sorted(ROOT.glob("examples/*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             is_function = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             if is_function and node.end_lineno - node.lineno + 1 > MAX_LINES:
                 long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert not long, long
+
+
+def test_no_library_module_at_the_top_level():
+    scripts = sorted(p.name for p in ROOT.glob("*.py"))
+    assert scripts == ["bench.py", "calc_scores.py", "run.py", "run_single_img.py"]
+    for name in scripts:  # a few lines calling the package's command line
+        lines = [x for x in (ROOT / name).read_text().splitlines() if x.strip()]
+        assert len(lines) <= 8 and "from zsiqa.cli import script" in lines, name
+
+
+def test_imports_run_one_way_without_cycles():
+    modules = _modules()
+    assert set(modules) == set(LAYER), set(modules) ^ set(LAYER)
+    graph, wrong = {m: set() for m in modules}, []
+    for name, tree in modules.items():
+        for target, _, node in _imports(tree):
+            if target.split(".")[0] in {"utils", "engine", "models", "results", "datasets", "layers", "methods"}:
+                wrong.append(f"{name}:{node.lineno} imports {target} without the package name")
+            if not target.startswith("zsiqa."):
+                continue
+            dep = target.split(".")[1]
+            graph[name].add(dep)
+            if LAYER[dep] > LAYER[name]:
+                wrong.append(f"{name} (layer {LAYER[name]}) imports {dep} (layer {LAYER[dep]})")
+    assert not wrong, wrong
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for d in graph[m]:
+            assert state.get(d) != "open", f"import cycle: {' → '.join(path + [d])}"
+            if d not in state:
+                visit(d, path + [d])
+        state[m] = "done"
+    for m in graph:
+        if m not in state:
+            visit(m, [m])
+
+
+def test_imports_inside_functions_only_for_heavy_modules_or_in_the_cli():
+    bad = []
+    for name, tree in _modules().items():
+        for target, inside, node in _imports(tree):
+            if inside and name != "cli" and target.split(".")[0] not in LAZY_OK:
+                bad.append(f"{name}:{node.lineno} imports {target} inside a function")
+    assert not bad, bad
+
+
+def test_no_private_member_used_across_modules():
+    bad = []
+    for name, tree in _modules().items():
+        aliases = {}
+        for _, _, node in _imports(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("zsiqa"):
+                bad += [f"{name}:{node.lineno} imports {a.name} from {node.module}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+                aliases.update({a.asname or a.name: a.name for a in node.names if node.module == "zsiqa"})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                    and node.attr.startswith("_") and not node.attr.startswith("__"):
+                bad.append(f"{name}:{node.lineno} uses {node.value.id}.{node.attr}")
+    assert not bad, bad

@@ -14,11 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-import models
 import run_single_img
-import weights
 from conftest import ROOT, needs_shared
-from utils import UserError
+from zsiqa import models, weights
+from zsiqa.errors import UserError
 
 MARKER = "ZSIQA-LOAD-TIME-CODE-RAN"
 

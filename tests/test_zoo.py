@@ -6,13 +6,12 @@ import os
 import pytest
 import torch
 
-import models
 import run_single_img
-import weights
 from conftest import GOLDEN, close, golden_api_scores, golden_cli_mismatches, needs_shared
-from engine import Scorer
 from tinymodel import TINY_VIT, TINY_WEIGHTS
-from utils import UserError
+from zsiqa import models, weights
+from zsiqa.errors import UserError
+from zsiqa.scorer import Scorer
 
 DEVICE = os.environ.get("ZSIQA_TEST_DEVICE", "cpu")  # the API parity test also runs on a GPU in strict fp32
 

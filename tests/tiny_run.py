@@ -5,9 +5,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import models  # noqa: E402
 import run  # noqa: E402
 from tinymodel import register_tiny  # noqa: E402
+from zsiqa import models  # noqa: E402
 
 if __name__ == "__main__":
     register_tiny(models.BACKBONES)

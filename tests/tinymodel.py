@@ -2,7 +2,7 @@
 the `tiny` fixture (tests/conftest.py) and by tests/tiny_run.py (subprocess runs)."""
 import torch
 
-import models
+from zsiqa import models
 
 TINY = "tiny_vit_test"
 TINY_VIT = models.TimmViT("vit_base_patch16_224", depth=2, embed_dim=32, num_heads=2, mlp_ratio=2)

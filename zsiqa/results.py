@@ -8,29 +8,34 @@ a digest of the labels; `layers`: the blocks compared, None = all). A run resume
 when the record matches its own settings (labels aside: predictions do not depend on them,
 and rows always take the current labels).
 A row counts only when its line is complete (newline-terminated, its numbers finite), so a crash
-mid-row costs that row, never a wrong number. `X.csv.lock` (flock, holding the pid) keeps a
-second run off a file being written; torchrun ranks write `X.csv.rank<r>` part files that
+mid-row costs that row, never a wrong number. A lock on `.X.csv.lock` (filelock: flock on Unix,
+LockFileEx on Windows; the file holds the pid while a run writes X.csv) keeps a second run off a
+file being written; torchrun ranks write `X.csv.rank<r>` part files that
 are merged into X.csv. `summary.csv` collects one row per finished file
 (`summary_unlabelled.csv` for label-free sets). A label-free record also holds the absolute
-reference and output folders (`ref_dir`, `dis_dir`), compared on resume. `run.py --per-layer`
+reference and output folders (`ref_dir`, `dis_dir`), compared on resume. `--per-layer`
 writes `X_layers.csv` beside an l2/cos file `X.csv`: its per-block distances (header
 dis,ref,mos,block_<k>…; no mos for label-free sets), whose sum over blocks is X.csv's pred.
+Results and per-layer files share one row layout (`Columns`) and one reader, writer and
+finisher. Files are created with the user's umask (0644 under umask 022).
 """
 import codecs
 import contextlib
 import csv
-import errno
-import fcntl
 import glob
 import hashlib
 import io
 import json
 import math
 import os
+import secrets
 import sys
 import tempfile
+from dataclasses import dataclass
 
-from utils import UserError
+import filelock
+
+from zsiqa.errors import UserError, writing
 
 HEADER = ["dis", "ref", "mos", "pred"]
 UNLABELLED_HEADER = ["dis", "ref", "pred"]  # a label-free set's files
@@ -201,26 +206,57 @@ def complete_text(path, whole=False):
     return data[: end + 1].decode("utf-8", errors="replace")
 
 
-def read_done(path):
-    """Complete rows of a results (or part) file: {(dis, ref): (mos, pred)} (mos None in a
-    label-free file, header dis,ref,pred); {} if absent. A row counts when its line is
-    newline-terminated and its numbers parse (`_float`; nan/inf kept: an engine's NaN is a
-    result to report; `prepare` counts such rows as not done, so a resume scores them again)."""
+@dataclass(frozen=True)
+class Columns:
+    """A results file's row layout: dis, ref, mos (labelled sets only), then its values: `pred`
+    in a results file, block_<k>… in a per-layer file (`blocks`: the 1-based blocks)."""
+    labelled: bool = True
+    blocks: tuple = ()
+
+    @property
+    def values(self):
+        return [f"block_{b}" for b in self.blocks] or ["pred"]
+
+    @property
+    def header(self):
+        return ["dis", "ref", *(["mos"] if self.labelled else []), *self.values]
+
+    def row(self, dis, ref, mos, values):
+        """One row's fields (mos left out of a label-free file)."""
+        return [dis, ref, *([float(mos)] if self.labelled else []), *(float(v) for v in values)]
+
+
+PRED = Columns()  # a labelled results file: dis,ref,mos,pred
+
+
+def read_done(path, columns=PRED):
+    """Complete rows of a results, per-layer or part file: {(dis, ref): (mos, (values…))}, mos
+    None in a label-free file; {} if absent. The header must be `columns`' with or without mos.
+    A row counts when its line is newline-terminated and its numbers parse (`_float`; nan/inf
+    kept: an engine's NaN is a result to report; `done_keys` leaves such rows out, so a resume
+    scores them again)."""
     if not os.path.isfile(path):
         return {}
     rows = csv.reader(io.StringIO(complete_text(path), newline=""))
     header = next(rows, None)
     if header is None:
         return {}
-    if header not in (HEADER, UNLABELLED_HEADER):
-        raise UserError(f"{path} is not a results file (header {','.join(header)[:60]!r}, expected dis,ref,mos,pred "
-                        "or dis,ref,pred); pass --overwrite to start it afresh")
-    done = {}
+    forms = [Columns(labelled, columns.blocks).header for labelled in (True, False)]
+    if header not in forms:
+        raise UserError(f"{path} has header {','.join(header)[:80]!r}, this run writes "
+                        f"{','.join(forms[not columns.labelled])[:80]!r}; pass --overwrite to start it afresh")
+    done, labelled = {}, header == forms[0]
     for row in rows:
-        values = [_float(x) for x in row[2:]]
-        if len(row) == len(header) and None not in values:
-            done[(row[0], row[1])] = tuple(values) if len(values) == 2 else (None, *values)
+        numbers = [_float(x) for x in row[2:]]  # mos (labelled files), then the values
+        if len(row) == len(header) and None not in numbers:
+            done[(row[0], row[1])] = (numbers[0], tuple(numbers[1:])) if labelled else (None, tuple(numbers))
     return done
+
+
+def done_keys(rows):
+    """The (dis, ref) of finished rows [(dis, ref, mos, values)] whose values are all finite
+    (nan/inf, a hand edit or an engine's overflow, are scored again on resume)."""
+    return {(dis, ref) for dis, ref, _, values in rows if all(map(math.isfinite, values))}
 
 
 def read_frame(path):
@@ -324,15 +360,6 @@ def _finite(path, line, column, cell):
 
 # ---------------------------------------------------------------- writing
 
-@contextlib.contextmanager
-def writing(path, kept="its earlier content is kept"):
-    """OSError while writing `path` (a full disk, a read-only folder) → one-line UserError."""
-    try:
-        yield
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}; {kept}") from None
-
-
 def _write_all(f, data):
     """Write bytes to an unbuffered file, all of them (the one place rows reach the disk)."""
     view = memoryview(data)
@@ -356,10 +383,12 @@ def _csv_text(rows):
 
 
 def _replace(path, data):
-    """Write `path` atomically (temporary file, then rename)."""
-    folder = os.path.dirname(path) or "."
+    """Write `path` atomically: a temporary file beside it (created with mode 0666 less the
+    umask, as any new file), then a rename over it."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
     with writing(path):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         try:
             with os.fdopen(fd, "wb", buffering=0) as f:
                 _write_all(f, data)
@@ -369,33 +398,33 @@ def _replace(path, data):
             raise
 
 
-class ResultsWriter:
-    """Appends finished rows to results (or part) files as they come, each row written whole
-    and unbuffered, so Ctrl-C or a crash leaves valid files. A failed write (a full disk)
+class RowWriter:
+    """Appends finished rows to results, per-layer or part files as they come, each row written
+    whole and unbuffered, so Ctrl-C or a crash leaves valid files. A failed write (a full disk)
     truncates the torn row away and stops with one line: rows already written stay valid.
-    labelled=False: label-free files (dis,ref,pred; `mos` is ignored)."""
 
-    def __init__(self, paths, labelled=True):
-        self.paths, self.files, self.ends, self.labelled = dict(paths), {}, {}, labelled
-        for key, path in self.paths.items():
-            with writing(path):
-                f = open(path, "ab", buffering=0)
-                self.files[key] = f
-                if f.tell() == 0:
-                    _write_all(f, _csv_line(self.header()))
-                self.ends[key] = f.tell()
+    Args:
+        paths: {key: path}. columns: {key: Columns} (or one Columns for every file)."""
 
-    def header(self):
-        return HEADER if self.labelled else UNLABELLED_HEADER
+    def __init__(self, paths, columns=PRED):
+        self.paths, self.files, self.ends = dict(paths), {}, {}
+        self.columns = columns if isinstance(columns, dict) else dict.fromkeys(self.paths, columns)
+        try:
+            for key, path in self.paths.items():
+                with writing(path):
+                    f = self.files[key] = open(path, "ab", buffering=0)
+                    if f.tell() == 0:
+                        _write_all(f, _csv_line(self.columns[key].header))
+                    self.ends[key] = f.tell()
+        except BaseException:
+            self.close()
+            raise
 
-    def values(self, pred):
-        """A row's prediction column(s)."""
-        return [float(pred)]
-
-    def write(self, key, dis, ref, mos, pred):
+    def write(self, key, dis, ref, mos, values):
+        """Append one row: values is the sequence of the file's value columns (pred, or blocks)."""
         f = self.files[key]
         try:
-            _write_all(f, _csv_line([dis, ref, *([float(mos)] if self.labelled else []), *self.values(pred)]))
+            _write_all(f, _csv_line(self.columns[key].row(dis, ref, mos, values)))
         except OSError as e:
             with contextlib.suppress(OSError):
                 f.truncate(self.ends[key])
@@ -409,112 +438,54 @@ class ResultsWriter:
                 f.close()
 
 
-class LayersWriter(ResultsWriter):
-    """ResultsWriter for per-layer files (`layers_header`): `pred` is a row of per-block distances."""
-
-    def __init__(self, paths, blocks, labelled=True):
-        self.blocks = tuple(blocks)
-        super().__init__(paths, labelled)
-
-    def header(self):
-        return layers_header(self.blocks, self.labelled)
-
-    def values(self, pred):
-        return [float(x) for x in pred]
-
-
-# ---------------------------------------------------------------- per-layer files (run.py --per-layer)
-
 def layers_path(path):
     """`X_layers.csv` beside results file `X.csv`."""
     return os.path.splitext(path)[0] + "_layers.csv"
 
 
-def layers_header(blocks, labelled=True):
-    """dis,ref[,mos],block_<k>… for the 1-based block numbers compared."""
-    return ["dis", "ref", *(["mos"] if labelled else []), *(f"block_{b}" for b in blocks)]
+def _parts(path):
+    return sorted(glob.glob(glob.escape(path) + ".rank*"))
 
 
-def read_layers_done(path, blocks, labelled=True):
-    """Complete rows of a per-layer (or part) file: {(dis, ref): [per-block values]}; {} if
-    absent; rows count as `read_done`'s do. UserError when its header is not this run's (other blocks)."""
-    if not os.path.isfile(path):
-        return {}
-    rows = csv.reader(io.StringIO(complete_text(path), newline=""))
-    header, want = next(rows, None), layers_header(blocks, labelled)
-    if header is None:
-        return {}
-    if header != want:
-        raise UserError(f"{path} has header {','.join(header)[:80]!r}, this run writes {','.join(want)[:80]!r}; "
-                        "pass --overwrite to start it afresh")
-    done, skip = {}, 3 if labelled else 2
-    for row in rows:
-        values = [_float(x) for x in row[skip:]]
-        if len(row) == len(want) and None not in values:
-            done[(row[0], row[1])] = values
+def collect(path, columns=PRED):
+    """Complete rows of a file and of its torchrun part files, merged (`read_done`)."""
+    done = read_done(path, columns)
+    for part in _parts(path):
+        done.update(read_done(part, columns))
     return done
 
 
-def finish_layers(path, labels, order, blocks):
-    """Rewrite per-layer file `path` (merging part files) in dataset order with the current
-    labels, as `finish` does for results files. Returns the (dis, ref) of `order` it holds."""
-    labelled = _labelled(labels)
-    done = read_layers_done(path, blocks, labelled)
-    for part in sorted(glob.glob(glob.escape(path) + ".rank*")):
-        done.update(read_layers_done(part, blocks, labelled))
+def finish(path, labels, order, blocks=()):
+    """Rewrite a results (or, with `blocks`, per-layer) file, merging part files, in dataset
+    order with the current labels: rows of the current pairs `order` [(dis, ref)] first, then
+    other pairs of the dataset; rows of pairs no longer in the dataset are dropped (their label
+    is stale). Torn bytes go with the rewrite. Labels all None (a label-free set): no mos column.
+
+    Returns:
+        the rows of the current pairs [(dis, ref, mos, (values…))] (mos None when label-free).
+    """
+    columns = Columns(_labelled(labels), tuple(blocks))
+    done = collect(path, columns)
     in_order = dict.fromkeys(order)
     keys = [k for k in order if k in done] + [k for k in done if k in labels and k not in in_order]
-    _replace(path, _csv_text([layers_header(blocks, labelled),
-                              *([dis, ref, *([labels[(dis, ref)]] if labelled else []), *done[(dis, ref)]]
-                                for dis, ref in keys)]))
-    for part in glob.glob(glob.escape(path) + ".rank*"):
+    rows = [(dis, ref, labels[(dis, ref)], done[(dis, ref)][1]) for dis, ref in keys]
+    _replace(path, _csv_text([columns.header, *(columns.row(*row) for row in rows)]))
+    for part in _parts(path):
         os.remove(part)
-    return {k for k in order if k in done and all(map(math.isfinite, done[k]))}  # nan/inf: scored again
+    return rows[: sum(k in done for k in order)]
 
 
 def remove_layers(path):
     """Delete results file `path`'s per-layer file and its part files (stale rows)."""
     lp = layers_path(path)
-    for p in [lp, *glob.glob(glob.escape(lp) + ".rank*")]:
+    for p in [lp, *_parts(lp)]:
         with writing(p), contextlib.suppress(FileNotFoundError):
             os.remove(p)
 
 
-def collect(path):
-    """Complete rows of a results file and of its torchrun part files, merged."""
-    done = read_done(path)
-    for part in sorted(glob.glob(glob.escape(path) + ".rank*")):
-        done.update(read_done(part))
-    return done
-
-
-def finish(path, labels, order):
-    """Rewrite results file `path` (merging part files) in dataset order with the current
-    labels: rows of the current pairs `order` [(dis, ref)] first, then other pairs of the
-    dataset; rows of pairs no longer in the dataset are dropped (their label is stale).
-    Torn bytes go with the rewrite. Returns the rows of the current pairs [(dis, ref, mos, pred)].
-    Labels all None (a label-free set): written as dis,ref,pred, returned with mos None."""
-    done = collect(path)
-    current = [(k, done[k][1]) for k in order if k in done]
-    in_order = dict.fromkeys(order)
-    others = [(k, pred) for k, (_, pred) in done.items() if k in labels and k not in in_order]
-    rows = [(dis, ref, labels[(dis, ref)], pred) for (dis, ref), pred in current + others]
-    if _labelled(labels):
-        _replace(path, _csv_text([HEADER, *rows]))
-    else:
-        _replace(path, _csv_text([UNLABELLED_HEADER, *((dis, ref, pred) for dis, ref, _, pred in rows)]))
-    for part in glob.glob(glob.escape(path) + ".rank*"):
-        os.remove(part)
-    return rows[: len(current)]
-
-
-def _exists(path):
-    return os.path.isfile(path) or bool(glob.glob(glob.escape(path) + ".rank*"))
-
-
 def exists(path):
     """Whether results file `path` (or a torchrun part of it) exists."""
-    return _exists(path)
+    return os.path.isfile(path) or bool(_parts(path))
 
 
 def prepare(records, labels, order, overwrite=False):
@@ -537,7 +508,7 @@ def prepare_many(sets, overwrite=False):
     if not overwrite:
         for records, _, _ in sets:
             for path, record in records.items():
-                if _exists(path):
+                if exists(path):
                     check_resumable(path, record)
     return {path: _prepare_one(path, record, labels, order, overwrite)
             for records, labels, order in sets for path, record in records.items()}
@@ -547,17 +518,17 @@ def _prepare_one(path, record, labels, order, overwrite):
     """Keep a file's complete rows, relabelled, and write this run's record (overwrite:
     discard the file first). Returns the (dis, ref) of `order` it holds."""
     if overwrite:
-        for p in [path, record_path(path), *glob.glob(glob.escape(path) + ".rank*")]:
+        for p in [path, record_path(path), *_parts(path)]:
             with writing(p), contextlib.suppress(FileNotFoundError):
                 os.remove(p)
-    exists = _exists(path)
+    existed = exists(path)
     data = (json.dumps(record, indent=1) + "\n").encode("utf-8")
-    if not exists:  # the record first: a results file never exists without one
+    if not existed:  # the record first: a results file never exists without one
         _replace(record_path(path), data)
     rows = finish(path, labels, order)
-    if exists:  # rows relabelled first, then the record says which labels they carry
+    if existed:  # rows relabelled first, then the record says which labels they carry
         _replace(record_path(path), data)
-    return {(dis, ref) for dis, ref, _, pred in rows if math.isfinite(pred)}  # nan/inf (a hand edit?): scored again
+    return done_keys(rows)
 
 
 def check_resumable(path, record):
@@ -588,6 +559,12 @@ def check_writable(folder):
             pass
     except OSError as e:
         raise UserError(f"cannot write results to {folder}: {e.strerror or e} in {probe}") from None
+
+
+def write_table(path, fields, rows):
+    """Write rows (dicts; other keys ignored) under the header `fields`, atomically. Returns path."""
+    _replace(path, _csv_text([fields, *([row.get(k, "") for k in fields] for row in rows)]))
+    return path
 
 
 def append_summary(savedir, rows, name="summary", fields=SUMMARY_FIELDS):
@@ -627,24 +604,32 @@ def _line_start(f):
 
 # ---------------------------------------------------------------- the lock
 
+def lock_path(path):
+    """The hidden lock file `.X.csv.lock` beside results file `X.csv`."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.lock")
+
+
 class Lock:
-    """Exclusive, non-blocking flock on `<file>.lock` (holding the pid) for each results file,
-    held for a run's duration: a second run on a file being written stops at once."""
+    """Exclusive, non-blocking locks (filelock) on each results file's `lock_path`, held for a
+    run's duration: a second run on a file being written stops at once, naming the pid that
+    holds it (written into the lock file while held, emptied before release)."""
 
     def __init__(self, paths):
         self.held = []
         try:
-            for path in paths:
+            for path in dict.fromkeys(paths):
                 self.held.append(_lock_one(path))
         except BaseException:
             self.release()
             raise
 
     def release(self):
-        for lock, fd in self.held:
+        for lock in self.held:
             with contextlib.suppress(OSError):
-                os.unlink(lock)  # unlinked while locked: a waiting opener sees the change
-            os.close(fd)
+                with open(lock.lock_file, "r+b") as f:
+                    f.truncate(0)  # emptied while still held: a later holder writes its own pid
+            lock.release()
         self.held = []
 
     def __enter__(self):
@@ -654,28 +639,29 @@ class Lock:
         self.release()
 
 
+def _holder(name):
+    """The pid written in a lock file by the run holding it ('unknown' when unreadable)."""
+    try:
+        with open(name, "rb") as f:
+            return f.read(32).decode(errors="replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
 def _lock_one(path):
-    lock = path + ".lock"
-    with writing(lock, "nothing was written"):
-        os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
-    while True:
-        with writing(lock, "nothing was written"):
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                raise UserError(f"cannot lock {lock}: {e.strerror}") from None
-            raise UserError(f"{path} is being written by another run (pid {holder}); wait for it to finish "
-                            "or use another -sdir/-s") from None
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(lock)):  # still the file at that name
-                break
-        except FileNotFoundError:
-            pass  # its holder finished and removed it between our open and flock: again
-        os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return lock, fd
+    """Take the lock of one results file, or UserError naming the run that holds it."""
+    name = lock_path(path)
+    with writing(name, "nothing was written"):
+        os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
+    lock = filelock.FileLock(name, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:  # an OSError too: caught first
+        raise UserError(f"{path} is being written by another run (pid {_holder(name)}); wait for it to finish "
+                        "or use another -sdir/-s") from None
+    except OSError as e:
+        raise UserError(f"cannot lock {name}: {e.strerror or e}; nothing was written") from None
+    with contextlib.suppress(OSError), open(name, "r+b") as f:  # best effort: the pid only names the holder
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n".encode())
+    return lock

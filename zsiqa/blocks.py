@@ -10,7 +10,8 @@ import re
 
 import torch
 
-from utils import UserError, is_integer
+from zsiqa.errors import UserError
+from zsiqa.options import is_integer
 
 _ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 

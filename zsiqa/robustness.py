@@ -1,11 +1,11 @@
-"""Robustness transforms (PROTOCOL.md §5): small shifts, zooms and rotations applied when a
-pair is loaded, on Pillow images, exactly as the published runs did."""
+"""Robustness transforms: small shifts, zooms and rotations applied when a pair is loaded, on
+Pillow images, exactly as the published runs did (docs/robustness.md)."""
 import math
 import numbers
 
 from PIL import Image
 
-from utils import UserError, writing_file
+from zsiqa.errors import UserError
 
 
 def _even(x):
@@ -69,40 +69,3 @@ class Transform:
 
     def __call__(self, ref, dis):
         return TRANSFORMS[self.kind](ref, dis, self.pct)
-
-
-def write_sweep(summary, stem):
-    """A sweep's table (<stem>.csv: distance, robustness, pct, n, SRCC, PLCC, KRCC) and plot
-    (<stem>.png: SRCC against magnitude, one panel per kind, one line per distance; the
-    clean run is magnitude 0). Returns the two paths."""
-    import csv
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fields = ["distance", "robustness", "pct", "n", "srcc", "plcc", "krcc", "plcc_logistic"]
-    with writing_file(stem + ".csv"), open(stem + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(summary)
-    kinds = [k for k in TRANSFORMS if any(r["robustness"] == k for r in summary)]
-    distances = list(dict.fromkeys(r["distance"] for r in summary))
-    clean = {r["distance"]: r["srcc"] for r in summary if r["robustness"] == "none"}
-    titles = {"tra": "translation (% of width)", "sca": "zoom-in (%)", "rot": "rotation (degrees)"}
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.4), dpi=120, squeeze=False, sharey=True)
-    for ax, kind in zip(axes[0], kinds, strict=False):
-        for d in distances:
-            pts = sorted((r["pct"], r["srcc"]) for r in summary if r["robustness"] == kind and r["distance"] == d)
-            if d in clean:
-                pts = [(0, clean[d])] + pts
-            ax.plot([p for p, _ in pts], [s for _, s in pts], "o-", ms=3, label=d)
-        ax.set_title(titles[kind], fontsize=9)
-        ax.set_xlabel("magnitude")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("SRCC")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    with writing_file(stem + ".png"):
-        fig.savefig(stem + ".png")
-    plt.close(fig)
-    return stem + ".csv", stem + ".png"

@@ -11,7 +11,7 @@ import os
 import torch
 import torch.distributed as tdist
 
-from utils import UserError
+from zsiqa.errors import UserError
 
 
 class Context:

@@ -5,7 +5,9 @@ import torch
 from PIL import Image
 
 from conftest import needs_shared
-from utils import UserError, load_image, window_positions, windows
+from zsiqa.errors import UserError
+from zsiqa.images import load_image
+from zsiqa.windows import window_positions, windows
 
 
 @needs_shared

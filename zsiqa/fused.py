@@ -1,4 +1,4 @@
-"""skld, jsd and wsd fused into two Triton kernels for CUDA (same formulas as distances.py).
+"""skld, jsd and wsd fused into two Triton kernels for CUDA (the same formulas as zsiqa/distances.py).
 
 Eagerly, the three "deep distribution" distances pass over the [N, 64, M] column tensors
 some 75 times (softmaxes, logs, products, cumulative sums), which makes them, not the
@@ -8,6 +8,8 @@ columns and entirely in registers, the row softmaxes and logs, the three per-col
 and the squared-difference term, and writes one partial sum per block. Results agree with
 the eager path to float32 rounding (tests compare them in Triton's CPU interpreter).
 """
+import os
+
 import torch
 
 try:
@@ -96,7 +98,6 @@ if triton is not None:
 
 def available(device):
     """Fused kernels run on CUDA tensors when Triton is installed (or in its interpreter)."""
-    import os
     return triton is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
 
 

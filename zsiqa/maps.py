@@ -1,4 +1,4 @@
-"""Spatial maps of where a pair differs (`Scorer.maps`, `run_single_img.py --maps DIR`).
+"""Spatial maps of where a pair differs (`Scorer.maps`, `zsiqa score --maps DIR`).
 
 l2 and cos are sums over layers of means over positions, so each window's score splits into
 per-position shares. Token backbones: each patch token's share (summed over layers) is laid
@@ -11,14 +11,14 @@ map is the window's score over the whole window. In every case a window's 224×2
 the window's score as its mean. Overlapping windows are averaged into the image-size map.
 """
 import math
-import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distances import one_minus_cos
-from utils import WINDOW, UserError, check_pair, to_float, window_positions, windows, writing_file
+from zsiqa.distances import one_minus_cos
+from zsiqa.errors import UserError
+from zsiqa.images import to_float
+from zsiqa.windows import WINDOW, check_pair, window_positions, windows
 
 SPATIAL = ("l2", "cos")
 
@@ -77,7 +77,7 @@ def _pair(scorer, ref, dis):
     for x in (ref, dis):
         if torch.is_tensor(x) and x.dim() == 4 and x.shape[0] != 1:
             raise UserError(f"maps are made for one pair at a time: got a batch of {x.shape[0]} images")
-    ref, dis = (to_float(scorer._prepare(x[0] if torch.is_tensor(x) and x.dim() == 4 else x)) for x in (ref, dis))
+    ref, dis = (to_float(scorer.prepare(x[0] if torch.is_tensor(x) and x.dim() == 4 else x)) for x in (ref, dis))
     check_pair(ref.shape[:0:-1], dis.shape[:0:-1], "pair", resized=bool(scorer.resize))
     return ref, dis
 
@@ -119,50 +119,3 @@ def image_maps(scorer, ref, dis):
         for d, m in batch.items():
             canvas[d].index_add_(0, idx, m.flatten().double())
     return {d: (canvas[d] / count).view(h, w).float().numpy() for d in scorer.distances}
-
-
-def check_folder(folder):
-    """Create the folder if needed; UserError when it cannot be written."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".zsiqa_write_test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"cannot write maps to {folder}: {e.strerror or e}") from None
-
-
-def write_maps(maps, dis_image, folder, model=""):
-    """Write `<distance>.npy` (the raw map) and `<distance>.png` (a heatmap over the
-    distorted image, with a colour bar) per distance.
-
-    Args:
-        maps: {distance: numpy [H, W]} (`Scorer.maps`).
-        dis_image: the distorted image, float tensor [3, H, W] in [0, 1].
-        folder: where to write (created if missing).
-        model: shown in the titles.
-
-    Returns:
-        the list of paths written.
-    """
-    check_folder(folder)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rgb, written = dis_image.permute(1, 2, 0).clamp(0, 1).numpy(), []
-    for d, m in maps.items():
-        with writing_file(os.path.join(folder, f"{d}.npy")):
-            np.save(os.path.join(folder, f"{d}.npy"), m)
-        h, w = m.shape
-        fig, ax = plt.subplots(figsize=(6 * w / max(h, w) + 1.2, 6 * h / max(h, w)), dpi=100)
-        ax.imshow(rgb)
-        im = ax.imshow(m, cmap="inferno", alpha=0.6)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"{d} (higher = more different)")
-        ax.set_title(f"{model} {d}: mean {m.mean():.4g}".strip())
-        ax.axis("off")
-        with writing_file(os.path.join(folder, f"{d}.png")):
-            fig.savefig(os.path.join(folder, f"{d}.png"), bbox_inches="tight")
-        plt.close(fig)
-        written += [os.path.join(folder, f"{d}.npy"), os.path.join(folder, f"{d}.png")]
-    return written

@@ -1,5 +1,5 @@
 """Dataset layouts: one loader per layout, each giving (reference, distorted, label) with paths
-relative to the dataset root and the label's direction declared (PROTOCOL.md §6).
+relative to the dataset root and the label's direction declared (docs/datasets.md).
 
 `LAYOUTS` is the one table; adding a layout is one entry. Labels are stored as the published
 runs stored them (TID2013: 100 − MOS). `higher_better` says whether a higher label means
@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from utils import UserError
+from zsiqa.errors import UserError
+from zsiqa.folders import pair_folders
 
 
 @dataclass
@@ -243,8 +244,7 @@ def load_csv(root, csv_file=None, higher_is_better=None, **_):
 
 def load_dirs(ref_dir, dis_dirs, skip_missing=False, warn=None):
     """-dat dirs: one label-free Dataset per output folder (named after it, paths relative to
-    it; references relative to `ref_dir`), paired by methods.pair_folders."""
-    from methods import pair_folders
+    it; references relative to `ref_dir`), paired by folders.pair_folders."""
     sets = pair_folders(ref_dir, dis_dirs, skip_missing, warn)
     return [Dataset(s.name, os.path.abspath(s.folder), [(r, d, None) for r, d in s.pairs], labelled=False,
                     ref_root=os.path.abspath(ref_dir)) for s in sets]

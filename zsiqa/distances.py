@@ -1,4 +1,4 @@
-"""Distances between feature stacks, exactly as the published protocol (PROTOCOL.md §4).
+"""Distances between feature stacks, exactly as the published protocol (docs/protocol.md).
 
 Every distance takes two stacks of shape [N, L, T, D] (N windows, L layers, T tokens, D
 channels) and returns one score per window, shape [N], higher = more different. Conv maps
@@ -15,6 +15,9 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+
+from zsiqa import fused
+from zsiqa.errors import UserError
 
 EPS_SOFTMAX = 1e-10
 
@@ -71,7 +74,7 @@ def pad_amounts(t, d):
 def to_columns(f):
     """[N, L, T, D] → [N, 64, M]: pad/crop T and D to multiples of 8 the published way
     (zeros at the bottom rows and left columns; a negative amount crops there), then view
-    the flat buffer of each window as 64 rows. Columns are not spatial patches (§4.3)."""
+    the flat buffer of each window as 64 rows. Columns are not spatial patches."""
     n = f.shape[0]
     row, col = pad_amounts(*f.shape[-2:])
     f = F.pad(f, (col, 0, 0, row))  # F.pad crops on negative amounts, like ZeroPad2d
@@ -224,10 +227,7 @@ def applicable(feature_kind):
 def _fused(names, f_dis, f_ref, shared, cos_skip_nonfinite):
     """The distances the fused Triton kernels give for these stacks ({} off CUDA): skld, jsd,
     wsd, cos, and l2 when the column layout only pads (ZSIQA_FUSED=0: none)."""
-    if os.environ.get("ZSIQA_FUSED", "1") == "0":
-        return {}
-    import fused
-    if not fused.available(f_dis.device):
+    if os.environ.get("ZSIQA_FUSED", "1") == "0" or not fused.available(f_dis.device):
         return {}
     fast = {}
     if any(n in ("skld", "jsd", "wsd") for n in names):
@@ -253,3 +253,32 @@ def compute_layers(names, f_dis, f_ref, cos_skip_nonfinite=False):
     """The per-layer terms of the per-layer distances among `names` → [N, n, L] (eager)."""
     names = [n for n in names if DISTANCES[n].per_layer]
     return torch.stack([DISTANCES[n].layers(f_dis, f_ref, skip_nonfinite=cos_skip_nonfinite) for n in names], dim=1)
+
+
+def parse_distances(distances, backbone):
+    """The distances asked for, checked against a backbone.
+
+    Args:
+        distances: one name, a comma list ('l2,cos'), a list of names, or 'all'.
+        backbone: a registry entry (models.Backbone): its name, feature kind and distances.
+
+    Returns:
+        tuple of distance names, duplicates merged, in the order given. Raises UserError for
+        an empty, unknown or inapplicable name.
+    """
+    if not isinstance(distances, (str, list, tuple)) or not all(isinstance(d, str) for d in distances):
+        raise UserError(f"distances must be a name, a comma list, a list of names or 'all', got {distances!r}")
+    if isinstance(distances, str):
+        distances = backbone.distances if distances == "all" else [d.strip() for d in distances.split(",") if d.strip()]
+    distances = tuple(dict.fromkeys(distances))
+    if not distances:
+        raise UserError("no distance given")
+    for d in distances:
+        if d not in DISTANCES:
+            raise UserError(f"unknown distance '{d}'; known: {', '.join(DISTANCES)}")
+        if d not in backbone.distances:
+            why = {"maps": " (conv feature maps: the published code defines only l2 and cos on them)",
+                   "embed": " (an embedding: only cos applies)"}.get(backbone.features, "")
+            raise UserError(f"distance '{d}' does not apply to {backbone.name}; "
+                            f"it takes: {', '.join(backbone.distances)}{why}")
+    return distances

@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-import methods
-from utils import UserError
+from zsiqa import folders as pairing
+from zsiqa import stats as zstats
+from zsiqa.errors import UserError
 
 
 def _touch(path):
@@ -25,7 +26,7 @@ def folders(tmp_path):
 
 
 def test_pairing_by_relative_stem(folders):
-    sets = methods.pair_folders(str(folders / "GT"), [str(folders / "A"), str(folders / "B")])
+    sets = pairing.pair_folders(str(folders / "GT"), [str(folders / "A"), str(folders / "B")])
     assert [s.name for s in sets] == ["A", "B"]
     assert sets[0].pairs == [("0001.png", "0001.jpg"), ("0003.png", "0003.bmp"), ("x/0002.png", "x/0002.png")]
 
@@ -35,9 +36,9 @@ def test_orphans_on_either_side(folders):
     os.remove(folders / "A" / "0003.bmp")
     orphans = r"1 output file\(s\) without a reference \(e.g. extra.png\), 1 reference\(s\) without an output"
     with pytest.raises(UserError, match=orphans):
-        methods.pair_folders(str(folders / "GT"), [str(folders / "A")])
+        pairing.pair_folders(str(folders / "GT"), [str(folders / "A")])
     said = []
-    sets = methods.pair_folders(str(folders / "GT"), [str(folders / "A")], skip_missing=True, warn=said.append)
+    sets = pairing.pair_folders(str(folders / "GT"), [str(folders / "A")], skip_missing=True, warn=said.append)
     assert len(sets[0].pairs) == 2 and "scoring the 2 pairs found" in said[0]
 
 
@@ -62,18 +63,18 @@ def test_bad_folders(folders, case, match):
         _touch(folders / "sub" / "A" / "0001.png")
         dirs = [str(folders / "A"), str(folders / "sub" / "A")]
     with pytest.raises(UserError, match=match):
-        methods.pair_folders(gt, dirs)
+        pairing.pair_folders(gt, dirs)
 
 
 def test_summary_equals_numpy():
     x = np.random.default_rng(1).gamma(2.0, 0.1, 300)
-    s = methods.summarize(x, seed=0)
+    s = zstats.summarize(x, seed=0)
     assert s["n"] == 300 and s["mean"] == pytest.approx(x.mean()) and s["median"] == pytest.approx(np.median(x))
     assert s["std"] == pytest.approx(x.std(ddof=1))
     half = 1.96 * x.std(ddof=1) / np.sqrt(300)  # the bootstrap interval is close to the normal one here
     assert s["ci95"][0] == pytest.approx(x.mean() - half, rel=0.1)
     assert s["ci95"][1] == pytest.approx(x.mean() + half, rel=0.1)
-    assert methods.summarize(x, seed=0) == s  # seeded
+    assert zstats.summarize(x, seed=0) == s  # seeded
 
 
 def test_paired_test_finds_the_clearly_better_method():
@@ -81,10 +82,10 @@ def test_paired_test_finds_the_clearly_better_method():
     base = rng.uniform(0.1, 1, 60)
     per_set = {"good": dict(enumerate(base)), "bad": dict(enumerate(base + rng.uniform(0.01, 0.05, 60))),
                "same": dict(enumerate(base))}
-    res = methods.paired_tests(per_set)
+    res = zstats.paired_tests(per_set)
     assert res["good"]["vs"] == "good" and res["good"]["p_value"] is None
     assert res["bad"]["p_value"] == pytest.approx(stats.wilcoxon(base + 0, list(per_set["bad"].values())).pvalue)
     assert res["bad"]["p_value"] < 1e-6 and res["bad"]["losses"] == 60 and res["bad"]["wins"] == 0
     assert res["same"]["p_value"] == 1.0 and res["same"]["wins"] == res["same"]["losses"] == 0
     partial = {"good": per_set["good"], "bad": {k: v for k, v in per_set["bad"].items() if k < 30}}
-    assert methods.paired_tests(partial)["bad"]["n_common"] == 30
+    assert zstats.paired_tests(partial)["bad"]["n_common"] == 30

@@ -20,9 +20,10 @@ import zipfile
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import safetensors.torch
 import torch
 
-from utils import UserError
+from zsiqa.errors import UserError
 
 # ---------------------------------------------------------------- where weights come from
 
@@ -206,8 +207,7 @@ def _load_any(path):
     """The raw object of a checkpoint file (see `read_state_dict`); UserError when unreadable."""
     try:
         if is_safetensors(path):
-            from safetensors.torch import load_file
-            return load_file(path)
+            return safetensors.torch.load_file(path)
         if is_torchscript(path):  # OpenAI's CLIP releases are TorchScript archives
             return read_torchscript(path)
         with warnings.catch_warnings():  # torch's note on old pickle protocols: noise before our one line
@@ -433,7 +433,7 @@ def visual_only(sd, prefix="visual."):
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-HF_VIT_RENAMES = (  # Hugging Face ViT/DINOv2 names → timm's (PROTOCOL.md §3b)
+HF_VIT_RENAMES = (  # Hugging Face ViT/DINOv2 names → timm's (docs/protocol.md)
     ("embeddings.cls_token", "cls_token"), ("embeddings.position_embeddings", "pos_embed"),
     ("embeddings.patch_embeddings.projection.", "patch_embed.proj."), ("encoder.layer.", "blocks."),
     (".attention.output.dense.", ".attn.proj."), (".layernorm_before.", ".norm1."), (".layernorm_after.", ".norm2."),

@@ -1,6 +1,6 @@
-"""The metric as a differentiable training loss (`PerceptualLoss`, also `engine.PerceptualLoss`).
+"""The metric as a differentiable training loss (`PerceptualLoss`).
 
-    from loss import PerceptualLoss
+    from zsiqa import PerceptualLoss
     criterion = PerceptualLoss("dinov1", "l2")      # frozen backbone, eval mode
     loss = criterion(output, target)                 # [N, 3, H, W] in [0, 1], H, W ≥ 224
     loss.backward()
@@ -14,10 +14,12 @@ a bf16/fp16 autocast (the backbone itself runs in the autocast's precision).
 import torch
 import torch.nn as nn
 
-from distances import DISTANCES, Shared
-from layers import chosen_layers, select_layers
-from models import FeatureExtractor, get_backbone
-from utils import WINDOW, UserError, seed_option, window_count, windows
+from zsiqa.blocks import chosen_layers, select_layers
+from zsiqa.distances import DISTANCES, Shared, parse_distances
+from zsiqa.errors import UserError
+from zsiqa.models import FeatureExtractor, get_backbone
+from zsiqa.options import seed_option
+from zsiqa.windows import WINDOW, window_count, windows
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -53,7 +55,6 @@ class PerceptualLoss(nn.Module):
     def __init__(self, model="dinov1", distance="l2", weights=None, device="auto", precision="fp32", layers=None,
                  reduction="mean", swd_seed=0):
         super().__init__()
-        from engine import parse_distances
         backbone = get_backbone(model)
         names = parse_distances(distance, backbone)
         if len(names) != 1:

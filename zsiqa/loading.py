@@ -7,7 +7,9 @@ from typing import Optional
 
 import torch
 
-from utils import UserError, check_pair, open_image, pil_to_tensor, resize_square
+from zsiqa.errors import UserError
+from zsiqa.images import open_image, pil_to_tensor, resize_square
+from zsiqa.windows import check_pair
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """Backbones: one registry entry each; a batch of 224×224 windows [N, 3, 224, 224] in [0, 1]
-becomes a feature stack [N, L, T, D] (PROTOCOL.md §3).
+becomes a feature stack [N, L, T, D] (docs/protocol.md: which blocks and tokens).
 
 A backbone is data (`Backbone`): which family builds it from a state dict, which weights file
 it reads and where that file comes from, which outputs are compared, which distances apply
 and its published precision. Families hold the only architecture-specific code; finding,
-verifying and reading weight files lives in weights.py. `FeatureExtractor` runs a loaded
+verifying and reading weight files lives in zsiqa/weights.py. `FeatureExtractor` runs a loaded
 backbone on a device at a precision.
 """
 import math
@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from distances import applicable
-from layers import group_sizes
-from utils import UserError
-from weights import (
+from zsiqa.blocks import group_sizes
+from zsiqa.distances import applicable
+from zsiqa.errors import UserError
+from zsiqa.weights import (
     Weights,
     check_keys,
     hf_cache,
@@ -201,7 +201,7 @@ class TimmViT(Family):
 class DinoV2(TimmViT):
     """DINOv2 ViT-B/14 whose 37×37 position grid is resampled for a 224-px window (16×16
     patches) exactly as Hugging Face transformers 4.44 did: bicubic by scale factor
-    (16 + 0.1)/37 in float32, class position kept apart (PROTOCOL.md §3b)."""
+    (16 + 0.1)/37 in float32, class position kept apart."""
 
     def _embed_tokens(self, model, x):
         patch = model.patch_embed.proj.kernel_size[0]
@@ -318,7 +318,7 @@ OPENCLIP_VIT_B32 = ClipViT(openclip=True)
 CLIP_RN50 = ClipResNet()
 OPENCLIP_CONVNEXT = OpenClipConvNeXt()
 DINOV2_VIT_B14 = DinoV2("vit_base_patch14_dinov2", img_size=518)
-# The Hugging Face ViT-B/16 (LayerNorm eps 1e-12), which the published DINO and ImageNet ViT runs used (§3).
+# The Hugging Face ViT-B/16 (LayerNorm eps 1e-12), which the published DINO and ImageNet ViT runs used.
 HF_VIT_B16 = TimmViT("vit_base_patch16_224", norm_layer=partial(nn.LayerNorm, eps=1e-12))
 
 CONVNEXT_MAPS = "36 maps: 3x128x56x56, 3x256x28x28, 27x512x14x14, 3x1024x7x7"
@@ -334,14 +334,14 @@ def timm_hub_backbone(timm_name, arch, **entry):
 
 
 BACKBONES = {b.name: b for b in [
-    # the paper's two headline backbones (§3)
+    # the paper's two headline backbones
     *with_embed(Backbone(name="clip_vitb32", arch="OpenAI CLIP ViT-B/32", family=CLIP_VIT_B32,
                          weights=WEIGHTS_CLIP_B32, output="layers", cuda_published="fp16", shape="12x50x768",
                          expect=KEYS_CLIP_VIT_B32), shape="1x1x512"),
     *with_embed(Backbone(name="dinov1", arch="DINO ViT-B/16", family=HF_VIT_B16, weights=WEIGHTS_DINO_B16,
                          output="layers", cuda_published="fp32", shape="12x197x768", norm=IMAGENET_NORM),
                 shape="1x197x768"),
-    # the seed's other backbones (§3b)
+    # the published code's other backbones
     *with_embed(Backbone(name="clip_rn50", arch="OpenAI CLIP RN50", family=CLIP_RN50, weights=WEIGHTS_CLIP_RN50,
                          output="layers", cuda_published="fp16", shape=RN50_MAPS, maps=True,
                          cos_skip_nonfinite=True, expect=KEYS_CLIP_RN50), shape="1x1x1024"),

@@ -1,0 +1,341 @@
+"""The command line: `zsiqa score|eval|corr|bench|models` (also `python -m zsiqa`), and the four
+scripts run_single_img.py, run.py, calc_scores.py and bench.py, which call the same commands.
+
+Every flag is defined once, in FLAGS; a command lists the flags it takes (a benchmark may set
+another default), so one setting has one name and one check in every command. Arguments are
+parsed and checked before anything heavy is imported: `--help` and a usage error never load
+torch. A UserError ends the command with one `error:` line and exit code 2; Ctrl-C with 130.
+"""
+import argparse
+import sys
+import warnings
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from zsiqa.datasets import LAYOUTS
+from zsiqa.errors import UserError
+from zsiqa.output import to_json
+
+MAX_RESIZE = 16384  # -r N: an N×N image of more pixels than this squared is not an image anyone scores
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with its usage errors turned into UserError (one line, exit 2); the command's
+    text (with its examples) is shown by --help as written."""
+
+    def __init__(self, doc, **kwargs):
+        super().__init__(description=doc.strip(), formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def int_in(low=None, high=None, why=""):
+    """An argparse type: an integer in [low, high] (None: unbounded), read safely whatever its
+    length (int() refuses over 4,300 digits; anything over 18 digits is out of any range here),
+    else a one-line usage error."""
+    def parse(text):
+        digits = text.strip().removeprefix("-").removeprefix("+")
+        if not (digits.isascii() and digits.isdigit()):
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}")
+        if len(digits) > 18:
+            raise argparse.ArgumentTypeError(f"{text.strip()[:20]}… ({len(digits)} digits) is out of range")
+        value = int(text)
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}{why}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}{why}, got {value}")
+        return value
+    return parse
+
+
+def non_empty(text):
+    """An argparse type for a path or name: an empty value (an unset shell variable) is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset variable?)")
+    return text
+
+
+YES_NO = ["yes", "no"]
+
+# name → (option strings, add_argument options): the one definition of each flag
+FLAGS = {
+    # what is scored
+    "ref": (("-ref", "--ref"), dict(type=non_empty, help="reference image")),
+    "dis": (("-dis", "--dis"), dict(type=non_empty, help="distorted image (same size as the reference)")),
+    "dataset": (("-dat", "--dataset"), dict(required=True, help="layout: " + ", ".join([*LAYOUTS, "dirs"]))),
+    "root": (("--root",), dict(type=non_empty, help="dataset folder (csv: paths are relative to it; default the "
+                                                    "CSV's folder)")),
+    "csv": (("--csv",), dict(type=non_empty, help="-dat csv: the list (columns ref, dis, mos or dmos)")),
+    "ref_dir": (("--ref-dir",), dict(type=non_empty, help="-dat dirs: the reference (ground-truth) folder")),
+    "dis_dir": (("--dis-dir",), dict(action="append", type=non_empty, metavar="[NAME=]PATH",
+                                     help="-dat dirs: an output folder (one method) to score against --ref-dir; "
+                                          "repeat per method")),
+    "limit": (("--limit",), dict(type=int_in(1), help="only the first N pairs (-dat dirs: of each output folder)")),
+    "skip_missing": (("--skip-missing",), dict(action="store_true", help="score the usable pairs instead of "
+                                               "stopping at missing, unreadable or mis-sized images")),
+    # the metric
+    "model": (("-m", "--model"), dict(default="dinov1", help="backbone (`zsiqa models` lists them; default dinov1)")),
+    "distance": (("-d", "--distance", "--distances"), dict(default="wsd", help="distance, comma list or 'all' "
+                                                           "(default %(default)s)")),
+    "layers": (("--layers",), dict(metavar="SPEC", help="compare only these blocks, 1-based, e.g. 1-6,9 (default "
+                                   "all; a subset is outside the published protocol for skld/jsd/wsd/swd)")),
+    "resize": (("-r", "--resize"), dict(type=int_in(224, MAX_RESIZE, " (the window size)"), default=None,
+                                        metavar="N", help="resize both images to N×N first (224 ≤ N ≤ "
+                                                          f"{MAX_RESIZE}; off by default, as published)")),
+    "model_norm": (("--model-norm",), dict(action="store_true", help="normalise windows with the model's own "
+                                           "mean/std (not the published protocol)")),
+    "weights": (("--weights",), dict(type=non_empty, help="checkpoint file (default: $ZSIQA_WEIGHTS_DIR, the "
+                                                          "library caches, then a download)")),
+    # how it runs
+    "device": (("--device",), dict(default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")),
+    "precision": (("--precision",), dict(default="published", help="published (default: as the paper ran), fp32, "
+                                                                   "bf16 or fp16")),
+    "batch_size": (("--batch-size",), dict(type=int_in(1), default=None,
+                                           help="windows per forward pass (default 256 on a GPU, 16 on a CPU)")),
+    "workers": (("--workers",), dict(type=int_in(0), default=None,
+                                     help="image-decoding processes (default 8 on a GPU, 0 on a CPU)")),
+    "compile": (("--compile",), dict(choices=["auto", "on", "off"], default="auto", help="compile the backbone "
+                                     "(auto: on CUDA when at least 200,000 pairs are to be scored)")),
+    # evaluation
+    "saveas": (("-s", "--saveas"), dict(type=non_empty, help="name used in the results file names (default: the "
+                                                             "model)")),
+    "savedir": (("-sdir", "--savedir"), dict(default="results", type=non_empty,
+                                             help="folder for results files (default results/)")),
+    "overwrite": (("--overwrite",), dict(action="store_true", help="discard earlier rows of the results files "
+                                         "instead of resuming")),
+    "robustness": (("-rob", "--robustness"), dict(choices=["tra", "sca", "rot"], help="apply a shift/zoom/rotation "
+                                                  "when loading")),
+    "pct": (("-pct", "--pct"), dict(type=int_in(), default=None,
+                                    help="its magnitude (percent, or degrees for rot; default 1)")),
+    "kinds": (("--kinds",), dict(help="sweep: comma list of tra,sca,rot (with --pcts); the clean run is included")),
+    "pcts": (("--pcts",), dict(default=None, help="sweep magnitudes (default 1,2,4,8)")),
+    "per_layer": (("--per-layer",), dict(action="store_true", help="also write X_layers.csv beside each l2/cos "
+                                         "results file X.csv: per-block distances")),
+    "label_higher_better": (("--label-higher-better", "--higher-is-better"), dict(
+        choices=YES_NO, help="label direction (default: from the layout, the record, or mos yes / dmos no)")),
+    "pred_higher_better": (("--pred-higher-better",), dict(choices=YES_NO, help="predictions are similarities "
+                                                           "(default: from the record, or the file name, e.g. psnr)")),
+    # outputs
+    "maps": (("--maps",), dict(metavar="DIR", type=non_empty, help="write per distance DIR/<distance>.npy (map "
+                               "at the image's size) and a heatmap DIR/<distance>.png")),
+    "json": (("--json",), dict(action="store_true", help="print the result as JSON")),
+    "no_progress": (("--no-progress",), dict(action="store_true", help="no progress bar")),
+    "list_models": (("--list-models",), dict(action="store_true", help="list the registered backbones and exit")),
+    # correlations of a file
+    "corr_dataset": (("-dat", "--dataset"), dict(help=f"layout, for the label's direction ({', '.join(LAYOUTS)}); "
+                                                      "default from the record or the file name")),
+    "file": (("-f", "--file"), dict(type=non_empty, help="results file with header dis,ref,mos,pred")),
+    "per_layer_file": (("--per-layer",), dict(metavar="FILE", type=non_empty,
+                                              help="a per-layer file X_layers.csv: SRCC/PLCC per block")),
+    "byref": (("--byref",), dict(action="store_true", help="average the coefficients over references")),
+    "plot": (("--plot",), dict(type=non_empty, help="write a scatter plot (PNG) with the fitted logistic curve "
+                                                    "(--per-layer: SRCC against the block)")),
+    # the benchmark
+    "size": (("--size",), dict(type=int_in(224, 4096, " (the window size)"), default=288,
+                               help="side of the synthetic square images in px (default 288, as PIPAL)")),
+    "refs": (("--refs",), dict(type=int_in(1, 10**6), default=20, help="reference images (default 20)")),
+    "pairs": (("--pairs",), dict(type=int_in(1, 10**7), default=2000,
+                                 help="distorted images, spread over the references (default 2000)")),
+    "loop_pairs": (("--loop-pairs",), dict(type=int_in(0), default=None, help="pairs timed with the one-pair loop "
+                                           "(default 100 on a GPU, 4 on a CPU)")),
+    "forward_iters": (("--forward-iters",), dict(type=int_in(1), default=None, help="timed batches of the "
+                                                 "forward-only figure (default 30 on a GPU, 2 on a CPU)")),
+    "via_run": (("--via-run",), dict(action="store_true", help="also time the eval command end to end on the same "
+                                     "set (a PIPAL layout), as a user's run")),
+    "data": (("--data",), dict(type=non_empty, help="folder for the synthetic set (default a temporary one; "
+                                                    "reused if present)")),
+}
+
+PUBLISHED_FIVE = "l2,cos,skld,jsd,wsd"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its --help text, its flags (FLAGS names; (name, {option: value}) to set
+    another default) and where its code is ('module:function', imported once parsed)."""
+    doc: str
+    flags: tuple
+    run: str
+    defaults: dict = field(default_factory=dict)
+
+
+SCORE_DOC = """Score one reference/distorted pair with a foundation-model feature distance.
+
+  zsiqa score -ref ref.png -dis dis.png -m dinov1 -d wsd
+  zsiqa score -ref ref.png -dis dis.png -m clip_vitb32 -d all --json
+  zsiqa score -ref ref.png -dis dis.png -d l2,cos --layers 1-6,9 --maps out/
+
+Prints one `distance<TAB>score` line per distance (higher = more different), or JSON.
+All distances come from one feature pass. Exit code 2 on bad input, with one line saying why.
+(run_single_img.py is the same command.)"""
+
+EVAL_DOC = """Evaluate a backbone and distances on an IQA dataset: per-pair results files, correlations.
+
+  zsiqa eval -dat live --root /data/LIVE -m dinov1 -d all
+  zsiqa eval -dat pipal --root /data/PIPAL -m clip_vitb32 -d l2 -rob tra -pct 1
+  zsiqa eval -dat tid2013 --root /data/TID2013 -m dinov1 -d wsd --kinds tra,sca,rot --pcts 1,2,4,8
+  zsiqa eval -dat dirs --ref-dir GT --dis-dir OUT_A --dis-dir OUT_B -m dinov1 -d wsd
+
+Writes <sdir>/<dataset>_<name>[_<rob>-<pct>].csv (header dis,ref,mos,pred; paths relative to
+--root) with its record of settings beside it (.json), prints one summary row per distance
+(SRCC, PLCC, KRCC, logistic PLCC, pairs/s) and appends it to <sdir>/summary.csv. An
+interrupted run resumes where it stopped when the settings match; a run locks its files.
+Under torchrun the pairs are sharded over the ranks and rank 0 writes the same files as one
+process would.
+
+Without labels (-dat dirs: output folders paired with a reference folder by file name; or
+-dat csv with only ref,dis columns) every set gets <sdir>/<set>_<name>_<distance>[_<rob>-<pct>].csv
+(header dis,ref,pred), a table ranking the sets per distance (mean, bootstrap CI, Wilcoxon
+against the best) appended to <sdir>/summary_unlabelled.csv, and a bar chart.
+
+--layers 1-6,9 compares only those blocks (recorded). --per-layer also writes X_layers.csv
+beside each l2/cos results file X.csv: the per-block distances, summing to X.csv's pred.
+(run.py is the same command; docs/evaluation.md has the details.)"""
+
+CORR_DOC = """Correlations between predictions and labels from a results file (`dis,ref,mos,pred`).
+
+  zsiqa corr -dat pipal -f results/pipal_dinov1_wsd.csv [--byref] [--json] [--plot out.png]
+  zsiqa corr --per-layer results/pipal_dinov1_l2_layers.csv [--json] [--plot srcc.png]
+
+SRCC, PLCC (plain Pearson) and KRCC over all pairs, signed so that agreement is positive,
+plus PLCC after the standard 5-parameter logistic fit. --byref averages each coefficient over
+references instead. The label's direction comes from -dat or --label-higher-better when
+given, else from the file's record (X.json beside X.csv), else from the file name's dataset
+prefix (published files have no record); a prediction column from a similarity metric (PSNR,
+SSIM, …: higher = better) is flipped too. --per-layer gives SRCC and PLCC per block.
+(calc_scores.py is the same command.)"""
+
+BENCH_DOC = """Throughput: the batched engine against the one-pair loop, on a synthetic PIPAL-like set,
+plus the backbone's own forward throughput.
+
+  zsiqa bench                                   # dinov1, the five published distances, 288 px, 20 refs, 2000 pairs
+  zsiqa bench --device cpu --refs 2 --pairs 16 --loop-pairs 4 --json
+
+(a) engine: Scorer.score_files over every pair; (b) loop: one pair at a time, one window per
+forward pass, references re-encoded (its scores are checked against the engine's); (c)
+forward only: random windows through the backbone. Weights are seeded random by default (speed does
+not depend on their values); the default distances are the five published ones, whose cost
+is what a reproduction pays. (bench.py is the same command.)"""
+
+MODELS_DOC = """List the registered backbones: name, protocol, distances, published GPU precision,
+feature shape at 224 px, architecture, weights file."""
+
+METRIC = ("model", "distance", "weights", "device", "precision", "model_norm", "layers", "resize")
+COMMANDS = {
+    "score": Command(SCORE_DOC, ("ref", "dis", *METRIC, "maps", "json", "list_models"), "zsiqa.cli:score"),
+    "eval": Command(EVAL_DOC, ("dataset", "root", "csv", "label_higher_better", "ref_dir", "dis_dir", *METRIC,
+                               "saveas", "savedir", "overwrite", "robustness", "pct", "kinds", "pcts", "batch_size",
+                               "workers", "limit", "skip_missing", "per_layer", "compile", "json", "no_progress"),
+                    "zsiqa.evaluate:main"),
+    "corr": Command(CORR_DOC, ("corr_dataset", "file", "per_layer_file", "byref", "label_higher_better",
+                               "pred_higher_better", "plot", "json"), "zsiqa.correlate:main"),
+    "bench": Command(BENCH_DOC, ("device", "model", "distance", "precision", "weights", "size", "refs", "pairs",
+                                 "loop_pairs", "batch_size", "workers", "forward_iters", "compile", "data", "json"),
+                     "zsiqa.benchmark:main",
+                     defaults={"distance": PUBLISHED_FIVE, "weights": "random", "compile": "off"}),
+    "models": Command(MODELS_DOC, ("json",), "zsiqa.cli:models"),
+}
+
+
+def build_parser(name, prog=None):
+    """The parser of command `name`: its text and its flags, each as FLAGS defines it."""
+    command = COMMANDS[name]
+    parser = ArgParser(command.doc, prog=prog)
+    for flag in command.flags:
+        strings, options = FLAGS[flag]
+        options = {**options, "dest": flag.removeprefix("corr_").removesuffix("_file")}
+        if flag in command.defaults:
+            options["default"] = command.defaults[flag]
+        parser.add_argument(*strings, **options)
+    return parser
+
+
+def quiet_library_warnings():
+    """The clip package's pkg_resources import and timm's deprecation notes are noise on a
+    command's stderr; real problems still raise."""
+    for pattern in (".*pkg_resources.*", ".*deprecated.*", ".*Importing from timm.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    # images of 89-179 Mpx are read (the engine compares big images block by block); larger
+    # ones are still refused by Pillow's guard, in one line
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+def run_command(name, argv, prog=None):
+    """Parse `argv` for command `name`, then import and run its code. Returns its exit code;
+    UserError → one `error:` line and exit 2; Ctrl-C → exit 130, with what was written kept."""
+    quiet_library_warnings()
+    try:
+        args = build_parser(name, prog).parse_args(argv)
+        module, function = COMMANDS[name].run.split(":")
+        __import__(module)
+        return getattr(sys.modules[module], function)(args) or 0
+    except UserError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: results computed so far are kept\n")
+        return 130
+
+
+def script(name, prog):
+    """The main() of a top-level script (`prog`, e.g. run.py): command `name` on sys.argv (or
+    `argv`), exiting with its code (SystemExit only when it is not 0, so in-process callers get
+    0 back)."""
+    def main(argv=None):
+        code = run_command(name, sys.argv[1:] if argv is None else list(argv), prog)
+        if code:
+            sys.exit(code)
+        return code
+    return main
+
+
+def main(argv=None):
+    """`zsiqa COMMAND ...` and `python -m zsiqa COMMAND ...`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        usage = "usage: zsiqa {" + ",".join(COMMANDS) + "} ...  (zsiqa COMMAND --help for each)\n\n" + "\n".join(
+            f"  {n:7} {c.doc.splitlines()[0]}" for n, c in COMMANDS.items())
+        known = not argv or argv[0] in ("-h", "--help")
+        (sys.stdout if known else sys.stderr).write(("" if known else f"error: unknown command {argv[0]!r}\n")
+                                                    + usage + "\n")
+        sys.exit(0 if known else 2)
+    code = run_command(argv[0], argv[1:], prog=f"zsiqa {argv[0]}")
+    if code:
+        sys.exit(code)
+    return code
+
+
+# ---------------------------------------------------------------- the two small commands
+
+def models(args):
+    """`zsiqa models`: the registry as a table, or JSON."""
+    from zsiqa.models import format_model_table, list_models
+    rows = list_models()
+    print(to_json(rows, indent=1) if args.json else format_model_table(rows))
+
+
+def score(args):
+    """`zsiqa score`: one pair, one line per distance (or JSON), and its maps with --maps."""
+    if args.list_models:
+        return models(args)
+    if not args.ref or not args.dis:
+        raise UserError("both -ref and -dis are required (or --list-models)")
+    if args.maps:
+        from zsiqa import plots
+        plots.check_folder(args.maps)  # before any work: an unwritable folder fails at once
+    from zsiqa.images import to_float
+    from zsiqa.scorer import Scorer
+    scorer = Scorer(args.model, args.distance, device=args.device, precision=args.precision,
+                    weights=args.weights, resize=args.resize, workers=0, model_norm=args.model_norm, layers=args.layers)
+    scores = scorer.score([args.ref], [args.dis])
+    values = {d: float(v[0]) for d, v in scores.items()}
+    if args.json:
+        print(to_json({"model": args.model, "scores": values}))
+    else:
+        sys.stdout.write("".join(f"{d}\t{v:.10g}\n" for d, v in values.items()))
+    if args.maps:
+        written = plots.write_maps(scorer.maps(args.ref, args.dis), to_float(scorer.prepare(args.dis)), args.maps,
+                                   scorer.backbone.name)
+        sys.stderr.write(f"wrote {len(written)} files to {args.maps}\n")

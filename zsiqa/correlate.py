@@ -1,0 +1,118 @@
+"""The corr command (`zsiqa corr`, calc_scores.py): correlations between a results file's
+predictions and its labels, or per block of a per-layer file.
+
+The label's direction comes from -dat or --label-higher-better when given, else from the
+file's record (X.json beside X.csv, written by the eval command), else from the file name's
+dataset prefix (published files have no record); a prediction column from a similarity metric
+(PSNR, SSIM, …: higher = better) is flipped too.
+"""
+import os
+import re
+
+from zsiqa import plots, results
+from zsiqa.datasets import LAYOUTS
+from zsiqa.errors import UserError
+from zsiqa.output import to_json
+from zsiqa.stats import agreement_sign, block_correlations, correlations, correlations_by_reference
+
+# prediction columns that are similarities (higher = better), negated as the published tables did
+SIMILARITY_METRICS = ("psnr", "ssim", "msssim", "ms_ssim", "fsim", "vif", "gmsd_sim")
+
+
+def guess_dataset(path):
+    """The layout named by the file name's prefix (published files: pipal_..., live_...), or None."""
+    name = os.path.basename(path).lower()
+    return next((d for d in LAYOUTS if name.startswith(d + "_")), None)
+
+
+def label_direction(args, record):
+    """(dataset name, label higher = better): --label-higher-better, then -dat, then the
+    record, then the file-name guess; UserError when none tells."""
+    dataset = args.dataset or (record or {}).get("dataset") or guess_dataset(args.file)
+    if args.label_higher_better:
+        return dataset, args.label_higher_better == "yes"
+    if args.dataset in LAYOUTS and not (args.dataset == "csv" and record is not None):  # a list decides per file
+        return dataset, LAYOUTS[args.dataset].higher_better
+    if (record or {}).get("label_higher_better") is not None:  # a JSON boolean (results.read_record checks)
+        return dataset, record["label_higher_better"]
+    if dataset in LAYOUTS:
+        return dataset, LAYOUTS[dataset].higher_better
+    raise UserError(f"cannot tell the label direction of {args.file}: pass -dat ({', '.join(LAYOUTS)}) "
+                    "or --label-higher-better")
+
+
+def pred_direction(args, record):
+    """Predictions higher = better: --pred-higher-better, the record's distance, the file name (psnr, …)."""
+    if args.pred_higher_better:
+        return args.pred_higher_better == "yes"
+    if (record or {}).get("pred_higher_better") is not None:
+        return record["pred_higher_better"]
+    return is_similarity(args.file)
+
+
+def is_similarity(path):
+    stem = re.split(r"[_.\-]", os.path.basename(path).lower())
+    return any(m in stem for m in SIMILARITY_METRICS)
+
+
+def read_layers(path):
+    """A per-layer file's rows (DataFrame: dis, ref, mos, block_<k>…), its block columns and the
+    record of its results file (X.csv beside X_layers.csv; None when absent). Bad rows and
+    values are refused as `results.read_frame` refuses them (`results.read_table`, `number_frame`)."""
+    if not os.path.isfile(path):
+        raise UserError(f"per-layer file not found: {path}")
+    results_file = path[: -len("_layers.csv")] + ".csv" if path.endswith("_layers.csv") else None
+    record = results.read_record(results_file) if results_file else None
+    header, rows = results.read_table(path)
+    blocks = [c for c in header if re.fullmatch(r"block_\d+", c)]
+    if "mos" not in header or not blocks:
+        raise UserError(f"{path} is not a labelled per-layer file (header dis,ref,mos,block_1,…)")
+    if not rows:
+        raise UserError(f"{path} holds no complete rows")
+    return results.number_frame(path, header, rows, ["mos", *blocks]), blocks, record
+
+
+def per_layer_main(a):
+    """--per-layer: SRCC/PLCC per block, as a table, JSON, or SRCC against the block (--plot)."""
+    a.file = a.per_layer
+    frame, blocks, record = read_layers(a.file)
+    _, label_hb = label_direction(a, record)
+    sign = agreement_sign(label_hb, pred_direction(a, record))
+    rows = block_correlations({int(col.split("_")[1]): frame[col] for col in blocks}, frame.mos, sign)
+    if a.plot:
+        plots.srcc_per_block(rows, a.plot, os.path.basename(a.file))
+    if a.json:
+        print(to_json(rows))
+        return 0
+    print(f"{os.path.basename(a.file)}  n={len(frame)}")
+    print(f"{'block':>5} {'SRCC':>7} {'PLCC':>7}")
+    for r in rows:
+        print(f"{r['block']:>5} {r['srcc']:7.4f} {r['plcc']:7.4f}")
+    return 0
+
+
+def main(a):
+    """Correlations of a results file (-f) or of each block of a per-layer file (--per-layer)."""
+    if a.dataset is not None and a.dataset not in LAYOUTS:
+        raise UserError(f"unknown dataset layout '{a.dataset}'; known: {', '.join(LAYOUTS)}")
+    if bool(a.file) == bool(a.per_layer):
+        raise UserError("give a results file (-f X.csv) or a per-layer file (--per-layer X_layers.csv)")
+    if a.per_layer:
+        return per_layer_main(a)
+    frame, record = results.read_frame(a.file)
+    dataset, label_hb = label_direction(a, record)
+    pred_hb = pred_direction(a, record)
+    result = correlations_by_reference(frame, label_hb, pred_hb) if a.byref else correlations(frame.pred, frame.mos,
+                                                                                              label_hb, pred_hb)
+    result = {"file": a.file, "dataset": dataset, "label_higher_better": label_hb, "pred_higher_better": pred_hb,
+              **result}
+    if a.plot:
+        plots.scatter(frame.pred, frame.mos, label_hb, pred_hb, a.plot, os.path.basename(a.file))
+        result["plot"] = a.plot
+    if a.json:
+        print(to_json(result))
+    else:
+        print(f"{os.path.basename(a.file)}  n={result['n']}  SRCC {result['srcc']:.4f}  PLCC {result['plcc']:.4f}  "
+              f"KRCC {result['krcc']:.4f}  PLCC(logistic) {result['plcc_logistic']:.4f}"
+              + ("  (mean over references)" if a.byref else ""))
+    return 0

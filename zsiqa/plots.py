@@ -1,0 +1,162 @@
+"""Every chart the tool draws, as PNG files: correlation scatter, SRCC per block, method means
+with intervals, robustness sweeps, spatial heatmaps.
+
+matplotlib is imported on first use (it is heavy, and only plotting needs it) with the Agg
+backend, so no display is needed. A chart that cannot be written is one UserError line.
+"""
+import os
+
+import numpy as np
+
+from zsiqa.errors import UserError, writing
+from zsiqa.stats import agreement_sign, fit_logistic
+
+SWEEP_TITLES = {"tra": "translation (% of width)", "sca": "zoom-in (%)", "rot": "rotation (degrees)"}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path, plt, **options):
+    with writing(path):
+        fig.savefig(path, **options)
+    plt.close(fig)
+    return path
+
+
+def scatter(pred, label, label_higher_better, pred_higher_better, path, title):
+    """Prediction (signed so that agreement rises) against label, with the fitted
+    5-parameter logistic curve."""
+    plt = _pyplot()
+    x = agreement_sign(label_higher_better, pred_higher_better) * np.asarray(pred, float)
+    y = np.asarray(label, float)
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    ax.scatter(x, y, s=4, alpha=0.4, lw=0)
+    curve = fit_logistic(x, y)
+    if curve is not None:
+        xs = np.linspace(x.min(), x.max(), 200)
+        ax.plot(xs, curve(xs), "r-", lw=1.5, label="5-parameter logistic")
+        ax.legend(loc="best", fontsize=8)
+    negated = agreement_sign(label_higher_better, pred_higher_better) < 0
+    ax.set_xlabel(("−" if negated else "") + "prediction")
+    ax.set_ylabel("label")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
+def srcc_per_block(rows, path, title):
+    """SRCC against the block number (rows: [{'block', 'srcc'}])."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    ax.plot([r["block"] for r in rows], [r["srcc"] for r in rows], "o-", lw=1.5)
+    ax.set_xlabel("block")
+    ax.set_ylabel("SRCC")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
+def method_bars(rows, path, title, marks=None):
+    """Per-method means with their 95 % intervals for one distance.
+
+    Args:
+        rows: [{'set', 'distance', 'mean', 'ci95'}], in the order to draw.
+        path, title: where to write, and the title.
+        marks: None, or one label per row drawn above its bar (significance marks).
+
+    Returns:
+        path.
+    """
+    plt = _pyplot()
+    names = [r["set"] for r in rows]
+    means = np.array([r["mean"] for r in rows], float)
+    err = np.abs(np.array([r["ci95"] for r in rows], float).T - means)
+    fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(rows) + 1.5), 3.6), dpi=120)
+    bars = ax.bar(range(len(rows)), np.nan_to_num(means), yerr=np.nan_to_num(err), capsize=4, color="#4c72b0")
+    for bar, mark, top in zip(bars, marks or [], np.nan_to_num(means + err[1])):
+        ax.annotate(mark, (bar.get_x() + bar.get_width() / 2, top), ha="center", va="bottom", fontsize=9,
+                    xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(range(len(rows)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(f"mean {rows[0]['distance']} (lower = closer)")
+    ax.set_title(title, fontsize=9)
+    ax.margins(y=0.12)
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
+def sweep(summary, path):
+    """SRCC against magnitude, one panel per kind, one line per distance; the clean run is
+    magnitude 0. summary: rows with distance, robustness ('none' for clean), pct, srcc."""
+    plt = _pyplot()
+    kinds = [k for k in SWEEP_TITLES if any(r["robustness"] == k for r in summary)]
+    distances = list(dict.fromkeys(r["distance"] for r in summary))
+    clean = {r["distance"]: r["srcc"] for r in summary if r["robustness"] == "none"}
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.4), dpi=120, squeeze=False, sharey=True)
+    for ax, kind in zip(axes[0], kinds, strict=False):
+        for d in distances:
+            pts = sorted((r["pct"], r["srcc"]) for r in summary if r["robustness"] == kind and r["distance"] == d)
+            pts = [(0, clean[d])] + pts if d in clean else pts
+            ax.plot([p for p, _ in pts], [s for _, s in pts], "o-", ms=3, label=d)
+        ax.set_title(SWEEP_TITLES[kind], fontsize=9)
+        ax.set_xlabel("magnitude")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("SRCC")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
+def heatmap(rgb, values, path, title, colorbar_label):
+    """A map [H, W] drawn over an image (H×W×3 in [0, 1]) with a colour bar."""
+    plt = _pyplot()
+    h, w = values.shape
+    fig, ax = plt.subplots(figsize=(6 * w / max(h, w) + 1.2, 6 * h / max(h, w)), dpi=100)
+    ax.imshow(rgb)
+    im = ax.imshow(values, cmap="inferno", alpha=0.6)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=colorbar_label)
+    ax.set_title(title)
+    ax.axis("off")
+    return _save(fig, path, plt, bbox_inches="tight")
+
+
+def check_folder(folder):
+    """Create an output folder if needed; UserError when it cannot be written (checked before
+    any work, so an unwritable folder fails at once)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, ".zsiqa_write_test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to {folder}: {e.strerror or e}") from None
+
+
+def write_maps(maps, dis_image, folder, model=""):
+    """Write `<distance>.npy` (the raw map) and `<distance>.png` (a heatmap over the
+    distorted image, with a colour bar) per distance.
+
+    Args:
+        maps: {distance: numpy [H, W]} (`Scorer.maps`).
+        dis_image: the distorted image, float tensor [3, H, W] in [0, 1].
+        folder: where to write (created if missing).
+        model: shown in the titles.
+
+    Returns:
+        the list of paths written.
+    """
+    check_folder(folder)
+    rgb, written = dis_image.permute(1, 2, 0).clamp(0, 1).numpy(), []
+    for d, m in maps.items():
+        npy, png = os.path.join(folder, f"{d}.npy"), os.path.join(folder, f"{d}.png")
+        with writing(npy):
+            np.save(npy, m)
+        heatmap(rgb, m, png, f"{model} {d}: mean {m.mean():.4g}".strip(), f"{d} (higher = more different)")
+        written += [npy, png]
+    return written

@@ -1,0 +1,140 @@
+"""Statistics of scores: correlations with labels (SRCC, PLCC, KRCC, PLCC after the
+5-parameter logistic fit), and for label-free comparisons of methods the bootstrap interval
+of a mean and paired tests against the best method.
+
+Correlations are signed so that agreement is positive whatever the label's and the
+prediction's directions (`agreement_sign`).
+"""
+import warnings
+
+import numpy as np
+from scipy import stats
+from scipy.optimize import OptimizeWarning, curve_fit
+
+from zsiqa.errors import UserError
+
+NAN = float("nan")
+
+
+def logistic5(x, b1, b2, b3, b4, b5):
+    """The VQEG 5-parameter logistic: b1·(½ − 1/(1+e^{b2(x−b3)})) + b4·x + b5."""
+    return b1 * (0.5 - 1 / (1 + np.exp(np.clip(b2 * (x - b3), -60, 60)))) + b4 * x + b5
+
+
+def fit_logistic(x, y):
+    """The fitted curve as a function of x, or None when the fit fails or has < 6 points.
+    x is standardised first: MINPACK's difference steps are relative to each parameter,
+    so a start like 2e-16 (a median at zero) would freeze the centre."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 6:
+        return None
+    centre, scale = np.median(x), x.std() or 1.0
+    z = (x - centre) / scale
+    start = [y.max() - y.min(), 4.0 * np.sign(stats.pearsonr(z, y)[0] or 1), 0.0, 0.0, float(y.mean())]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            params, _ = curve_fit(logistic5, z, y, p0=start, maxfev=20000)
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    if not np.all(np.isfinite(params)):
+        return None
+    return lambda v: logistic5((np.asarray(v, float) - centre) / scale, *params)
+
+
+def agreement_sign(label_higher_better, pred_higher_better=False):
+    """+1 or −1 so that sign · prediction rises with the label when they agree."""
+    return -1.0 if label_higher_better != pred_higher_better else 1.0
+
+
+def _varies(x, label):
+    return len(x) >= 3 and np.ptp(x) > 0 and np.ptp(label) > 0
+
+
+def correlations(pred, label, label_higher_better, pred_higher_better=False):
+    """{'n', 'srcc', 'plcc', 'krcc', 'plcc_logistic'}, each signed so agreement is positive
+    (NaN when fewer than 3 pairs or a constant column leave them undefined)."""
+    pred, label = np.asarray(pred, float), np.asarray(label, float)
+    x = agreement_sign(label_higher_better, pred_higher_better) * pred
+    if not _varies(x, label):
+        return {"n": len(x), "srcc": NAN, "plcc": NAN, "krcc": NAN, "plcc_logistic": NAN}
+    curve = fit_logistic(x, label)
+    return {"n": len(x), "srcc": float(stats.spearmanr(x, label)[0]), "plcc": float(stats.pearsonr(x, label)[0]),
+            "krcc": float(stats.kendalltau(x, label)[0]),
+            "plcc_logistic": float(stats.pearsonr(curve(x), label)[0]) if curve is not None else NAN}
+
+
+def correlations_by_reference(frame, label_higher_better, pred_higher_better=False):
+    """Each coefficient averaged over references (references with < 3 pairs skipped).
+    frame: a DataFrame with columns ref, pred, mos."""
+    groups = [g for _, g in frame.groupby("ref", sort=False) if len(g) >= 3]
+    per = [correlations(g.pred, g.mos, label_higher_better, pred_higher_better) for g in groups]
+    if not per:
+        raise UserError("--byref needs references with at least 3 pairs each")
+    with warnings.catch_warnings():  # a coefficient NaN for every reference (e.g. no logistic fit) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = {k: float(np.nanmean([p[k] for p in per])) for k in ("srcc", "plcc", "krcc", "plcc_logistic")}
+    return {"n": int(len(frame)), "refs": len(per), **out}
+
+
+def block_correlations(columns, label, sign):
+    """SRCC and PLCC of each block's per-pair distances with the label.
+
+    Args:
+        columns: {block number: per-pair values}. label: per-pair labels.
+        sign: `agreement_sign` of the label and prediction directions.
+
+    Returns:
+        [{'block', 'srcc', 'plcc'}] in the order given.
+    """
+    label, rows = np.asarray(label, float), []
+    for block, values in columns.items():
+        x = sign * np.asarray(values, float)
+        ok = _varies(x, label)
+        rows.append({"block": block, "srcc": float(stats.spearmanr(x, label)[0]) if ok else NAN,
+                     "plcc": float(stats.pearsonr(x, label)[0]) if ok else NAN})
+    return rows
+
+
+# ---------------------------------------------------------------- comparing methods without labels
+
+def summarize(values, seed=0, n_boot=2000):
+    """n, mean, std (ddof 1), median and the 95 % bootstrap interval of the mean (resampling
+    images, seeded), of one method's per-image scores."""
+    x = np.asarray(values, float)
+    n = len(x)
+    if n == 0:
+        return {"n": 0, "mean": NAN, "std": NAN, "median": NAN, "ci95": [NAN] * 2}
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([x[rng.integers(0, n, (min(200, n_boot - s), n))].mean(1) for s in range(0, n_boot, 200)])
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"n": n, "mean": float(x.mean()), "std": float(x.std(ddof=1)) if n > 1 else 0.0,
+            "median": float(np.median(x)), "ci95": [float(lo), float(hi)]}
+
+
+def paired_tests(per_set, lower_better=True):
+    """Each method against the best one (by mean) on the images both scored.
+
+    Args:
+        per_set: {set name: {image key: score}}.
+        lower_better: the distance's direction (all distances here: True).
+
+    Returns:
+        {set name: {"vs": best name, "n_common", "p_value" (Wilcoxon signed-rank, two-sided;
+        None for the best itself), "wins", "losses" (images where this set is better / worse
+        than the best)}}.
+    """
+    means = {k: np.mean(list(v.values())) for k, v in per_set.items() if v}
+    best = (min if lower_better else max)(means, key=means.get)
+    out = {}
+    for name, scores in per_set.items():
+        keys = sorted(set(scores) & set(per_set[best]))
+        a = np.array([scores[k] for k in keys])
+        b = np.array([per_set[best][k] for k in keys])
+        diff = (a - b) if lower_better else (b - a)  # > 0: worse than the best
+        p = None
+        if name != best:
+            p = 1.0 if not np.any(diff) else float(stats.wilcoxon(a, b).pvalue)
+        out[name] = {"vs": best, "n_common": len(keys), "p_value": p,
+                     "wins": int((diff < 0).sum()), "losses": int((diff > 0).sum())}
+    return out
