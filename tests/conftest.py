@@ -1,5 +1,6 @@
 """Shared fixtures: the ../shared spec folder, seeded stand-in checkpoints (made once per
 session), and a tiny random ViT backbone for fast pipeline tests."""
+import hashlib
 import importlib.util
 import json
 import os
@@ -34,12 +35,16 @@ def golden():
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    """checkpoint(name) → path of the seed-0 stand-in, written by shared/tools once."""
-    spec = importlib.util.spec_from_file_location("make_checkpoints", SHARED / "tools" / "make_checkpoints.py")
+def checkpoint():
+    """checkpoint(name) → path of the seed-0 stand-in, written by shared/tools once and kept for
+    later runs in .cache/test-checkpoints/<the tool's digest>/ (or $ZSIQA_TEST_CKPT_DIR): a
+    changed tool writes into a new folder."""
+    tool_path = SHARED / "tools" / "make_checkpoints.py"
+    spec = importlib.util.spec_from_file_location("make_checkpoints", tool_path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    outdir = os.environ.get("ZSIQA_TEST_CKPT_DIR") or str(tmp_path_factory.mktemp("ckpt"))
+    digest = hashlib.sha256(tool_path.read_bytes()).hexdigest()[:12]
+    outdir = os.environ.get("ZSIQA_TEST_CKPT_DIR") or str(ROOT / ".cache" / "test-checkpoints" / digest)
     return lambda name: tool.make(name, outdir, 0)
 
 
@@ -87,20 +92,31 @@ def golden_api_scores(rows, checkpoint, device="cpu", entry=lambda model: model)
     return out
 
 
-def golden_cli_mismatches(rows, checkpoint, capsys, entry=lambda model: model):
-    """Run run_single_img.main once per (model, checkpoint, pair) of golden rows; returns
-    (rows checked, [mismatching (model, distance, ref, got, want)])."""
-    import run_single_img
+def golden_cli_mismatches(rows, checkpoint, tmp_path, capsys, entry=lambda model: model):
+    """Score golden rows through the command line, one `run.py -dat csv` per (model, checkpoint)
+    over a list of all its pairs (each model loaded once); returns (rows checked,
+    [mismatching (model, distance, ref, got, want)])."""
+    import pandas as pd
+
+    import run
     checked, bad = 0, []
-    for (model, ckpt, ref, dis), group in group_rows(rows, "model", "checkpoint", "ref", "dis").items():
-        run_single_img.main(["-ref", str(GOLDEN / "models" / ref), "-dis", str(GOLDEN / "models" / dis),
-                             "-m", entry(model), "-d", ",".join(r["distance"] for r in group), "--device", "cpu",
-                             "--weights", checkpoint(ckpt.split("_seed")[0]), "--json"])
-        printed = json.loads(capsys.readouterr().out)
+    for k, ((model, ckpt), group) in enumerate(group_rows(rows, "model", "checkpoint").items()):
+        listing = tmp_path / f"golden{k}.csv"
+        pairs = sorted({(r["ref"], r["dis"]) for r in group})
+        listing.write_text("ref,dis\n" + "".join(f"{a},{b}\n" for a, b in pairs))
+        distances = sorted({r["distance"] for r in group})
+        out = tmp_path / f"out{k}"
+        assert run.main(["-dat", "csv", "--csv", str(listing), "--root", str(GOLDEN / "models"), "-m", entry(model),
+                         "-d", ",".join(distances), "--device", "cpu", "--weights", checkpoint(ckpt.split("_seed")[0]),
+                         "-sdir", str(out), "--no-progress", "--json"]) == 0
+        capsys.readouterr()
+        got = {d: pd.read_csv(out / f"golden{k}_{entry(model)}_{d}.csv").set_index(["ref", "dis"]).pred
+               for d in distances}
         for r in group:
             checked += 1
-            if not close(printed["scores"][r["distance"]], r["score"]):
-                bad.append((model, r["distance"], ref, printed["scores"][r["distance"]], r["score"]))
+            value = float(got[r["distance"]][(r["ref"], r["dis"])])
+            if not close(value, r["score"]):
+                bad.append((model, r["distance"], r["ref"], value, r["score"]))
     return checked, bad
 
 

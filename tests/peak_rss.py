@@ -1,4 +1,4 @@
-"""Score one random pair of SIZE×SIZE with dinov1 and print the process's peak RSS in MB
+"""Score one random pair of SIZE×SIZE with clip_vitb32 and print the process's peak RSS in MB
 (run in its own process by test_memory.py). Usage: python tests/peak_rss.py WEIGHTS SIZE DIR"""
 import os
 import resource
@@ -19,5 +19,5 @@ if __name__ == "__main__":
     paths = [os.path.join(folder, f"{n}{size}.png") for n in ("ref", "dis")]
     for path, a in zip(paths, (ref, dis)):
         Image.fromarray(a).save(path)
-    score = Scorer("dinov1", "l2", device="cpu", weights=weights)(*paths).item()
+    score = Scorer("clip_vitb32", "l2", device="cpu", weights=weights)(*paths).item()
     print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} {score:.8g}")

@@ -21,8 +21,8 @@ def test_every_model_row_via_api(golden, checkpoint):
     assert len(_rows(golden)) == 36 and not bad, bad
 
 
-def test_every_model_row_via_cli(golden, checkpoint, capsys):
-    checked, bad = golden_cli_mismatches(_rows(golden), checkpoint, capsys)
+def test_every_model_row_via_cli(golden, checkpoint, tmp_path, capsys):
+    checked, bad = golden_cli_mismatches(_rows(golden), checkpoint, tmp_path, capsys)
     assert checked == 36 and not bad, bad
 
 

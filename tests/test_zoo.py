@@ -33,9 +33,9 @@ def test_every_models_more_row_via_api(golden, checkpoint):
 
 
 @needs_shared
-def test_every_models_more_row_via_cli(golden, checkpoint, capsys):
+def test_every_models_more_row_via_cli(golden, checkpoint, tmp_path, capsys):
     """The other weight set's entry where there are two (TeCoA4), else the same entry."""
-    checked, bad = golden_cli_mismatches(golden["models_more"], checkpoint, capsys,
+    checked, bad = golden_cli_mismatches(golden["models_more"], checkpoint, tmp_path, capsys,
                                          entry=lambda m: ENTRIES.get(m, (m,))[-1])
     assert checked == 69 and not bad, bad
 
