@@ -154,3 +154,21 @@ def random_image(path, w, h, seed):
     from PIL import Image
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
     return str(path)
+
+
+def run_tiny(tiny, *args):
+    """run.py (the eval command) with the tiny backbone on the CPU, no progress bar; its exit code."""
+    import run
+    name, weights = tiny
+    return run.main([*args, "-m", name, "--weights", weights, "--device", "cpu", "--no-progress"])
+
+
+def fails_one_line(capsys, call, match):
+    """call() exits 2 with one `error:` line on stderr holding `match`, no traceback; returns it."""
+    with pytest.raises(SystemExit) as e:
+        call()
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
+    assert match in lines[0], err
+    return lines[0]

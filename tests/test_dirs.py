@@ -66,7 +66,7 @@ def test_dirs_files_equal_api_and_summary_equals_scipy(tiny, tmp_path, capsys):
     logged = list(csv.DictReader(open(res / "summary_unlabelled.csv")))
     assert len(logged) == 4 and {r["set"] for r in logged} == {"A", "B"}
     for d in ("l2", "wsd"):
-        assert (res / f"{tiny[0]}_{d}_methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (res / f"{tiny[0]}_{d}_methods_A+B.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_table_ranks_the_better_method_first(tiny, tmp_path, capsys):
@@ -228,7 +228,7 @@ def test_sweep_on_dirs_matches_a_single_robustness_run(tiny, tmp_path, capsys):
     for m in "AB":
         np.testing.assert_allclose(pd.read_csv(tmp_path / "s" / f"{m}_{tiny[0]}_l2_rot-2.csv").pred,
                                    pd.read_csv(tmp_path / "one" / f"{m}_{tiny[0]}_l2_rot-2.csv").pred, rtol=1e-6)
-    assert (tmp_path / "s" / f"{tiny[0]}_l2_sca-2_methods.png").is_file()
+    assert (tmp_path / "s" / f"{tiny[0]}_l2_sca-2_methods_A+B.png").is_file()
     logged = list(csv.DictReader(open(tmp_path / "s" / "summary_unlabelled.csv")))
     assert {(r["robustness"], r["pct"]) for r in logged} == {("none", "0"), ("rot", "2"), ("sca", "2")}
 

@@ -44,7 +44,7 @@ def test_orphans_on_either_side(folders):
 
 @pytest.mark.parametrize("case,match", [("dup", "differ only by extension"), ("twice", "given twice"),
                                         ("empty", "holds no images"), ("noref", "folder not found"),
-                                        ("nopartner", "no image has a partner"), ("same_name", "named 'A'")])
+                                        ("nopartner", "no image has a partner"), ("same_name", "named 'X'")])
 def test_bad_folders(folders, case, match):
     gt, dirs = str(folders / "GT"), [str(folders / "A")]
     if case == "dup":
@@ -61,7 +61,7 @@ def test_bad_folders(folders, case, match):
         dirs = [str(folders / "C")]
     elif case == "same_name":
         _touch(folders / "sub" / "A" / "0001.png")
-        dirs = [str(folders / "A"), str(folders / "sub" / "A")]
+        dirs = [f"X={folders / 'A'}", f"X={folders / 'sub' / 'A'}"]
     with pytest.raises(UserError, match=match):
         pairing.pair_folders(gt, dirs)
 

@@ -13,7 +13,7 @@ import torch
 from zsiqa.errors import UserError
 from zsiqa.options import is_integer
 
-_ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+_ITEM = re.compile(r"^\s*(\d{1,9})\s*(?:-\s*(\d{1,9})\s*)?$")  # a longer number is no block
 
 
 def parse_layers(spec, n_layers):
@@ -34,22 +34,42 @@ def parse_layers(spec, n_layers):
     if _is_int(spec):
         spec = [spec]
     elif not isinstance(spec, (str, list, tuple, range)):
-        raise UserError(f"bad layer selection {spec!r}: give a string like '1-6,9', an integer or a list of integers")
-    items = spec.split(",") if isinstance(spec, str) else [str(int(k)) if _is_int(k) else repr(k) for k in spec]
+        raise UserError(f"bad layer selection {_shown(spec)}: give a string like '1-6,9', an integer or a list "
+                        "of integers")
+    items = spec.split(",") if isinstance(spec, str) else [_item(k) for k in spec]
     picked = set()
     for item in items:
         m = _ITEM.match(item)
         if not m:
-            raise UserError(f"bad layer selection {spec!r}: '{item.strip()}' is not N or N-M (blocks 1-{n_layers})")
+            raise UserError(f"bad layer selection {_shown(spec)}: {_shown(item.strip())} is not N or N-M "
+                            f"(blocks 1-{n_layers})")
         lo, hi = int(m[1]), int(m[2] or m[1])
         if lo > hi:
-            raise UserError(f"bad layer selection {spec!r}: range {lo}-{hi} runs backwards")
+            raise UserError(f"bad layer selection {_shown(spec)}: range {lo}-{hi} runs backwards")
         if lo < 1 or hi > n_layers:
-            raise UserError(f"bad layer selection {spec!r}: blocks are numbered 1-{n_layers}")
+            raise UserError(f"bad layer selection {_shown(spec)}: blocks are numbered 1-{n_layers}")
         picked.update(range(lo - 1, hi))
     if not picked:
-        raise UserError(f"bad layer selection {spec!r}: no block chosen (blocks 1-{n_layers})")
+        raise UserError(f"bad layer selection {_shown(spec)}: no block chosen (blocks 1-{n_layers})")
     return tuple(sorted(picked))
+
+
+def _shown(spec):
+    """The selection as the messages quote it: at most 40 characters, and printable even when
+    it holds an integer Python will not turn into text (over 4,300 digits)."""
+    try:
+        text = repr(spec)
+    except ValueError:
+        return "(a number too large to print)"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _item(k):
+    """One block number of a sequence as text for the parser ('?' for an integer too large to
+    print: int() refuses to write more than 4,300 digits)."""
+    if not _is_int(k):
+        return repr(k)
+    return str(int(k)) if abs(int(k)) < 10**9 else "?"
 
 
 def _is_int(k):

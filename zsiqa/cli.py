@@ -15,9 +15,8 @@ from PIL import Image
 
 from zsiqa.datasets import LAYOUTS
 from zsiqa.errors import UserError
+from zsiqa.options import MAX_RESIZE
 from zsiqa.output import to_json
-
-MAX_RESIZE = 16384  # -r N: an N×N image of more pixels than this squared is not an image anyone scores
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -337,5 +336,5 @@ def score(args):
         sys.stdout.write("".join(f"{d}\t{v:.10g}\n" for d, v in values.items()))
     if args.maps:
         written = plots.write_maps(scorer.maps(args.ref, args.dis), to_float(scorer.prepare(args.dis)), args.maps,
-                                   scorer.backbone.name)
+                                   scorer.backbone.name, values)
         sys.stderr.write(f"wrote {len(written)} files to {args.maps}\n")

@@ -27,15 +27,20 @@ def guess_dataset(path):
 
 def label_direction(args, record):
     """(dataset name, label higher = better): --label-higher-better, then -dat, then the
-    record, then the file-name guess; UserError when none tells."""
+    record, then the file-name guess; UserError when none tells. A CSV list's direction (mos
+    or dmos) is known from its record only: without one, the flag is needed."""
     dataset = args.dataset or (record or {}).get("dataset") or guess_dataset(args.file)
     if args.label_higher_better:
         return dataset, args.label_higher_better == "yes"
-    if args.dataset in LAYOUTS and not (args.dataset == "csv" and record is not None):  # a list decides per file
+    if args.dataset in LAYOUTS and args.dataset != "csv":
         return dataset, LAYOUTS[args.dataset].higher_better
     if (record or {}).get("label_higher_better") is not None:  # a JSON boolean (results.read_record checks)
         return dataset, record["label_higher_better"]
-    if dataset in LAYOUTS:
+    if args.dataset == "csv":
+        raise UserError(f"{args.file}: a CSV list's label direction (mos: higher = better, dmos: higher = worse) is in "
+                        "the record beside its results file, and there is none; pass --label-higher-better yes "
+                        "(a mos column) or no (dmos)")
+    if dataset in LAYOUTS and dataset != "csv":
         return dataset, LAYOUTS[dataset].higher_better
     raise UserError(f"cannot tell the label direction of {args.file}: pass -dat ({', '.join(LAYOUTS)}) "
                     "or --label-higher-better")

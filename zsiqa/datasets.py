@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from zsiqa.errors import UserError
+from zsiqa.errors import UserError, check_readable
 from zsiqa.folders import pair_folders
 
 
@@ -56,13 +56,10 @@ def _read_text(path, what):
     (Excel and Notepad write one; left in, it would become part of the first name or number).
     One line naming the file when it is absent, a folder, unreadable or not UTF-8: no other
     encoding is guessed, since a wrong guess turns a name into another name."""
+    check_readable(path, what)
     try:
         with open(path, "rb") as f:
             raw = f.read()
-    except FileNotFoundError:
-        raise UserError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} {path} is a folder, not a file") from None
     except OSError as e:
         raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
     try:
@@ -153,10 +150,9 @@ def _loadmat(path, what, keys):
     """A MATLAB label file's variables, or one line naming the file when it is absent, a folder,
     empty or damaged (scipy then raises any of a dozen kinds of error), or lacks one of `keys`."""
     from scipy.io import loadmat
-    if os.path.isdir(path):
-        raise UserError(f"{what} {path} is a folder, not a file")
+    check_readable(path, what)
     try:
-        m = loadmat(_need(path, what))
+        m = loadmat(path)
     except Exception as e:  # a damaged file: MatReadError, ValueError, TypeError, struct.error, zlib.error, ...
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"cannot read {what} {path} (empty, damaged or not a MATLAB file?): {reason}") from None
@@ -242,10 +238,11 @@ def load_csv(root, csv_file=None, higher_is_better=None, **_):
     return Dataset(name, root, pairs, higher_better=higher, where=where)
 
 
-def load_dirs(ref_dir, dis_dirs, skip_missing=False, warn=None):
-    """-dat dirs: one label-free Dataset per output folder (named after it, paths relative to
-    it; references relative to `ref_dir`), paired by folders.pair_folders."""
-    sets = pair_folders(ref_dir, dis_dirs, skip_missing, warn)
+def load_dirs(ref_dir, dis_dirs, skip_missing=False, warn=None, skip=()):
+    """-dat dirs: one label-free Dataset per output folder (named after its method, paths
+    relative to it; references relative to `ref_dir`), paired by folders.pair_folders (`skip`:
+    folders not walked)."""
+    sets = pair_folders(ref_dir, dis_dirs, skip_missing, warn, skip)
     return [Dataset(s.name, os.path.abspath(s.folder), [(r, d, None) for r, d in s.pairs], labelled=False,
                     ref_root=os.path.abspath(ref_dir)) for s in sets]
 

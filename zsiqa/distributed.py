@@ -58,6 +58,17 @@ class Context:
         tdist.all_gather_object(out, value)
         return sum(out)
 
+    def union(self, sets):
+        """{key: set} merged over the ranks."""
+        if self.world == 1:
+            return sets
+        out, merged = [None] * self.world, {}
+        tdist.all_gather_object(out, sets)
+        for part in out:
+            for key, values in part.items():
+                merged.setdefault(key, set()).update(values)
+        return merged
+
     def barrier(self):
         if self.world > 1:
             tdist.barrier()

@@ -1,4 +1,4 @@
-"""The one error users see, and the one rule that turns a failed write into it.
+"""The one error users see, and the rules that turn a file that cannot be read or written into it.
 
 `UserError` is a problem with what the user asked for or gave (files, names, sizes, weights,
 options). The command line prints its message on one line and exits with code 2; Python
@@ -6,6 +6,8 @@ callers catch it like any exception. Nothing here imports torch, so the CLI's `-
 its argument checks stay fast.
 """
 import contextlib
+import os
+import stat
 
 
 class UserError(Exception):
@@ -22,3 +24,17 @@ def writing(path, kept="its earlier content is kept"):
     except (OSError, ValueError) as e:
         reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
         raise UserError(f"cannot write {path}: {reason}; {kept}") from None
+
+
+def check_readable(path, what):
+    """UserError unless `path` is a regular file: missing, a folder, or a special file (a FIFO
+    or a device would block the reader forever) each get one line naming `what` and the path."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise UserError(f"{what} not found: {path}") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{what} {path} is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{what} {path} is not a regular file (a FIFO, socket or device)")
+    return path

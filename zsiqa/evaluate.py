@@ -7,22 +7,22 @@ folder (-dat dirs); all sets' pairs go through one engine pass, so a reference s
 several sets is encoded once. Results files, records, resume and locks: results.py.
 """
 import contextlib
+import hashlib
 import os
 import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from zsiqa import distributed, plots, results, robustness
 from zsiqa.datasets import load_dataset, load_dirs
 from zsiqa.distances import DISTANCES, parse_distances
 from zsiqa.errors import UserError
+from zsiqa.images import header_size
 from zsiqa.models import get_backbone
 from zsiqa.output import to_json
-from zsiqa.report import format_table
+from zsiqa.report import format_table, ranked
 from zsiqa.scorer import Scorer
 from zsiqa.stats import correlations, paired_tests, summarize
 from zsiqa.windows import pair_problem
@@ -31,38 +31,42 @@ SWEEP_FIELDS = ["distance", "robustness", "pct", "n", "srcc", "plcc", "krcc", "p
 
 
 def variants_of(args):
-    """[(robustness kind or '', pct)], the clean run first in a sweep; each checked (robustness.check)."""
+    """[(robustness kind or '', pct)], the clean run first in a sweep; each checked (robustness.check).
+    A transform is chosen one way: -rob/-pct, or a --kinds/--pcts sweep, each kind and magnitude once."""
     if args.pct is not None and not args.robustness:
         raise UserError("-pct is the magnitude of -rob tra|sca|rot: give -rob too (a sweep takes --kinds and --pcts)")
     if args.pcts is not None and not args.kinds:
         raise UserError("--pcts is the magnitudes of a --kinds sweep: give --kinds too")
-    if args.kinds:
-        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-        spec = args.pcts or "1,2,4,8"
-        try:
-            pcts = [int(x) for x in spec.split(",") if x.strip()]
-        except ValueError:
-            raise UserError(f"--pcts must be comma-separated integers, got {spec!r}") from None
+    if args.kinds and args.robustness:
+        raise UserError("-rob/-pct choose one transform and --kinds/--pcts a sweep: give one of the two")
+    if not args.kinds:
+        variants = [(args.robustness, 1 if args.pct is None else args.pct)] if args.robustness else [("", 0)]
+    else:
+        kinds = _listed("--kinds", args.kinds, str)
+        pcts = _listed("--pcts", args.pcts or "1,2,4,8", int)
         bad = [k for k in kinds if k not in ("tra", "sca", "rot")]
         if bad or not kinds or not pcts:
             raise UserError(f"--kinds takes tra,sca,rot (got {args.kinds!r}) and --pcts at least one integer")
         variants = [("", 0)] + [(k, p) for k in kinds for p in pcts]
-    else:
-        variants = [(args.robustness, 1 if args.pct is None else args.pct)] if args.robustness else [("", 0)]
     for kind, pct in variants:
         if kind:
             robustness.check(kind, pct)
     return variants
 
 
-def _unreadable_reason(path, error):
-    """Why an image file cannot be opened, for the up-front list: missing, too large for
-    Pillow's decompression-bomb guard, or not a readable image."""
-    if not os.path.isfile(path):
-        return "missing"
-    if isinstance(error, Image.DecompressionBombError):
-        return f"too large (over Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} px)"
-    return "unreadable (not an image Pillow can open)"
+def _listed(flag, spec, kind):
+    """A comma list of a flag's values, each of `kind` and given once."""
+    items = [x.strip() for x in spec.split(",") if x.strip()]
+    try:
+        values = [kind(x) if kind is str or len(x.lstrip("+-")) <= 18 else None for x in items]
+    except ValueError:
+        values = [None]
+    if None in values:
+        raise UserError(f"{flag} must be comma-separated integers, got {spec[:40]!r}")
+    twice = sorted({str(v) for v in values if values.count(v) > 1})
+    if twice:
+        raise UserError(f"{flag} lists {', '.join(twice)} more than once")
+    return values
 
 
 def check_images(dataset, pairs, skip_missing, resize=None, variants=(("", 0),)):
@@ -73,14 +77,13 @@ def check_images(dataset, pairs, skip_missing, resize=None, variants=(("", 0),))
     Returns:
         the usable pairs [(ref, dis, label)], in order.
     """
-
     sizes, unreadable = {}, {}
     for path in dict.fromkeys(p for r, d, _ in pairs for p in (dataset.ref_path(r), dataset.dis_path(d))):
-        try:
-            with Image.open(path) as im:
-                sizes[path] = (resize, resize) if resize else im.size  # header only: fast
-        except Exception as e:  # any missing or unreadable file counts as unusable
-            unreadable[path] = _unreadable_reason(path, e)
+        size, why = header_size(path)
+        if why:
+            unreadable[path] = why
+        else:
+            sizes[path] = (resize, resize) if resize else size
     shrink = max((p for k, p in variants if k == "tra"), default=0)  # the largest shift crops the most
 
     def problem(ref, dis):
@@ -110,6 +113,7 @@ class Plan:
     sets: list
     pairs: list
     skipped: list
+    stamps: list  # per set, what each image is (results.image_stamps): rows of changed images are scored again
 
     def __post_init__(self):
         self.index = [(s, k) for s, pairs in enumerate(self.pairs) for k in range(len(pairs))]
@@ -143,7 +147,8 @@ def load_sets(args):
         raise UserError("-dat dirs needs --ref-dir GT and --dis-dir OUT (the flag once per output folder)")
     if args.root or args.csv:
         raise UserError("-dat dirs takes --ref-dir and --dis-dir, not --root or --csv")
-    return load_dirs(args.ref_dir, args.dis_dir, args.skip_missing, lambda line: sys.stderr.write(line + "\n"))
+    return load_dirs(args.ref_dir, args.dis_dir, args.skip_missing, lambda line: sys.stderr.write(line + "\n"),
+                     skip=[args.savedir])
 
 
 def load_plan(args, variants):
@@ -163,7 +168,7 @@ def load_plan(args, variants):
         skipped.append(len(limited) - len(usable))
     if not sets:
         raise UserError("no pairs to score")
-    return Plan(sets, pairs, skipped)
+    return Plan(sets, pairs, skipped, [results.image_stamps(d, p) for d, p in zip(sets, pairs, strict=True)])
 
 
 def results_files(args, plan, variants):
@@ -202,20 +207,20 @@ def layer_files(args, paths):
     return {key: results.layers_path(path) for key, path in paths.items() if DISTANCES[key[1]].per_layer}
 
 
-def prepare(args, plan, records, paths, layer_paths, blocks):
-    """Make every set's results files ready (results.prepare_many); returns {path: done keys}.
-    A results file started afresh loses its old per-layer file; with --per-layer a pair of an
-    l2/cos file counts as done only when its X_layers.csv holds it too."""
-    fresh = [p for p in paths.values() if args.overwrite or not results.exists(p)]
-    done = results.prepare_many([(records[s], results.labels_of(dataset.pairs), plan.order(s))
-                                 for s, dataset in enumerate(plan.sets)], args.overwrite)
-    for path in fresh:
-        results.remove_layers(path)
-    for key, lpath in layer_paths.items():
-        s = key[0][0]
-        done[paths[key]] &= results.done_keys(results.finish(lpath, results.labels_of(plan.sets[s].pairs),
-                                                             plan.order(s), blocks))
-    return done
+def prepare(args, plan, scorer, files, paths, layer_paths):
+    """The records of every set's results files (with the images' stamps, kept in the results
+    folder's store) and the files made ready for them (results.prepare).
+
+    Returns:
+        ({path: record}, {path: (dis, ref) it holds}) for every results and per-layer file.
+    """
+    per_set = [results.make_records(dataset, scorer.settings, files[s], results.save_stamps(args.savedir, stamps))
+               for s, (dataset, stamps) in enumerate(zip(plan.sets, plan.stamps, strict=True))]
+    layers = {paths[key]: (lpath, scorer.blocks) for key, lpath in layer_paths.items()}
+    sets = [(per_set[s], results.labels_of(dataset.pairs), plan.order(s), plan.stamps[s])
+            for s, dataset in enumerate(plan.sets)]
+    done = results.prepare(sets, args.overwrite, layers, warn=lambda line: sys.stderr.write(line + "\n"))
+    return {path: rec for recs in per_set for path, rec in recs.items()}, done
 
 
 def make_scorer(args, device):
@@ -250,57 +255,82 @@ def new_folders_undone(folder, leftovers=()):
 
 class Writers:
     """The run's row writer: its results files (torchrun: part files) and, with --per-layer,
-    their per-layer files, keyed ((set, variant), distance) and ('layers', key)."""
+    their per-layer files, keyed ((set, variant), distance) and ('layers', key). A file gets
+    only the pairs it lacks."""
 
-    def __init__(self, dist, scorer, plan, paths, layer_paths):
+    def __init__(self, dist, scorer, plan, files, done):
         def target(p):
             return p if dist.world == 1 else results.part_path(p, dist.rank)
-        self.scorer, self.layer_keys = scorer, set(layer_paths)
+        self.scorer = scorer
         per_layer = results.Columns(plan.labelled, scorer.blocks)
-        files = {**{k: target(p) for k, p in paths.items()},
-                 **{("layers", k): target(p) for k, p in layer_paths.items()}}
         columns = {k: per_layer if k[0] == "layers" else results.Columns(plan.labelled) for k in files}
-        self.rows = results.RowWriter(files, columns)
+        self.rows = results.RowWriter({k: target(p) for k, p in files.items()}, columns,
+                                      held={k: done[p] for k, p in files.items()})
 
     def write(self, group, dis, ref, mos, row, per):
         for j, d in enumerate(self.scorer.distances):
             self.rows.write((group, d), dis, ref, mos, [row[j]])
-            if (group, d) in self.layer_keys:
+            if ("layers", (group, d)) in self.rows.paths:
                 self.rows.write(("layers", (group, d)), dis, ref, mos, per[0][self.scorer.layer_distances.index(d)])
 
     def close(self):
         self.rows.close()
+        for path in self.rows.replaced:
+            sys.stderr.write(f"warning: {path} was replaced or removed during the run; this run's rows were "
+                             "written to the file now there\n")
 
 
-def todo_jobs(done, paths, plan):
-    """The (variant, pair index) jobs some distance's file still lacks, variant-major."""
-    groups = sorted({g for g, _ in paths})
-    complete = {g: set.intersection(*(done[p] for (h, _), p in paths.items() if h == g)) for g in groups}
+def run_files(paths, layer_paths):
+    """Every file a run writes, keyed as Writers keys them: results files, then per-layer files."""
+    return {**paths, **{("layers", key): lpath for key, lpath in layer_paths.items()}}
+
+
+def _group(key):
+    """The (set, variant) of a Writers key."""
+    return key[1][0] if key[0] == "layers" else key[0]
+
+
+def todo_jobs(done, files, plan):
+    """The (variant, pair index) jobs some file of their set and variant still lacks, variant-major."""
+    groups = sorted({_group(key) for key in files})
+    complete = {g: set.intersection(*(done[p] for k, p in files.items() if _group(k) == g)) for g in groups}
     keys = [(plan.pairs[s][k][1], plan.pairs[s][k][0]) for s, k in plan.index]
     return [(v, i) for v in sorted({v for _, v in groups}) for i, (s, _) in enumerate(plan.index)
             if keys[i] not in complete[(s, v)]]
 
 
-def score(args, dist, scorer, plan, variants, paths, todo, layer_paths=None):
+@dataclass
+class Scored:
+    """What a run's scoring did, over all ranks: pairs scored, the (dis, ref) skipped mid-run
+    per (set, variant) (undecodable with --skip-missing), and the seconds it took."""
+    count: int
+    skipped: dict
+    seconds: float
+
+    def n_skipped(self, group):
+        return len(self.skipped.get(group, ()))
+
+
+def score(args, dist, scorer, plan, variants, files, done, todo):
     """Score this rank's share of the jobs, appending rows to the results (torchrun: part)
-    files as they finish. Returns (pairs scored, [[pairs skipped mid-run per variant] per set],
-    seconds), summed over the ranks."""
+    files as they finish. Returns what was done (Scored), summed over the ranks."""
     transforms = [robustness.Transform(k, p) if k else None for k, p in variants]
-    skipped = np.zeros((len(plan.sets), len(variants)), dtype=int)
-    files = plan.files()
+    skipped, disk = {}, plan.files()
 
     def skip(job, message):  # --skip-missing: a pair that cannot be decoded mid-run
-        skipped[plan.index[job[1]][0], job[0]] += 1
-        sys.stderr.write(f"warning: skipped {files[job[1]][1]}: {message}\n")
+        s, k = plan.index[job[1]]
+        skipped.setdefault((s, job[0]), set()).add((plan.pairs[s][k][1], plan.pairs[s][k][0]))
+        sys.stderr.write(f"warning: skipped {disk[job[1]][1]}: {message}\n")
     progress = None
     if not args.no_progress and dist.rank == 0:
         progress = tqdm(total=len(todo), unit="pair", dynamic_ncols=True, desc=f"{plan.name} {args.model}",
                         disable=None, file=sys.stderr)
     count, started = 0, time.perf_counter()
-    writer = Writers(dist, scorer, plan, paths, layer_paths or {})
-    extra = {**({"on_error": skip} if args.skip_missing else {}), **({"per_layer": True} if layer_paths else {})}
+    writer = Writers(dist, scorer, plan, files, done)
+    per_layer = any(k[0] == "layers" for k in files)
+    extra = {**({"on_error": skip} if args.skip_missing else {}), **({"per_layer": True} if per_layer else {})}
     try:
-        for (v, i), row, *per in scorer.score_files(files, transforms, jobs=dist.shard(files, todo), **extra):
+        for (v, i), row, *per in scorer.score_files(disk, transforms, jobs=dist.shard(disk, todo), **extra):
             s, k = plan.index[i]
             ref, dis, mos = plan.pairs[s][k]
             writer.write((s, v), dis, ref, mos, row, per)
@@ -311,32 +341,60 @@ def score(args, dist, scorer, plan, variants, paths, todo, layer_paths=None):
         writer.close()
         if progress is not None:
             progress.close()
-    return dist.sum(count), dist.sum(skipped), time.perf_counter() - started
+    return Scored(dist.sum(count), dist.union(skipped), time.perf_counter() - started)
 
 
 def _rate(count, elapsed):
     return round(count / elapsed, 2) if count and elapsed > 0 else float("nan")
 
 
-def _finished_rows(path, dataset, order):
-    """Finish a results file (results.finish); its rows whose score is a number, and how many
-    were NaN or inf (kept in the file, left out of the statistics, warned about)."""
-    rows = results.finish(path, results.labels_of(dataset.pairs), order)
+def finish_files(plan, files, scored, blocks):
+    """Finish every file of the run (dataset order, current labels, parts merged) and check that
+    each holds what it should: the planned pairs, less those skipped mid-run, read from the file
+    on disk.
+
+    Returns:
+        {path: rows [(dis, ref, mos, (values…))]}. UserError, with every row kept, when a file
+        lacks pairs (a file edited or replaced after this run's last write, say): never a summary
+        of fewer pairs than were planned without a word.
+    """
+    finished, short = {}, []
+    for key, path in files.items():
+        group = _group(key)
+        order = plan.order(group[0])
+        rows = results.finish(path, results.labels_of(plan.sets[group[0]].pairs), order,
+                              blocks if key[0] == "layers" else ())
+        finished[path] = rows
+        held = {(dis, ref) for dis, ref, *_ in rows} | scored.skipped.get(group, set())
+        missing = [k for k in order if k not in held]
+        if missing:
+            short.append(f"{path} lacks {len(missing)} of {len(order)} pairs (e.g. {missing[0][0]})")
+    if not any(finished[p] for k, p in files.items() if k[0] != "layers"):
+        raise UserError("no pair could be scored: every one was skipped (see the warnings above)")
+    if short:
+        raise UserError(f"{short[0]}" + (f" (and {len(short) - 1} more file(s))" if len(short) > 1 else "")
+                        + ": was it edited, replaced or removed during the run? its other rows are kept; run the "
+                          "same command again to score the missing pairs")
+    return finished
+
+
+def _scores(path, rows):
+    """A results file's finished rows as (dis, ref, mos, pred) with a number for pred, and how
+    many were NaN or inf (kept in the file, left out of the statistics, warned about)."""
     rows, nonfinite = results.drop_nonfinite(path, rows, lambda r: r[3][0], lambda r: r[0])
     return [(dis, ref, mos, values[0]) for dis, ref, mos, values in rows], nonfinite
 
 
-def summarise(args, plan, records, paths, stats):
-    """Finish every results file (dataset order, current labels, parts merged) and append its
-    summary row (correlations and the settings of its record) to summary.csv."""
-    count, skipped, elapsed = stats
+def summarise(args, plan, records, paths, finished, scored):
+    """One summary row per results file (correlations and the settings of its record), appended
+    to summary.csv; with --kinds the sweep's table and plot."""
     summary = []
     for ((s, v), _d), path in paths.items():
         dataset, rec = plan.sets[s], records[path]
-        rows, nonfinite = _finished_rows(path, dataset, plan.order(s))
+        rows, nonfinite = _scores(path, finished[path])
         c = correlations([r[3] for r in rows], [r[2] for r in rows], dataset.higher_better, rec["pred_higher_better"])
-        summary.append({**rec, **c, "n_skipped": int(plan.skipped[s] + skipped[s, v] + nonfinite),
-                        "pairs_per_s": _rate(count, elapsed), "file": path})
+        summary.append({**rec, **c, "n_skipped": int(plan.skipped[s] + scored.n_skipped((s, v)) + nonfinite),
+                        "pairs_per_s": _rate(scored.count, scored.seconds), "file": path})
     results.append_summary(args.savedir, summary)
     if args.kinds:
         stem = os.path.join(args.savedir, f"{plan.name}_{args.saveas or args.model}_sweep")
@@ -347,22 +405,22 @@ def summarise(args, plan, records, paths, stats):
     return summary
 
 
-def summarise_unlabelled(args, plan, records, paths, stats):
+def summarise_unlabelled(args, plan, records, paths, finished, scored):
     """Finish every label-free results file; one row per set, variant and distance: the
     statistics of its scores (stats.summarize) and, among ≥2 sets, the paired test against
     the best set on the references both scored. Rows go to summary_unlabelled.csv; one bar
     chart per variant and distance."""
-    count, skipped, elapsed = stats
     rows, scores = [], {}
     for ((s, v), d), path in paths.items():
         dataset, rec = plan.sets[s], records[path]
-        got, nonfinite = _finished_rows(path, dataset, plan.order(s))
+        got, nonfinite = _scores(path, finished[path])
         scores.setdefault((v, d), {})[dataset.name] = {ref: pred for _, ref, _, pred in got}
         stat = summarize([pred for *_, pred in got])
         rows.append({"set": dataset.name, **rec, **stat, "ci95_low": stat["ci95"][0], "ci95_high": stat["ci95"][1],
                      "lower_better": not rec["pred_higher_better"], "vs": None, "n_common": None, "p_value": None,
-                     "wins": None, "losses": None, "n_skipped": int(plan.skipped[s] + skipped[s, v] + nonfinite),
-                     "pairs_per_s": _rate(count, elapsed), "file": path})
+                     "wins": None, "losses": None,
+                     "n_skipped": int(plan.skipped[s] + scored.n_skipped((s, v)) + nonfinite),
+                     "pairs_per_s": _rate(scored.count, scored.seconds), "file": path})
     keys = [(v, d) for ((_, v), d) in paths]
     lower = {key: row["lower_better"] for key, row in zip(keys, rows)}
     tests = {key: paired_tests(per_set, lower[key]) for key, per_set in scores.items() if len(per_set) > 1}
@@ -370,14 +428,24 @@ def summarise_unlabelled(args, plan, records, paths, stats):
         row.update(tests.get(key, {}).get(row["set"], {}))
     results.append_summary(args.savedir, rows, "summary_unlabelled", results.UNLABELLED_FIELDS)
     for key in scores:
-        group = [row for k, row in zip(keys, rows) if k == key]
+        group = ranked([row for k, row in zip(keys, rows) if k == key], lower[key])
         suffix = f"_{group[0]['robustness']}-{group[0]['pct']}" if group[0]["robustness"] != "none" else ""
-        chart = os.path.join(args.savedir, f"{args.saveas or args.model}_{key[1]}{suffix}_methods.png")
+        chart = os.path.join(args.savedir, f"{args.saveas or args.model}_{key[1]}{suffix}_{sets_tag(plan)}.png")
         title = f"{args.saveas or args.model}, {key[1]}{suffix.replace('_', ', ')}: mean per set, 95% CI"
-        plots.method_bars(group, chart, title)
+        plots.method_bars(group, chart, title, marks=["no pairs" if not r["n"] else "" for r in group])
         for row in group:
             row["chart"] = chart
     return rows
+
+
+def sets_tag(plan):
+    """What names a run's method chart: its sets joined by '+' (or, for many or long names, their
+    count and a digest), so that a run over other sets never overwrites it."""
+    names = [d.name for d in plan.sets]
+    tag = "+".join(names)
+    if len(tag) > 60:
+        tag = f"{len(names)}sets-" + hashlib.sha256("\0".join(names).encode("utf-8")).hexdigest()[:8]
+    return f"methods_{tag}"
 
 
 def report(args, summary):
@@ -423,33 +491,29 @@ def main(args):
         variants = variants_of(args)
         check_per_layer(args)
         plan = dist.from_rank0(lambda: load_plan(args, variants))
-        paths, files = results_files(args, plan, variants)
+        paths, specs = results_files(args, plan, variants)
         layer_paths = layer_files(args, paths)
         locks = [results.lock_path(p) for p in paths.values()]
         with new_folders_undone(args.savedir, locks):  # the lock's folder goes again if the Scorer refuses (--layers)
             lock = dist.from_rank0(lambda: results.Lock(paths.values()), share=False)
             with lock or contextlib.nullcontext():
                 scorer = make_scorer(args, dist.device(args.device))
-                run_scoring(args, dist, scorer, plan, variants, paths, files, layer_paths)
+                run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths)
     return 0
 
 
-def run_scoring(args, dist, scorer, plan, variants, paths, files, layer_paths):
-    """Records, resume, scoring, then (rank 0) the finished files and the summary."""
-    per_set = [results.make_records(dataset, scorer.settings, files[s]) for s, dataset in enumerate(plan.sets)]
-    records = {path: rec for recs in per_set for path, rec in recs.items()}
-    todo = dist.from_rank0(lambda: todo_jobs(prepare(args, plan, per_set, paths, layer_paths, scorer.blocks),
-                                             paths, plan))
+def run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths):
+    """Records, resume, scoring, then (rank 0) the finished, checked files and the summary."""
+    records, done = dist.from_rank0(lambda: prepare(args, plan, scorer, specs, paths, layer_paths))
+    files = run_files(paths, layer_paths)
+    todo = todo_jobs(done, files, plan)
     if args.compile == "auto":
         scorer.compile_if_it_pays(len(todo))
-    stats = score(args, dist, scorer, plan, variants, paths, todo, layer_paths)
+    scored = score(args, dist, scorer, plan, variants, files, done, todo)
     if dist.rank != 0:
         return
-    for key, lpath in layer_paths.items():
-        s = key[0][0]
-        results.finish(lpath, results.labels_of(plan.sets[s].pairs), plan.order(s), scorer.blocks)
+    finished = finish_files(plan, files, scored, scorer.blocks)
     if plan.labelled:
-        report(args, summarise(args, plan, records, paths, stats))
+        report(args, summarise(args, plan, records, paths, finished, scored))
     else:
-        report_unlabelled(args, summarise_unlabelled(args, plan, records, paths, stats))
-    return 0
+        report_unlabelled(args, summarise_unlabelled(args, plan, records, paths, finished, scored))

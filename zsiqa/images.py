@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zsiqa.errors import UserError
+from zsiqa.errors import UserError, check_readable
 
 
 def _deep_scale(mode):
@@ -49,9 +49,7 @@ def as_rgb(im):
 def open_image(path):
     """Open and fully decode an image file, converted by `as_rgb` to 'RGB' or (deep grey) 'F'.
     Only regular files are opened (a FIFO would block forever). UserError if missing or unreadable."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"image not found: {path}")
+    path = check_readable(os.fspath(path), "image")
     try:
         with Image.open(path) as im:
             im.load()
@@ -62,6 +60,26 @@ def open_image(path):
         return as_rgb(im)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
+
+
+def header_size(path):
+    """An image file's (width, height) read from its header alone (fast), or why it cannot be
+    read: ((w, h), None) or (None, reason), the reason one of 'missing', 'a folder', 'not a
+    regular file …' (a FIFO would block the reader), 'too large …' (over Pillow's
+    decompression-bomb guard), 'unreadable …'."""
+    try:
+        check_readable(path, "image")
+    except UserError as e:
+        text = str(e)
+        return None, ("missing" if "not found" in text else "a folder" if "is a folder" in text
+                      else "not a regular file (a FIFO, socket or device)")
+    try:
+        with Image.open(path) as im:
+            return im.size, None
+    except Image.DecompressionBombError:
+        return None, f"too large (over Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} px)"
+    except Exception:  # whatever a decoder raises on a file it cannot identify
+        return None, "unreadable (not an image Pillow can open)"
 
 
 def pil_to_tensor(im):

@@ -32,6 +32,14 @@ def int_option(value, name, minimum, default, below=None, below_text=None):
     return int(value)
 
 
+MAX_RESIZE = 16384  # the square resize's largest side: 268 Mpx, past which no scored image lies
+
+
+def resize_option(value):
+    """The square resize's side N (None: off): an integer in [224, MAX_RESIZE]."""
+    return int_option(value, "resize", 224, None, below=MAX_RESIZE + 1, below_text=f"{MAX_RESIZE + 1}")
+
+
 def seed_option(value):
     """The SWD seed (default 0): an integer in [0, 2**63), what torch.Generator takes."""
     return int_option(value, "swd_seed", 0, 0, below=2**63, below_text="2**63")

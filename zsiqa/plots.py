@@ -138,7 +138,7 @@ def check_folder(folder):
         raise UserError(f"cannot write to {folder}: {e.strerror or e}") from None
 
 
-def write_maps(maps, dis_image, folder, model=""):
+def write_maps(maps, dis_image, folder, model, scores):
     """Write `<distance>.npy` (the raw map) and `<distance>.png` (a heatmap over the
     distorted image, with a colour bar) per distance.
 
@@ -147,6 +147,8 @@ def write_maps(maps, dis_image, folder, model=""):
         dis_image: the distorted image, float tensor [3, H, W] in [0, 1].
         folder: where to write (created if missing).
         model: shown in the titles.
+        scores: {distance: the pair's score}, shown in the titles (a map's own mean differs from
+            it where windows overlap, since overlaps are averaged).
 
     Returns:
         the list of paths written.
@@ -157,6 +159,6 @@ def write_maps(maps, dis_image, folder, model=""):
         npy, png = os.path.join(folder, f"{d}.npy"), os.path.join(folder, f"{d}.png")
         with writing(npy):
             np.save(npy, m)
-        heatmap(rgb, m, png, f"{model} {d}: mean {m.mean():.4g}".strip(), f"{d} (higher = more different)")
+        heatmap(rgb, m, png, f"{model} {d}: score {scores[d]:.4g}", f"{d} (higher = more different)")
         written += [npy, png]
     return written

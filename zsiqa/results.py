@@ -50,7 +50,7 @@ RECORD_TYPES = {"dataset": (str,), "label_higher_better": (bool, None), "pred_hi
                 "distance": (str,), "precision": (str,), "device": (str,), "model_norm": (bool,), "resize": (int, None),
                 "robustness": (str,), "pct": (int,), "swd_seed": (int,), "weights": (str,), "layers": (str, None),
                 "n_labels": (int,), "n_pairs": (int,), "labels_sha256": (str, None), "ref_dir": (str,),
-                "dis_dir": (str,)}
+                "dis_dir": (str,), "images": (str,)}
 SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "n_skipped", "srcc", "plcc", "krcc",
                   "plcc_logistic", "pairs_per_s", "label_higher_better", "precision", "device", "model_norm", "resize",
                   "swd_seed", "layers", "weights", "labels_sha256", "file"]
@@ -114,7 +114,7 @@ def check_names(dataset, pairs):
                "image", "rename it (or the folder holding it)")
 
 
-def make_records(dataset, settings, files):
+def make_records(dataset, settings, files, images):
     """What makes each results file's numbers, as written to its X.json.
 
     Args:
@@ -122,6 +122,7 @@ def make_records(dataset, settings, files):
         settings: `Scorer.settings` (model, precision, device, model_norm, resize, swd_seed, weights; layers when a
             subset of blocks is compared: recorded as None = all blocks otherwise).
         files: {path: (distance, (robustness kind or '', pct), pred_higher_better)}.
+        images: the digest of the images' stamps (`save_stamps`): what each scored image was.
 
     Returns:
         {path: record dict}.
@@ -137,7 +138,8 @@ def make_records(dataset, settings, files):
             "n_labels": len(labels),
             "labels_sha256": labels_digest(labels),
             # where the images are: rows name them relative to these, so another copy is another dataset
-            "ref_dir": os.path.abspath(dataset.ref_root or dataset.root), "dis_dir": os.path.abspath(dataset.root)}
+            "ref_dir": os.path.abspath(dataset.ref_root or dataset.root), "dis_dir": os.path.abspath(dataset.root),
+            "images": images}
     if not getattr(dataset, "labelled", True):  # label-free: no labels
         base.update(label_higher_better=None, labels_sha256=None, n_pairs=len(dataset.pairs))
     return {path: {**base, "distance": d, "pred_higher_better": bool(pred_hb), "robustness": kind or "none",
@@ -186,6 +188,68 @@ def first_difference(old, new):
     """(setting, old value, new value) of the first compared setting that differs, or None."""
     return next(((k, old.get(k), new.get(k)) for k in COMPARED
                  if old.get(k) != new.get(k) and (k in old or k not in ADDED_LATER)), None)
+
+
+# ---------------------------------------------------------------- what each image was when scored
+
+STAMPS = ".zsiqa"  # the results folder's store of image stamps: images-<digest>.json, shared by its records
+
+
+def stamp(path):
+    """An image file's identity for resume: 'size:mtime_ns', or None when it cannot be read.
+    Regenerating a file (a method's outputs written again) changes it, so rows scored from the
+    earlier file are not trusted; reading the content would cost a pass over every image."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def image_stamps(dataset, pairs):
+    """{'ref': {name: stamp}, 'dis': {name: stamp}} of the images of a set's pairs [(ref, dis, label)]."""
+    return {"ref": {ref: stamp(dataset.ref_path(ref)) for ref in dict.fromkeys(r for r, _, _ in pairs)},
+            "dis": {dis: stamp(dataset.dis_path(dis)) for dis in dict.fromkeys(d for _, d, _ in pairs)}}
+
+
+def save_stamps(savedir, stamps):
+    """Keep `stamps` in the results folder's store (once per content) and return their digest,
+    which the records of the files scored from these images hold."""
+    data = json.dumps(stamps, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()[:24]
+    path = _stamps_path(savedir, digest)
+    if not os.path.isfile(path):
+        with writing(path, "nothing was written"):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        _replace(path, data)
+    return digest
+
+
+def _stamps_path(savedir, digest):
+    return os.path.join(savedir, STAMPS, f"images-{digest.split(':')[-1]}.json")
+
+
+def changed_pairs(savedir, old, digest, stamps, keys):
+    """The (dis, ref) of `keys` (rows a file holds) whose images differ from when they were
+    scored, by the old record's stamps (`digest`, `stamps`: the images' now); with the names of
+    the changed images.
+
+    Returns:
+        (set of keys to score again, [changed image names]). An old record without stamps (an
+        older version's) keeps its rows; one whose stamps are lost from the store has every
+        row scored again (names None: unknown which)."""
+    was = (old or {}).get("images")
+    if was is None or was == digest or not keys:
+        return set(), []
+    try:
+        with open(_stamps_path(savedir, was), encoding="utf-8") as f:
+            was = json.load(f)
+        was_ref, was_dis = dict(was["ref"]), dict(was["dis"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set(keys), None
+    ref = {n for n, v in stamps["ref"].items() if n in was_ref and was_ref[n] != v}
+    dis = {n for n, v in stamps["dis"].items() if n in was_dis and was_dis[n] != v}
+    return {(d, r) for d, r in keys if d in dis or r in ref or d not in was_dis or r not in was_ref}, sorted(ref | dis)
 
 
 # ---------------------------------------------------------------- reading
@@ -298,7 +362,8 @@ def drop_nonfinite(path, rows, score_of, name_of):
 
 def read_table(path, whole=False):
     """(header, [(line, row)]) of a CSV file read for correlations (calc_scores: a results or
-    per-layer file), blank lines left out; complete rows only unless `whole` (`complete_text`).
+    per-layer file), blank lines left out; complete rows only, a repeated (dis, ref) pair
+    collapsed to its last row, unless `whole` (a published file, `complete_text`).
     UserError naming the file, and the line where one applies, when it cannot be read or is
     empty, a column name repeats, a row has another number of fields than the header, or the
     header comes again (two files joined): such a file has no one meaning to compute from."""
@@ -318,7 +383,25 @@ def read_table(path, whole=False):
             line = reader.line_num + 1
     except (OSError, csv.Error) as e:
         raise UserError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    return header, rows
+    return header, (rows if whole else _last_of_each_pair(path, header, rows))
+
+
+def _last_of_each_pair(path, header, rows):
+    """Rows [(line, row)] with a (dis, ref) pair that comes again later collapsed to its last
+    row, said in one warning line: a pair counted twice would skew every coefficient. Only for
+    files this tool wrote: published files may name two images alike (LIVE's img38.bmp is in
+    jp2k/ and in wn/, and its files give the name without the folder)."""
+    if "dis" not in header or "ref" not in header:
+        return rows
+    i, j = header.index("dis"), header.index("ref")
+    last = {(row[i], row[j]): k for k, (_, row) in enumerate(rows)}
+    if len(last) == len(rows):
+        return rows
+    keep = set(last.values())
+    first = next(line for k, (line, _) in enumerate(rows) if k not in keep)
+    sys.stderr.write(f"warning: {path}: {len(rows) - len(keep)} row(s) repeat a (dis, ref) pair that comes again "
+                     f"later (first at line {first}); the last row of each pair is used\n")
+    return [row for k, row in enumerate(rows) if k in keep]
 
 
 def number_frame(path, header, rows, numeric):
@@ -403,12 +486,19 @@ class RowWriter:
     whole and unbuffered, so Ctrl-C or a crash leaves valid files. A failed write (a full disk)
     truncates the torn row away and stops with one line: rows already written stay valid.
 
-    Args:
-        paths: {key: path}. columns: {key: Columns} (or one Columns for every file)."""
+    A pair a file already holds (`held`) is never appended to it again. At close, a file that
+    was replaced or removed under the run (an editor saving by rename, `sed -i`, `rm`) gets this
+    run's rows again at its path, so none is lost with the old file (`replaced` names them).
 
-    def __init__(self, paths, columns=PRED):
-        self.paths, self.files, self.ends = dict(paths), {}, {}
+    Args:
+        paths: {key: path}. columns: {key: Columns} (or one Columns for every file).
+        held: {key: set of (dis, ref) the file holds already}."""
+
+    def __init__(self, paths, columns=PRED, held=None):
+        self.paths, self.files, self.ends, self.replaced = dict(paths), {}, {}, []
         self.columns = columns if isinstance(columns, dict) else dict.fromkeys(self.paths, columns)
+        self.held = {key: set((held or {}).get(key, ())) for key in self.paths}
+        self.written = {key: [] for key in self.paths}
         try:
             for key, path in self.paths.items():
                 with writing(path):
@@ -421,21 +511,46 @@ class RowWriter:
             raise
 
     def write(self, key, dis, ref, mos, values):
-        """Append one row: values is the sequence of the file's value columns (pred, or blocks)."""
-        f = self.files[key]
+        """Append one row (unless the file holds the pair): values is the sequence of the file's
+        value columns (pred, or blocks)."""
+        if (dis, ref) in self.held[key]:
+            return
+        f, line = self.files[key], _csv_line(self.columns[key].row(dis, ref, mos, values))
         try:
-            _write_all(f, _csv_line(self.columns[key].row(dis, ref, mos, values)))
+            _write_all(f, line)
         except OSError as e:
             with contextlib.suppress(OSError):
                 f.truncate(self.ends[key])
             raise UserError(f"cannot write {self.paths[key]}: {e.strerror or e}; the rows written before are kept "
                             "(run again to score the rest)") from None
         self.ends[key] = f.tell()
+        self.held[key].add((dis, ref))
+        self.written[key].append(line)
 
     def close(self):
-        for f in self.files.values():
+        for key, f in self.files.items():
             with contextlib.suppress(OSError):
+                moved = not _same_file(f, self.paths[key])
                 f.close()
+                if moved and self.written[key]:
+                    self._write_again(key)
+
+    def _write_again(self, key):
+        """This run's rows at the file's path again: the file it wrote to is gone from there."""
+        path = self.paths[key]
+        with writing(path, "the rows of this run are lost with the replaced file"), open(path, "a+b", buffering=0) as f:
+            start = _line_start(f)
+            _write_all(f, (_csv_line(self.columns[key].header) if f.tell() == 0 else start)
+                       + b"".join(self.written[key]))
+        self.replaced.append(path)
+
+
+def _same_file(f, path):
+    """Whether the open file `f` is still the file at `path`."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def layers_path(path):
@@ -455,17 +570,20 @@ def collect(path, columns=PRED):
     return done
 
 
-def finish(path, labels, order, blocks=()):
+def finish(path, labels, order, blocks=(), drop=()):
     """Rewrite a results (or, with `blocks`, per-layer) file, merging part files, in dataset
     order with the current labels: rows of the current pairs `order` [(dis, ref)] first, then
     other pairs of the dataset; rows of pairs no longer in the dataset are dropped (their label
-    is stale). Torn bytes go with the rewrite. Labels all None (a label-free set): no mos column.
+    is stale), and so are those of `drop` (scored from images since changed). Torn bytes and
+    repeated rows go with the rewrite. Labels all None (a label-free set): no mos column.
 
     Returns:
         the rows of the current pairs [(dis, ref, mos, (values…))] (mos None when label-free).
     """
     columns = Columns(_labelled(labels), tuple(blocks))
     done = collect(path, columns)
+    for key in drop:
+        done.pop(key, None)
     in_order = dict.fromkeys(order)
     keys = [k for k in order if k in done] + [k for k in done if k in labels and k not in in_order]
     rows = [(dis, ref, labels[(dis, ref)], done[(dis, ref)][1]) for dis, ref in keys]
@@ -488,35 +606,53 @@ def exists(path):
     return os.path.isfile(path) or bool(_parts(path))
 
 
-def prepare(records, labels, order, overwrite=False):
-    """Make results files ready for a run: every file is checked before any is touched.
+def prepare(sets, overwrite=False, layers=None, warn=None):
+    """Make a run's results files ready: every file of every set is checked before any is touched.
 
     Args:
-        records: {path: this run's record (make_records)}.
-        labels: {(dis, ref): label} of the whole dataset; order: the current pairs [(dis, ref)].
+        sets: [(records, labels, order, stamps)], one per set: {path: this run's record
+            (make_records)}, {(dis, ref): label} of the whole dataset, the current pairs
+            [(dis, ref)], and the images' stamps (`image_stamps`).
         overwrite: discard earlier files instead of refusing those made otherwise.
+        layers: {results path: (per-layer path, blocks)} with --per-layer: each prepared with its
+            results file (a results file started afresh loses its per-layer file).
+        warn: a function taking one line, told which images changed since they were scored.
 
     Returns:
-        {path: set of the (dis, ref) of `order` it already holds}.
+        {path: set of the (dis, ref) of `order` it holds}, for every results and per-layer file.
+        Rows scored from images that changed since are dropped from both, to be scored again.
     """
-    return prepare_many([(records, labels, order)], overwrite)
-
-
-def prepare_many(sets, overwrite=False):
-    """`prepare` for several sets at once [(records, labels, order)], each with its own pairs:
-    every file of every set is checked before any is touched."""
+    layers = layers or {}
     if not overwrite:
-        for records, _, _ in sets:
+        for records, _, _, _ in sets:
             for path, record in records.items():
                 if exists(path):
                     check_resumable(path, record)
-    return {path: _prepare_one(path, record, labels, order, overwrite)
-            for records, labels, order in sets for path, record in records.items()}
+    done = {}
+    for records, labels, order, stamps in sets:
+        changed = set()
+        for path, record in records.items():
+            if overwrite or not exists(path):
+                remove_layers(path)
+            drop, names = _prepare_one(path, record, labels, order, stamps, overwrite)
+            done[path] = drop[1]
+            if names is None and warn:
+                warn(f"warning: {path}: the stamps of the images its rows were scored from are gone "
+                     f"({os.path.join(os.path.dirname(path), STAMPS)} removed?); all its pairs are scored again")
+            changed.update(names or ())
+            if path in layers:
+                lpath, blocks = layers[path]
+                done[lpath] = done_keys(finish(lpath, labels, order, blocks, drop[0]))
+        if changed and warn:
+            warn(f"warning: {len(changed)} image(s) changed since they were scored (e.g. {sorted(changed)[0]}); "
+                 "their pairs are scored again")
+    return done
 
 
-def _prepare_one(path, record, labels, order, overwrite):
-    """Keep a file's complete rows, relabelled, and write this run's record (overwrite:
-    discard the file first). Returns the (dis, ref) of `order` it holds."""
+def _prepare_one(path, record, labels, order, stamps, overwrite):
+    """Keep a file's complete rows, relabelled, less those of changed images, and write this
+    run's record (overwrite: discard the file first). Returns ((dropped keys, held keys),
+    changed image names)."""
     if overwrite:
         for p in [path, record_path(path), *_parts(path)]:
             with writing(p), contextlib.suppress(FileNotFoundError):
@@ -525,10 +661,12 @@ def _prepare_one(path, record, labels, order, overwrite):
     data = (json.dumps(record, indent=1) + "\n").encode("utf-8")
     if not existed:  # the record first: a results file never exists without one
         _replace(record_path(path), data)
-    rows = finish(path, labels, order)
-    if existed:  # rows relabelled first, then the record says which labels they carry
-        _replace(record_path(path), data)
-    return done_keys(rows)
+        return (set(), done_keys(finish(path, labels, order))), []
+    drop, names = changed_pairs(os.path.dirname(path), read_record(path), record["images"], stamps,
+                                set(collect(path)))
+    rows = finish(path, labels, order, drop=drop)
+    _replace(record_path(path), data)  # rows relabelled and cleared first, then the record says what they are
+    return (drop, done_keys(rows)), names
 
 
 def check_resumable(path, record):

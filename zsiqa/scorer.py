@@ -23,7 +23,7 @@ from zsiqa.errors import UserError
 from zsiqa.images import as_list, prepare
 from zsiqa.loading import Chunk, load_chunks
 from zsiqa.models import FeatureExtractor, get_backbone
-from zsiqa.options import bool_option, int_option, is_integer, seed_option
+from zsiqa.options import bool_option, int_option, is_integer, resize_option, seed_option
 from zsiqa.weights import identity as weights_identity
 
 # H200 bench (dinov1 bf16, two runs): ~18 s of compilation; eager 1,184–1,218 vs compiled 1,287–1,343
@@ -58,7 +58,7 @@ class Scorer:
         self.backbone = get_backbone(model)
         self.distances = parse_distances(distances, self.backbone)
         self.single = isinstance(distances, str) and distances != "all" and "," not in distances
-        self.resize = int_option(resize, "resize", 224, None)
+        self.resize = resize_option(resize)
         self.swd_seed = seed_option(swd_seed)
         bool_option(model_norm, "model_norm")
         bool_option(compile, "compile")

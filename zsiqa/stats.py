@@ -120,21 +120,23 @@ def paired_tests(per_set, lower_better=True):
         lower_better: the distance's direction (all distances here: True).
 
     Returns:
-        {set name: {"vs": best name, "n_common", "p_value" (Wilcoxon signed-rank, two-sided;
-        None for the best itself), "wins", "losses" (images where this set is better / worse
-        than the best)}}.
+        {set name: {"vs": best name (None when no set has a score), "n_common", "p_value"
+        (Wilcoxon signed-rank, two-sided; None for the best itself and where no image is
+        shared: no statistic from zero pairs), "wins", "losses" (images where this set is
+        better / worse than the best; None without a shared image)}}.
     """
-    means = {k: np.mean(list(v.values())) for k, v in per_set.items() if v}
-    best = (min if lower_better else max)(means, key=means.get)
+    means = {k: float(np.mean(list(v.values()))) for k, v in per_set.items() if v}
+    means = {k: m for k, m in means.items() if np.isfinite(m)}
+    best = (min if lower_better else max)(means, key=means.get) if means else None
     out = {}
     for name, scores in per_set.items():
-        keys = sorted(set(scores) & set(per_set[best]))
+        keys = sorted(set(scores) & set(per_set[best])) if best is not None else []
         a = np.array([scores[k] for k in keys])
         b = np.array([per_set[best][k] for k in keys])
         diff = (a - b) if lower_better else (b - a)  # > 0: worse than the best
-        p = None
-        if name != best:
-            p = 1.0 if not np.any(diff) else float(stats.wilcoxon(a, b).pvalue)
+        tested = name != best and len(keys) > 0
+        p = (1.0 if not np.any(diff) else float(stats.wilcoxon(a, b).pvalue)) if tested else None
         out[name] = {"vs": best, "n_common": len(keys), "p_value": p,
-                     "wins": int((diff < 0).sum()), "losses": int((diff > 0).sum())}
+                     "wins": int((diff < 0).sum()) if keys else None,
+                     "losses": int((diff > 0).sum()) if keys else None}
     return out

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import safetensors.torch
 import torch
 
-from zsiqa.errors import UserError
+from zsiqa.errors import UserError, check_readable
 
 # ---------------------------------------------------------------- where weights come from
 
@@ -124,11 +124,11 @@ def resolve_weights(backbone, explicit=None):
     a download into the first library cache. UserError naming every place looked at. A file
     found or downloaded under an official OpenAI name must have the published sha256."""
     w = backbone.weights
-    if explicit:
+    if explicit is not None:
         explicit = os.fspath(explicit)
-        if not os.path.isfile(explicit):
-            raise UserError(f"weights file not found: {explicit}")
-        return explicit
+        if not explicit.strip():
+            raise UserError("the weights path is empty (an unset variable?); leave it out to use the usual lookup")
+        return check_readable(explicit, "weights file")
     places = weight_candidates(w)
     for p in places:
         if os.path.isfile(p):
