@@ -85,8 +85,8 @@ def golden_api_scores(rows, checkpoint, device="cpu", entry=lambda model: model)
         pairs = sorted({(r["ref"], r["dis"]) for r in group})
         scorer = Scorer(entry(model), distances, device=device, precision="fp32",
                         weights=checkpoint(ckpt.split("_seed")[0]))
-        got = scorer(
-            [str(GOLDEN / "models" / a) for a, _ in pairs], [str(GOLDEN / "models" / b) for _, b in pairs])
+        got = scorer(dis=[str(GOLDEN / "models" / b) for _, b in pairs],
+                     ref=[str(GOLDEN / "models" / a) for a, _ in pairs])
         for r in group:
             out[id(r)] = float(got[r["distance"]][pairs.index((r["ref"], r["dis"]))])
     return out

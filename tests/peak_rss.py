@@ -19,5 +19,5 @@ if __name__ == "__main__":
     paths = [os.path.join(folder, f"{n}{size}.png") for n in ("ref", "dis")]
     for path, a in zip(paths, (ref, dis)):
         Image.fromarray(a).save(path)
-    score = Scorer("clip_vitb32", "l2", device="cpu", weights=weights)(*paths).item()
+    score = Scorer("clip_vitb32", "l2", device="cpu", weights=weights)(dis=paths[1], ref=paths[0]).item()
     print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} {score:.8g}")

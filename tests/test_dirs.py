@@ -30,7 +30,7 @@ def _dirs(gt, outs):
 
 def _api(tiny, gt, out, frame, distances):
     return Scorer(tiny[0], distances, device="cpu", weights=tiny[1])(
-        [os.path.join(gt, p) for p in frame.ref], [os.path.join(out, p) for p in frame.dis])
+        dis=[os.path.join(out, p) for p in frame.dis], ref=[os.path.join(gt, p) for p in frame.ref])
 
 
 def test_dirs_files_equal_api_and_summary_equals_scipy(tiny, tmp_path, capsys):

@@ -19,20 +19,21 @@ ON = {"device": os.environ.get("ZSIQA_TEST_DEVICE", "cpu"), "precision": "fp32"}
 
 @pytest.fixture
 def mixed_set(tmp_path):
-    """Three references of different sizes, 2-3 distorted images each, refs interleaved."""
+    """(dis, ref) pairs, the API's order: three references of different sizes, 2-3 distorted
+    images each, refs interleaved."""
     sizes = [(224, 224), (300, 260), (450, 240)]
     refs = [random_image(tmp_path / f"r{i}.png", w, h, i) for i, (w, h) in enumerate(sizes)]
     pairs = []
     for j in range(8):
         i = j % 3
-        pairs.append((refs[i], random_image(tmp_path / f"d{j}.png", *sizes[i], 100 + j)))
+        pairs.append((random_image(tmp_path / f"d{j}.png", *sizes[i], 100 + j), refs[i]))
     return pairs
 
 
 def _loop(scorer, pairs):
     """The straightforward path: one pair at a time, one window per forward pass."""
     out = []
-    for ref, dis in pairs:
+    for dis, ref in pairs:
         wr, wd = windows(load_image(ref)), windows(load_image(dis))
         per = [[DISTANCES[d](scorer.extractor(wd[k:k + 1]), scorer.extractor(wr[k:k + 1])).item()
                 for d in scorer.distances] for k in range(wr.shape[0])]
@@ -45,7 +46,7 @@ def test_engine_equals_one_pair_loop(tiny, mixed_set, batch_size):
     name, weights = tiny
     scorer = Scorer(name, ALL, **ON, weights=weights, batch_size=batch_size)
     want = _loop(scorer, mixed_set)
-    got = scorer([r for r, _ in mixed_set], [d for _, d in mixed_set])
+    got = scorer(*zip(*mixed_set))
     for j, d in enumerate(ALL):
         np.testing.assert_allclose(got[d].numpy(), want[:, j], rtol=1e-5, atol=1e-7, err_msg=d)
 
@@ -54,7 +55,7 @@ def test_engine_equals_one_pair_loop(tiny, mixed_set, batch_size):
 def test_score_files_equals_api(tiny, mixed_set, workers):
     name, weights = tiny
     scorer = Scorer(name, "l2,wsd", **ON, weights=weights, batch_size=5, workers=workers)
-    api = scorer([r for r, _ in mixed_set], [d for _, d in mixed_set])
+    api = scorer(*zip(*mixed_set))
     rows = {i: r for (_, i), r in scorer.score_files(mixed_set)}
     assert sorted(rows) == list(range(len(mixed_set)))
     got = np.array([rows[i] for i in range(len(mixed_set))])
@@ -65,12 +66,12 @@ def test_score_files_equals_api(tiny, mixed_set, workers):
 def test_input_forms_agree(tiny, mixed_set):
     name, weights = tiny
     metric = Scorer(name, "cos", **ON, weights=weights)
-    ref, dis = mixed_set[1]
-    by_path = metric(ref, dis)
+    dis, ref = mixed_set[1]
+    by_path = metric(dis, ref)
     assert by_path.shape == (1,)  # one distance name → a tensor
-    by_pil = metric(Image.open(ref), Image.open(dis))
-    by_tensor = metric(load_image(ref), load_image(dis))
-    by_batch = metric(load_image(ref)[None].repeat(2, 1, 1, 1), load_image(dis)[None].repeat(2, 1, 1, 1))
+    by_pil = metric(Image.open(dis), Image.open(ref))
+    by_tensor = metric(load_image(dis), load_image(ref))
+    by_batch = metric(load_image(dis)[None].repeat(2, 1, 1, 1), load_image(ref)[None].repeat(2, 1, 1, 1))
     assert torch.allclose(by_pil, by_path) and torch.allclose(by_tensor, by_path)
     assert by_batch.shape == (2,) and torch.allclose(by_batch, by_path.expand(2))
 
@@ -82,15 +83,15 @@ def test_reference_encoded_once_per_run(tiny, mixed_set, monkeypatch):
     encode = scorer.encode
     monkeypatch.setattr(scorer, "encode", lambda w: seen.append(w.shape[0]) or encode(w))
     list(scorer.score_files(mixed_set))
-    n_windows = sum(windows(load_image(d)).shape[0] for _, d in mixed_set)
-    n_ref_windows = sum(windows(load_image(r)).shape[0] for r in {r for r, _ in mixed_set})
+    n_windows = sum(windows(load_image(d)).shape[0] for d, _ in mixed_set)
+    n_ref_windows = sum(windows(load_image(r)).shape[0] for r in {r for _, r in mixed_set})
     assert sum(seen) == n_windows + n_ref_windows
     assert max(seen) <= 4
 
 
 def test_embed_variant_runs_and_is_bounded(tiny, mixed_set):
     name, weights = tiny
-    got = Scorer("embed_" + name, "cos", **ON, weights=weights)([r for r, _ in mixed_set], [d for _, d in mixed_set])
+    got = Scorer("embed_" + name, "cos", **ON, weights=weights)(*zip(*mixed_set))
     assert torch.all((got >= 0) & (got <= 2))
 
 
@@ -100,7 +101,7 @@ def test_api_refuses_tensors_outside_unit_range(tiny):
     metric = Scorer(name, "l2", **ON, weights=weights)
     with pytest.raises(UserError, match=r"\[0, 1\]"):
         metric(torch.full((3, 224, 224), 255.0), torch.zeros(3, 224, 224))
-    with pytest.raises(UserError, match="3 references but 2"):
+    with pytest.raises(UserError, match="3 distorted images but 2 references"):
         metric([torch.zeros(3, 224, 224)] * 3, [torch.zeros(3, 224, 224)] * 2)
     assert metric(torch.zeros(3, 224, 224, dtype=torch.uint8), torch.zeros(3, 224, 224)).item() == 0.0
 
@@ -117,7 +118,7 @@ def test_mixed_bit_depths_share_a_batch_correctly(tiny, tmp_path):
     Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "dis16.png")  # the same picture, 16 bits
     Image.fromarray(np.clip(grey.astype(int) + 9, 0, 255).astype(np.uint8)).save(tmp_path / "dis8.png")
     ref = str(tmp_path / "ref8.png")
-    pairs = [(ref, str(tmp_path / "dis16.png")), (ref, str(tmp_path / "dis8.png"))]
+    pairs = [(str(tmp_path / "dis16.png"), ref), (str(tmp_path / "dis8.png"), ref)]
     one = {i: r for (_, i), r in Scorer(name, "l2,cos", **ON, weights=weights, batch_size=1).score_files(pairs)}
     big = {i: r for (_, i), r in Scorer(name, "l2,cos", **ON, weights=weights, batch_size=64).score_files(pairs)}
     assert abs(one[0][0]) < 1e-9 and abs(big[0][0]) < 1e-9  # identical pictures: distance 0 (to rounding)
@@ -125,7 +126,7 @@ def test_mixed_bit_depths_share_a_batch_correctly(tiny, tmp_path):
     metric = Scorer(name, "l2", **ON, weights=weights)
     ref8 = torch.from_numpy(np.repeat(grey[None], 3, 0))
     noisy = (ref8.float() / 255 + 0.02).clamp(0, 1)
-    assert metric(ref8, noisy).item() == pytest.approx(metric(ref8.float() / 255, noisy).item(), rel=1e-5)
+    assert metric(noisy, ref8).item() == pytest.approx(metric(noisy, ref8.float() / 255).item(), rel=1e-5)
 
 
 def test_api_input_types(tiny, tmp_path):
@@ -159,7 +160,7 @@ def test_large_reference_compared_block_by_block(tiny, monkeypatch):
     g = torch.Generator().manual_seed(0)
     ref = torch.rand(3, 700, 650, generator=g)
     dises = [(ref + s * torch.rand(3, 700, 650, generator=g)).clamp(0, 1) for s in (0.05, 0.1, 0.2)]
-    cached = Scorer(name, ALL, **ON, weights=weights)([ref] * 3, dises)
+    cached = Scorer(name, ALL, **ON, weights=weights)(dises, [ref] * 3)
     blocky = Scorer(name, ALL, **ON, weights=weights, cache_mb=1)
     sizes = blocky.group_sizes  # pretend a window's features take a third of the 1 MB budget: blocks of 2
     monkeypatch.setattr(blocky.extractor, "probe", lambda: (sizes, 2**20 // 3 + 1))
@@ -168,7 +169,7 @@ def test_large_reference_compared_block_by_block(tiny, monkeypatch):
     reserved = []
     original = engine.SlotPool.reserve
     monkeypatch.setattr(engine.SlotPool, "reserve", lambda self, n: reserved.append(n) or original(self, n))
-    got = blocky([ref] * 3, dises)
+    got = blocky(dises, [ref] * 3)
     assert max(reserved) == 2 and sum(reserved) == 16  # 4×4 windows, one reference encoding
     for d in ALL:
         np.testing.assert_allclose(got[d].numpy(), cached[d].numpy(), rtol=1e-6, err_msg=d)
@@ -180,16 +181,16 @@ def test_unreadable_body_mid_run(tiny, mixed_set, tmp_path):
     from zsiqa.errors import UserError
     name, weights = tiny
     cut = tmp_path / "cut.png"
-    data = open(mixed_set[4][1], "rb").read()
+    data = open(mixed_set[4][0], "rb").read()
     cut.write_bytes(data[: len(data) // 2])
     pairs = list(mixed_set)
-    pairs[4] = (pairs[4][0], str(cut))
+    pairs[4] = (str(cut), pairs[4][1])
     scorer = Scorer(name, "l2", **ON, weights=weights)
     failed = []
     rows = {i: r for (_, i), r in scorer.score_files(pairs, on_error=lambda job, msg: failed.append((job, msg)))}
     assert [job for job, _ in failed] == [(0, 4)] and "cut.png" in failed[0][1]
     assert sorted(rows) == [i for i in range(len(pairs)) if i != 4]
-    api = scorer([r for r, _ in mixed_set], [d for _, d in mixed_set])
+    api = scorer(*zip(*mixed_set))
     np.testing.assert_allclose([rows[i][0] for i in sorted(rows)], np.delete(api.numpy(), 4), rtol=1e-6)
     done = []
     with pytest.raises(UserError, match="cut.png"):
@@ -208,8 +209,8 @@ def test_fixed_batch_padding_changes_nothing(tiny, mixed_set):
     shapes = []
     encode = padded.encode
     padded.encode = lambda w: shapes.append(w.shape[0]) or encode(w)
-    refs, dises = [r for r, _ in mixed_set], [d for _, d in mixed_set]
-    a, b = plain(refs, dises), padded(refs, dises)
+    dises, refs = (list(x) for x in zip(*mixed_set))
+    a, b = plain(dises, refs), padded(dises, refs)
     assert set(shapes) == {5}
     for d in ALL:
         np.testing.assert_allclose(b[d].numpy(), a[d].numpy(), rtol=1e-6, err_msg=d)
@@ -219,11 +220,11 @@ def test_compiled_backbone_gives_the_same_scores(tiny, mixed_set):
     """compile=True (torch.compile, fixed-shape batches): the same numbers as eager. On this
     CPU it only proves the path; on a GPU bench.py measures what it gains."""
     name, weights = tiny
-    refs, dises = [r for r, _ in mixed_set[:4]], [d for _, d in mixed_set[:4]]
-    eager = Scorer(name, ALL, **ON, weights=weights, batch_size=6)(refs, dises)
+    dises, refs = (list(x) for x in zip(*mixed_set[:4]))
+    eager = Scorer(name, ALL, **ON, weights=weights, batch_size=6)(dises, refs)
     compiled = Scorer(name, ALL, **ON, weights=weights, batch_size=6, compile=True)
     assert compiled.fixed_batch
-    got = compiled(refs, dises)
+    got = compiled(dises, refs)
     for d in ALL:
         np.testing.assert_allclose(got[d].numpy(), eager[d].numpy(), rtol=1e-5, atol=1e-8, err_msg=d)
 
@@ -322,9 +323,9 @@ def test_api_misuse_is_one_clear_error(tiny, tmp_path):
     assert [i for i, _ in metric.score_files(iter([pair]))] == [(0, 0)]  # any iterable of pairs
     assert [i for i, _ in metric.score_files(np.array([pair]), jobs=((0, k) for k in range(1)))] == [(0, 0)]
     ref, dis = torch.rand(3, 224, 230), torch.rand(3, 224, 230)
-    np.testing.assert_array_equal(metric.maps(ref[None], dis[None])["l2"], metric.maps(ref, dis)["l2"])
+    np.testing.assert_array_equal(metric.maps(dis[None], ref[None])["l2"], metric.maps(dis, ref)["l2"])
     with pytest.raises(UserError, match="one pair at a time"):
-        metric.maps(torch.stack([ref, ref]), torch.stack([dis, dis]))
+        metric.maps(torch.stack([dis, dis]), torch.stack([ref, ref]))
     one, empty = torch.rand(1, 3, 224, 224), torch.rand(0, 3, 224, 224)
     for kwargs, images, match in [({}, empty, "empty batch"), ({"swd_seed": "a"}, one, "swd_seed"),
                                   ({"swd_seed": -1}, one, "swd_seed")]:

@@ -19,13 +19,15 @@ ALL = ["l2", "cos", "skld", "jsd", "wsd", "swd"]
 
 @pytest.fixture
 def pairs(tmp_path):
+    """(dis, ref) pairs, the API's order."""
     sizes = [(224, 224), (300, 260), (450, 240)]
     refs = [random_image(tmp_path / f"r{i}.png", w, h, i) for i, (w, h) in enumerate(sizes)]
-    return [(refs[j % 3], random_image(tmp_path / f"d{j}.png", *sizes[j % 3], 100 + j)) for j in range(5)]
+    return [(random_image(tmp_path / f"d{j}.png", *sizes[j % 3], 100 + j), refs[j % 3]) for j in range(5)]
 
 
 def _split(pairs):
-    return [r for r, _ in pairs], [d for _, d in pairs]
+    """(dis, ref) pairs → (distorted images, references)."""
+    return [d for d, _ in pairs], [r for _, r in pairs]
 
 
 # ---------------------------------------------------------------- per-layer scores, --layers
@@ -94,7 +96,7 @@ def test_subset_of_blocks(tiny, pairs):
     got = sub(*_split(pairs))
     for d in per:
         np.testing.assert_allclose(got[d].numpy(), per[d][:, 1].numpy(), rtol=1e-6)
-    ref, dis = load_image(pairs[0][0]), load_image(pairs[0][1])
+    dis, ref = load_image(pairs[0][0]), load_image(pairs[0][1])
     f_r, f_d = sub.extractor(windows(ref))[:, 1:], sub.extractor(windows(dis))[:, 1:]
     np.testing.assert_allclose(got["wsd"][0].item(), DISTANCES["wsd"](f_d, f_r).mean().item(), rtol=1e-5)
 
@@ -104,14 +106,14 @@ def test_subset_of_blocks(tiny, pairs):
 def test_window_maps_mean_is_window_score(tiny, pairs):
     name, weights = tiny
     scorer = Scorer(name, ALL, device="cpu", weights=weights, batch_size=4, layers="1-2")
-    ref, dis = pairs[2]
-    maps = scorer.window_maps(ref, dis)
+    dis, ref = pairs[2]
+    maps = scorer.window_maps(dis, ref)
     wr, wd = windows(load_image(ref)), windows(load_image(dis))
     want = scorer.window_scores(scorer.encode(wd), lambda a, b: [f[a:b] for f in scorer.encode(wr)])
     for j, d in enumerate(ALL):
         assert maps[d].shape == (wr.shape[0], 224, 224)
         np.testing.assert_allclose(maps[d].double().mean((1, 2)).numpy(), want[:, j].numpy(), rtol=1e-5, err_msg=d)
-    image = scorer.maps(ref, dis)
+    image = scorer.maps(dis, ref)
     assert image["l2"].shape == (240, 450) and image["l2"].dtype == np.float32
     total, count = np.zeros((len(ALL), 240, 450)), np.zeros((240, 450))  # overlaps averaged, by hand
     for k, (r, c) in enumerate([(r, c) for r in (0, 16) for c in (0, 200, 226)]):
@@ -124,8 +126,8 @@ def test_window_maps_mean_is_window_score(tiny, pairs):
 @needs_shared
 def test_conv_window_maps_mean(checkpoint, pairs):
     scorer = Scorer("clip_rn50", "l2,cos", device="cpu", precision="fp32", weights=checkpoint("clip_rn50"))
-    ref, dis = pairs[1]
-    maps = scorer.window_maps(ref, dis)
+    dis, ref = pairs[1]
+    maps = scorer.window_maps(dis, ref)
     wr, wd = windows(load_image(ref)), windows(load_image(dis))
     want = scorer.window_scores(scorer.encode(wd), lambda a, b: [f[a:b] for f in scorer.encode(wr)])
     for j, d in enumerate(["l2", "cos"]):
@@ -139,7 +141,7 @@ def test_local_distortion_shows_in_map(tiny):
     dis = ref.clone()
     gen = torch.Generator().manual_seed(0)
     dis[:, 64:160, 288:384] = (dis[:, 64:160, 288:384] + 0.3 * torch.randn(3, 96, 96, generator=gen)).clamp(0, 1)
-    maps = Scorer(name, "l2,cos", device="cpu", weights=weights).maps(ref, dis)
+    maps = Scorer(name, "l2,cos", device="cpu", weights=weights).maps(dis, ref)
     inside = np.zeros((448, 448), bool)
     inside[64:160, 288:384] = True
     for d, m in maps.items():
@@ -148,7 +150,7 @@ def test_local_distortion_shows_in_map(tiny):
 
 def test_cli_writes_maps(tiny, pairs, tmp_path, capsys):
     name, weights = tiny
-    ref, dis = pairs[1]
+    dis, ref = pairs[1]
     out = tmp_path / "maps"
     run_single_img.main(["-ref", ref, "-dis", dis, "-m", name, "--weights", weights, "-d", "l2,wsd", "--device", "cpu",
                          "--maps", str(out), "--layers", "1-2"])
@@ -186,7 +188,7 @@ def test_loss_equals_scorer(tiny, d):
     dis = (ref + 0.1 * torch.randn(ref.shape, generator=gen)).clamp(0, 1).requires_grad_(True)
     loss = PerceptualLoss(name, d, weights=weights, device="cpu", reduction="none")
     value = loss(dis, ref)
-    want = Scorer(name, d, device="cpu", weights=weights)(ref, dis.detach())
+    want = Scorer(name, d, device="cpu", weights=weights)(dis.detach(), ref)
     np.testing.assert_allclose(value.detach().numpy(), want.numpy(), rtol=1e-5)
     value.sum().backward()
     assert torch.isfinite(dis.grad).all() and dis.grad.abs().sum() > 0
@@ -218,7 +220,7 @@ def test_loss_optimises_and_autocast(tiny):
     ref = torch.rand(1, 3, 224, 224, generator=gen)
     x = (ref + 0.2 * torch.randn(ref.shape, generator=gen)).clamp(0, 1).requires_grad_(True)
     criterion = PerceptualLoss(name, "l2", weights=weights, device="cpu").train()
-    assert not criterion.extractor.training
+    assert not criterion.backbone.training
     opt = torch.optim.Adam([x], lr=0.01)
     values = []
     for _ in range(5):
@@ -235,14 +237,15 @@ def test_loss_optimises_and_autocast(tiny):
 
 
 @pytest.mark.parametrize("bad,match", [(torch.zeros(1, 3, 224, 224, dtype=torch.uint8), "float"),
-                                       (torch.full((1, 3, 224, 224), 1.5), r"\[0, 1\]"),
-                                       (torch.full((1, 3, 224, 224), float("nan")), r"\[0, 1\]"),
-                                       (torch.rand(1, 3, 200, 300), "at least 224"),
+                                       (torch.full((1, 3, 224, 224), float("nan")), "NaN or infinite"),
+                                       (torch.full((1, 3, 224, 224), float("-inf")), "NaN or infinite"),
+                                       (torch.rand(1, 3, 200, 300), "resize=224"),
                                        (torch.rand(3, 224, 224), r"\[N, 3, H, W\]")])
 def test_loss_refuses_bad_input(tiny, bad, match):
     name, weights = tiny
     with pytest.raises(UserError, match=match):
-        PerceptualLoss(name, "l2", weights=weights, device="cpu")(bad, torch.rand(1, 3, 224, 224))
+        PerceptualLoss(name, "l2", weights=weights, device="cpu")(bad, torch.rand(bad.shape if bad.dim() == 4 else
+                                                                                   (1, 3, 224, 224)))
 
 
 def test_loss_takes_float16_and_float64_images(tiny):

@@ -68,7 +68,7 @@ from zsiqa import Scorer, UserError, DISTANCES, BACKBONES
 import zsiqa.models
 from tinymodel import register_tiny
 register_tiny(zsiqa.models.BACKBONES)
-score = float(Scorer({name!r}, "l2", weights={weights!r}, device="cpu")({a!r}, {b!r}))
+score = float(Scorer({name!r}, "l2", weights={weights!r}, device="cpu")(dis={b!r}, ref={a!r}))
 print(json.dumps({{"models": models.MARK, "utils": utils.MARK, "datasets": load_dataset("imagenet-1k"),
                   "zsiqa": zsiqa.__file__, "user_models": models.__file__, "score": score,
                   "distances": list(DISTANCES), "has_dinov1": "dinov1" in BACKBONES}}))
@@ -81,7 +81,8 @@ print(json.dumps({{"models": models.MARK, "utils": utils.MARK, "datasets": load_
     assert got["zsiqa"].startswith(str(installed)) and got["user_models"].startswith(str(project))
     assert got["distances"][:5] == ["l2", "cos", "skld", "jsd", "wsd"] and got["has_dinov1"]
     from zsiqa.scorer import Scorer
-    assert got["score"] == pytest.approx(float(Scorer(name, "l2", weights=weights, device="cpu")(a, b)), rel=1e-6)
+    want = float(Scorer(name, "l2", weights=weights, device="cpu")(dis=b, ref=a))
+    assert got["score"] == pytest.approx(want, rel=1e-6)
 
 
 def test_help_needs_no_torch(installed, project):

@@ -35,13 +35,13 @@ def test_a_new_distance_is_one_entry(tiny, with_l1, tmp_path, capsys):
     # by hand: the mean over windows of Σ_layers mean |f_dis − f_ref|
     f_ref, f_dis = scorer.extractor(windows(load_image(ref))), scorer.extractor(windows(load_image(dis)))
     want = (f_dis - f_ref).abs().flatten(2).mean(-1).sum(1).double().mean().item()
-    assert scorer(ref, dis).item() == pytest.approx(want, rel=1e-6)
+    assert scorer(dis, ref).item() == pytest.approx(want, rel=1e-6)
     assert "l1" in Scorer(name, "all", device="cpu", weights=weights).distances
     assert "l1" not in Scorer("embed_" + name, "all", device="cpu", weights=weights).distances  # tokens and maps only
     run_single_img.main(["-ref", ref, "-dis", dis, "-m", name, "-d", "l1,l2", "--weights", weights, "--device", "cpu"])
     printed = dict(line.split("\t") for line in capsys.readouterr().out.strip().splitlines())
     assert float(printed["l1"]) == pytest.approx(want, rel=1e-6)
-    l2 = Scorer(name, "l2", device="cpu", weights=weights)(ref, dis).item()
+    l2 = Scorer(name, "l2", device="cpu", weights=weights)(dis, ref).item()
     assert float(printed["l2"]) == pytest.approx(l2, rel=1e-6)
 
 

@@ -88,8 +88,8 @@ def test_robustness_run_scores_transformed_pairs(tiny, tmp_path):
         pairs = [transform(Image.open(os.path.join(root, r)).convert("RGB"),
                            Image.open(os.path.join(root, d)).convert("RGB"), kind, 3)
                  for r, d in zip(frame.ref, frame.dis, strict=False)]
-        api = Scorer(tiny[0], "l2", device="cpu", weights=tiny[1])([pil_to_tensor(r) for r, _ in pairs],
-                                                                   [pil_to_tensor(d) for _, d in pairs])
+        api = Scorer(tiny[0], "l2", device="cpu", weights=tiny[1])(dis=[pil_to_tensor(d) for _, d in pairs],
+                                                                   ref=[pil_to_tensor(r) for r, _ in pairs])
         np.testing.assert_allclose(frame.pred, api.numpy(), rtol=1e-6, err_msg=kind)
 
 

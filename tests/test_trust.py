@@ -32,7 +32,7 @@ def _rows(path):
 
 
 def _api(tiny, ref, dis, distance="l2"):
-    return float(Scorer(tiny[0], distance, device="cpu", weights=tiny[1])(ref, dis))
+    return float(Scorer(tiny[0], distance, device="cpu", weights=tiny[1])(dis=dis, ref=ref))
 
 
 def _redo(path, seed):

@@ -60,8 +60,8 @@ def test_dinov1_reads_the_hugging_face_layout(checkpoint, tmp_path):
                 hf[f"encoder.layer.{i}.attention.attention.{part}.{kind}"] = chunk
     save_file({k: v.contiguous() for k, v in hf.items()}, str(tmp_path / "model.safetensors"))
     ref, dis = str(GOLDEN / "models" / "pair0_ref.png"), str(GOLDEN / "models" / "pair0_dis_blur.png")
-    a = Scorer("dinov1", "l2,wsd", device="cpu", weights=checkpoint("dinov1"))(ref, dis)
-    b = Scorer("dinov1", "l2,wsd", device="cpu", weights=str(tmp_path / "model.safetensors"))(ref, dis)
+    a = Scorer("dinov1", "l2,wsd", device="cpu", weights=checkpoint("dinov1"))(dis, ref)
+    b = Scorer("dinov1", "l2,wsd", device="cpu", weights=str(tmp_path / "model.safetensors"))(dis, ref)
     assert torch.allclose(a["l2"], b["l2"], rtol=1e-6) and torch.allclose(a["wsd"], b["wsd"], rtol=1e-6)
 
 
@@ -135,7 +135,7 @@ def test_a_new_backbone_is_one_registry_entry(monkeypatch, tiny_weights, tmp_pat
     for n in ("a", "b"):
         Image.fromarray((torch.rand(230, 240, 3, generator=g) * 255).byte().numpy()).save(tmp_path / f"{n}.png")
     a, b = str(tmp_path / "a.png"), str(tmp_path / "b.png")
-    api = Scorer("my_new_vit", "l2,wsd", device="cpu", weights=tiny_weights)(a, b)
+    api = Scorer("my_new_vit", "l2,wsd", device="cpu", weights=tiny_weights)(dis=b, ref=a)
     assert run_single_img.main(["-ref", a, "-dis", b, "-m", "my_new_vit", "-d", "l2,wsd", "--device", "cpu",
                                 "--weights", tiny_weights, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -17,7 +17,8 @@ from zsiqa.windows import window_count, windows
 
 
 def make_set(folder, size, n_refs, n_pairs, seed=0):
-    """PIPAL-like files: n_refs BMP references, n_pairs distorted BMPs spread over them."""
+    """PIPAL-like files: n_refs BMP references, n_pairs distorted BMPs spread over them;
+    returns the pairs [(dis, ref)] grouped by reference, as PIPAL's label files list them."""
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
     pairs = []
@@ -34,9 +35,8 @@ def make_set(folder, size, n_refs, n_pairs, seed=0):
         if not os.path.isfile(path):
             a = np.asarray(Image.open(ref), dtype=np.int16) + rng.integers(-25, 26, (size, size, 3), dtype=np.int16)
             Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path)
-        pairs.append((ref, path))
-    pairs.sort()  # grouped by reference, as PIPAL's label files list them
-    return pairs
+        pairs.append((path, ref))
+    return sorted(pairs, key=lambda p: (p[1], p[0]))
 
 
 def sync(device):
@@ -57,7 +57,7 @@ def time_loop(scorer, pairs):
     out = {}
     sync(scorer.device)
     t = time.perf_counter()
-    for i, (ref, dis) in enumerate(pairs):
+    for i, (dis, ref) in enumerate(pairs):
         wr, wd = windows(load_image(ref)), windows(load_image(dis))
         per = []
         for k in range(wr.shape[0]):

@@ -324,17 +324,28 @@ def score(args):
     if args.maps:
         from zsiqa import plots
         plots.check_folder(args.maps)  # before any work: an unwritable folder fails at once
-    from zsiqa.images import to_float
+    from zsiqa.distances import parse_distances
+    from zsiqa.images import header_size, to_float
+    from zsiqa.models import get_backbone
     from zsiqa.scorer import Scorer
+    from zsiqa.windows import check_pair
+    parse_distances(args.distance, get_backbone(args.model))  # names and images before the weights are read
+    sizes = []
+    for path in (args.ref, args.dis):
+        size, why = header_size(path)
+        if why:
+            raise UserError(f"image not found: {path}" if why == "missing" else f"cannot read image {path}: {why}")
+        sizes.append((args.resize, args.resize) if args.resize else size)
+    check_pair(*sizes, name=f"{args.ref} / {args.dis}", resized=bool(args.resize))
     scorer = Scorer(args.model, args.distance, device=args.device, precision=args.precision,
                     weights=args.weights, resize=args.resize, workers=0, model_norm=args.model_norm, layers=args.layers)
-    scores = scorer.score([args.ref], [args.dis])
+    scores = scorer.score([args.dis], [args.ref])
     values = {d: float(v[0]) for d, v in scores.items()}
     if args.json:
         print(to_json({"model": args.model, "scores": values}))
     else:
         sys.stdout.write("".join(f"{d}\t{v:.10g}\n" for d, v in values.items()))
     if args.maps:
-        written = plots.write_maps(scorer.maps(args.ref, args.dis), to_float(scorer.prepare(args.dis)), args.maps,
+        written = plots.write_maps(scorer.maps(args.dis, args.ref), to_float(scorer.prepare(args.dis)), args.maps,
                                    scorer.backbone.name, values)
         sys.stderr.write(f"wrote {len(written)} files to {args.maps}\n")

@@ -76,17 +76,17 @@ class Context:
     def shard(self, pairs, todo):
         """This rank's share of the (variant, pair) jobs, in `todo`'s order: whole reference
         groups, dealt out by size (largest first, to the least-loaded rank) so ranks finish
-        together."""
+        together. pairs: [(dis, ref)]."""
         if self.world == 1:
             return list(todo)
         size = {}
         for _, i in todo:
-            size[pairs[i][0]] = size.get(pairs[i][0], 0) + 1
+            size[pairs[i][1]] = size.get(pairs[i][1], 0) + 1
         load, owner = [0] * self.world, {}
         for ref in sorted(size, key=lambda r: -size[r]):
             owner[ref] = load.index(min(load))
             load[owner[ref]] += size[ref]
-        return [(v, i) for v, i in todo if owner[pairs[i][0]] == self.rank]
+        return [(v, i) for v, i in todo if owner[pairs[i][1]] == self.rank]
 
 
 @contextlib.contextmanager

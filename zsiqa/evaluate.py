@@ -131,8 +131,8 @@ class Plan:
         return [(dis, ref) for ref, dis, _ in self.pairs[s]]
 
     def files(self):
-        """Every pair of the run as paths on disk [(ref, dis)]: one list for one engine call."""
-        return [(self.sets[s].ref_path(self.pairs[s][k][0]), self.sets[s].dis_path(self.pairs[s][k][1]))
+        """Every pair of the run as paths on disk [(dis, ref)]: one list for one engine call."""
+        return [(self.sets[s].dis_path(self.pairs[s][k][1]), self.sets[s].ref_path(self.pairs[s][k][0]))
                 for s, k in self.index]
 
 
@@ -320,7 +320,7 @@ def score(args, dist, scorer, plan, variants, files, done, todo):
     def skip(job, message):  # --skip-missing: a pair that cannot be decoded mid-run
         s, k = plan.index[job[1]]
         skipped.setdefault((s, job[0]), set()).add((plan.pairs[s][k][1], plan.pairs[s][k][0]))
-        sys.stderr.write(f"warning: skipped {disk[job[1]][1]}: {message}\n")
+        sys.stderr.write(f"warning: skipped {disk[job[1]][0]}: {message}\n")
     progress = None
     if not args.no_progress and dist.rank == 0:
         progress = tqdm(total=len(todo), unit="pair", dynamic_ncols=True, desc=f"{plan.name} {args.model}",

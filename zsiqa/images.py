@@ -164,9 +164,15 @@ def checked_tensor(x):
     if not torch.isfinite(x).all():
         raise UserError("image tensor holds NaN or infinite values")
     if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise UserError(f"float image tensors must hold values in [0, 1], "
-                        f"got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+        raise UserError(f"float image tensors must hold values in [0, 1], got [{_exact(x.min())}, {_exact(x.max())}] "
+                        "(the loss, PerceptualLoss, takes any values)")
     return x
+
+
+def _exact(value):
+    """A tensor's scalar as the shortest decimal that is exactly it (float32 1.0000003 prints as
+    1.0000004, not as the 1 that a rounded format would make of it)."""
+    return str(value.detach().cpu().numpy())
 
 
 def _loaded(im):

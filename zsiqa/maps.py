@@ -71,10 +71,10 @@ def _batch_maps(scorer, fd, fr):
     return out
 
 
-def _pair(scorer, ref, dis):
-    """One pair as the Scorer reads it → float tensors [3, H, W] of the same size (a tensor
-    [1, 3, H, W] is that one image; maps are made for one pair at a time)."""
-    for x in (ref, dis):
+def _pair(scorer, dis, ref):
+    """One pair as the Scorer reads it → (ref, dis) float tensors [3, H, W] of the same size (a
+    tensor [1, 3, H, W] is that one image; maps are made for one pair at a time)."""
+    for x in (dis, ref):
         if torch.is_tensor(x) and x.dim() == 4 and x.shape[0] != 1:
             raise UserError(f"maps are made for one pair at a time: got a batch of {x.shape[0]} images")
     ref, dis = (to_float(scorer.prepare(x[0] if torch.is_tensor(x) and x.dim() == 4 else x)) for x in (ref, dis))
@@ -91,9 +91,9 @@ def window_batches(scorer, ref, dis):
         yield s, {d: m.cpu() for d, m in _batch_maps(scorer, fd, fr).items()}
 
 
-def window_maps(scorer, ref, dis):
+def window_maps(scorer, dis, ref):
     """{distance: tensor [K, 224, 224]}: each window's map, rows-outer order."""
-    parts = [m for _, m in window_batches(scorer, *_pair(scorer, ref, dis))]
+    parts = [m for _, m in window_batches(scorer, *_pair(scorer, dis, ref))]
     return {d: torch.cat([p[d] for p in parts]) for d in scorer.distances}
 
 
@@ -106,9 +106,9 @@ def _pixel_index(first, count, pr, pc, w):
     return rows[:, :, None] * w + cols[:, None, :]
 
 
-def image_maps(scorer, ref, dis):
+def image_maps(scorer, dis, ref):
     """{distance: float32 numpy [H, W]}: window maps placed and overlaps averaged."""
-    ref, dis = _pair(scorer, ref, dis)
+    ref, dis = _pair(scorer, dis, ref)
     h, w = dis.shape[-2:]
     pr, pc = window_positions(h), window_positions(w)
     canvas = {d: torch.zeros(h * w, dtype=torch.float64) for d in scorer.distances}

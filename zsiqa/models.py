@@ -50,19 +50,52 @@ def run_stacked(blocks, x, layer_dim):
 
 
 class Family:
-    """How one family of architectures is built from a state dict (None: random init, for
-    benchmarks) and run. `layers` gives the compared feature groups: one stack [N, L, T, D]
-    for transformers, one [N, L_g, C, H, W] per map shape for conv nets; `embed` gives the
-    compared embedding [N, 1, T, D]."""
+    """One family of architectures: `build()` gives the architecture (parameters uninitialised
+    when built on the meta device), `state(sd)` a checkpoint's tensors under its names,
+    `half(model)` the published fp16 form, `layers`/`embed` run it. `layers` gives the compared
+    feature groups: one stack [N, L, T, D] for transformers, one [N, L_g, C, H, W] per map shape
+    for conv nets; `embed` the compared embedding [N, 1, T, D]."""
 
-    def build(self, sd, backbone, path, half):
+    def build(self):
         raise NotImplementedError
+
+    def state(self, sd):
+        return sd
+
+    def half(self, model):
+        return model.half()
+
+    def loaded(self, sd, backbone, path):
+        """The architecture holding the checkpoint's tensors: built on the meta device (nothing
+        initialised that the checkpoint would overwrite), loaded with assign=True, in float32."""
+        with torch.device("meta"):
+            model = self.build()
+        check_keys(sd, backbone.expect, backbone, path)
+        load_strict(model, self.state(sd), backbone, path, assign=True)
+        return model.float()
 
     def layers(self, model, x):
         raise NotImplementedError
 
     def embed(self, model, x):
         raise NotImplementedError
+
+
+class Fp32LayerNorm(nn.LayerNorm):
+    """The clip package's LayerNorm (computed in float32, output in the input's dtype), also when
+    the module was cast to half or bfloat16: its own weights are taken in float32 too (a no-op
+    for the float32 weights of every published run)."""
+
+    def forward(self, x):
+        w, b = (None if t is None else t.float() for t in (self.weight, self.bias))
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type(x.dtype)
+
+
+def _fp32_layer_norms(module):
+    for m in module.modules():
+        if type(m).__name__ == "LayerNorm" and type(m).__module__ == "clip.model":
+            m.__class__ = Fp32LayerNorm
+    return module
 
 
 class ClipViT(Family):
@@ -72,19 +105,23 @@ class ClipViT(Family):
     def __init__(self, patch=32, width=768, layers=12, heads=12, output_dim=512, openclip=False):
         self.dims, self.openclip = (patch, width, layers, heads, output_dim), openclip
 
-    def build(self, sd, backbone, path, half):
+    def build(self):
         import clip.model
         patch, width, layers, heads, out = self.dims
         visual = clip.model.VisionTransformer(224, patch, width, layers, heads, out)
         if self.openclip:
             for block in visual.transformer.resblocks:
                 block.mlp.gelu = nn.GELU()
-        if sd is not None:
-            check_keys(sd, backbone.expect, backbone, path)
-            load_strict(visual, visual_only(sd), backbone, path)
-        if half:  # what clip.load gives on a GPU: convolutions, linears, attention in fp16
-            clip.model.convert_weights(visual)
-        return visual
+        return _fp32_layer_norms(visual)
+
+    def state(self, sd):
+        return visual_only(sd)
+
+    def half(self, model):
+        """What clip.load gives on a GPU: convolutions, linears, attention in fp16 (LayerNorms stay fp32)."""
+        import clip.model
+        clip.model.convert_weights(model)
+        return model
 
     def _tokens(self, visual, x):
         x = visual.conv1(x.type(visual.conv1.weight.dtype))
@@ -99,7 +136,7 @@ class ClipViT(Family):
 
     def embed(self, visual, x):
         x = visual.transformer(self._tokens(visual, x)).permute(1, 0, 2)
-        e = visual.ln_post(x[:, 0, :]) @ visual.proj
+        e = visual.ln_post(x[:, 0, :]) @ visual.proj.to(x.dtype)
         return F.normalize(e.float(), dim=-1)[:, None, None, :]
 
 
@@ -110,15 +147,14 @@ class ClipResNet(Family):
     def __init__(self, layers=(3, 4, 6, 3), width=64, output_dim=1024):
         self.blocks, self.width, self.output_dim = layers, width, output_dim
 
-    def build(self, sd, backbone, path, half):
+    def build(self):
         import clip.model
-        visual = clip.model.ModifiedResNet(self.blocks, self.output_dim, self.width * 32 // 64, 224, self.width)
-        if sd is not None:
-            check_keys(sd, backbone.expect, backbone, path)
-            load_strict(visual, visual_only(sd), backbone, path)
-        if half:
-            clip.model.convert_weights(visual)
-        return visual
+        return clip.model.ModifiedResNet(self.blocks, self.output_dim, self.width * 32 // 64, 224, self.width)
+
+    def state(self, sd):
+        return visual_only(sd)
+
+    half = ClipViT.half
 
     def layers(self, v, x):
         x = x.type(v.conv1.weight.dtype)
@@ -132,7 +168,7 @@ class ClipResNet(Family):
         return [o[:, None] for o in outs]
 
     def embed(self, v, x):
-        return F.normalize(v(x).float(), dim=-1)[:, None, None, :]
+        return F.normalize(v(x.type(v.conv1.weight.dtype)).float(), dim=-1)[:, None, None, :]
 
 
 class _TrunkAndProjection(nn.Module):
@@ -149,17 +185,16 @@ class OpenClipConvNeXt(Family):
     """OpenCLIP convnext_base_w: timm's convnext_base trunk; maps = the output of each of the
     36 blocks in forward order, stacked per stage (4 groups [N, L_s, C, H, W])."""
 
-    def build(self, sd, backbone, path, half):
+    def build(self):
         import timm
-        model = _TrunkAndProjection(timm.create_model("convnext_base", pretrained=False, num_classes=0), 1024, 640)
-        if sd is not None:
-            check_keys(sd, backbone.expect, backbone, path)
-            load_strict(model, visual_only(sd), backbone, path)
-        return model
+        return _TrunkAndProjection(timm.create_model("convnext_base", pretrained=False, num_classes=0), 1024, 640)
+
+    def state(self, sd):
+        return visual_only(sd)
 
     def layers(self, model, x):
         t = model.trunk
-        x = t.stem(x)
+        x = t.stem(x.type(t.stem[0].weight.dtype))
         groups = []
         for stage in t.stages:
             x = stage.downsample(x)
@@ -171,6 +206,7 @@ class OpenClipConvNeXt(Family):
         return groups
 
     def embed(self, model, x):
+        x = x.type(model.trunk.stem[0].weight.dtype)
         return F.normalize(model.head.proj(model.trunk(x)).float(), dim=-1)[:, None, None, :]
 
 
@@ -181,14 +217,15 @@ class TimmViT(Family):
     def __init__(self, arch, **kwargs):
         self.arch, self.kwargs = arch, kwargs
 
-    def build(self, sd, backbone, path, half):
+    def build(self):
         import timm
-        model = timm.create_model(self.arch, pretrained=False, num_classes=0, **self.kwargs)
-        if sd is not None:
-            load_strict(model, hf_vit_to_timm(sd), backbone, path)
-        return model
+        return timm.create_model(self.arch, pretrained=False, num_classes=0, **self.kwargs)
+
+    def state(self, sd):
+        return hf_vit_to_timm(sd)
 
     def _embed_tokens(self, model, x):
+        x = x.type(model.patch_embed.proj.weight.dtype)
         return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
 
     def layers(self, model, x):
@@ -206,7 +243,7 @@ class DinoV2(TimmViT):
     def _embed_tokens(self, model, x):
         patch = model.patch_embed.proj.kernel_size[0]
         h, w = x.shape[-2] // patch, x.shape[-1] // patch
-        tokens = model.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        tokens = model.patch_embed.proj(x.type(model.patch_embed.proj.weight.dtype)).flatten(2).transpose(1, 2)
         tokens = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
         pos = model.pos_embed
         grid = int(math.sqrt(pos.shape[1] - 1))
@@ -225,16 +262,18 @@ class TimmHub(Family):
     def __init__(self, name):
         self.name = name
 
-    def build(self, sd, backbone, path, half):
+    def build(self):
+        import timm
+        return timm.create_model(self.name, pretrained=False, num_classes=0, img_size=224)
+
+    def loaded(self, sd, backbone, path):
         """timm's own loader reads the file (already read once by read_state_dict, which
         gives the clear message for an unreadable file), because it carries each model's
         filter that adapts the position embeddings to 224 px."""
         import timm
-        kwargs = dict(num_classes=0, img_size=224)
-        if sd is None:
-            return timm.create_model(self.name, pretrained=False, **kwargs)
         try:
-            return timm.create_model(self.name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs)
+            return timm.create_model(self.name, pretrained=True, pretrained_cfg_overlay=dict(file=path),
+                                     num_classes=0, img_size=224)
         except Exception as e:  # whatever timm's loader raises for a misfit file: one line
             raise UserError(f"weights file {path} does not fit {backbone.name} ({backbone.arch}): "
                             f"{str(e).splitlines()[0][:200]}") from None
@@ -243,12 +282,11 @@ class TimmHub(Family):
         outs = []
         hooks = [b.register_forward_hook(lambda m, i, o: outs.append(o)) for b in model.blocks]
         try:
-            model.forward_features(x)
+            model.forward_features(x.type(model.patch_embed.proj.weight.dtype))
         finally:
             for h in hooks:
                 h.remove()
         return torch.stack(outs, dim=1)
-
 
 
 # ---------------------------------------------------------------- the registry
@@ -409,7 +447,7 @@ def resolve_device(device="auto"):
     if dev is None or dev.type not in ("cpu", "cuda"):
         raise UserError(f"unknown or unsupported device '{device}'; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA device is available")
+        raise UserError(f"device '{device}' asked for (--device on the command line), but no CUDA device is available")
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
         raise UserError(f"--device {dev} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
     return dev
@@ -443,13 +481,15 @@ class FeatureExtractor(nn.Module):
         # 'published' keeps the library defaults, as the published runs did
         self.strict_fp32 = precision == "fp32" and on_gpu
         if weights == "random":  # seeded random init, for speed measurements only
-            self.weights_path, sd = "random", None
+            self.weights_path = "random"
+            with torch.random.fork_rng(devices=[]):  # a random init must not move the caller's RNG
+                torch.manual_seed(0)
+                model = backbone.family.build()
         else:
             self.weights_path = resolve_weights(backbone, weights)
-            sd = read_state_dict(self.weights_path)
-        with torch.random.fork_rng(devices=[]):  # a random init must not move the caller's RNG
-            torch.manual_seed(0)
-            model = backbone.family.build(sd, backbone, self.weights_path, half)
+            model = backbone.family.loaded(read_state_dict(self.weights_path), backbone, self.weights_path)
+        if half:
+            model = backbone.family.half(model)
         self.model = model.eval().to(self.device)
         self.model.requires_grad_(False)
         self.forward_fn = getattr(backbone.family, backbone.output)
@@ -458,12 +498,16 @@ class FeatureExtractor(nn.Module):
         self._probe = None
 
     def probe(self):
-        """One blank window's features, measured once: (layers per feature group, bytes of
-        one window's features). The engine sizes its reference cache with them."""
+        """(layers per feature group, bytes of one window's features at 4 bytes a value, an upper
+        bound at every precision), measured once by a forward pass of the architecture on the meta
+        device: shapes, with nothing computed. The engine sizes its reference cache with them."""
         if self._probe is None:
-            feats = self(torch.zeros(1, 3, 224, 224, device=self.device))
+            with torch.device("meta"):
+                skeleton = self.backbone.family.build()
+            window = torch.empty(1, 3, 224, 224, device="meta")
+            feats = getattr(self.backbone.family, self.backbone.output)(skeleton, window)
             feats = feats if isinstance(feats, (list, tuple)) else [feats]
-            self._probe = (group_sizes(feats), sum(f[0].numel() * f.element_size() for f in feats))
+            self._probe = (group_sizes(feats), sum(f[0].numel() * 4 for f in feats))
         return self._probe
 
     def compile(self):

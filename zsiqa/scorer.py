@@ -2,8 +2,8 @@
 
     from zsiqa import Scorer
     metric = Scorer("dinov1", "wsd")               # weights found as docs/weights.md says
-    metric("ref.png", "dis.png")                   # tensor([score])
-    metric.score("ref.png", "dis.png")             # {"wsd": tensor([score])}: always a dict
+    metric("dis.png", "ref.png")                   # tensor([score]): the distorted image first
+    metric.score("dis.png", "ref.png")             # {"wsd": tensor([score])}: always a dict
 
 Options are resolved and checked once, here; the batched engine (engine.py) does the work:
 windows of many pairs share one forward pass, each reference is encoded once, every distance
@@ -11,6 +11,7 @@ comes from the same feature pass. Per-pair score = mean over its windows of the 
 distance.
 """
 import collections
+import functools
 import os
 
 import numpy as np
@@ -36,7 +37,7 @@ class Scorer:
 
     Args:
         model: a registry name (see `zsiqa.BACKBONES`).
-        distances: one name, a comma list, a list, or 'all'.
+        distances: one name (default wsd, as the command line), a comma list, a list, or 'all'.
         device: auto|cpu|cuda|cuda:N. precision: published|fp32|fp16|bf16.
         weights: a checkpoint path (else $ZSIQA_WEIGHTS_DIR, the library caches, then download).
         batch_size: windows per forward pass. workers: image-decoding processes for files.
@@ -52,7 +53,7 @@ class Scorer:
     Return rule: `score()` always returns {distance: tensor [N]}; calling the scorer returns
     the same dict, or the one tensor when it was built with a single distance name."""
 
-    def __init__(self, model="dinov1", distances="all", device="auto", precision="published", weights=None,
+    def __init__(self, model="dinov1", distances="wsd", device="auto", precision="published", weights=None,
                  batch_size=None, workers=None, resize=None, swd_seed=0, model_norm=False, cache_mb=None,
                  layers=None, compile=False):
         self.backbone = get_backbone(model)
@@ -78,11 +79,7 @@ class Scorer:
         self.fixed_batch = False  # a compiled backbone gets fixed-shape batches (short ones padded)
         if compile:
             self.compile_backbone()
-        self.settings = {"model": self.backbone.name, "precision": precision, "device": self.device.type,
-                         "model_norm": model_norm, "resize": self.resize, "swd_seed": self.swd_seed,
-                         "weights": weights_identity(self.extractor.weights_path)}
-        if self.layers is not None:
-            self.settings["layers"] = ",".join(str(b) for b in self.blocks)
+        self.precision, self.model_norm = precision, model_norm
 
     def compile_backbone(self):
         """Compile the backbone (torch.compile) and give it fixed-shape batches from now on;
@@ -90,6 +87,17 @@ class Scorer:
         self.extractor.probe()  # measured before compiling: a batch of one would be compiled for too
         self.extractor.compile()
         self.fixed_batch = True
+
+    @functools.cached_property
+    def settings(self):
+        """What the scores depend on, as results records hold it (the weights file's sha256,
+        computed here on first use: hashing a backbone's file takes a noticeable part of a second)."""
+        settings = {"model": self.backbone.name, "precision": self.precision, "device": self.device.type,
+                    "model_norm": self.model_norm, "resize": self.resize, "swd_seed": self.swd_seed,
+                    "weights": weights_identity(self.extractor.weights_path)}
+        if self.layers is not None:
+            settings["layers"] = ",".join(str(b) for b in self.blocks)
+        return settings
 
     def compile_if_it_pays(self, jobs):
         """Compile (`compile_backbone`) on CUDA when at least COMPILE_MIN_JOBS pairs are to be
@@ -123,40 +131,41 @@ class Scorer:
         return tuple(d for d in self.distances if DISTANCES[d].per_layer)
 
     # ------------------------------------------------------------ the one-call API
-    def __call__(self, ref, dis):
+    def __call__(self, dis, ref):
         """Score pairs (see `score`): the one tensor [N] when built with one distance name,
         else {distance: tensor [N]}."""
-        result = self.score(ref, dis)
+        result = self.score(dis, ref)
         return result[self.distances[0]] if self.single else result
 
-    def score(self, ref, dis):
-        """Score pairs.
+    def score(self, dis, ref):
+        """Score pairs, the distorted image first (as pyiqa, piq and the loss take them).
 
         Args:
-            ref, dis: a path, a PIL image, a numpy HWC uint8 array, a tensor [3, H, W] or
-                [N, 3, H, W] (float in [0, 1], uint8 or uint16), or a list of those.
+            dis, ref: the distorted images and their references, each a path, a PIL image, a
+                numpy HWC uint8 array, a tensor [3, H, W] or [N, 3, H, W] (float in [0, 1], uint8
+                or uint16), or a list of those.
 
         Returns:
             {distance: float64 tensor [N]}.
         """
-        return self._score(ref, dis, per_layer=False)
+        return self._score(dis, ref, per_layer=False)
 
-    def layer_scores(self, ref, dis):
+    def layer_scores(self, dis, ref):
         """Per-block scores of the distances that are sums over layers (l2, cos).
 
         Args:
-            ref, dis: as for `score`.
+            dis, ref: as for `score`.
 
         Returns:
             {distance: float64 tensor [N, L]}, L = len(self.blocks) in forward order (a conv
             net's groups one after another); the sum over L is the score to float32 rounding.
         """
-        return self._score(ref, dis, per_layer=True)
+        return self._score(dis, ref, per_layer=True)
 
-    def _score(self, ref, dis, per_layer):
-        refs, dises = as_list(ref), as_list(dis)
+    def _score(self, dis, ref, per_layer):
+        dises, refs = as_list(dis), as_list(ref)
         if len(refs) != len(dises):
-            raise UserError(f"{len(refs)} references but {len(dises)} distorted images")
+            raise UserError(f"{len(dises)} distorted images but {len(refs)} references")
         keys = [os.fspath(r) if isinstance(r, (str, os.PathLike)) else id(r) for r in refs]
         groups = collections.OrderedDict()
         for i, k in enumerate(keys):
@@ -176,28 +185,28 @@ class Scorer:
         """One image as this scorer reads it (`images.prepare` with its resize) → [3, H, W]."""
         return prepare(x, self.resize)
 
-    def maps(self, ref, dis):
+    def maps(self, dis, ref):
         """Where a pair differs: per distance a map at the image's size (see maps.py).
 
         Args:
-            ref, dis: one image each (path, PIL image, numpy array or tensor [3, H, W]).
+            dis, ref: one image each (path, PIL image, numpy array or tensor [3, H, W]).
 
         Returns:
             {distance: float32 numpy array [H, W]}: l2/cos per patch token (or conv map
             position), other distances per window; overlapping windows averaged.
         """
-        return maps.image_maps(self, ref, dis)
+        return maps.image_maps(self, dis, ref)
 
-    def window_maps(self, ref, dis):
+    def window_maps(self, dis, ref):
         """Each window's 224×224 map: {distance: tensor [K, 224, 224]}, rows-outer window
         order; a window's mean is its score as the engine computes it (see maps.py)."""
-        return maps.window_maps(self, ref, dis)
+        return maps.window_maps(self, dis, ref)
 
     def score_files(self, pairs, variants=None, jobs=None, on_error=None, per_layer=False):
-        """Score (ref_path, dis_path) pairs read from disk (decoded in `workers` processes).
+        """Score (dis_path, ref_path) pairs read from disk (decoded in `workers` processes).
 
         Args:
-            pairs: list of (ref_path, dis_path).
+            pairs: list of (dis_path, ref_path), the distorted image first as everywhere in the API.
             variants: None, or a list of None or transforms (ref_pil, dis_pil) → (ref, dis)
                 (e.g. robustness shifts); every job names one.
             jobs: the (variant index, pair index) jobs to score; default every pair under
@@ -213,6 +222,7 @@ class Scorer:
         """
         variants, pairs = list(variants or (None,)), list(pairs)
         _check_pairs(pairs)
+        pairs = [(ref, dis) for dis, ref in pairs]  # the loader groups by reference
         jobs = [(v, i) for v in range(len(variants)) for i in range(len(pairs))] if jobs is None else list(jobs)
         _check_jobs(jobs, len(variants), len(pairs))
         chunks = load_chunks(pairs, variants, self.resize, jobs, self.workers, self.device.type == "cuda")
@@ -268,11 +278,11 @@ def _report_failures(chunks, on_error):
 
 
 def _check_pairs(pairs):
-    """score_files takes a list of (ref_path, dis_path): anything else is one clear error."""
+    """score_files takes a list of (dis_path, ref_path): anything else is one clear error."""
     for k, pair in enumerate(pairs):  # tuples, lists, numpy rows (a DataFrame's .values) of two paths
         if isinstance(pair, (str, bytes, os.PathLike)) or not hasattr(pair, "__len__") or len(pair) != 2 or \
                 not all(isinstance(p, (str, os.PathLike)) for p in pair):
-            raise UserError(f"score_files takes (ref_path, dis_path) pairs; item {k} is {pair!r}")
+            raise UserError(f"score_files takes (dis_path, ref_path) pairs; item {k} is {pair!r}")
 
 
 def _check_jobs(jobs, n_variants, n_pairs):

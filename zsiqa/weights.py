@@ -145,7 +145,7 @@ def resolve_weights(backbone, explicit=None):
             return path
     raise UserError(f"weights for {backbone.name} not found: need {w.file} from {w.source}; "
                     f"looked in {', '.join(places) or '(no places)'}; {why}. "
-                    f"Pass --weights PATH or put the file in $ZSIQA_WEIGHTS_DIR")
+                    f"pass weights=PATH (--weights PATH on the command line) or put the file in $ZSIQA_WEIGHTS_DIR")
 
 
 # ---------------------------------------------------------------- verifying
@@ -181,7 +181,8 @@ def check_published(backbone, path):
     if got != want:
         raise UserError(f"weights file {path} is not the published {backbone.weights.file} "
                         f"(sha256 {got[:16]}..., published {want[:16]}...): refusing it under the official name; "
-                        f"pass --weights PATH to read a non-official file's tensors (its code is never run)")
+                        f"pass weights=PATH (--weights PATH) to read a non-official file's tensors (its code is never "
+                        "run)")
 
 
 # ---------------------------------------------------------------- reading
@@ -241,10 +242,18 @@ def read_state_dict(path):
     complex_key = next((k for k, v in sd.items() if v.is_complex()), None)
     if complex_key is not None:  # loading would silently drop the imaginary part
         raise UserError(f"weights file {path} holds complex tensors (first {complex_key}): not weights of a backbone")
-    bad = next((k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    bad = next((k for k, v in sd.items() if v.is_floating_point() and not all_finite(v)), None)
     if bad is not None:  # NaN/inf weights would make every score NaN
         raise UserError(f"weights file {path} holds NaN or infinite values (first in {bad})")
     return sd
+
+
+def all_finite(t):
+    """Whether a float tensor holds no NaN or infinity. A NaN or infinity makes the sum non-finite,
+    so a finite sum proves it (a fast reduction: a value-by-value test allocated a copy of every
+    tensor and took seconds for a backbone); a non-finite sum (maybe finite values overflowing)
+    is checked value by value."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 # ------------------------------------------------ TorchScript archives, without running them
@@ -415,11 +424,12 @@ def check_keys(sd, expect, backbone, path):
                             f"{key} is {got}, expected {tuple(shape)}")
 
 
-def load_strict(module, sd, backbone, path):
-    """load_state_dict, with a mismatch summarised in one line (counts and first keys)."""
+def load_strict(module, sd, backbone, path, assign=False):
+    """load_state_dict (assign=True: the tensors become the parameters, for a module built on
+    the meta device), with a mismatch summarised in one line (counts and first keys)."""
     misfit = f"weights file {path} does not fit {backbone.name} ({backbone.arch})"
     try:
-        result = module.load_state_dict(sd, strict=False)
+        result = module.load_state_dict(sd, strict=False, assign=assign)
     except RuntimeError as e:  # shape mismatches
         detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), "shape mismatch")
         raise UserError(f"{misfit}: {detail[:200]}") from None

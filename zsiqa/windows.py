@@ -81,11 +81,13 @@ def pair_problem(ref_wh, dis_wh, shift_pct=0, resized=False):
     """
     (w, h), (w2, h2) = tuple(ref_wh), tuple(dis_wh)
     if (w, h) != (w2, h2):
-        return f"reference and distorted sizes differ ({w}x{h} vs {w2}x{h2}" + (")" if resized else "; or use -r N)")
+        return f"reference and distorted sizes differ ({w}x{h} vs {w2}x{h2}" + (")" if resized else
+                                                                             "; or resize both: resize=N, -r N)")
     cropped = w - math.ceil(shift_pct / 100 * w)
     if min(cropped, h) < WINDOW:
         after = " after the shift" if shift_pct else ""
-        return f"a side under {WINDOW} px{after} ({cropped}x{h}" + (")" if resized else "; use -r N, N >= 224)")
+        return f"a side under {WINDOW} px{after} ({cropped}x{h}" + (")" if resized else
+                                                                  "; resize both: resize=N, -r N, N >= 224)")
     return None
 
 
