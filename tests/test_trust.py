@@ -155,7 +155,7 @@ def test_file_replaced_during_a_run_keeps_every_row(tiny_weights, tmp_path):
     _replace_with(path, path.read_text())
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert "was replaced or removed during the run" in err
+    assert "was replaced, removed or truncated during the run" in err
     frame = pd.read_csv(path)
     assert len(frame) == 6 and frame.dis.is_unique
 
@@ -324,3 +324,125 @@ def test_heatmap_title_shows_the_printed_score(tiny, tmp_path, capsys, monkeypat
     maps = {d: np.load(tmp_path / "m" / f"{d}.npy") for d in printed}
     assert titles == [f"{tiny[0]} {d}: score {float(v):.4g}" for d, v in printed.items()]
     assert any(f"{m.mean():.4g}" != f"{float(printed[d]):.4g}" for d, m in maps.items())  # the case it fixes
+
+
+# ---------------------------------------------------------------- a second hostile round's findings
+
+def test_per_layer_rows_of_changed_images_go_too(tiny, tmp_path, capsys):
+    """A run without --per-layer rescores a changed image: the per-layer file beside its results
+    file loses that pair's stale per-block row, so a later --per-layer run scores it again."""
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), levels=(("A", 1),), n=3, sub=False)
+    args = _dirs(gt, outs, "-d", "l2", "-sdir", str(tmp_path / "r"))
+    assert run_tiny(tiny, *args, "--per-layer") == 0
+    _redo(os.path.join(outs[0], "1.png"), 96)
+    assert run_tiny(tiny, *args) == 0
+    assert run_tiny(tiny, *args, "--per-layer") == 0
+    rows = _rows(tmp_path / "r" / f"A_{tiny[0]}_l2.csv")
+    blocks = pd.read_csv(tmp_path / "r" / f"A_{tiny[0]}_l2_layers.csv").set_index("dis")
+    for (dis, _), row in rows.items():
+        assert blocks.loc[dis, ["block_1", "block_2"]].sum() == pytest.approx(row.pred, rel=1e-5), dis
+
+
+def test_swapped_images_with_restored_times_are_scored_again(tiny, tmp_path, capsys, monkeypatch):
+    root = minidata.make_pipal(str(tmp_path / "p"), n_ref=1, n_dis=3)
+    args = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r")]
+    assert run_tiny(tiny, *args) == 0
+    a, b = (os.path.join(root, "Train_Dis", f"A0001_0{k}_00.bmp") for k in (0, 2))
+    times = [os.stat(p).st_mtime_ns for p in (a, b)]
+    data = [open(p, "rb").read() for p in (a, b)]
+    for p, d, t in zip((a, b), data[::-1], times):  # same sizes, contents swapped, times put back
+        open(p, "wb").write(d)
+        os.utime(p, ns=(t, t))
+    scored = count_scored(monkeypatch)
+    assert run_tiny(tiny, *args) == 0
+    assert len(scored) == 2 and "2 image(s) changed" in capsys.readouterr().err
+
+
+def test_unreadable_image_leaves_no_stale_row(tiny, tmp_path, capsys):
+    root = minidata.make_pipal(str(tmp_path / "p"), n_ref=1, n_dis=3)
+    args = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"), "--json"]
+    assert run_tiny(tiny, *args) == 0
+    with open(os.path.join(root, "Train_Dis", "A0001_00_00.bmp"), "w") as f:
+        f.write("garbage")
+    capsys.readouterr()
+    assert run_tiny(tiny, *args, "--skip-missing") == 0
+    summary = json.loads(capsys.readouterr().out)[0]
+    assert summary["n"] == 2 == len(pd.read_csv(tmp_path / "r" / f"pipal_{tiny[0]}_l2.csv"))
+
+
+def test_record_from_before_stamps_is_said(tiny, tmp_path, capsys):
+    root = minidata.make_pipal(str(tmp_path / "p"), n_ref=1, n_dis=2)
+    args = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r")]
+    assert run_tiny(tiny, *args) == 0
+    record = tmp_path / "r" / f"pipal_{tiny[0]}_l2.json"
+    old = json.loads(record.read_text())
+    del old["images"]
+    record.write_text(json.dumps(old))
+    capsys.readouterr()
+    assert run_tiny(tiny, *args) == 0
+    assert "scored by an older version that kept no image stamps" in capsys.readouterr().err
+
+
+def test_calc_scores_says_what_it_leaves_out_of_an_edited_file(tiny, tmp_path, capsys):
+    root = minidata.make_pipal(str(tmp_path / "p"), n_ref=2, n_dis=3)
+    assert run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r")) == 0
+    path = tmp_path / "r" / f"pipal_{tiny[0]}_l2.csv"
+    text = path.read_text()
+    path.write_text(text.rstrip("\n"))  # saved by an editor without the final newline
+    capsys.readouterr()
+    calc_scores.main(["-f", str(path), "--json"])
+    got = capsys.readouterr()
+    assert json.loads(got.out)["n"] == 5 and "line 7: the last line has no newline" in got.err
+    lines = text.splitlines(keepends=True)
+    path.write_text(lines[0] + '"' + "".join(lines[1:]))  # a stray quote opening row 1
+    fails_one_line(capsys, lambda: calc_scores.main(["-f", str(path)]), "line 2: a quote opens a field")
+
+
+def test_name_guessed_label_direction_is_said(tiny, tmp_path, capsys):
+    listing = minidata.make_csv(str(tmp_path / "c"))
+    named = os.path.join(os.path.dirname(listing), "live_subset.csv")
+    os.rename(listing, named)
+    out = tmp_path / "r"
+    assert run_tiny(tiny, "-dat", "csv", "--csv", named, "-d", "l2", "-sdir", str(out)) == 0
+    (out / f"live_subset_{tiny[0]}_l2.json").unlink()  # shared without its record
+    capsys.readouterr()
+    calc_scores.main(["-f", str(out / f"live_subset_{tiny[0]}_l2.csv")])
+    assert "its labels are taken as live's" in capsys.readouterr().err
+
+
+def test_file_truncated_during_a_run_is_written_again(tiny_weights, tmp_path):
+    root = minidata.make_pipal(str(tmp_path / "p"), n_ref=2, n_dis=3)
+    path = tmp_path / "r" / "pipal_tiny_vit_test_l2.csv"
+    proc = _slow_run(tiny_weights, root, tmp_path / "r")
+    _wait_rows(proc, path, 2)
+    with open(path, "w"):
+        pass  # `: > X.csv`: the same file, emptied
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "truncated" in err, err
+    frame = pd.read_csv(path)
+    assert len(frame) == 6 and list(frame.columns) == ["dis", "ref", "mos", "pred"]
+
+
+@pytest.mark.parametrize("where", ["output", "reference"])
+def test_results_folder_among_the_images_is_refused(tiny, tmp_path, capsys, where):
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=2, sub=False)
+    sdir = outs[0] if where == "output" else gt
+    fails_one_line(capsys, lambda: run_tiny(tiny, *_dirs(gt, outs, "-d", "l2", "-sdir", sdir)), "choose another -sdir")
+
+
+def test_names_in_file_names_are_checked(tiny, tmp_path, capsys):
+    root = minidata.make_pipal(str(tmp_path / "p"), n_ref=1, n_dis=2)
+    for name in ("a/b", "../../escaped", ".hidden"):
+        fails_one_line(capsys, lambda name=name: run_tiny(tiny, "-dat", "pipal", "--root", root, "-s", name,
+                                                          "-sdir", str(tmp_path / "r")), "cannot name files")
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), levels=((".hid", 1),), n=2, sub=False)
+    fails_one_line(capsys, lambda: run_tiny(tiny, *_dirs(gt, outs, "-sdir", str(tmp_path / "s"))), "NAME=")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
+
+
+def test_workers_are_bounded(tiny, tmp_path, capsys):
+    root = minidata.make_pipal(str(tmp_path / "p"), n_ref=1, n_dis=2)
+    fails_one_line(capsys, lambda: run_tiny(tiny, "-dat", "pipal", "--root", root, "--workers", "100000"),
+                   "at most 64")
+    with pytest.raises(UserError, match="workers must be below 65"):
+        Scorer(tiny[0], "l2", device="cpu", weights=tiny[1], workers=100000)

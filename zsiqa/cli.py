@@ -15,7 +15,8 @@ from PIL import Image
 
 from zsiqa.datasets import LAYOUTS
 from zsiqa.errors import UserError
-from zsiqa.options import MAX_RESIZE
+from zsiqa.folders import check_name
+from zsiqa.options import MAX_RESIZE, MAX_WORKERS
 from zsiqa.output import to_json
 
 
@@ -47,6 +48,14 @@ def int_in(low=None, high=None, why=""):
             raise argparse.ArgumentTypeError(f"must be at most {high}{why}, got {value}")
         return value
     return parse
+
+
+def file_name(text):
+    """An argparse type for a name that goes into file names (-s): no path separator, not hidden."""
+    try:
+        return check_name(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("method name", "name")) from None
 
 
 def non_empty(text):
@@ -93,12 +102,12 @@ FLAGS = {
                                                                    "bf16 or fp16")),
     "batch_size": (("--batch-size",), dict(type=int_in(1), default=None,
                                            help="windows per forward pass (default 256 on a GPU, 16 on a CPU)")),
-    "workers": (("--workers",), dict(type=int_in(0), default=None,
+    "workers": (("--workers",), dict(type=int_in(0, MAX_WORKERS), default=None,
                                      help="image-decoding processes (default 8 on a GPU, 0 on a CPU)")),
     "compile": (("--compile",), dict(choices=["auto", "on", "off"], default="auto", help="compile the backbone "
                                      "(auto: on CUDA when at least 200,000 pairs are to be scored)")),
     # evaluation
-    "saveas": (("-s", "--saveas"), dict(type=non_empty, help="name used in the results file names (default: the "
+    "saveas": (("-s", "--saveas"), dict(type=file_name, help="name used in the results file names (default: the "
                                                              "model)")),
     "savedir": (("-sdir", "--savedir"), dict(default="results", type=non_empty,
                                              help="folder for results files (default results/)")),

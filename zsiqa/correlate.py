@@ -8,6 +8,7 @@ dataset prefix (published files have no record); a prediction column from a simi
 """
 import os
 import re
+import sys
 
 from zsiqa import plots, results
 from zsiqa.datasets import LAYOUTS
@@ -41,6 +42,10 @@ def label_direction(args, record):
                         "the record beside its results file, and there is none; pass --label-higher-better yes "
                         "(a mos column) or no (dmos)")
     if dataset in LAYOUTS and dataset != "csv":
+        if record is None and not args.dataset:  # a published file: its name is all there is to go by
+            sys.stderr.write(f"warning: {args.file} has no record beside it: its labels are taken as {dataset}'s "
+                             f"({LAYOUTS[dataset].summary.split('(')[-1].rstrip(')')}) from its name; pass -dat or "
+                             "--label-higher-better if it is another list\n")
         return dataset, LAYOUTS[dataset].higher_better
     raise UserError(f"cannot tell the label direction of {args.file}: pass -dat ({', '.join(LAYOUTS)}) "
                     "or --label-higher-better")

@@ -7,8 +7,10 @@ folder (-dat dirs); all sets' pairs go through one engine pass, so a reference s
 several sets is encoded once. Results files, records, resume and locks: results.py.
 """
 import contextlib
+import datetime
 import hashlib
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -22,9 +24,9 @@ from zsiqa.errors import UserError
 from zsiqa.images import header_size
 from zsiqa.models import get_backbone
 from zsiqa.output import to_json
-from zsiqa.report import format_table, ranked
+from zsiqa.report import format_table, ranked, significance_mark
 from zsiqa.scorer import Scorer
-from zsiqa.stats import correlations, paired_tests, summarize
+from zsiqa.stats import compare_methods, correlations
 from zsiqa.windows import pair_problem
 
 SWEEP_FIELDS = ["distance", "robustness", "pct", "n", "srcc", "plcc", "krcc", "plcc_logistic"]
@@ -168,7 +170,7 @@ def load_plan(args, variants):
         skipped.append(len(limited) - len(usable))
     if not sets:
         raise UserError("no pairs to score")
-    return Plan(sets, pairs, skipped, [results.image_stamps(d, p) for d, p in zip(sets, pairs, strict=True)])
+    return Plan(sets, pairs, skipped, [results.image_stamps(d, d.pairs) for d in sets])
 
 
 def results_files(args, plan, variants):
@@ -276,8 +278,8 @@ class Writers:
     def close(self):
         self.rows.close()
         for path in self.rows.replaced:
-            sys.stderr.write(f"warning: {path} was replaced or removed during the run; this run's rows were "
-                             "written to the file now there\n")
+            sys.stderr.write(f"warning: {path} was replaced, removed or truncated during the run; this run's rows "
+                             "were written to the file now there\n")
 
 
 def run_files(paths, layer_paths):
@@ -405,37 +407,42 @@ def summarise(args, plan, records, paths, finished, scored):
     return summary
 
 
-def summarise_unlabelled(args, plan, records, paths, finished, scored):
-    """Finish every label-free results file; one row per set, variant and distance: the
-    statistics of its scores (stats.summarize) and, among ≥2 sets, the paired test against
-    the best set on the references both scored. Rows go to summary_unlabelled.csv; one bar
-    chart per variant and distance."""
+def summarise_unlabelled(args, plan, records, paths, finished, scored, run):
+    """One row per set, variant and distance of label-free results files: the statistics of its
+    scores and, among ≥2 sets, the paired test against the best set on the references both
+    scored, Holm-corrected, with the median paired difference (stats.compare_methods). Rows
+    replace those of an earlier run with the same settings in summary_unlabelled.csv; one bar
+    chart per variant and distance, marked where a set is significantly worse than the best.
+
+    Returns:
+        (rows, {(variant, distance): {set: {reference: score}}})."""
     rows, scores = [], {}
     for ((s, v), d), path in paths.items():
-        dataset, rec = plan.sets[s], records[path]
         got, nonfinite = _scores(path, finished[path])
-        scores.setdefault((v, d), {})[dataset.name] = {ref: pred for _, ref, _, pred in got}
-        stat = summarize([pred for *_, pred in got])
-        rows.append({"set": dataset.name, **rec, **stat, "ci95_low": stat["ci95"][0], "ci95_high": stat["ci95"][1],
-                     "lower_better": not rec["pred_higher_better"], "vs": None, "n_common": None, "p_value": None,
-                     "wins": None, "losses": None,
+        scores.setdefault((v, d), {})[plan.sets[s].name] = {ref: pred for _, ref, _, pred in got}
+        rows.append({"set": plan.sets[s].name, **records[path], "lower_better": not records[path]["pred_higher_better"],
                      "n_skipped": int(plan.skipped[s] + scored.n_skipped((s, v)) + nonfinite),
-                     "pairs_per_s": _rate(scored.count, scored.seconds), "file": path})
+                     "pairs_per_s": _rate(scored.count, scored.seconds), "file": path, "methods": "+".join(
+                         d.name for d in plan.sets), **run})
     keys = [(v, d) for ((_, v), d) in paths]
     lower = {key: row["lower_better"] for key, row in zip(keys, rows)}
-    tests = {key: paired_tests(per_set, lower[key]) for key, per_set in scores.items() if len(per_set) > 1}
+    tables = {key: compare_methods(per_set, lower[key]) for key, per_set in scores.items()}
     for key, row in zip(keys, rows):
-        row.update(tests.get(key, {}).get(row["set"], {}))
-    results.append_summary(args.savedir, rows, "summary_unlabelled", results.UNLABELLED_FIELDS)
+        stat = tables[key][row["set"]]
+        row.update(stat, ci95_low=stat["ci95"][0], ci95_high=stat["ci95"][1],
+                   median_diff_ci95_low=(stat["median_diff_ci95"] or [None])[0],
+                   median_diff_ci95_high=(stat["median_diff_ci95"] or [None, None])[1])
+    results.append_summary(args.savedir, rows, "summary_unlabelled", results.UNLABELLED_FIELDS,
+                           key=results.UNLABELLED_KEY)
     for key in scores:
         group = ranked([row for k, row in zip(keys, rows) if k == key], lower[key])
         suffix = f"_{group[0]['robustness']}-{group[0]['pct']}" if group[0]["robustness"] != "none" else ""
         chart = os.path.join(args.savedir, f"{args.saveas or args.model}_{key[1]}{suffix}_{sets_tag(plan)}.png")
         title = f"{args.saveas or args.model}, {key[1]}{suffix.replace('_', ', ')}: mean per set, 95% CI"
-        plots.method_bars(group, chart, title, marks=["no pairs" if not r["n"] else "" for r in group])
+        plots.method_bars(group, chart, title, marks=[significance_mark(r) for r in group])
         for row in group:
             row["chart"] = chart
-    return rows
+    return rows, scores
 
 
 def sets_tag(plan):
@@ -515,5 +522,8 @@ def run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths):
     finished = finish_files(plan, files, scored, scorer.blocks)
     if plan.labelled:
         report(args, summarise(args, plan, records, paths, finished, scored))
-    else:
-        report_unlabelled(args, summarise_unlabelled(args, plan, records, paths, finished, scored))
+        return
+    run = {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "run_id": time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)}
+    rows, scores = summarise_unlabelled(args, plan, records, paths, finished, scored, run)
+    report_unlabelled(args, rows)

@@ -81,8 +81,11 @@ def method_names(folders, given=None):
             for i, unique in zip(group, _telling_apart([parts[i] for i in group]), strict=True):
                 names[i] = unique
     for folder, name in zip(folders, names, strict=True):
-        if not name:
-            raise UserError(f"cannot name the method of {folder} after its folder: give --dis-dir NAME={folder}")
+        try:
+            check_name(name)
+        except UserError:
+            raise UserError(f"cannot name the method of {folder} after its folder ({name!r}): give --dis-dir "
+                            f"NAME={folder}") from None
     same = sorted({n for n in names if names.count(n) > 1})
     if same:
         raise UserError(f"two output folders would both be named '{same[0]}' (results files are named after "
@@ -137,6 +140,10 @@ def pair_folders(ref_dir, dis_dirs, skip_missing=False, warn=None, skip=()):
     """
     names, dis_dirs = _check_folders(ref_dir, dis_dirs)
     skip = {os.path.realpath(d) for d in skip}
+    for folder in [ref_dir, *dis_dirs]:
+        if os.path.realpath(folder) in skip:
+            raise UserError(f"the results folder is {folder}, a folder of images: its charts would be read as images "
+                            "on the next run; choose another -sdir")
     refs = _images_by_stem(ref_dir, skip)
     if not refs:
         raise UserError(f"no images in the reference folder {ref_dir}")

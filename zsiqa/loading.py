@@ -135,6 +135,7 @@ class PairFiles(torch.utils.data.Dataset):
 def load_chunks(pairs, variants=(None,), resize=None, jobs=(), workers=0, pin=False):
     """Chunks of decoded pairs, in order; `workers` processes decode ahead of the device."""
     ds = PairFiles(pairs, variants, resize, jobs)
+    workers = min(workers, len(ds))  # no process without an item to decode
     if workers <= 0:
         items = (ds[k] for k in range(len(ds)))
     else:

@@ -40,6 +40,9 @@ def resize_option(value):
     return int_option(value, "resize", 224, None, below=MAX_RESIZE + 1, below_text=f"{MAX_RESIZE + 1}")
 
 
+MAX_WORKERS = 64  # image-decoding processes: more only forks memory away (100,000 exhausted a 23 GB machine)
+
+
 def seed_option(value):
     """The SWD seed (default 0): an integer in [0, 2**63), what torch.Generator takes."""
     return int_option(value, "swd_seed", 0, 0, below=2**63, below_text="2**63")

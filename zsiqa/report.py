@@ -1,5 +1,6 @@
-"""Comparison tables of methods scored without labels (`zsiqa eval -dat dirs`): the ranked
-text table printed at the end of a run."""
+"""Comparison tables of methods scored without labels (`zsiqa eval -dat dirs`): the ranked text
+table printed at the end of a run. p-values are Holm-corrected paired Wilcoxon tests against the
+best method (stats.compare_methods)."""
 
 
 def ranked(rows, lower_better=True):
@@ -8,6 +9,16 @@ def ranked(rows, lower_better=True):
         empty = not r["n"] or r["mean"] != r["mean"]
         return (empty, 0.0 if empty else (r["mean"] if lower_better else -r["mean"]))
     return sorted(rows, key=key)
+
+
+def significance_mark(row):
+    """A set's mark beside its mean: 'best', '*' where significantly worse than the best (Holm-
+    corrected paired Wilcoxon, p < 0.05), 'n.s.' where not, 'no pairs' for a set without scores."""
+    if not row["n"] or row["mean"] != row["mean"]:
+        return "no pairs"
+    if row.get("vs") in (None, row["set"]):
+        return "best"
+    return "*" if row.get("worse") else "n.s." if row.get("p_holm") is not None else ""
 
 
 def format_table(rows, lower_better=True):
@@ -25,7 +36,7 @@ def format_table(rows, lower_better=True):
                 lines.append(f"  {'—':>4} {r['set']:{width}} {r['n']:>6}  no pair scored")
                 continue
             best = r.get("vs") in (None, r["set"])
-            p = "best" if best else "—" if r.get("p_value") is None else f"{r['p_value']:.3g}"
+            p = "best" if best else "—" if r.get("p_holm") is None else f"{r['p_holm']:.3g}"
             wl = "" if best or r.get("wins") is None else f"{r['wins']}/{r['losses']}"
             lines.append(f"  {rank:>4} {r['set']:{width}} {r['n']:>6} {r['mean']:10.5g} {r['std']:10.4g} "
                          f"{r['median']:10.5g} [{r['ci95'][0]:10.5g}, {r['ci95'][1]:10.5g}] {p:>10} {wl:>12}")

@@ -55,9 +55,13 @@ SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "n_s
                   "plcc_logistic", "pairs_per_s", "label_higher_better", "precision", "device", "model_norm", "resize",
                   "swd_seed", "layers", "weights", "labels_sha256", "file"]
 UNLABELLED_FIELDS = ["set", "model", "distance", "robustness", "pct", "n", "n_skipped", "mean", "std", "median",
-                     "ci95_low", "ci95_high", "lower_better", "vs", "n_common", "p_value", "wins", "losses",
-                     "pairs_per_s", "precision", "device", "model_norm", "resize", "swd_seed", "layers", "weights",
-                     "ref_dir", "dis_dir", "file"]
+                     "ci95_low", "ci95_high", "lower_better", "vs", "n_common", "p_value", "p_holm", "median_diff",
+                     "median_diff_ci95_low", "median_diff_ci95_high", "wins", "losses", "pairs_per_s", "precision",
+                     "device", "model_norm", "resize", "swd_seed", "layers", "weights", "ref_dir", "dis_dir",
+                     "methods", "file", "time", "run_id"]
+# what names a label-free summary row: a repeated run with these values replaces its earlier rows
+UNLABELLED_KEY = ["set", "model", "distance", "robustness", "pct", "precision", "device", "model_norm", "resize",
+                  "swd_seed", "layers", "weights", "ref_dir", "dis_dir", "methods", "file"]
 
 
 # ---------------------------------------------------------------- names and records
@@ -196,14 +200,16 @@ STAMPS = ".zsiqa"  # the results folder's store of image stamps: images-<digest>
 
 
 def stamp(path):
-    """An image file's identity for resume: 'size:mtime_ns', or None when it cannot be read.
-    Regenerating a file (a method's outputs written again) changes it, so rows scored from the
-    earlier file are not trusted; reading the content would cost a pass over every image."""
+    """An image file's identity for resume: 'size:mtime_ns:inode:ctime_ns', or None when it
+    cannot be read. Regenerating a file (a method's outputs written again), replacing it or
+    rewriting it under an old modification time (os.utime, an archive's timestamps) changes it
+    (the ctime cannot be set back), so rows scored from the earlier file are not trusted;
+    reading every image's content would cost a pass over the dataset."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
 
 
 def image_stamps(dataset, pairs):
@@ -254,10 +260,15 @@ def changed_pairs(savedir, old, digest, stamps, keys):
 
 # ---------------------------------------------------------------- reading
 
-def complete_text(path, whole=False):
+def complete_text(path, whole=False, told=False):
     """The file's text up to the end of its last complete row: a torn last row (a crash
     mid-row) is left out (whole=True: all of it, for files not written by run.py). A row ends
-    at a newline outside quotes: a quoted name may hold newlines of its own."""
+    at a newline outside quotes: a quoted name may hold newlines of its own.
+
+    told=True, for a reader of a file a person may have edited (calc_scores): what is left out
+    is said in a warning (a last line without its newline, a last row cut inside a quoted name),
+    and a quote that never closes, which would leave out the rows after it, is refused with its
+    line."""
     with open(path, "rb") as f:
         data = f.read()
     if data.startswith(codecs.BOM_UTF8):  # a file re-saved by Excel or Notepad: the mark is not part of the header
@@ -267,6 +278,13 @@ def complete_text(path, whole=False):
     end = data.rfind(b"\n")
     while end >= 0 and data.count(b'"', 0, end) % 2:  # inside a quoted field: not a row's end
         end = data.rfind(b"\n", 0, end)
+    left, line = data[end + 1:], data.count(b"\n", 0, end + 1) + 1
+    if told and left.count(b"\n") > 1:  # more than one row's worth: not a row cut short but a quote left open
+        raise UserError(f"{path} line {line}: a quote opens a field that never closes, so no row after it can be "
+                        "read; correct that line")
+    if told and left.strip():
+        what = "the last line has no newline" if b"\n" not in left else "the last row is incomplete"
+        sys.stderr.write(f"warning: {path} line {line}: {what} (a row cut short?); left out\n")
     return data[: end + 1].decode("utf-8", errors="replace")
 
 
@@ -368,7 +386,7 @@ def read_table(path, whole=False):
     empty, a column name repeats, a row has another number of fields than the header, or the
     header comes again (two files joined): such a file has no one meaning to compute from."""
     try:
-        reader = csv.reader(io.StringIO(complete_text(path, whole), newline=""))
+        reader = csv.reader(io.StringIO(complete_text(path, whole, told=True), newline=""))
         header, rows, line = next(reader, None), [], reader.line_num + 1
         if not header:
             raise UserError(f"{path} is empty: no header")
@@ -488,14 +506,15 @@ class RowWriter:
 
     A pair a file already holds (`held`) is never appended to it again. At close, a file that
     was replaced or removed under the run (an editor saving by rename, `sed -i`, `rm`) gets this
-    run's rows again at its path, so none is lost with the old file (`replaced` names them).
+    run's rows again at its path, so none is lost with the old file, and one truncated in place
+    (`: > X.csv`) is written again, header first (`replaced` names both kinds).
 
     Args:
         paths: {key: path}. columns: {key: Columns} (or one Columns for every file).
         held: {key: set of (dis, ref) the file holds already}."""
 
     def __init__(self, paths, columns=PRED, held=None):
-        self.paths, self.files, self.ends, self.replaced = dict(paths), {}, {}, []
+        self.paths, self.files, self.ends, self.replaced, self.truncated = dict(paths), {}, {}, [], set()
         self.columns = columns if isinstance(columns, dict) else dict.fromkeys(self.paths, columns)
         self.held = {key: set((held or {}).get(key, ())) for key in self.paths}
         self.written = {key: [] for key in self.paths}
@@ -523,6 +542,8 @@ class RowWriter:
                 f.truncate(self.ends[key])
             raise UserError(f"cannot write {self.paths[key]}: {e.strerror or e}; the rows written before are kept "
                             "(run again to score the rest)") from None
+        if f.tell() < self.ends[key] + len(line):  # appended at a shorter end: truncated under us
+            self.truncated.add(key)
         self.ends[key] = f.tell()
         self.held[key].add((dis, ref))
         self.written[key].append(line)
@@ -532,7 +553,9 @@ class RowWriter:
             with contextlib.suppress(OSError):
                 moved = not _same_file(f, self.paths[key])
                 f.close()
-                if moved and self.written[key]:
+                if key in self.truncated and not moved:
+                    self._write_over(key)
+                elif moved and self.written[key]:
                     self._write_again(key)
 
     def _write_again(self, key):
@@ -543,6 +566,12 @@ class RowWriter:
             _write_all(f, (_csv_line(self.columns[key].header) if f.tell() == 0 else start)
                        + b"".join(self.written[key]))
         self.replaced.append(path)
+
+    def _write_over(self, key):
+        """A file truncated under the run holds some of this run's rows without a header: it gets
+        the header and all of them (what the truncation removed of earlier runs is scored again)."""
+        _replace(self.paths[key], _csv_line(self.columns[key].header) + b"".join(self.written[key]))
+        self.replaced.append(self.paths[key])
 
 
 def _same_file(f, path):
@@ -606,13 +635,36 @@ def exists(path):
     return os.path.isfile(path) or bool(_parts(path))
 
 
+@dataclass
+class _Notes:
+    """What `prepare` found about the images behind the rows it kept, said once at the end."""
+    changed: set
+    lost: list
+    unstamped: list
+
+    def say(self, warn):
+        if not warn:
+            return
+        if self.changed:
+            warn(f"warning: {len(self.changed)} image(s) changed since they were scored (e.g. "
+                 f"{sorted(self.changed)[0]}); their pairs are scored again")
+        for path in self.lost:
+            warn(f"warning: {path}: the stamps of the images its rows were scored from are gone "
+                 f"({os.path.join(os.path.dirname(path), STAMPS)} removed?); all its pairs are scored again")
+        if self.unstamped:
+            warn(f"warning: {self.unstamped[0]}" + (f" and {len(self.unstamped) - 1} more" if len(self.unstamped) > 1
+                                                    else "") +
+                 " were scored by an older version that kept no image stamps: their rows are kept as they are "
+                 "(pass --overwrite if the images changed since)")
+
+
 def prepare(sets, overwrite=False, layers=None, warn=None):
     """Make a run's results files ready: every file of every set is checked before any is touched.
 
     Args:
         sets: [(records, labels, order, stamps)], one per set: {path: this run's record
             (make_records)}, {(dis, ref): label} of the whole dataset, the current pairs
-            [(dis, ref)], and the images' stamps (`image_stamps`).
+            [(dis, ref)], and the stamps of all the dataset's images (`image_stamps`).
         overwrite: discard earlier files instead of refusing those made otherwise.
         layers: {results path: (per-layer path, blocks)} with --per-layer: each prepared with its
             results file (a results file started afresh loses its per-layer file).
@@ -620,7 +672,8 @@ def prepare(sets, overwrite=False, layers=None, warn=None):
 
     Returns:
         {path: set of the (dis, ref) of `order` it holds}, for every results and per-layer file.
-        Rows scored from images that changed since are dropped from both, to be scored again.
+        Rows scored from images that changed since are dropped, to be scored again: from the
+        results file and its per-layer file, whether this run writes that one or not.
     """
     layers = layers or {}
     if not overwrite:
@@ -628,45 +681,53 @@ def prepare(sets, overwrite=False, layers=None, warn=None):
             for path, record in records.items():
                 if exists(path):
                     check_resumable(path, record)
-    done = {}
+    done, notes = {}, _Notes(set(), [], [])
     for records, labels, order, stamps in sets:
-        changed = set()
         for path, record in records.items():
-            if overwrite or not exists(path):
-                remove_layers(path)
-            drop, names = _prepare_one(path, record, labels, order, stamps, overwrite)
-            done[path] = drop[1]
-            if names is None and warn:
-                warn(f"warning: {path}: the stamps of the images its rows were scored from are gone "
-                     f"({os.path.join(os.path.dirname(path), STAMPS)} removed?); all its pairs are scored again")
-            changed.update(names or ())
-            if path in layers:
-                lpath, blocks = layers[path]
-                done[lpath] = done_keys(finish(lpath, labels, order, blocks, drop[0]))
-        if changed and warn:
-            warn(f"warning: {len(changed)} image(s) changed since they were scored (e.g. {sorted(changed)[0]}); "
-                 "their pairs are scored again")
+            done.update(_prepare_one(path, record, (labels, order, stamps), overwrite, layers.get(path), notes))
+    notes.say(warn)
     return done
 
 
-def _prepare_one(path, record, labels, order, stamps, overwrite):
-    """Keep a file's complete rows, relabelled, less those of changed images, and write this
-    run's record (overwrite: discard the file first). Returns ((dropped keys, held keys),
-    changed image names)."""
+def _prepare_one(path, record, dataset, overwrite, layer, notes):
+    """Keep a file's complete rows, relabelled, less those of changed images (also from its
+    per-layer file), then write this run's record (overwrite: discard the file first).
+    dataset: (labels, order, stamps); layer: (per-layer path, blocks) when this run writes one.
+    Returns {path: held keys} for the file and, with `layer`, its per-layer file."""
+    labels, order, stamps = dataset
     if overwrite:
         for p in [path, record_path(path), *_parts(path)]:
             with writing(p), contextlib.suppress(FileNotFoundError):
                 os.remove(p)
+    if overwrite or not exists(path):
+        remove_layers(path)  # a fresh results file: no per-layer rows of another run beside it
     existed = exists(path)
     data = (json.dumps(record, indent=1) + "\n").encode("utf-8")
     if not existed:  # the record first: a results file never exists without one
         _replace(record_path(path), data)
-        return (set(), done_keys(finish(path, labels, order))), []
-    drop, names = changed_pairs(os.path.dirname(path), read_record(path), record["images"], stamps,
-                                set(collect(path)))
-    rows = finish(path, labels, order, drop=drop)
-    _replace(record_path(path), data)  # rows relabelled and cleared first, then the record says what they are
-    return (drop, done_keys(rows)), names
+    old = read_record(path) if existed else None
+    drop, names = changed_pairs(os.path.dirname(path), old, record["images"], stamps, set(labels)) if existed \
+        else (set(), [])
+    if existed and "images" not in old:
+        notes.unstamped.append(path)
+    notes.changed.update(names or ())
+    if names is None:
+        notes.lost.append(path)
+    held = {path: done_keys(finish(path, labels, order, drop=drop))}
+    lpath, blocks = layer or (layers_path(path), _blocks_in(layers_path(path)))
+    if layer or (drop and blocks):
+        held[lpath] = done_keys(finish(lpath, labels, order, blocks, drop))
+    if existed:  # rows relabelled and cleared first, then the record says what they are
+        _replace(record_path(path), data)
+    return held if layer else {path: held[path]}
+
+
+def _blocks_in(path):
+    """The block numbers of an existing per-layer file's header (None when there is no such file)."""
+    if not os.path.isfile(path):
+        return None
+    header = next(csv.reader(io.StringIO(complete_text(path), newline="")), [])
+    return tuple(int(c[6:]) for c in header if c.startswith("block_") and c[6:].isdigit()) or None
 
 
 def check_resumable(path, record):
@@ -705,11 +766,14 @@ def write_table(path, fields, rows):
     return path
 
 
-def append_summary(savedir, rows, name="summary", fields=SUMMARY_FIELDS):
-    """Append rows to <savedir>/<name>.csv (`fields`), in one write. A summary file
-    with another header (an older version's) is renamed <name>.old-<k>.csv first and a
-    fresh one started, so every summary file stays readable with its own header; one whose
-    last line lacks its newline gets it first, so the new rows start on a line of their own."""
+def append_summary(savedir, rows, name="summary", fields=SUMMARY_FIELDS, key=()):
+    """Add rows to <savedir>/<name>.csv (`fields`). A summary file with another header (an
+    older version's) is renamed <name>.old-<k>.csv first and a fresh one started, so every
+    summary file stays readable with its own header; one whose last line lacks its newline gets
+    it first, so the new rows start on a line of their own.
+
+    key: the fields that name a row: earlier rows with the same values there (a repeated run with
+    the same settings) are replaced, the file rewritten atomically; without it, rows are appended."""
     path = os.path.join(savedir, f"{name}.csv")
     header = None
     if os.path.isfile(path):
@@ -724,10 +788,16 @@ def append_summary(savedir, rows, name="summary", fields=SUMMARY_FIELDS):
             os.replace(path, old)
         sys.stderr.write(f"warning: {path} had an older header; moved to {old}, a new {name}.csv is started\n")
         header = None
-    head = [fields] if header is None else []
-    data = _csv_text(head + [[row.get(k, "") for k in fields] for row in rows])
+    data = _csv_text([[row.get(k, "") for k in fields] for row in rows])
+    if key and header is not None:
+        at = [fields.index(k) for k in key]
+        new = {tuple(r[i] for i in at) for r in csv.reader(io.StringIO(data.decode("utf-8"), newline=""))}
+        kept = [r for r in list(csv.reader(io.StringIO(complete_text(path, whole=True), newline="")))[1:]
+                if r and tuple(r[i] if i < len(r) else None for i in at) not in new]
+        _replace(path, _csv_text([fields, *kept]) + data)
+        return
     with writing(path, "the results files are complete"), open(path, "a+b", buffering=0) as f:
-        _write_all(f, _line_start(f) + data)
+        _write_all(f, _line_start(f) + (_csv_line(fields) if header is None else b"") + data)
 
 
 def _line_start(f):

@@ -24,7 +24,7 @@ from zsiqa.errors import UserError
 from zsiqa.images import as_list, prepare
 from zsiqa.loading import Chunk, load_chunks
 from zsiqa.models import FeatureExtractor, get_backbone
-from zsiqa.options import bool_option, int_option, is_integer, resize_option, seed_option
+from zsiqa.options import MAX_WORKERS, bool_option, int_option, is_integer, resize_option, seed_option
 from zsiqa.weights import identity as weights_identity
 
 # H200 bench (dinov1 bf16, two runs): ~18 s of compilation; eager 1,184–1,218 vs compiled 1,287–1,343
@@ -67,7 +67,8 @@ class Scorer:
         self.device = self.extractor.device
         gpu = self.device.type == "cuda"
         self.batch_size = int_option(batch_size, "batch size", 1, 256 if gpu else 16)
-        self.workers = int_option(workers, "workers", 0, min(8, os.cpu_count() or 1) if gpu else 0)
+        self.workers = int_option(workers, "workers", 0, min(8, os.cpu_count() or 1) if gpu else 0,
+                                  below=MAX_WORKERS + 1, below_text=f"{MAX_WORKERS + 1}")
         self.cache_mb = int_option(cache_mb, "cache_mb", 1, 4096 if gpu else 96)
         self.distance_batch = 128 if gpu else 2
         self.overlap = gpu and os.environ.get("ZSIQA_OVERLAP", "1") != "0"  # distances on a side stream

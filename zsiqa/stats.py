@@ -140,3 +140,63 @@ def paired_tests(per_set, lower_better=True):
                      "wins": int((diff < 0).sum()) if keys else None,
                      "losses": int((diff > 0).sum()) if keys else None}
     return out
+
+
+def holm(pvalues):
+    """Holm's step-down adjustment of p-values from several tests against one best method.
+
+    Args:
+        pvalues: a list of p-values, None where no test was made (left None).
+
+    Returns:
+        the adjusted p-values in the same order: with the m p-values sorted ascending, the i-th
+        (from 0) becomes the largest of (m − j)·p_(j) for j ≤ i, capped at 1.
+    """
+    order = sorted((p, k) for k, p in enumerate(pvalues) if p is not None)
+    out, running = [None] * len(pvalues), 0.0
+    for i, (p, k) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * p))
+        out[k] = running
+    return out
+
+
+def median_difference(a, b, seed=0, n_boot=2000):
+    """The median of the paired differences a − b (an effect size in the distance's own units)
+    and its 95 % bootstrap interval, resampling the image pairs (seeded); NaNs without pairs."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if not len(d):
+        return NAN, [NAN, NAN]
+    rng = np.random.default_rng(seed)
+    meds = np.concatenate([np.median(d[rng.integers(0, len(d), (min(200, n_boot - s), len(d)))], axis=1)
+                           for s in range(0, n_boot, 200)])
+    lo, hi = np.percentile(meds, [2.5, 97.5])
+    return float(np.median(d)), [float(lo), float(hi)]
+
+
+def compare_methods(per_set, lower_better=True, alpha=0.05, seed=0):
+    """Everything a comparison table reports, per method, for one distance.
+
+    Args:
+        per_set: {method: {image: score}}. lower_better: the distance's direction.
+        alpha: the level at which a Holm-corrected p-value counts as significantly worse.
+        seed: of the bootstrap intervals.
+
+    Returns:
+        {method: summarize()'s n, mean, std, median, ci95; paired_tests()' vs, n_common,
+        p_value, wins, losses; plus p_holm (Holm over the methods tested against the best),
+        worse (True where p_holm < alpha), median_diff and median_diff_ci95 (this method's
+        scores minus the best's, on the images both have; None for the best and without
+        shared images)}.
+    """
+    rows = {name: summarize(list(scores.values()), seed=seed) for name, scores in per_set.items()}
+    tests = paired_tests(per_set, lower_better)
+    names = list(per_set)
+    adjusted = dict(zip(names, holm([tests[n]["p_value"] for n in names])))
+    for name in names:
+        best = tests[name]["vs"]
+        keys = sorted(set(per_set[name]) & set(per_set[best])) if best not in (None, name) else []
+        diff, ci = median_difference([per_set[name][k] for k in keys], [per_set[best][k] for k in keys], seed) \
+            if keys else (None, None)
+        rows[name].update(tests[name], p_holm=adjusted[name], median_diff=diff, median_diff_ci95=ci,
+                          worse=adjusted[name] is not None and adjusted[name] < alpha)
+    return rows
