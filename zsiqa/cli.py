@@ -128,6 +128,13 @@ FLAGS = {
     # outputs
     "maps": (("--maps",), dict(metavar="DIR", type=non_empty, help="write per distance DIR/<distance>.npy (map "
                                "at the image's size) and a heatmap DIR/<distance>.png")),
+    "worst_maps": (("--maps",), dict(type=int_in(1, 1000), metavar="N", help="without labels: write the spatial "
+                                     "maps of each method's N worst pairs (by the first distance) into "
+                                     "<sdir>/<method>_<name>_maps/")),
+    "report": (("--report",), dict(type=non_empty, metavar="DIR", help="without labels: write a comparison report "
+                                   "into DIR: scores.csv, report.md, table.tex, report.html")),
+    "report_worst": (("--report-worst",), dict(type=int_in(0, 100), default=4, metavar="K", help="the worst images "
+                                               "per method shown in report.html (default 4)")),
     "json": (("--json",), dict(action="store_true", help="print the result as JSON")),
     "no_progress": (("--no-progress",), dict(action="store_true", help="no progress bar")),
     "list_models": (("--list-models",), dict(action="store_true", help="list the registered backbones and exit")),
@@ -196,7 +203,9 @@ process would.
 Without labels (-dat dirs: output folders paired with a reference folder by file name; or
 -dat csv with only ref,dis columns) every set gets <sdir>/<set>_<name>_<distance>[_<rob>-<pct>].csv
 (header dis,ref,pred), a table ranking the sets per distance (mean, bootstrap CI, Wilcoxon
-against the best) appended to <sdir>/summary_unlabelled.csv, and a bar chart.
+against the best, Holm-corrected) in <sdir>/summary_unlabelled.csv, and a bar chart; --report DIR
+writes a comparison a paper can use (scores.csv, report.md, table.tex, report.html), --maps N
+the spatial maps of each method's N worst pairs.
 
 --layers 1-6,9 compares only those blocks (recorded). --per-layer also writes X_layers.csv
 beside each l2/cos results file X.csv: the per-block distances, summing to X.csv's pred.
@@ -235,7 +244,8 @@ COMMANDS = {
     "score": Command(SCORE_DOC, ("ref", "dis", *METRIC, "maps", "json", "list_models"), "zsiqa.cli:score"),
     "eval": Command(EVAL_DOC, ("dataset", "root", "csv", "label_higher_better", "ref_dir", "dis_dir", *METRIC,
                                "saveas", "savedir", "overwrite", "robustness", "pct", "kinds", "pcts", "batch_size",
-                               "workers", "limit", "skip_missing", "per_layer", "compile", "json", "no_progress"),
+                               "workers", "limit", "skip_missing", "per_layer", "compile", "worst_maps", "report",
+                               "report_worst", "json", "no_progress"),
                     "zsiqa.evaluate:main"),
     "corr": Command(CORR_DOC, ("corr_dataset", "file", "per_layer_file", "byref", "label_higher_better",
                                "pred_higher_better", "plot", "json"), "zsiqa.correlate:main"),

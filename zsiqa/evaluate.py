@@ -15,16 +15,18 @@ import sys
 import time
 from dataclasses import dataclass
 
+import numpy as np
 from tqdm import tqdm
 
 from zsiqa import distributed, plots, results, robustness
 from zsiqa.datasets import load_dataset, load_dirs
 from zsiqa.distances import DISTANCES, parse_distances
 from zsiqa.errors import UserError
-from zsiqa.images import header_size
+from zsiqa.images import header_size, open_image, pil_to_tensor, resize_square, to_float
+from zsiqa.maps import SPATIAL
 from zsiqa.models import get_backbone
 from zsiqa.output import to_json
-from zsiqa.report import format_table, ranked, significance_mark
+from zsiqa.report import Comparison, Worst, format_table, ranked, significance_mark, write_report
 from zsiqa.scorer import Scorer
 from zsiqa.stats import compare_methods, correlations
 from zsiqa.windows import pair_problem
@@ -171,6 +173,16 @@ def load_plan(args, variants):
     if not sets:
         raise UserError("no pairs to score")
     return Plan(sets, pairs, skipped, [results.image_stamps(d, d.pairs) for d in sets])
+
+
+def check_outputs(args, plan):
+    """--report and --maps N compare methods without labels; the report folder must be writable
+    (both checked before the model loads)."""
+    if (args.report or args.worst_maps) and plan.labelled:
+        raise UserError("--report and --maps N compare methods scored without labels (-dat dirs, or a -dat csv list of "
+                        "ref,dis): for a labelled dataset use calc_scores.py")
+    if args.report:
+        plots.check_folder(args.report)
 
 
 def results_files(args, plan, variants):
@@ -498,6 +510,7 @@ def main(args):
         variants = variants_of(args)
         check_per_layer(args)
         plan = dist.from_rank0(lambda: load_plan(args, variants))
+        dist.from_rank0(lambda: check_outputs(args, plan))
         paths, specs = results_files(args, plan, variants)
         layer_paths = layer_files(args, paths)
         locks = [results.lock_path(p) for p in paths.values()]
@@ -527,3 +540,73 @@ def run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths):
            "run_id": time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)}
     rows, scores = summarise_unlabelled(args, plan, records, paths, finished, scored, run)
     report_unlabelled(args, rows)
+    if args.report or args.worst_maps:
+        worst_outputs(args, scorer, plan, variants, rows, scores, run)
+
+
+def worst_pairs(plan, s, per_image, k, lower_better):
+    """Set s's k worst pairs by its scores {reference: score}, worst first: [(ref, dis, score)]."""
+    dis_of = {ref: dis for ref, dis, _ in plan.pairs[s]}
+    picks = sorted(per_image.items(), key=lambda kv: kv[1], reverse=lower_better)[:k]
+    return [(ref, dis_of[ref], score) for ref, score in picks]
+
+
+def pair_images(dataset, ref, dis, resize, variant):
+    """A pair as the run scored it: decoded, resized (-r), transformed (-rob) → (ref, dis) images."""
+    r, d = open_image(dataset.ref_path(ref)), open_image(dataset.dis_path(dis))
+    if resize:
+        r, d = resize_square(r, resize), resize_square(d, resize)
+    return robustness.Transform(*variant)(r, d) if variant[0] else (r, d)
+
+
+def _rgb8(im):
+    """A decoded image ('RGB', or deep grey 'F' in [0, 1]) as H×W×3 uint8, for thumbnails."""
+    a = np.asarray(im)
+    return a if im.mode == "RGB" else np.repeat((np.clip(a, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, 2)
+
+
+def worst_outputs(args, scorer, plan, variants, rows, scores, run):
+    """--maps N and --report DIR: each method's worst pairs by the first distance, with their
+    maps (Scorer.maps), written as map files and as one report per robustness variant."""
+    primary, name = scorer.distances[0], args.saveas or args.model
+    shown = next((d for d in scorer.distances if d in SPATIAL), primary)  # a map that varies within a window
+    k = max(args.report_worst if args.report else 0, args.worst_maps or 0)
+    for v, variant in enumerate(variants):
+        tag, worst = (f"_{variant[0]}-{variant[1]}" if variant[0] else ""), {}
+        for s, ds in enumerate(plan.sets):
+            worst[ds.name] = []
+            for ref, dis, score in worst_pairs(plan, s, scores[(v, primary)][ds.name], k,
+                                               DISTANCES[primary].lower_better):
+                r, d = pair_images(ds, ref, dis, args.resize, variant)
+                maps = scorer.maps(d, r)
+                if len(worst[ds.name]) < (args.worst_maps or 0):
+                    folder = os.path.join(args.savedir, f"{ds.name}_{name}{tag}_maps",
+                                          os.path.splitext(ref)[0].replace("/", "__"))
+                    plots.write_maps(maps, to_float(pil_to_tensor(d)), folder, scorer.backbone.name,
+                                     {x: scores[(v, x)][ds.name][ref] for x in scorer.distances})
+                worst[ds.name].append(Worst(ref, score, _rgb8(r), _rgb8(d), maps[shown]))
+        if args.report:
+            write_variant_report(args, scorer, plan, variant, rows, scores, v, (worst, shown), run)
+
+
+def write_variant_report(args, scorer, plan, variant, rows, scores, v, worst, run):
+    """The report of one robustness variant (the clean run: --report DIR itself, or DIR/clean
+    beside DIR/<kind>-<pct> in a sweep)."""
+    kind = variant[0] or "none"
+    mine = [r for r in rows if (r["robustness"], r["pct"]) == (kind, variant[1] if variant[0] else 0)]
+    tables = {d: [r for r in mine if r["distance"] == d] for d in scorer.distances}
+    images = {i for per in scores[(v, scorer.distances[0])].values() for i in per}
+    about = (f"{scorer.backbone.name}, precision {scorer.precision} on {scorer.device.type}; {len(images)} images; "
+             f"references in {plan.sets[0].ref_root or plan.sets[0].root}; "
+             + (f"robustness {variant[0]} {variant[1]}; " if variant[0] else "")
+             + f"run {run['run_id']}, {run['time']}")
+    worst, shown = worst
+    comparison = Comparison(tables, {d: scores[(v, d)] for d in scorer.distances},
+                            {d: DISTANCES[d].lower_better for d in scorer.distances}, scorer.distances[0],
+                            {m: items[:args.report_worst] for m, items in worst.items() if args.report_worst}, about,
+                            shown)
+    folder = os.path.join(args.report, f"{variant[0]}-{variant[1]}" if variant[0] else "clean") if args.kinds \
+        else args.report
+    paths = write_report(folder, comparison)
+    if not args.json:
+        print(f"report: {paths[-1]} (with {', '.join(os.path.basename(p) for p in paths[:-1])})")
