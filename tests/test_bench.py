@@ -5,17 +5,21 @@ import bench
 
 
 def test_bench_runs_tiny(capsys, tmp_path):
-    bench.main(["--device", "cpu", "--model", "dinov1", "--size", "224", "--refs", "1", "--pairs", "2",
-                "--loop-pairs", "1",
-                "--batch-size", "2", "--forward-iters", "1", "--data", str(tmp_path / "set"), "--json"])
+    """Every figure, --via-run included: the eval command on the same set, from the benchmark's
+    random weights saved as a CLIP file, gives the engine's scores pair for pair."""
+    bench.main(["--device", "cpu", "--model", "clip_vitb32", "--size", "224", "--refs", "1", "--pairs", "3",
+                "--loop-pairs", "1", "--batch-size", "2", "--forward-iters", "1", "--data", str(tmp_path / "set"),
+                "--via-run", "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert out["pairs"] == 2 and out["loop_pairs_timed"] == 1
+    assert out["pairs"] == 3 and out["loop_pairs_timed"] == 1
     assert out["distances"] == ["l2", "cos", "skld", "jsd", "wsd"]
     for key in ("engine_pairs_per_s", "loop_pairs_per_s", "forward_windows_per_s", "speedup",
-                "engine_share_of_forward"):
-        assert out[key] > 0
+                "engine_share_of_forward", "via_run_pairs_per_s", "via_run_wall_s", "via_run_before_scoring_s"):
+        assert out[key] > 0, key
     assert out["engine_vs_loop_max_rel_diff"] < 1e-4  # the two paths score the same pairs alike
-    assert len(list((tmp_path / "set").glob("*.bmp"))) == 3
+    assert out["via_run_vs_engine_max_rel_diff"] < 1e-6 and out["via_run_after_scoring_s"] >= 0
+    assert len(list((tmp_path / "set" / "Train_Dis").glob("*.bmp"))) == 3
+    assert len(list((tmp_path / "set" / "Train_Ref").glob("*.bmp"))) == 1
 
 
 def test_bench_refuses_bad_sizes(capsys):

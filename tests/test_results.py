@@ -3,6 +3,7 @@ the same settings, current labels always, torn rows, the lock, a full disk, mid-
 failures, the summary's columns."""
 import csv
 import errno
+import io
 import json
 import os
 import subprocess
@@ -175,11 +176,12 @@ def test_full_disk_keeps_written_rows(tiny, tmp_path, capsys, monkeypatch):
     out = tmp_path / "r"
     base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)]
     original, rows = results._write_all, []
+    monkeypatch.setattr(results.RowWriter, "FLUSH_S", 0)  # every row in a write of its own: the disk fills mid-run
 
     def filling(f, data):
         if data.startswith(b"Train_Dis/"):  # a row appended while scoring
             rows.append(data)
-            if len(rows) == 4:
+            if len(rows) >= 4:  # full from the fourth row on (the writer tries once more at close)
                 original(f, data[: len(data) // 2])  # half of it reaches the disk
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         original(f, data)
@@ -467,3 +469,13 @@ def test_engine_nan_kept_in_file_left_out_of_summary_with_a_warning(tiny, tmp_pa
     seen = count_scored(monkeypatch)
     assert _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)) == 0
     assert len(seen) == 1 and not pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv").pred.isna().any()  # scored again
+
+
+@pytest.mark.parametrize("values", [["a.png", "b.png", 1.5, 0.1234567891234], ["a,b", "c", 1.0, 2.0],
+                                    ['x"y', "z", 0.0, float("nan")], ["x\ny", "z\r", 1, 2], ["", "", 1, 2],
+                                    ["a", "b", float("inf"), -0.0], ["a", None, True, 3], [None], ["only"]])
+def test_rows_are_written_as_the_csv_writer_writes_them(values):
+    """The fast path for plain rows gives the csv module's bytes exactly (quoting, None, floats)."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(values)
+    assert results._csv_line(values) == (out.getvalue()[:-2] + "\n").encode("utf-8")

@@ -1,7 +1,10 @@
 """The bench command (`zsiqa bench`, bench.py): throughput of the batched engine against the
 straightforward one-pair loop, on a synthetic PIPAL-like set, plus the backbone's own forward
 throughput (see the command's --help, and docs/speed.md for measured figures)."""
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -10,6 +13,7 @@ import torch
 from PIL import Image
 
 from zsiqa.distances import DISTANCES
+from zsiqa.errors import UserError
 from zsiqa.images import load_image
 from zsiqa.output import to_json
 from zsiqa.scorer import Scorer
@@ -17,26 +21,67 @@ from zsiqa.windows import window_count, windows
 
 
 def make_set(folder, size, n_refs, n_pairs, seed=0):
-    """PIPAL-like files: n_refs BMP references, n_pairs distorted BMPs spread over them;
-    returns the pairs [(dis, ref)] grouped by reference, as PIPAL's label files list them."""
+    """A synthetic set in PIPAL's layout (so the eval command reads it as it reads PIPAL):
+    n_refs BMP references in Train_Ref/, n_pairs distorted BMPs spread over them in Train_Dis/,
+    labels in Train_Label/. Returns the pairs [(dis, ref)] grouped by reference, as PIPAL lists them."""
     rng = np.random.default_rng(seed)
-    os.makedirs(folder, exist_ok=True)
-    pairs = []
-    refs = []
+    for sub in ("Train_Ref", "Train_Dis", "Train_Label"):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    refs, pairs, labels = [], [], {}
     for r in range(n_refs):
-        path = os.path.join(folder, f"R{r:04d}.bmp")
+        path = os.path.join(folder, "Train_Ref", f"A{r + 1:04d}.bmp")
         if not os.path.isfile(path):
             base = rng.integers(0, 256, (size // 16 + 1, size // 16 + 1, 3), dtype=np.uint8)
             Image.fromarray(base).resize((size, size), Image.BICUBIC).save(path)
         refs.append(path)
     for k in range(n_pairs):
-        ref = refs[k % n_refs]
-        path = os.path.join(folder, f"R{k % n_refs:04d}_{k:06d}.bmp")
+        name = f"A{k % n_refs + 1:04d}_{k:06d}_00.bmp"
+        path, ref = os.path.join(folder, "Train_Dis", name), refs[k % n_refs]
         if not os.path.isfile(path):
             a = np.asarray(Image.open(ref), dtype=np.int16) + rng.integers(-25, 26, (size, size, 3), dtype=np.int16)
             Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path)
         pairs.append((path, ref))
+        labels.setdefault(k % n_refs, []).append(f"{name},{1500 + (k * 37) % 400}\n")
+    for r, lines in labels.items():
+        with open(os.path.join(folder, "Train_Label", f"A{r + 1:04d}.txt"), "w") as f:
+            f.writelines(lines)
     return sorted(pairs, key=lambda p: (p[1], p[0]))
+
+
+def time_run(a, scorer, root, tmp):
+    """The eval command end to end on the same set, in a process of its own, as a user runs it:
+    (wall seconds, its first summary row: scoring rate, seconds before and after scoring, and
+    its results files' folder). Random weights are saved for it first, in the format the
+    backbone's files have."""
+    weights = a.weights
+    if weights == "random":
+        weights = os.path.join(tmp, "random_weights.pt")
+        torch.save({k: v.detach().cpu() for k, v in scorer.backbone.family.checkpoint(scorer.extractor.model).items()},
+                   weights)
+    command = [sys.executable, "-m", "zsiqa", "eval", "-dat", "pipal", "--root", root, "-m", a.model, "-d",
+               ",".join(scorer.distances), "--precision", a.precision, "--weights", weights, "--device",
+               scorer.device.type, "--batch-size", str(scorer.batch_size), "--workers", str(scorer.workers),
+               "--compile", a.compile, "-sdir", os.path.join(tmp, "results"), "--overwrite", "--no-progress", "--json"]
+    t = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise UserError(f"the eval command failed in --via-run: {proc.stderr.strip().splitlines()[-1][:300]}")
+    return wall, {**json.loads(proc.stdout)[0], "folder": os.path.join(tmp, "results")}
+
+
+def run_vs_engine(row, model, pairs, rows):
+    """The largest relative difference between the eval command's per-pair scores (its results
+    files) and the engine's on the same pairs: the two figures measure the same work."""
+    worst = 0.0
+    index = {os.path.basename(dis): i for i, (dis, _) in enumerate(pairs)}
+    for j, d in enumerate(row["distances"]):
+        with open(os.path.join(row["folder"], f"pipal_{model}_{d}.csv"), encoding="utf-8") as f:
+            for line in f.readlines()[1:]:
+                dis, _, _, pred = line.rstrip("\n").split(",")
+                want = rows[index[os.path.basename(dis)]][j]
+                worst = max(worst, abs(float(pred) - want) / max(abs(want), 1e-12))
+    return worst
 
 
 def sync(device):
@@ -81,22 +126,42 @@ def time_forward(scorer, iters):
 
 
 def main(a):
-    """Time (a) the engine, (b) the one-pair loop and (c) the forward pass; print the figures."""
+    """Time (a) the engine, (b) the one-pair loop, (c) the forward pass and, with --via-run, (d)
+    the eval command end to end on the same set; print the figures."""
     scorer = Scorer(a.model, a.distance, device=a.device, precision=a.precision, weights=a.weights,
                     batch_size=a.batch_size, workers=a.workers, compile=a.compile == "on")
     if a.compile == "auto":
         scorer.compile_if_it_pays(a.pairs)
-    gpu = scorer.device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = make_set(a.data or tmp, a.size, a.refs, a.pairs)
-        warm = pairs[: min(len(pairs), 2 * a.refs)]
-        t_first, _ = time_engine(scorer, warm)  # warm-up: kernels, workers, compilation
-        if gpu:
-            torch.cuda.reset_peak_memory_stats(scorer.device)
-        t_engine, rows = time_engine(scorer, pairs)
-        peak = torch.cuda.max_memory_allocated(scorer.device) / 2**30 if gpu else None
-        n_loop = min(len(pairs), a.loop_pairs if a.loop_pairs is not None else (100 if gpu else 4))
-        t_loop, loop_rows = time_loop(scorer, pairs[:n_loop]) if n_loop else (float("nan"), {})
+        root = a.data or os.path.join(tmp, "set")
+        pairs = make_set(root, a.size, a.refs, a.pairs)
+        result, rows = measure(a, scorer, pairs)
+        if a.via_run:
+            wall, row = time_run(a, scorer, root, tmp)
+            result["via_run_vs_engine_max_rel_diff"] = run_vs_engine({**row, "distances": result["distances"]},
+                                                                     a.model, pairs, rows)
+            rate = row["pairs_per_s"]
+            result.update(via_run_wall_s=round(wall, 2), via_run_pairs_per_s=rate,
+                          via_run_share_of_engine=round(rate / result["engine_pairs_per_s"], 3),
+                          via_run_fixed_s=round(wall - result["pairs"] / rate, 2),
+                          via_run_before_scoring_s=row["seconds_before_scoring"],
+                          via_run_after_scoring_s=row["seconds_after_scoring"])
+    report(result, a.json)
+    return 0
+
+
+def measure(a, scorer, pairs):
+    """The engine, loop and forward-only figures on the set's pairs [(dis, ref)], and the
+    engine's scores {pair index: scores in the scorer's distance order}."""
+    gpu = scorer.device.type == "cuda"
+    warm = pairs[: min(len(pairs), 2 * a.refs)]
+    t_first, _ = time_engine(scorer, warm)  # warm-up: kernels, workers, compilation
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(scorer.device)
+    t_engine, rows = time_engine(scorer, pairs)
+    peak = torch.cuda.max_memory_allocated(scorer.device) / 2**30 if gpu else None
+    n_loop = min(len(pairs), a.loop_pairs if a.loop_pairs is not None else (100 if gpu else 4))
+    t_loop, loop_rows = time_loop(scorer, pairs[:n_loop]) if n_loop else (float("nan"), {})
     fwd = time_forward(scorer, a.forward_iters or (30 if gpu else 2))
     rel = (np.abs(rows[i] - loop_rows[i]) / np.maximum(np.abs(loop_rows[i]), 1e-12) for i in loop_rows)
     agree = max((float(np.max(r)) for r in rel), default=float("nan"))
@@ -104,19 +169,16 @@ def main(a):
     engine_rate, loop_rate = len(pairs) / t_engine, n_loop / t_loop if n_loop else float("nan")
     device_name = (torch.cuda.get_device_name(scorer.device) if gpu
                    else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
-    result = {"device": device_name, "model": a.model, "distances": list(scorer.distances), "precision": a.precision,
-              "fused_kernels": gpu and os.environ.get("ZSIQA_FUSED", "1") != "0", "size": a.size, "refs": a.refs,
-              "pairs": len(pairs), "batch_size": scorer.batch_size,
-              "workers": scorer.workers, "engine_pairs_per_s": round(engine_rate, 2),
-              "loop_pairs_per_s": round(loop_rate, 3),
-              "loop_pairs_timed": n_loop, "speedup": round(engine_rate / loop_rate, 2) if n_loop else None,
-              "forward_windows_per_s": round(fwd, 1), "forward_bound_pairs_per_s": round(fwd / per_pair, 1),
-              "engine_share_of_forward": round(engine_rate * per_pair / fwd, 3),
-              "engine_vs_loop_max_rel_diff": agree, "peak_gpu_mem_gib": round(peak, 2) if peak is not None else None,
-              "compile": scorer.fixed_batch, "overlap": scorer.overlap, "first_call_s": round(t_first, 2),
-              "first_call_pairs": len(warm), "torch": torch.__version__}
-    report(result, a.json)
-    return 0
+    return {"device": device_name, "model": a.model, "distances": list(scorer.distances), "precision": a.precision,
+            "fused_kernels": gpu and os.environ.get("ZSIQA_FUSED", "1") != "0", "size": a.size, "refs": a.refs,
+            "pairs": len(pairs), "batch_size": scorer.batch_size, "workers": scorer.workers,
+            "engine_pairs_per_s": round(engine_rate, 2), "loop_pairs_per_s": round(loop_rate, 3),
+            "loop_pairs_timed": n_loop, "speedup": round(engine_rate / loop_rate, 2) if n_loop else None,
+            "forward_windows_per_s": round(fwd, 1), "forward_bound_pairs_per_s": round(fwd / per_pair, 1),
+            "engine_share_of_forward": round(engine_rate * per_pair / fwd, 3),
+            "engine_vs_loop_max_rel_diff": agree, "peak_gpu_mem_gib": round(peak, 2) if peak is not None else None,
+            "compile": scorer.fixed_batch, "overlap": scorer.overlap, "first_call_s": round(t_first, 2),
+            "first_call_pairs": len(warm), "torch": torch.__version__}, rows
 
 
 def report(result, as_json=False):
@@ -135,6 +197,12 @@ def report(result, as_json=False):
     print(f"  forward only  {r['forward_windows_per_s']:10.1f} windows/s = "
           f"{r['forward_bound_pairs_per_s']:.1f} pairs/s bound;  "
           f"engine at {100 * r['engine_share_of_forward']:.0f}% of it")
+    if "via_run_wall_s" in r:
+        share = 100 * r["via_run_share_of_engine"]
+        print(f"  via run.py    {r['via_run_pairs_per_s']:10.2f} pairs/s   ({share:.0f}% of the "
+              f"engine's rate; {r['via_run_wall_s']} s end to end, {r['via_run_fixed_s']} s of it outside scoring: "
+              f"{r['via_run_before_scoring_s']} s from its arguments to the first pair, "
+              f"{r['via_run_after_scoring_s']} s after the last)")
     peak = r["peak_gpu_mem_gib"]
     print(f"  engine vs loop: max relative difference {r['engine_vs_loop_max_rel_diff']:.2e}"
           + (f";  peak GPU memory {peak:.1f} GiB" if peak is not None else ""))

@@ -316,10 +316,12 @@ def todo_jobs(done, files, plan):
 @dataclass
 class Scored:
     """What a run's scoring did, over all ranks: pairs scored, the (dis, ref) skipped mid-run
-    per (set, variant) (undecodable with --skip-missing), and the seconds it took."""
+    per (set, variant) (undecodable with --skip-missing), the seconds it took and when it ended
+    (time.perf_counter)."""
     count: int
     skipped: dict
     seconds: float
+    ended: float
 
     def n_skipped(self, group):
         return len(self.skipped.get(group, ()))
@@ -355,7 +357,15 @@ def score(args, dist, scorer, plan, variants, files, done, todo):
         writer.close()
         if progress is not None:
             progress.close()
-    return Scored(dist.sum(count), dist.union(skipped), time.perf_counter() - started)
+    return Scored(dist.sum(count), dist.union(skipped), time.perf_counter() - started, time.perf_counter())
+
+
+def timed(args, scored, rows):
+    """The rows with the run's fixed costs, for --json (bench --via-run reads them): seconds from
+    the command's start (arguments parsed) to the first pair scored, and from the last to now."""
+    before = round(scored.ended - scored.seconds - args.started, 2)
+    after = round(time.perf_counter() - scored.ended, 2)
+    return [{**row, "seconds_before_scoring": before, "seconds_after_scoring": after} for row in rows]
 
 
 def _rate(count, elapsed):
@@ -534,12 +544,12 @@ def run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths):
         return
     finished = finish_files(plan, files, scored, scorer.blocks)
     if plan.labelled:
-        report(args, summarise(args, plan, records, paths, finished, scored))
+        report(args, timed(args, scored, summarise(args, plan, records, paths, finished, scored)))
         return
     run = {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "run_id": time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)}
     rows, scores = summarise_unlabelled(args, plan, records, paths, finished, scored, run)
-    report_unlabelled(args, rows)
+    report_unlabelled(args, timed(args, scored, rows))
     if args.report or args.worst_maps:
         worst_outputs(args, scorer, plan, variants, rows, scores, run)
 

@@ -62,6 +62,10 @@ class Family:
     def state(self, sd):
         return sd
 
+    def checkpoint(self, model):
+        """The tensors of `model` as this family's weights files hold them (the inverse of `state`)."""
+        return model.state_dict()
+
     def half(self, model):
         return model.half()
 
@@ -117,6 +121,9 @@ class ClipViT(Family):
     def state(self, sd):
         return visual_only(sd)
 
+    def checkpoint(self, model):
+        return {f"visual.{k}": v for k, v in model.state_dict().items()}
+
     def half(self, model):
         """What clip.load gives on a GPU: convolutions, linears, attention in fp16 (LayerNorms stay fp32)."""
         import clip.model
@@ -151,10 +158,7 @@ class ClipResNet(Family):
         import clip.model
         return clip.model.ModifiedResNet(self.blocks, self.output_dim, self.width * 32 // 64, 224, self.width)
 
-    def state(self, sd):
-        return visual_only(sd)
-
-    half = ClipViT.half
+    state, checkpoint, half = ClipViT.state, ClipViT.checkpoint, ClipViT.half
 
     def layers(self, v, x):
         x = x.type(v.conv1.weight.dtype)
@@ -189,8 +193,7 @@ class OpenClipConvNeXt(Family):
         import timm
         return _TrunkAndProjection(timm.create_model("convnext_base", pretrained=False, num_classes=0), 1024, 640)
 
-    def state(self, sd):
-        return visual_only(sd)
+    state, checkpoint = ClipViT.state, ClipViT.checkpoint
 
     def layers(self, model, x):
         t = model.trunk
