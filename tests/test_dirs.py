@@ -267,3 +267,21 @@ def test_name_not_utf8_refused_before_the_model_loads(tiny, tmp_path, capsys, mo
     for folder in (gt, *outs):
         os.rename(os.fsencode(os.path.join(folder, "1.png")), os.fsencode(folder) + b"/caf\xe9.png")
     _refused(tiny, capsys, _dirs(gt, outs), str(tmp_path / "r"), r"caf\xe9.png' is not valid UTF-8")
+
+
+def test_label_free_list_with_repeated_references(tiny, tmp_path, capsys):
+    """Several outputs of one reference in a label-free list: every pair counts in the summary and
+    the report's scores (keyed by reference they collapsed to one row per reference)."""
+    minidata.make_dirs(str(tmp_path / "d"), levels=(("A", 2), ("B", 5)), n=2, sub=False)
+    lst = tmp_path / "d" / "mine.csv"
+    lst.write_text("ref,dis\n" + "".join(f"GT/{k}.png,{m}/{k}.png\n" for k in range(2) for m in "AB"))
+    out, rep = tmp_path / "r", tmp_path / "rep"
+    assert _run(tiny, "-dat", "csv", "--csv", str(lst), "-d", "l2", "-sdir", str(out), "--json",
+                "--report", str(rep), "--report-worst", "4") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["n"] == 4
+    frame = pd.read_csv(out / f"mine_{tiny[0]}_l2.csv")
+    assert len(frame) == 4 and rows[0]["mean"] == pytest.approx(frame.pred.mean())
+    scores = pd.read_csv(rep / "scores.csv")
+    assert len(scores) == 4 and sorted(scores.image) == sorted(frame.dis)
+    np.testing.assert_allclose(sorted(scores.score), sorted(frame.pred), rtol=1e-6)

@@ -115,6 +115,11 @@ def test_links_lead_somewhere():
                 assert (path.parent / target).exists(), (path.name, target)
 
 
+def test_docs_named_in_the_code_exist():
+    named = {m for p in sorted((ROOT / "zsiqa").glob("*.py")) for m in re.findall(r"docs/[\w-]+\.md", p.read_text())}
+    assert named and [m for m in named if not (ROOT / m).is_file()] == []
+
+
 def test_readme_is_a_front_door():
     text = (ROOT / "README.md").read_text()
     assert len(text.encode("utf-8")) <= 16000

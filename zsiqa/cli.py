@@ -19,6 +19,7 @@ from zsiqa.errors import UserError
 from zsiqa.folders import check_name
 from zsiqa.options import MAX_RESIZE, MAX_WORKERS
 from zsiqa.output import to_json
+from zsiqa.robustness import TRANSFORMS
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -114,7 +115,7 @@ FLAGS = {
                                              help="folder for results files (default results/)")),
     "overwrite": (("--overwrite",), dict(action="store_true", help="discard earlier rows of the results files "
                                          "instead of resuming")),
-    "robustness": (("-rob", "--robustness"), dict(choices=["tra", "sca", "rot"], help="apply a shift/zoom/rotation "
+    "robustness": (("-rob", "--robustness"), dict(choices=list(TRANSFORMS), help="apply a shift/zoom/rotation "
                                                   "when loading")),
     "pct": (("-pct", "--pct"), dict(type=int_in(), default=None,
                                     help="its magnitude (percent, or degrees for rot; default 1)")),
@@ -210,7 +211,7 @@ the spatial maps of each method's N worst pairs.
 
 --layers 1-6,9 compares only those blocks (recorded). --per-layer also writes X_layers.csv
 beside each l2/cos results file X.csv: the per-block distances, summing to X.csv's pred.
-(run.py is the same command; docs/evaluation.md has the details.)"""
+(run.py is the same command; docs/commands.md has the details.)"""
 
 CORR_DOC = """Correlations between predictions and labels from a results file (`dis,ref,mos,pred`).
 
@@ -233,7 +234,7 @@ plus the backbone's own forward throughput.
   zsiqa bench --device cpu --model clip_vitb32 --refs 1 --pairs 24 --loop-pairs 0 --via-run
 
 (a) engine: Scorer.score_files over every pair; (b) loop: one pair at a time, one window per
-forward pass, references re-encoded (its scores are checked against the engine's); (c)
+forward pass, references re-encoded (its largest difference to the engine's scores is shown); (c)
 forward only: random windows through the backbone; (d) with --via-run: the eval command end to
 end on the same set (written in PIPAL's layout), its own scoring rate and its time outside
 scoring. Weights are seeded random by default (speed does
@@ -350,18 +351,14 @@ def score(args):
         from zsiqa import plots
         plots.check_folder(args.maps)  # before any work: an unwritable folder fails at once
     from zsiqa.distances import parse_distances
-    from zsiqa.images import header_size, to_float
+    from zsiqa.images import pair_problems, to_float
     from zsiqa.models import get_backbone
     from zsiqa.scorer import Scorer
-    from zsiqa.windows import check_pair
     parse_distances(args.distance, get_backbone(args.model))  # names and images before the weights are read
-    sizes = []
-    for path in (args.ref, args.dis):
-        size, why = header_size(path)
-        if why:
-            raise UserError(f"image not found: {path}" if why == "missing" else f"cannot read image {path}: {why}")
-        sizes.append((args.resize, args.resize) if args.resize else size)
-    check_pair(*sizes, name=f"{args.ref} / {args.dis}", resized=bool(args.resize))
+    (why, path), = pair_problems([(args.ref, args.dis)], args.resize)
+    if why:
+        raise UserError(f"image not found: {path}" if why == "missing" else f"cannot read image {path}: {why}" if path
+                        else f"{args.ref} / {args.dis}: {why}")
     scorer = Scorer(args.model, args.distance, device=args.device, precision=args.precision,
                     weights=args.weights, resize=args.resize, workers=0, model_norm=args.model_norm, layers=args.layers)
     scores = scorer.score([args.dis], [args.ref])

@@ -26,15 +26,24 @@ def writing(path, kept="its earlier content is kept"):
         raise UserError(f"cannot write {path}: {reason}; {kept}") from None
 
 
-def check_readable(path, what):
-    """UserError unless `path` is a regular file: missing, a folder, or a special file (a FIFO
-    or a device would block the reader forever) each get one line naming `what` and the path."""
+def file_problem(path):
+    """Why `path` cannot be read as a file, or None: 'missing', 'a folder', or 'not a regular
+    file (…)' (a FIFO or a device would block the reader forever)."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
-        raise UserError(f"{what} not found: {path}") from None
+        return "missing"
     if stat.S_ISDIR(mode):
-        raise UserError(f"{what} {path} is a folder, not a file")
-    if not stat.S_ISREG(mode):
-        raise UserError(f"{what} {path} is not a regular file (a FIFO, socket or device)")
+        return "a folder"
+    return None if stat.S_ISREG(mode) else "not a regular file (a FIFO, socket or device)"
+
+
+def check_readable(path, what):
+    """UserError unless `path` is a regular file (`file_problem`), one line naming `what` and the path."""
+    problem = file_problem(path)
+    if problem == "missing":
+        raise UserError(f"{what} not found: {path}")
+    if problem:
+        raise UserError(f"{what} {path} is {problem}, not a file" if problem == "a folder" else
+                        f"{what} {path} is {problem}")
     return path

@@ -22,14 +22,13 @@ from zsiqa import distributed, plots, results, robustness
 from zsiqa.datasets import load_dataset, load_dirs
 from zsiqa.distances import DISTANCES, parse_distances
 from zsiqa.errors import UserError
-from zsiqa.images import header_size, open_image, pil_to_tensor, resize_square, to_float
+from zsiqa.images import open_image, pair_problems, pil_to_tensor, resize_square, to_float
 from zsiqa.maps import SPATIAL
 from zsiqa.models import get_backbone
 from zsiqa.output import to_json
 from zsiqa.report import Comparison, Worst, format_table, ranked, significance_mark, write_report
 from zsiqa.scorer import Scorer
 from zsiqa.stats import compare_methods, correlations
-from zsiqa.windows import pair_problem
 
 SWEEP_FIELDS = ["distance", "robustness", "pct", "n", "srcc", "plcc", "krcc", "plcc_logistic"]
 
@@ -48,9 +47,10 @@ def variants_of(args):
     else:
         kinds = _listed("--kinds", args.kinds, str)
         pcts = _listed("--pcts", args.pcts or "1,2,4,8", int)
-        bad = [k for k in kinds if k not in ("tra", "sca", "rot")]
+        bad = [k for k in kinds if k not in robustness.TRANSFORMS]
         if bad or not kinds or not pcts:
-            raise UserError(f"--kinds takes tra,sca,rot (got {args.kinds!r}) and --pcts at least one integer")
+            raise UserError(f"--kinds takes {','.join(robustness.TRANSFORMS)} (got {args.kinds!r}) and --pcts at least "
+                            "one integer")
         variants = [("", 0)] + [(k, p) for k in kinds for p in pcts]
     for kind, pct in variants:
         if kind:
@@ -81,22 +81,9 @@ def check_images(dataset, pairs, skip_missing, resize=None, variants=(("", 0),))
     Returns:
         the usable pairs [(ref, dis, label)], in order.
     """
-    sizes, unreadable = {}, {}
-    for path in dict.fromkeys(p for r, d, _ in pairs for p in (dataset.ref_path(r), dataset.dis_path(d))):
-        size, why = header_size(path)
-        if why:
-            unreadable[path] = why
-        else:
-            sizes[path] = (resize, resize) if resize else size
     shrink = max((p for k, p in variants if k == "tra"), default=0)  # the largest shift crops the most
-
-    def problem(ref, dis):
-        ref, dis = dataset.ref_path(ref), dataset.dis_path(dis)
-        if ref in unreadable or dis in unreadable:
-            return unreadable.get(ref) or unreadable[dis]
-        return pair_problem(sizes[ref], sizes[dis], shrink, bool(resize))
-
-    why = [problem(r, d) for r, d, _ in pairs]
+    why = [reason for reason, _ in pair_problems([(dataset.ref_path(r), dataset.dis_path(d)) for r, d, _ in pairs],
+                                                 resize, shrink)]
     bad = [(d, w) for (_, d, _), w in zip(pairs, why, strict=False) if w]
     if not bad:
         return pairs
@@ -129,6 +116,13 @@ class Plan:
     @property
     def name(self):
         return self.sets[0].name if len(self.sets) == 1 else "dirs"
+
+    def image_key(self, s):
+        """How set s names an image in comparisons: by its reference where each reference has one
+        output (output folders: so that methods' outputs of one reference pair up), else by the
+        distorted image (a label-free list with several outputs per reference)."""
+        refs = [ref for ref, _, _ in self.pairs[s]]
+        return (lambda dis, ref: ref) if len(set(refs)) == len(refs) else (lambda dis, ref: dis)
 
     def order(self, s):
         """Set s's pairs to score as results-file keys [(dis, ref)]."""
@@ -182,7 +176,7 @@ def check_outputs(args, plan):
         raise UserError("--report and --maps N compare methods scored without labels (-dat dirs, or a -dat csv list of "
                         "ref,dis): for a labelled dataset use calc_scores.py")
     if args.report:
-        plots.check_folder(args.report)
+        results.check_writable(args.report)
 
 
 def results_files(args, plan, variants):
@@ -441,7 +435,8 @@ def summarise_unlabelled(args, plan, records, paths, finished, scored, run):
     rows, scores = [], {}
     for ((s, v), d), path in paths.items():
         got, nonfinite = _scores(path, finished[path])
-        scores.setdefault((v, d), {})[plan.sets[s].name] = {ref: pred for _, ref, _, pred in got}
+        key = plan.image_key(s)
+        scores.setdefault((v, d), {})[plan.sets[s].name] = {key(dis, ref): pred for dis, ref, _, pred in got}
         rows.append({"set": plan.sets[s].name, **records[path], "lower_better": not records[path]["pred_higher_better"],
                      "n_skipped": int(plan.skipped[s] + scored.n_skipped((s, v)) + nonfinite),
                      "pairs_per_s": _rate(scored.count, scored.seconds), "file": path, "methods": "+".join(
@@ -555,10 +550,12 @@ def run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths):
 
 
 def worst_pairs(plan, s, per_image, k, lower_better):
-    """Set s's k worst pairs by its scores {reference: score}, worst first: [(ref, dis, score)]."""
-    dis_of = {ref: dis for ref, dis, _ in plan.pairs[s]}
+    """Set s's k worst pairs by its scores {image: score} (`Plan.image_key`), worst first:
+    [(image, ref, dis, score)]."""
+    key = plan.image_key(s)
+    pair_of = {key(dis, ref): (ref, dis) for ref, dis, _ in plan.pairs[s]}
     picks = sorted(per_image.items(), key=lambda kv: kv[1], reverse=lower_better)[:k]
-    return [(ref, dis_of[ref], score) for ref, score in picks]
+    return [(image, *pair_of[image], score) for image, score in picks]
 
 
 def pair_images(dataset, ref, dis, resize, variant):
@@ -585,16 +582,16 @@ def worst_outputs(args, scorer, plan, variants, rows, scores, run):
         tag, worst = (f"_{variant[0]}-{variant[1]}" if variant[0] else ""), {}
         for s, ds in enumerate(plan.sets):
             worst[ds.name] = []
-            for ref, dis, score in worst_pairs(plan, s, scores[(v, primary)][ds.name], k,
-                                               DISTANCES[primary].lower_better):
+            for image, ref, dis, score in worst_pairs(plan, s, scores[(v, primary)][ds.name], k,
+                                                      DISTANCES[primary].lower_better):
                 r, d = pair_images(ds, ref, dis, args.resize, variant)
                 maps = scorer.maps(d, r)
                 if len(worst[ds.name]) < (args.worst_maps or 0):
                     folder = os.path.join(args.savedir, f"{ds.name}_{name}{tag}_maps",
-                                          os.path.splitext(ref)[0].replace("/", "__"))
+                                          os.path.splitext(image)[0].replace("/", "__"))
                     plots.write_maps(maps, to_float(pil_to_tensor(d)), folder, scorer.backbone.name,
-                                     {x: scores[(v, x)][ds.name][ref] for x in scorer.distances})
-                worst[ds.name].append(Worst(ref, score, _rgb8(r), _rgb8(d), maps[shown]))
+                                     {x: scores[(v, x)][ds.name][image] for x in scorer.distances})
+                worst[ds.name].append(Worst(image, score, _rgb8(r), _rgb8(d), maps[shown]))
         if args.report:
             write_variant_report(args, scorer, plan, variant, rows, scores, v, (worst, shown), run)
 

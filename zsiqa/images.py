@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zsiqa.errors import UserError, check_readable
+from zsiqa.errors import UserError, check_readable, file_problem
+from zsiqa.windows import pair_problem
 
 
 def _deep_scale(mode):
@@ -67,12 +68,9 @@ def header_size(path):
     read: ((w, h), None) or (None, reason), the reason one of 'missing', 'a folder', 'not a
     regular file …' (a FIFO would block the reader), 'too large …' (over Pillow's
     decompression-bomb guard), 'unreadable …'."""
-    try:
-        check_readable(path, "image")
-    except UserError as e:
-        text = str(e)
-        return None, ("missing" if "not found" in text else "a folder" if "is a folder" in text
-                      else "not a regular file (a FIFO, socket or device)")
+    problem = file_problem(path)
+    if problem:
+        return None, problem
     try:
         with Image.open(path) as im:
             return im.size, None
@@ -80,6 +78,27 @@ def header_size(path):
         return None, f"too large (over Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} px)"
     except Exception:  # whatever a decoder raises on a file it cannot identify
         return None, "unreadable (not an image Pillow can open)"
+
+
+def pair_problems(pairs, resize=None, shift_pct=0):
+    """Why each pair of image files [(ref, dis)] cannot be scored, from headers alone (fast):
+    [(reason, the file it is about)], (None, None) for a usable pair. A file's reason is
+    `header_size`'s; a pair's is `windows.pair_problem`'s (sizes differ, a side under 224 px,
+    also after a shift of shift_pct % crops it), with its file None. resize: the side the images
+    will be resized to first."""
+    sizes, unreadable = {}, {}
+    for path in dict.fromkeys(p for pair in pairs for p in pair):
+        size, why = header_size(path)
+        if why:
+            unreadable[path] = why
+        else:
+            sizes[path] = (resize, resize) if resize else size
+    out = []
+    for ref, dis in pairs:
+        bad = next((p for p in (ref, dis) if p in unreadable), None)
+        out.append((unreadable[bad], bad) if bad else (pair_problem(sizes[ref], sizes[dis], shift_pct, bool(resize)),
+                                                       None))
+    return out
 
 
 def pil_to_tensor(im):
