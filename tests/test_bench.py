@@ -31,3 +31,23 @@ def test_bench_refuses_bad_sizes(capsys):
             bench.main(["--device", "cpu", *args])
         err = capsys.readouterr().err
         assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and match in err, (args, err)
+
+
+def test_bench_data_folder_is_its_own_or_refused(capsys, tmp_path):
+    """--data holding anything but a set made with the same settings is refused in one line (its
+    images were timed and scored as the set asked for); the same settings reuse it."""
+    import pytest
+
+    from zsiqa import benchmark
+    folder = tmp_path / "set"
+    first = benchmark.make_set(str(folder), 224, 1, 2)
+    assert benchmark.make_set(str(folder), 224, 1, 2) == first
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "photo.png").write_bytes(b"x")
+    for data, size in [(folder, "256"), (other, "224")]:
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--device", "cpu", "--size", size, "--refs", "1", "--pairs", "2", "--data", str(data)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "give an empty or new folder" in err
+    assert (other / "photo.png").read_bytes() == b"x" and not (other / "Train_Ref").exists()

@@ -25,6 +25,7 @@ def make_set(folder, size, n_refs, n_pairs, seed=0):
     n_refs BMP references in Train_Ref/, n_pairs distorted BMPs spread over them in Train_Dis/,
     labels in Train_Label/. Returns the pairs [(dis, ref)] grouped by reference, as PIPAL lists them."""
     rng = np.random.default_rng(seed)
+    _check_set_folder(folder, {"size": size, "refs": n_refs, "pairs": n_pairs, "seed": seed})
     for sub in ("Train_Ref", "Train_Dis", "Train_Label"):
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
     refs, pairs, labels = [], [], {}
@@ -48,6 +49,25 @@ def make_set(folder, size, n_refs, n_pairs, seed=0):
     return sorted(pairs, key=lambda p: (p[1], p[0]))
 
 
+def _check_set_folder(folder, made):
+    """A --data folder is empty, or holds a set this command made with the same settings (its
+    `.zsiqa-bench.json` says so): images of another size or stale label files would be timed
+    and scored as this set."""
+    marker = os.path.join(folder, ".zsiqa-bench.json")
+    if os.path.isdir(folder) and os.listdir(folder):
+        try:
+            with open(marker, encoding="utf-8") as f:
+                held = json.load(f)
+        except (OSError, ValueError):
+            held = None
+        if held != made:
+            raise UserError(f"--data {folder} holds other files than a set of --size {made['size']}, --refs "
+                            f"{made['refs']}, --pairs {made['pairs']}: give an empty or new folder")
+    os.makedirs(folder, exist_ok=True)
+    with open(marker, "w", encoding="utf-8") as f:
+        json.dump(made, f)
+
+
 def time_run(a, scorer, root, tmp):
     """The eval command end to end on the same set, in a process of its own, as a user runs it:
     (wall seconds, its first summary row: scoring rate, seconds before and after scoring, and
@@ -66,21 +86,30 @@ def time_run(a, scorer, root, tmp):
     proc = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if proc.returncode:
-        raise UserError(f"the eval command failed in --via-run: {proc.stderr.strip().splitlines()[-1][:300]}")
+        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise UserError(f"the eval command failed in --via-run: {last[:300]}")
     return wall, {**json.loads(proc.stdout)[0], "folder": os.path.join(tmp, "results")}
 
 
-def run_vs_engine(row, model, pairs, rows):
+def run_vs_engine(row, model, pairs, rows, tolerance=1e-4):
     """The largest relative difference between the eval command's per-pair scores (its results
-    files) and the engine's on the same pairs: the two figures measure the same work."""
+    files) and the engine's on the same pairs; UserError unless it holds every pair and agrees
+    within `tolerance`: the two rates must measure the same work."""
     worst = 0.0
     index = {os.path.basename(dis): i for i, (dis, _) in enumerate(pairs)}
     for j, d in enumerate(row["distances"]):
         with open(os.path.join(row["folder"], f"pipal_{model}_{d}.csv"), encoding="utf-8") as f:
-            for line in f.readlines()[1:]:
-                dis, _, _, pred = line.rstrip("\n").split(",")
-                want = rows[index[os.path.basename(dis)]][j]
-                worst = max(worst, abs(float(pred) - want) / max(abs(want), 1e-12))
+            lines = f.readlines()[1:]
+        if sorted(os.path.basename(line.split(",")[0]) for line in lines) != sorted(index):
+            raise UserError(f"--via-run: the eval command's {d} file holds {len(lines)} rows, not the {len(pairs)} "
+                            "pairs the engine scored")
+        for line in lines:
+            dis, _, _, pred = line.rstrip("\n").split(",")
+            want = rows[index[os.path.basename(dis)]][j]
+            worst = max(worst, abs(float(pred) - want) / max(abs(want), 1e-12))
+    if worst > tolerance:
+        raise UserError(f"--via-run: the eval command's scores differ from the engine's by up to {worst:.3g} "
+                        "(relative): the two rates would not measure the same work")
     return worst
 
 
@@ -128,13 +157,13 @@ def time_forward(scorer, iters):
 def main(a):
     """Time (a) the engine, (b) the one-pair loop, (c) the forward pass and, with --via-run, (d)
     the eval command end to end on the same set; print the figures."""
-    scorer = Scorer(a.model, a.distance, device=a.device, precision=a.precision, weights=a.weights,
-                    batch_size=a.batch_size, workers=a.workers, compile=a.compile == "on")
-    if a.compile == "auto":
-        scorer.compile_if_it_pays(a.pairs)
     with tempfile.TemporaryDirectory() as tmp:
         root = a.data or os.path.join(tmp, "set")
         pairs = make_set(root, a.size, a.refs, a.pairs)
+        scorer = Scorer(a.model, a.distance, device=a.device, precision=a.precision, weights=a.weights,
+                        batch_size=a.batch_size, workers=a.workers, compile=a.compile == "on")
+        if a.compile == "auto":
+            scorer.compile_if_it_pays(a.pairs)
         result, rows = measure(a, scorer, pairs)
         if a.via_run:
             wall, row = time_run(a, scorer, root, tmp)
