@@ -168,3 +168,23 @@ def test_unlabelled_summary_names_the_blocks(tiny, tmp_path):
                 "--layers", "2") == 0
     summary = pd.read_csv(out / "summary_unlabelled.csv", dtype=str, keep_default_na=False)
     assert list(summary.layers) == ["2"] and list(summary.distance) == ["l2"]
+
+
+def test_calc_scores_per_layer_leaves_out_a_nan_pair(tiny, tmp_path, capsys):
+    """A pair the engine scored NaN (a run's record beside the file): one warning, the other pairs'
+    correlations as scipy gives them (it failed with 'not a finite number')."""
+    out = tmp_path / "r"
+    _run(tiny, "-dat", "pipal", "--root", _pipal(tmp_path), "-d", "l2", "-sdir", str(out), "--per-layer")
+    path = out / f"pipal_{tiny[0]}_l2_layers.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    cells = lines[2].rstrip("\n").split(",")
+    lines[2] = ",".join([*cells[:-1], "nan"]) + "\n"
+    path.write_text("".join(lines))
+    capsys.readouterr()
+    assert calc_scores.main(["--per-layer", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("warning:") == 1 and "NaN or inf" in captured.err
+    per = pd.read_csv(path).drop(index=1)
+    got = json.loads(captured.out)
+    for g in got:
+        assert g["srcc"] == pytest.approx(stats.spearmanr(-per[f"block_{g['block']}"], per.mos)[0])

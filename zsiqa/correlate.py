@@ -67,8 +67,9 @@ def is_similarity(path):
 
 def read_layers(path):
     """A per-layer file's rows (DataFrame: dis, ref, mos, block_<k>…), its block columns and the
-    record of its results file (X.csv beside X_layers.csv; None when absent). Bad rows and
-    values are refused as `results.read_frame` refuses them (`results.read_table`, `number_frame`)."""
+    record of its results file (X.csv beside X_layers.csv; None when absent). Read by the rules
+    of `results.read_frame`: a pair the engine scored NaN or inf (when a record says the eval
+    command wrote the file) is left out with a warning, other bad rows and values are refused."""
     if not os.path.isfile(path):
         raise UserError(f"per-layer file not found: {path}")
     results_file = path[: -len("_layers.csv")] + ".csv" if path.endswith("_layers.csv") else None
@@ -77,6 +78,10 @@ def read_layers(path):
     blocks = [c for c in header if re.fullmatch(r"block_\d+", c)]
     if "mos" not in header or not blocks:
         raise UserError(f"{path} is not a labelled per-layer file (header dis,ref,mos,block_1,…)")
+    if record is not None:
+        at = [header.index(b) for b in blocks]
+        rows, _ = results.drop_nonfinite(path, rows, lambda r: sum(results.parsed(r[1][k]) for k in at),
+                                         lambda r: r[1][0])
     if not rows:
         raise UserError(f"{path} holds no complete rows")
     return results.number_frame(path, header, rows, ["mos", *blocks]), blocks, record

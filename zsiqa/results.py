@@ -437,6 +437,13 @@ def number_frame(path, header, rows, numeric):
     return pd.DataFrame(columns, columns=header)
 
 
+def parsed(cell):
+    """A CSV cell as a float for `drop_nonfinite`: its number (nan and inf included), 0.0 when it
+    is blank or not a number (left for the strict reader to refuse)."""
+    value = _float(cell)
+    return 0.0 if value is None else value
+
+
 def _float(cell):
     """A CSV cell's float (nan and inf included), or None when it is blank or not a number."""
     try:
