@@ -67,7 +67,7 @@ def method_bars(rows, path, title, marks=None):
 
     Args:
         rows: [{'set', 'distance', 'mean', 'ci95'}], in the order to draw.
-        path, title: where to write, and the title.
+        path, title: where to write (a path, or a binary file object: PNG), and the title.
         marks: None, or one label per row drawn above its bar (significance marks).
 
     Returns:

@@ -14,26 +14,35 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from zsiqa import plots
 from zsiqa.errors import writing
 from zsiqa.results import write_table
 
 
+def empty(row):
+    """A method without a scored pair (n 0, mean NaN)."""
+    return not row["n"] or row["mean"] != row["mean"]
+
+
+def is_best(row):
+    """The method the others were tested against (or the only one)."""
+    return row.get("vs") in (None, row["set"]) and not empty(row)
+
+
 def ranked(rows, lower_better=True):
     """Rows of one distance best first; sets without a scored pair (mean NaN) last."""
-    def key(r):
-        empty = not r["n"] or r["mean"] != r["mean"]
-        return (empty, 0.0 if empty else (r["mean"] if lower_better else -r["mean"]))
-    return sorted(rows, key=key)
+    return sorted(rows, key=lambda r: (empty(r), 0.0 if empty(r) else (r["mean"] if lower_better else -r["mean"])))
 
 
 def significance_mark(row):
     """A set's mark beside its mean: 'best', '*' where significantly worse than the best (Holm-
-    corrected paired Wilcoxon, p < 0.05), 'n.s.' where not, 'no pairs' for a set without scores."""
-    if not row["n"] or row["mean"] != row["mean"]:
+    corrected paired Wilcoxon, p < 0.05), 'n.s.' where not, '—' for a set sharing no image with
+    the best (no test), 'no pairs' for a set without scores."""
+    if empty(row):
         return "no pairs"
-    if row.get("vs") in (None, row["set"]):
+    if is_best(row):
         return "best"
-    return "*" if row.get("worse") else "n.s." if row.get("p_holm") is not None else ""
+    return "*" if row.get("worse") else "n.s." if row.get("p_holm") is not None else "—"
 
 
 def format_table(rows, lower_better=True):
@@ -47,10 +56,10 @@ def format_table(rows, lower_better=True):
         lines.append(f"  {'rank':>4} {'set':{width}} {'n':>6} {'mean':>10} {'std':>10} {'median':>10} "
                      f"{'95% CI of mean':>23} {'p (Holm)':>10} {'wins/losses':>12}")
         for rank, r in enumerate(group, 1):
-            if not r["n"] or r["mean"] != r["mean"]:
+            if empty(r):
                 lines.append(f"  {'—':>4} {r['set']:{width}} {r['n']:>6}  no pair scored")
                 continue
-            best = r.get("vs") in (None, r["set"])
+            best = is_best(r)
             p = "best" if best else "—" if r.get("p_holm") is None else f"{r['p_holm']:.3g}"
             wl = "" if best or r.get("wins") is None else f"{r['wins']}/{r['losses']}"
             lines.append(f"  {rank:>4} {r['set']:{width}} {r['n']:>6} {r['mean']:10.5g} {r['std']:10.4g} "
@@ -111,9 +120,8 @@ def _g(x, digits=4):
 def _cells(row):
     """A method's row as text cells: n, mean, interval, Holm p (with its mark), median
     difference with interval, wins/losses; '—' where a value does not exist."""
-    best = row.get("vs") in (None, row["set"])
-    empty = not row["n"] or row["mean"] != row["mean"]
-    p = "best" if best and not empty else "—" if row.get("p_holm") is None else \
+    best = is_best(row)
+    p = "best" if best else "—" if row.get("p_holm") is None else \
         f"{row['p_holm']:.3g}" + (" *" if row.get("worse") else "")
     diff = "—" if row.get("median_diff") is None else \
         f"{row['median_diff']:+.4g} [{row['median_diff_ci95'][0]:+.4g}, {row['median_diff_ci95'][1]:+.4g}]"
@@ -139,9 +147,8 @@ def markdown(c):
         out += [f"## {d} ({direction(c.lower_better[d])})", "", "| rank | method | " + " | ".join(COLUMNS) + " |",
                 "|---:|---|" + "---:|" * 3 + "---:|---|---:|"]
         for rank, row in enumerate(c.ranked(d), 1):
-            empty = not row["n"] or row["mean"] != row["mean"]
             name = _md(row["set"])
-            out.append(f"| {'—' if empty else rank} | {f'**{name}**' if rank == 1 and not empty else name} | "
+            out.append(f"| {'—' if empty(row) else rank} | {f'**{name}**' if is_best(row) else name} | "
                        + " | ".join(_md(x) for x in _cells(row)) + " |")
         out += [""]
     return "\n".join(out + [NOTE, ""])
@@ -183,10 +190,9 @@ def latex(c):
 
 def _tex_row(rank, row):
     n, mean, ci, p, diff, _ = _cells(row)
-    empty = not row["n"] or row["mean"] != row["mean"]
-    best = rank == 1 and not empty
+    best = is_best(row)
     name = tex(row["set"]) + (r"$^\dagger$" if row.get("p_holm") is not None and not row.get("worse") else "")
-    cells = ["--" if empty else str(rank), rf"\textbf{{{name}}}" if best else name, n,
+    cells = ["--" if empty(row) else str(rank), rf"\textbf{{{name}}}" if best else name, n,
              rf"\textbf{{{mean}}}" if best else mean.replace("—", "--"), ci.replace("—", "--"),
              "--" if p in ("best", "—") else tex(p).replace(" *", "$^{*}$"), tex(diff).replace("—", "--")]
     return "    " + " & ".join(cells) + r" \\"
@@ -265,42 +271,17 @@ def heat(values, top, side=160):
     return _encoded(im, "PNG")
 
 
-def bars_svg(rows, distance, lower_better, width=640, height=300):
-    """Methods' means with their 95 % intervals as an SVG bar chart, each bar marked: 'best',
-    '*' (significantly worse, Holm), 'n.s.', or 'no pairs'."""
-    top = max([r["ci95"][1] for r in rows if r["n"] and r["ci95"][1] == r["ci95"][1]] or [1.0]) * 1.15 or 1.0
-    left, bottom, slot = 56, height - 56, (width - 70) / max(1, len(rows))
-    y = lambda v: bottom - (bottom - 24) * max(0.0, v) / top
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-             f'<line x1="{left}" y1="{bottom}" x2="{width - 8}" y2="{bottom}" stroke="#444"/>',
-             f'<text x="12" y="16">mean {_e(distance)} ({direction(lower_better)}), 95% CI</text>']
-    for k in range(5):
-        v = top * k / 4
-        parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
-    for i, r in enumerate(rows):
-        x = left + slot * i + slot * 0.2
-        mid, mean = x + slot * 0.3, r["mean"] if r["n"] and r["mean"] == r["mean"] else 0.0
-        parts.append(f'<rect x="{x:.1f}" y="{y(mean):.1f}" width="{slot * 0.6:.1f}" height="{bottom - y(mean):.1f}" '
-                     f'fill="#4c72b0"><title>{_e(r["set"])}: {_g(r["mean"])}</title></rect>')
-        if r["n"] and r["ci95"][0] == r["ci95"][0]:
-            lo, hi = y(r["ci95"][0]), y(r["ci95"][1])
-            parts.append(f'<path d="M{mid:.1f} {lo:.1f}V{hi:.1f}M{mid - 5:.1f} {lo:.1f}h10M{mid - 5:.1f} {hi:.1f}h10" '
-                         'stroke="#111" fill="none"/>')
-        parts.append(f'<text x="{mid:.1f}" y="{y(r["ci95"][1] if r["n"] else 0) - 6:.1f}" text-anchor="middle">'
-                     f'{_e(significance_mark(r))}</text>')
-        parts.append(f'<text x="{mid:.1f}" y="{bottom + 16}" text-anchor="middle">{_e(r["set"][:18])}</text>')
-    return "".join(parts + ["</svg>"])
-
-
 def _summary_html(c, d):
     rows = "".join(
-        f"<tr><td>{'—' if not r['n'] or r['mean'] != r['mean'] else rank}</td><td class=name>"
-        + (f"<b>{_e(r['set'])}</b>" if rank == 1 and r["n"] else _e(r["set"])) + "</td>"
+        f"<tr><td>{'—' if empty(r) else rank}</td><td class=name>"
+        + (f"<b>{_e(r['set'])}</b>" if is_best(r) else _e(r["set"])) + "</td>"
         + "".join(f"<td>{_e(x)}</td>" for x in _cells(r)) + "</tr>"
         for rank, r in enumerate(c.ranked(d), 1))
     head = "<tr><th>rank</th><th class=name>method</th>" + "".join(f"<th>{_e(h)}</th>" for h in COLUMNS) + "</tr>"
-    chart = data_uri(bars_svg(c.ranked(d), d, c.lower_better[d]).encode("utf-8"), "image/svg+xml")
+    buffer = io.BytesIO()
+    group = c.ranked(d)
+    plots.method_bars(group, buffer, f"mean {d} per method, 95% CI", marks=[significance_mark(r) for r in group])
+    chart = data_uri(buffer.getvalue(), "image/png")
     return (f'<section id="d-{_e(d)}"><h2>{_e(d)} ({_e(direction(c.lower_better[d]))})</h2>'
             f'<table class="summary"><thead>{head}</thead><tbody>{rows}</tbody></table>'
             f'<img alt="bar chart of the mean {_e(d)} per method" src="{chart}"></section>')
