@@ -130,7 +130,7 @@ def test_clip_module_cast_to_bfloat16(checkpoint):
     assert criterion.to(torch.bfloat16)(dis, ref).item() == pytest.approx(want, rel=0.05)
 
 
-def test_train_mode_copy_and_device(tiny):
+def test_train_mode_and_copy(tiny):
     criterion = PerceptualLoss(tiny[0], "l2", weights=tiny[1], device="cpu").train()
     assert criterion.training and not criterion.backbone.training
     twin = copy.deepcopy(criterion)
@@ -138,7 +138,6 @@ def test_train_mode_copy_and_device(tiny):
     assert twin(*pair).item() == pytest.approx(criterion(*pair).item(), rel=1e-6)
     max(twin.backbone.parameters(), key=torch.numel).data.mul_(1.5)  # the copy has a backbone of its own
     assert twin(*pair).item() != pytest.approx(criterion(*pair).item(), rel=1e-6)
-    assert criterion.to("cpu")._low.device.type == "cpu"
 
 
 @pytest.mark.parametrize("member", ["__call__", "score", "layer_scores", "maps", "window_maps"])
@@ -172,6 +171,15 @@ def test_one_default_distance():
     assert inspect.signature(Scorer).parameters["distances"].default == cli_default == "wsd"
     loss_default = inspect.signature(PerceptualLoss).parameters["distance"].default
     assert loss_default == "l2" and "not the Scorer's wsd" in PerceptualLoss.__doc__  # the stated reason
+
+
+@pytest.mark.parametrize("build", [lambda m, w: Scorer(m, "cos", device="cpu", weights=w, layers="1"),
+                                   lambda m, w: PerceptualLoss(m, "cos", device="cpu", weights=w, layers="1")])
+def test_an_embedding_has_no_blocks_to_choose(tiny, build):
+    """The loss refuses `layers` on an embedding as the Scorer does (it took layers='1' silently)."""
+    name, weights = tiny
+    with pytest.raises(UserError, match="no blocks to choose"):
+        build("embed_" + name, weights)
 
 
 def test_messages_name_python_parameters(tmp_path, monkeypatch):

@@ -86,6 +86,23 @@ def chosen_layers(spec, n_layers):
     return None if len(keep) == n_layers else keep
 
 
+def backbone_layers(spec, backbone, sizes):
+    """The blocks to compare of a backbone with feature groups of `sizes` layers (`chosen_layers`;
+    None for all). One rule for Scorer and PerceptualLoss: an embedding is one output, with no
+    blocks to choose from."""
+    if spec is None:
+        return None
+    if backbone.output == "embed":
+        raise UserError(f"{backbone.name} compares one embedding: it has no blocks to choose")
+    return chosen_layers(spec, sum(sizes))
+
+
+def as_groups(feats, keep, sizes):
+    """An extractor's output (a tensor or a list of groups) → the list of groups of the chosen
+    blocks (`select_layers`)."""
+    return select_layers(list(feats) if isinstance(feats, (list, tuple)) else [feats], keep, sizes)
+
+
 def group_sizes(feats):
     """Feature groups (a tensor [N, L, ...] or a list of them) → layers per group."""
     return tuple(f.shape[1] for f in (feats if isinstance(feats, (list, tuple)) else [feats]))

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zsiqa.blocks import chosen_layers, select_layers
+from zsiqa.blocks import as_groups, backbone_layers
 from zsiqa.distances import DISTANCES, Shared, parse_distances
 from zsiqa.errors import UserError
 from zsiqa.models import FeatureExtractor, get_backbone
@@ -81,7 +81,7 @@ class PerceptualLoss(nn.Module):
         extractor = FeatureExtractor(backbone, weights, device, precision)
         object.__setattr__(self, "_extractor", extractor)  # not a submodule: outside state_dict() and parameters()
         self.sizes = extractor.probe()[0]
-        self.layers = None if layers is None else chosen_layers(layers, sum(self.sizes))
+        self.layers = backbone_layers(layers, backbone, self.sizes)
         # the input mapping x → (x − low) / (high − low); buffers move with the loss, are not saved
         self.register_buffer("_low", torch.tensor(low, device=extractor.device), persistent=False)
         self.register_buffer("_span", torch.tensor(high - low, device=extractor.device), persistent=False)
@@ -106,9 +106,7 @@ class PerceptualLoss(nn.Module):
 
     def features(self, wins):
         """Windows [B, 3, 224, 224] → feature groups, with autograd (as FeatureExtractor.forward)."""
-        feats = self._extractor.run(wins)
-        feats = list(feats) if isinstance(feats, (list, tuple)) else [feats]
-        return select_layers(feats, self.layers, self.sizes)
+        return as_groups(self._extractor.run(wins), self.layers, self.sizes)
 
     def _check(self, x, name):
         """UserError unless x is a float tensor [N, 3, H, W], N ≥ 1, without NaN or infinity."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from zsiqa import engine, maps
-from zsiqa.blocks import chosen_layers, select_layers
+from zsiqa.blocks import as_groups, backbone_layers
 from zsiqa.distances import DISTANCES, compute, compute_layers, parse_distances
 from zsiqa.errors import UserError
 from zsiqa.images import as_list, prepare
@@ -72,11 +72,7 @@ class Scorer:
         self.cache_mb = int_option(cache_mb, "cache_mb", 1, 4096 if gpu else 96)
         self.distance_batch = 128 if gpu else 2
         self.overlap = gpu and os.environ.get("ZSIQA_OVERLAP", "1") != "0"  # distances on a side stream
-        self.layers = None
-        if layers is not None:
-            if self.backbone.output == "embed":
-                raise UserError(f"{self.backbone.name} compares one embedding: it has no blocks to choose")
-            self.layers = chosen_layers(layers, sum(self.group_sizes))
+        self.layers = backbone_layers(layers, self.backbone, self.group_sizes)
         self.fixed_batch = False  # a compiled backbone gets fixed-shape batches (short ones padded)
         if compile:
             self.compile_backbone()
@@ -233,9 +229,8 @@ class Scorer:
     def encode(self, windows_batch):
         """Windows [B, 3, 224, 224] float in [0, 1] → list of feature groups (one stack
         [B, L, T, D] for token backbones, one per map shape for conv nets)."""
-        feats = self.extractor(windows_batch.to(self.device, non_blocking=True))
-        feats = list(feats) if isinstance(feats, (list, tuple)) else [feats]
-        return select_layers(feats, self.layers, self.group_sizes) if self.layers is not None else feats
+        return as_groups(self.extractor(windows_batch.to(self.device, non_blocking=True)), self.layers,
+                         self.group_sizes)
 
     def window_scores(self, f_dis, ref_of, per_layer=False):
         """Per-window scores [B, n_distances] (float64).
