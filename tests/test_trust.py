@@ -257,7 +257,8 @@ def test_fifo_among_the_outputs_is_refused_not_waited_on(tiny_weights, tmp_path)
     assert len(pd.read_csv(tmp_path / "s" / "A_tiny_vit_test_l2.csv")) == 2
 
 
-def test_empty_values_are_refused(tiny, tmp_path, capsys):
+def test_empty_values_are_refused(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default results folder would be made
     a, b = random_image(tmp_path / "a.png", 232, 230, 0), random_image(tmp_path / "b.png", 232, 230, 1)
     score = ["-ref", a, "-dis", b, "-m", tiny[0], "--device", "cpu", "-d", "l2"]
     fails_one_line(capsys, lambda: run_single_img.main([*score, "--weights", tiny[1], "--maps", ""]), "empty")

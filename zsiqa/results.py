@@ -133,9 +133,8 @@ def make_records(dataset, settings, files, images):
     Returns:
         {path: record dict}.
     """
-    labels = labels_of(dataset.pairs)
-    if not getattr(dataset, "labelled", True):
-        labels = {}
+    labelled = getattr(dataset, "labelled", True)
+    labels = labels_of(dataset.pairs) if labelled else {}
     base = {"dataset": dataset.name, "label_higher_better": bool(dataset.higher_better), "model": settings["model"],
             "precision": settings["precision"], "device": settings.get("device"),
             "model_norm": bool(settings["model_norm"]),
@@ -146,7 +145,7 @@ def make_records(dataset, settings, files, images):
             # where the images are: rows name them relative to these, so another copy is another dataset
             "ref_dir": os.path.abspath(dataset.ref_root or dataset.root), "dis_dir": os.path.abspath(dataset.root),
             "images": images}
-    if not getattr(dataset, "labelled", True):  # label-free: no labels
+    if not labelled:
         base.update(label_higher_better=None, labels_sha256=None, n_pairs=len(dataset.pairs))
     return {path: {**base, "distance": d, "pred_higher_better": bool(pred_hb), "robustness": kind or "none",
                    "pct": pct if kind else 0}
@@ -537,7 +536,7 @@ class RowWriter:
         self.paths, self.files, self.ends, self.replaced, self.truncated = dict(paths), {}, {}, [], set()
         self.columns = columns if isinstance(columns, dict) else dict.fromkeys(self.paths, columns)
         self.held = {key: set((held or {}).get(key, ())) for key in self.paths}
-        self.written = {key: [] for key in self.paths}
+        self.written = {key: bytearray() for key in self.paths}  # this run's rows, for a replaced file
         self.pending, self.pending_bytes, self.flushed = {key: [] for key in self.paths}, 0, time.monotonic()
         try:
             for key, path in self.paths.items():
@@ -566,8 +565,9 @@ class RowWriter:
         """Write the gathered rows, each file's in one system call."""
         for key, lines in self.pending.items():
             if lines:
-                self._append(key, b"".join(lines))
-                self.written[key] += lines
+                data = b"".join(lines)
+                self._append(key, data)
+                self.written[key] += data
         self.pending, self.pending_bytes, self.flushed = {key: [] for key in self.paths}, 0, time.monotonic()
 
     def _append(self, key, data):
@@ -602,13 +602,13 @@ class RowWriter:
         with writing(path, "the rows of this run are lost with the replaced file"), open(path, "a+b", buffering=0) as f:
             start = _line_start(f)
             _write_all(f, (_csv_line(self.columns[key].header) if f.tell() == 0 else start)
-                       + b"".join(self.written[key]))
+                       + self.written[key])
         self.replaced.append(path)
 
     def _write_over(self, key):
         """A file truncated under the run holds some of this run's rows without a header: it gets
         the header and all of them (what the truncation removed of earlier runs is scored again)."""
-        _replace(self.paths[key], _csv_line(self.columns[key].header) + b"".join(self.written[key]))
+        _replace(self.paths[key], _csv_line(self.columns[key].header) + bytes(self.written[key]))
         self.replaced.append(self.paths[key])
 
 
