@@ -5,7 +5,9 @@ name Python parameters."""
 import copy
 import inspect
 import io
+import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -68,9 +70,32 @@ def test_generator_range_maps_to_unit_range(tiny):
     plain = PerceptualLoss(tiny[0], "wsd", weights=tiny[1], device="cpu")
     signed = PerceptualLoss(tiny[0], "wsd", weights=tiny[1], device="cpu", input_range=(-1, 1))
     assert signed(dis * 2 - 1, ref * 2 - 1).item() == pytest.approx(plain(dis, ref).item(), rel=1e-5)
-    for bad in ((1, -1), (0, float("inf")), (0,), "0,1", (0, True)):
+    for bad in ((1, -1), (0, float("inf")), (0,), "0,1", (0, True), (-1e-300, 1e-300), (0, 1e39)):
         with pytest.raises(UserError, match="input_range"):
             PerceptualLoss(tiny[0], "l2", weights=tiny[1], device="cpu", input_range=bad)
+    numpy_bounds = PerceptualLoss(tiny[0], "wsd", weights=tiny[1], device="cpu",
+                                  input_range=(np.float32(-1), np.int64(1)))
+    assert numpy_bounds(dis * 2 - 1, ref * 2 - 1).item() == pytest.approx(plain(dis, ref).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("cast", [lambda m: m.half(), lambda m: m.bfloat16()])
+def test_a_16_bit_range_survives_a_16_bit_cast(tiny, cast):
+    """input_range=(0, 65535) on a module cast to float16: the span stays 65535 (it was cast to
+    float16's inf, and every image mapped to 0: a zero loss without a warning)."""
+    dis, ref = _pair(6, noise=0.05)
+    dis = dis.clamp(0, 1)
+    criterion = PerceptualLoss(tiny[0], "l2", weights=tiny[1], device="cpu", input_range=(0, 65535))
+    want = PerceptualLoss(tiny[0], "l2", weights=tiny[1], device="cpu")(dis, ref).item()
+    assert criterion(dis * 65535, ref * 65535).item() == pytest.approx(want, rel=1e-5)
+    assert cast(criterion)(dis * 65535, ref * 65535).item() == pytest.approx(want, rel=0.05)
+
+
+def test_meta_tensors_are_refused_in_one_line(tiny):
+    meta = torch.empty(1, 3, 224, 224, device="meta")
+    with pytest.raises(UserError, match="meta device"):
+        PerceptualLoss(tiny[0], "l2", weights=tiny[1], device="cpu")(meta, meta)
+    with pytest.raises(UserError, match="meta device"):
+        Scorer(tiny[0], "l2", weights=tiny[1], device="cpu")(meta[0], meta[0])
 
 
 def test_small_crops_with_resize(tiny):
@@ -99,6 +124,19 @@ def test_a_model_holding_the_loss_saves_no_backbone(tiny):
     fresh = Restorer(PerceptualLoss(tiny[0], "l2", weights=tiny[1], device="cpu"))
     fresh.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))  # strict: it fits
     assert all(not p.requires_grad for p in criterion.backbone.parameters())
+
+
+def test_a_model_holding_the_loss_pickles_whole(tiny):
+    """torch.save(model) and pickle take the loss like any module, its frozen backbone included
+    (they raised on a lambda in the weights' lookup), and the copy scores alike."""
+    owner = Restorer(PerceptualLoss(tiny[0], "wsd", weights=tiny[1], device="cpu"))
+    dis, ref = _pair(7, noise=0.05)
+    want = owner.criterion(dis, ref).item()
+    buffer = io.BytesIO()
+    torch.save(owner, buffer)
+    loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    assert loaded.criterion(dis, ref).item() == want
+    assert pickle.loads(pickle.dumps(owner.criterion))(dis, ref).item() == want
 
 
 @pytest.mark.parametrize("cast, dtype", [(lambda m: m.to(torch.bfloat16), torch.bfloat16),

@@ -6,7 +6,7 @@ from zsiqa import models
 
 TINY = "tiny_vit_test"
 TINY_VIT = models.TimmViT("vit_base_patch16_224", depth=2, embed_dim=32, num_heads=2, mlp_ratio=2)
-TINY_WEIGHTS = models.Weights(file="tiny_vit.pth", url=None, caches=lambda: [], source="the test suite")
+TINY_WEIGHTS = models.Weights(file="tiny_vit.pth", url=None, caches=list, source="the test suite")
 
 
 def tiny_backbones(name=TINY):

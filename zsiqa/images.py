@@ -170,6 +170,8 @@ def checked_tensor(x):
     """An image tensor → [3, H, W], uint8 or float in [0, 1]; wrong ranges are refused."""
     if x.layout != torch.strided:
         raise UserError(f"image tensors must be dense, got a {x.layout} tensor (call .to_dense())")
+    if x.device.type == "meta":
+        raise UserError("an image tensor on the meta device holds no values")
     if x.dim() != 3 or x.shape[0] != 3:
         raise UserError(f"image tensors must be [3, H, W] or [N, 3, H, W], got {list(x.shape)}")
     if x.dtype == torch.uint8:

@@ -18,6 +18,7 @@ and dtype. Features are computed with autograd on; distances always take the eag
 fused GPU kernels have no backward) and are computed in float32 whatever the backbone's dtype.
 """
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -34,13 +35,16 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def _input_range(value):
-    """input_range as two finite numbers, low < high."""
+    """input_range as two floats, low < high, each and their span finite and non-zero in float32
+    (where the mapping is computed; 1e-300 is 0 there)."""
     ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-    if not ok or value[0] >= value[1]:
-        raise UserError(f"input_range must be two finite numbers (low, high) with low < high, e.g. (-1, 1); "
-                        f"got {value!r}")
-    return float(value[0]), float(value[1])
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    low, high = (float(v) for v in value) if ok else (0.0, 0.0)
+    f32 = torch.finfo(torch.float32)
+    if not ok or not f32.tiny <= high - low <= f32.max or max(abs(low), abs(high)) > f32.max:
+        raise UserError(f"input_range must be two finite numbers (low, high) with low < high, e.g. (-1, 1), and a "
+                        f"span float32 holds; got {value!r}")
+    return low, high
 
 
 class PerceptualLoss(nn.Module):
@@ -76,15 +80,13 @@ class PerceptualLoss(nn.Module):
         self.distance, self.reduction = names[0], reduction
         self.swd_seed = seed_option(swd_seed)
         self.resize = resize_option(resize)
-        low, high = _input_range(input_range)
+        self._low, high = _input_range(input_range)  # plain floats: the mapping is done in float32 or wider
+        self._span = high - self._low
         self.skip_nonfinite = backbone.cos_skip_nonfinite
         extractor = FeatureExtractor(backbone, weights, device, precision)
         object.__setattr__(self, "_extractor", extractor)  # not a submodule: outside state_dict() and parameters()
         self.sizes = extractor.probe()[0]
         self.layers = backbone_layers(layers, backbone, self.sizes)
-        # the input mapping x → (x − low) / (high − low); buffers move with the loss, are not saved
-        self.register_buffer("_low", torch.tensor(low, device=extractor.device), persistent=False)
-        self.register_buffer("_span", torch.tensor(high - low, device=extractor.device), persistent=False)
 
     @property
     def backbone(self):
@@ -95,7 +97,7 @@ class PerceptualLoss(nn.Module):
         """.to(), .cuda(), .half(), .bfloat16() and the like: the buffers, then the backbone."""
         super()._apply(fn, recurse)
         self._extractor.model._apply(fn)
-        self._extractor.device = self._low.device
+        self._extractor.device = next(self._extractor.model.parameters()).device
         return self
 
     def train(self, mode=True):
@@ -117,12 +119,15 @@ class PerceptualLoss(nn.Module):
             raise UserError(f"{name}: PerceptualLoss takes float tensors, got {x.dtype} (divide 8-bit images by 255)")
         if x.shape[0] == 0:
             raise UserError(f"{name}: an empty batch (N = 0) has no loss")
+        if x.device.type == "meta":
+            raise UserError(f"{name} is on the meta device: it holds no values")
         if not bool(torch.isfinite(x.detach()).all()):
             raise UserError(f"{name} holds NaN or infinite values")
 
     def _images(self, x, name):
         """A checked batch as the backbone takes it: mapped from input_range to [0, 1], resized."""
-        x = (x - self._low.to(x.dtype)) / self._span.to(x.dtype)
+        wide = torch.promote_types(x.dtype, torch.float32)  # a 16-bit dtype cannot hold every range (65535)
+        x = ((x.to(wide) - self._low) / self._span).to(x.dtype)
         if self.resize:
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
         if min(x.shape[-2:]) < WINDOW:

@@ -67,31 +67,48 @@ class Weights:
         return clip.clip._MODELS[self.url[5:]].split("/")[-2].lower()
 
 
+# A cache is a callable → [candidate paths], made with functools.partial of module functions
+# (not closures) so that a backbone's entry, and a module holding it, can be pickled.
+
 def clip_cache(file):
     """Where the `clip` package keeps OpenAI's files."""
-    return lambda: [os.path.join(os.path.expanduser("~/.cache/clip"), file)]
+    return functools.partial(_clip_paths, file)
+
+
+def _clip_paths(file):
+    return [os.path.join(os.path.expanduser("~/.cache/clip"), file)]
 
 
 def torch_hub_cache(file):
     """Where torch.hub keeps checkpoints downloaded by URL."""
-    return lambda: [os.path.join(torch.hub.get_dir(), "checkpoints", file)]
+    return functools.partial(_torch_hub_paths, file)
+
+
+def _torch_hub_paths(file):
+    return [os.path.join(torch.hub.get_dir(), "checkpoints", file)]
 
 
 def hf_cache(repo, file):
     """The Hugging Face hub cache (used by timm and transformers), read offline."""
-    def paths():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-            hit = try_to_load_from_cache(repo, file)
-        except Exception:  # hub library missing or cache unreadable: nothing cached there
-            hit = None
-        return [hit if isinstance(hit, str) else f"the Hugging Face hub cache ({repo}/{file})"]
-    return paths
+    return functools.partial(_hf_paths, repo, file)
+
+
+def _hf_paths(repo, file):
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        hit = try_to_load_from_cache(repo, file)
+    except Exception:  # hub library missing or cache unreadable: nothing cached there
+        hit = None
+    return [hit if isinstance(hit, str) else f"the Hugging Face hub cache ({repo}/{file})"]
 
 
 def join_caches(*caches):
     """Several cache lists, looked at in order."""
-    return lambda: [p for c in caches for p in c()]
+    return functools.partial(_joined_paths, caches)
+
+
+def _joined_paths(caches):
+    return [p for c in caches for p in c()]
 
 
 def openai_weights(file, name):
