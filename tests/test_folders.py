@@ -44,7 +44,8 @@ def test_orphans_on_either_side(folders):
 
 @pytest.mark.parametrize("case,match", [("dup", "differ only by extension"), ("twice", "given twice"),
                                         ("empty", "holds no images"), ("noref", "folder not found"),
-                                        ("nopartner", "no image has a partner"), ("same_name", "named 'X'")])
+                                        ("nopartner", "no image has a partner"), ("same_name", "named 'X'"),
+                                        ("same_but_case", "named, but for case, 'x'")])
 def test_bad_folders(folders, case, match):
     gt, dirs = str(folders / "GT"), [str(folders / "A")]
     if case == "dup":
@@ -62,6 +63,9 @@ def test_bad_folders(folders, case, match):
     elif case == "same_name":
         _touch(folders / "sub" / "A" / "0001.png")
         dirs = [f"X={folders / 'A'}", f"X={folders / 'sub' / 'A'}"]
+    elif case == "same_but_case":  # x and X name one results file on macOS and Windows
+        _touch(folders / "sub" / "A" / "0001.png")
+        dirs = [f"x={folders / 'A'}", f"X={folders / 'sub' / 'A'}"]
     with pytest.raises(UserError, match=match):
         pairing.pair_folders(gt, dirs)
 

@@ -24,6 +24,7 @@ import minidata
 import run
 from conftest import fails_one_line, run_tiny
 from zsiqa import models
+from zsiqa import report as report_module
 from zsiqa import stats as zstats
 from zsiqa.report import tex
 
@@ -128,14 +129,31 @@ def test_markdown_tables_rank_with_holm_corrected_p(made):
     for distance in ("wsd", "l2"):
         best, want = _expected(made, distance)
         section = text.split(f"## {distance} (lower = more alike to the reference)")[1].split("##")[0]
-        rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
-                if re.match(r"\| \d", line)]
+        rows = [[_unescape(c.strip()) for c in re.split(r"(?<!\\)\|", line.strip("|"))]
+                for line in section.splitlines() if re.match(r"\| \d", line)]
         assert [r[1].strip("*") for r in rows] == sorted(METHODS, key=lambda m: want[m][0])
         assert rows[0][1] == f"**{best}**" and rows[0][5] == "best"
         for r in rows[1:]:
             mean, p = want[r[1]]
             assert float(r[3]) == pytest.approx(mean, rel=1e-3)
             assert float(r[5].rstrip(" *")) == pytest.approx(p, rel=1e-2)
+
+
+def _unescape(cell):
+    """A Markdown cell's text as CommonMark shows it: a backslash before punctuation is dropped."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", cell)
+
+
+@pytest.mark.parametrize("name", ["<b>x</b>|y*z_w", "caf\u00e9 <1> & [link](http://x) ~~s~~ `c` \\"])
+def test_names_print_literally_in_markdown_and_latex(name):
+    """A method's name is shown as written: in Markdown every markup character escaped (an HTML
+    tag, emphasis or a link rendered by a previewer), in LaTeX no < > | (¡ ¿ — in its default
+    font encoding) and no special character left bare."""
+    cell = report_module._md_name(name)
+    assert _unescape(cell) == name
+    assert not re.search(r"(?<!\\)[<>*_|`\[\]~&]", re.sub(r"\\.", "", cell))
+    latex = tex(name)
+    assert not re.search(r"[<>|&_%$#~^]", re.sub(r"\\(text\w+\{\}|.)", "", latex))
 
 
 def test_latex_table_structure(made):
@@ -213,10 +231,11 @@ def _chromium(*args):
 
 def test_html_sorts_in_a_real_browser(made):
     """Chromium runs the page's script: sorting the per-image table by a column, descending (the
-    page reads #sort=<column>-<dir>), orders its rows by that column's numbers."""
+    page reads #sort=<column>-<dir>, counting the image column as 1), orders its rows by that
+    column's numbers."""
     url = (made["rep"] / "report.html").as_uri()
-    for column, direction in ((1, "desc"), (3, "asc")):
-        dom = _chromium("--virtual-time-budget=5000", "--dump-dom", f"{url}#sort={column}-{direction}")
+    for column, direction in ((1, "desc"), (3, "asc")):  # 0-based here: the page's columns 2 and 4
+        dom = _chromium("--virtual-time-budget=5000", "--dump-dom", f"{url}#sort={column + 1}-{direction}")
         assert dom.returncode == 0, dom.stderr[-2000:]
         page = _Page()
         page.feed(dom.stdout)
@@ -241,6 +260,8 @@ def test_repeated_run_replaces_its_summary_rows(made):
     assert len(rows) == len(first) == len(METHODS) * 2
     assert {r["run_id"] for r in rows} != {r["run_id"] for r in first} and len({r["run_id"] for r in rows}) == 1
     datetime.datetime.fromisoformat(rows[0]["time"])
+    assert all(float(r["pairs_per_s"]) > 0 for r in first)
+    assert {r["pairs_per_s"] for r in rows} == {""}  # the repeat scored nothing: no rate (it wrote nan)
     for distance in ("wsd", "l2"):
         best, want = _expected(made, distance)
         for r in (r for r in rows if r["distance"] == distance):
@@ -255,7 +276,7 @@ def test_maps_of_the_worst_pairs(made):
         folders = list((made["out"] / f"{method}_tiny_vit_test_maps").iterdir())
         assert len(folders) == 1  # --maps 1
         worst = max(_scores(made, method, "wsd").items(), key=lambda kv: kv[1])[0]
-        assert folders[0].name == os.path.splitext(worst)[0]
+        assert folders[0].name == worst  # no folder in the name: written as it is
         assert {p.name for p in folders[0].iterdir()} == {"wsd.npy", "wsd.png", "l2.npy", "l2.png"}
 
 
@@ -277,3 +298,55 @@ def test_report_needs_a_label_free_run_and_a_writable_folder(tiny, tmp_path, cap
     (tmp_path / "file").write_text("x")
     fails_one_line(capsys, lambda: run_tiny(tiny, "-dat", "dirs", "--ref-dir", gt, "--dis-dir", outs[0],
                                             "--report", str(tmp_path / "file" / "rep")), "cannot write")
+
+
+def test_every_worst_pair_gets_its_own_maps_folder(tiny, tmp_path):
+    """x/1.png and x__1.png each get a folder (both were x__1: one pair's maps were overwritten
+    by the other's)."""
+    gt, (out,) = minidata.make_dirs(str(tmp_path / "d"), levels=(("A", 2),), n=2, sub=True)
+    for folder in (gt, out):
+        shutil.copy(os.path.join(folder, "0.png"), os.path.join(folder, "x__1.png"))
+    assert run_tiny(tiny, "-dat", "dirs", "--ref-dir", gt, "--dis-dir", out, "-d", "l2", "-sdir",
+                    str(tmp_path / "r"), "--maps", "3") == 0
+    names = {p.name for p in (tmp_path / "r" / f"A_{tiny[0]}_maps").iterdir()}
+    assert names == {"0.png", "x%2F1.png", "x__1.png"}
+
+
+def test_report_targets_checked_before_scoring(tiny, tmp_path, capsys):
+    """A report file that is a folder, or --report-worst without --report, stop in one line
+    before any pair is scored (the first wrote three of the four files after scoring)."""
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=2, sub=False)
+    (tmp_path / "rep" / "report.html").mkdir(parents=True)
+    base = ["-dat", "dirs", "--ref-dir", gt, "--dis-dir", outs[0], "-d", "l2", "-sdir", str(tmp_path / "r")]
+    fails_one_line(capsys, lambda: run_tiny(tiny, *base, "--report", str(tmp_path / "rep")), "report.html is a folder")
+    fails_one_line(capsys, lambda: run_tiny(tiny, *base, "--report-worst", "2"), "give --report too")
+    assert not (tmp_path / "r").exists() and os.listdir(tmp_path / "rep") == ["report.html"]
+
+
+def test_a_limited_run_adds_its_own_summary_rows(tiny, tmp_path):
+    """--limit N scores another set of pairs: its rows join the full run's in the summary (they
+    replaced them, and the full comparison was gone)."""
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=4, sub=False)
+    base = ["-dat", "dirs", "--ref-dir", gt, "--dis-dir", outs[0], "--dis-dir", outs[1], "-d", "l2", "-sdir",
+            str(tmp_path / "r")]
+    assert run_tiny(tiny, *base) == 0 and run_tiny(tiny, *base, "--limit", "2") == 0
+    rows = list(csv.DictReader(open(tmp_path / "r" / "summary_unlabelled.csv")))
+    assert sorted((r["set"], r["n"], r["limit"]) for r in rows) == [("A", "2", "2"), ("A", "4", ""), ("B", "2", "2"),
+                                                                  ("B", "4", "")]
+
+
+def test_a_method_with_no_readable_output_is_ranked_last(tiny, tmp_path, capsys):
+    """--skip-missing and a method none of whose files can be read: kept in the comparison as
+    'no pairs', ranked last (it was left out, and the report never named it)."""
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=3, sub=False)
+    junk = tmp_path / "d" / "Z"
+    junk.mkdir()
+    for k in range(3):
+        (junk / f"{k}.png").write_bytes(b"not an image")
+    assert run_tiny(tiny, "-dat", "dirs", "--ref-dir", gt, "--dis-dir", outs[0], "--dis-dir", str(junk), "-d", "l2",
+                    "--skip-missing", "-sdir", str(tmp_path / "r"), "--report", str(tmp_path / "rep")) == 0
+    assert "no pairs to score in" in capsys.readouterr().err
+    rows = [line for line in (tmp_path / "rep" / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert rows[-1].startswith("| — | Z | 0 | — |")  # unranked, no images, no mean
+    summary = {r["set"]: r for r in csv.DictReader(open(tmp_path / "r" / "summary_unlabelled.csv"))}
+    assert summary["Z"]["n"] == "0" and summary["Z"]["n_skipped"] == "3" and summary["A"]["n"] == "3"

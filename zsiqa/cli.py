@@ -135,7 +135,7 @@ FLAGS = {
                                      "<sdir>/<method>_<name>_maps/")),
     "report": (("--report",), dict(type=non_empty, metavar="DIR", help="without labels: write a comparison report "
                                    "into DIR: scores.csv, report.md, table.tex, report.html")),
-    "report_worst": (("--report-worst",), dict(type=int_in(0, 100), default=4, metavar="K", help="the worst images "
+    "report_worst": (("--report-worst",), dict(type=int_in(0, 100), metavar="K", help="the worst images "
                                                "per method shown in report.html (default 4)")),
     "json": (("--json",), dict(action="store_true", help="print the result as JSON")),
     "no_progress": (("--no-progress",), dict(action="store_true", help="no progress bar")),

@@ -26,7 +26,7 @@ from zsiqa.images import open_image, pair_problems, pil_to_tensor, resize_square
 from zsiqa.maps import SPATIAL
 from zsiqa.models import get_backbone
 from zsiqa.output import to_json
-from zsiqa.report import Comparison, Worst, format_table, ranked, significance_mark, write_report
+from zsiqa.report import REPORT_FILES, Comparison, Worst, format_table, ranked, significance_mark, write_report
 from zsiqa.scorer import Scorer
 from zsiqa.stats import compare_methods, correlations
 
@@ -158,25 +158,29 @@ def load_plan(args, variants):
         limited = dataset.pairs[: args.limit]
         results.check_names(dataset, limited)
         usable = check_images(dataset, limited, args.skip_missing, args.resize, variants)
-        if not usable:
-            sys.stderr.write(f"warning: no pairs to score in {dataset.root}; left out\n")
-            continue
+        if not usable:  # kept: a method none of whose outputs can be read is ranked last, not dropped
+            sys.stderr.write(f"warning: no pairs to score in {dataset.root}\n")
         sets.append(dataset)
         pairs.append(usable)
         skipped.append(len(limited) - len(usable))
-    if not sets:
+    if not any(pairs):
         raise UserError("no pairs to score")
     return Plan(sets, pairs, skipped, [results.image_stamps(d, d.pairs) for d in sets])
 
 
-def check_outputs(args, plan):
+def check_outputs(args, plan, variants):
     """--report and --maps N compare methods without labels; the report folder must be writable
     (both checked before the model loads)."""
     if (args.report or args.worst_maps) and plan.labelled:
         raise UserError("--report and --maps N compare methods scored without labels (-dat dirs, or a -dat csv list of "
                         "ref,dis): for a labelled dataset use calc_scores.py")
+    if args.report_worst is not None and not args.report:
+        raise UserError("--report-worst K is the number of worst images in --report DIR: give --report too")
     if args.report:
         results.check_writable(args.report)
+        taken = [p for p in report_paths(args, variants) if os.path.isdir(p)]
+        if taken:
+            raise UserError(f"cannot write the report: {taken[0]} is a folder")
 
 
 def results_files(args, plan, variants):
@@ -363,7 +367,12 @@ def timed(args, scored, rows):
 
 
 def _rate(count, elapsed):
-    return round(count / elapsed, 2) if count and elapsed > 0 else float("nan")
+    """This run's scoring rate, pairs/s; None when it scored nothing (every pair resumed)."""
+    return round(count / elapsed, 2) if count and elapsed > 0 else None
+
+
+def _rate_text(rate):
+    return "—" if rate is None else f"{rate:.2f}"
 
 
 def finish_files(plan, files, scored, blocks):
@@ -439,8 +448,8 @@ def summarise_unlabelled(args, plan, records, paths, finished, scored, run):
         scores.setdefault((v, d), {})[plan.sets[s].name] = {key(dis, ref): pred for dis, ref, _, pred in got}
         rows.append({"set": plan.sets[s].name, **records[path], "lower_better": not records[path]["pred_higher_better"],
                      "n_skipped": int(plan.skipped[s] + scored.n_skipped((s, v)) + nonfinite),
-                     "pairs_per_s": _rate(scored.count, scored.seconds), "file": path, "methods": "+".join(
-                         d.name for d in plan.sets), **run})
+                     "pairs_per_s": _rate(scored.count, scored.seconds), "file": path, "limit": args.limit,
+                     "methods": method_list(plan), **run})
     keys = [(v, d) for ((_, v), d) in paths]
     lower = {key: row["lower_better"] for key, row in zip(keys, rows)}
     tables = {key: compare_methods(per_set, lower[key]) for key, per_set in scores.items()}
@@ -462,13 +471,18 @@ def summarise_unlabelled(args, plan, records, paths, finished, scored, run):
     return rows, scores
 
 
+def method_list(plan):
+    """A run's sets as one name: joined by '+', a '+' or '%' inside a name written %2B or %25, so
+    that methods 'a+b','c' and 'a','b+c' are told apart."""
+    return "+".join(d.name.replace("%", "%25").replace("+", "%2B") for d in plan.sets)
+
+
 def sets_tag(plan):
-    """What names a run's method chart: its sets joined by '+' (or, for many or long names, their
-    count and a digest), so that a run over other sets never overwrites it."""
-    names = [d.name for d in plan.sets]
-    tag = "+".join(names)
+    """What names a run's method chart: `method_list` (or, for many or long names, their count
+    and a digest), so that a run over other sets never overwrites it."""
+    tag = method_list(plan)
     if len(tag) > 60:
-        tag = f"{len(names)}sets-" + hashlib.sha256("\0".join(names).encode("utf-8")).hexdigest()[:8]
+        tag = f"{len(plan.sets)}sets-" + hashlib.sha256(tag.encode("utf-8")).hexdigest()[:8]
     return f"methods_{tag}"
 
 
@@ -482,7 +496,7 @@ def report(args, summary):
     for r in summary:
         rob = f"{r['robustness']}-{r['pct']}" if r["robustness"] != "none" else "clean"
         print(f"{r['distance']:8} {rob:>7} {r['n']:>6} {r['srcc']:7.4f} {r['plcc']:7.4f} {r['krcc']:7.4f} "
-              f"{r['plcc_logistic']:8.4f} {r['pairs_per_s']:8.2f}  {r['file']}")
+              f"{r['plcc_logistic']:8.4f} {_rate_text(r['pairs_per_s']):>8}  {r['file']}")
         if r["n_skipped"]:
             print(f"{'':8} {'':>7} {r['n_skipped']:>6} pair(s) skipped")
 
@@ -503,7 +517,9 @@ def report_unlabelled(args, rows):
     for r in rows:
         if r["n_skipped"]:
             print(f"{r['set']}, {r['distance']}: {r['n_skipped']} pair(s) skipped")
-    print(f"{rows[0]['pairs_per_s']} pairs/s; per-pair files in {args.savedir}; summary appended to "
+    rate = rows[0]["pairs_per_s"]
+    print(("no pair scored in this run (all resumed)" if rate is None else f"{rate} pairs/s")
+          + f"; per-pair files in {args.savedir}; summary appended to "
           f"{os.path.join(args.savedir, 'summary_unlabelled.csv')}; charts {rows[0]['chart']}"
           + (" …" if len({r['chart'] for r in rows}) > 1 else ""))
 
@@ -515,7 +531,7 @@ def main(args):
         variants = variants_of(args)
         check_per_layer(args)
         plan = dist.from_rank0(lambda: load_plan(args, variants))
-        dist.from_rank0(lambda: check_outputs(args, plan))
+        dist.from_rank0(lambda: check_outputs(args, plan, variants))
         paths, specs = results_files(args, plan, variants)
         layer_paths = layer_files(args, paths)
         locks = [results.lock_path(p) for p in paths.values()]
@@ -572,12 +588,18 @@ def _rgb8(im):
     return a if im.mode == "RGB" else np.repeat((np.clip(a, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, 2)
 
 
+def map_folder(image):
+    """The folder of an image's maps: its whole name, '%' and '/' written %25 and %2F, so that no
+    two images share one (x/7.png, x__7.png and x/7.jpg all differ)."""
+    return image.replace("%", "%25").replace("/", "%2F")
+
+
 def worst_outputs(args, scorer, plan, variants, rows, scores, run):
     """--maps N and --report DIR: each method's worst pairs by the first distance, with their
     maps (Scorer.maps), written as map files and as one report per robustness variant."""
     primary, name = scorer.distances[0], args.saveas or args.model
     shown = next((d for d in scorer.distances if d in SPATIAL), primary)  # a map that varies within a window
-    k = max(args.report_worst if args.report else 0, args.worst_maps or 0)
+    k = max(report_worst(args) if args.report else 0, args.worst_maps or 0)
     for v, variant in enumerate(variants):
         tag, worst = (f"_{variant[0]}-{variant[1]}" if variant[0] else ""), {}
         for s, ds in enumerate(plan.sets):
@@ -587,13 +609,29 @@ def worst_outputs(args, scorer, plan, variants, rows, scores, run):
                 r, d = pair_images(ds, ref, dis, args.resize, variant)
                 maps = scorer.maps(d, r)
                 if len(worst[ds.name]) < (args.worst_maps or 0):
-                    folder = os.path.join(args.savedir, f"{ds.name}_{name}{tag}_maps",
-                                          os.path.splitext(image)[0].replace("/", "__"))
+                    folder = os.path.join(args.savedir, f"{ds.name}_{name}{tag}_maps", map_folder(image))
                     plots.write_maps(maps, to_float(pil_to_tensor(d)), folder, scorer.backbone.name,
                                      {x: scores[(v, x)][ds.name][image] for x in scorer.distances})
                 worst[ds.name].append(Worst(image, score, _rgb8(r), _rgb8(d), maps[shown]))
         if args.report:
             write_variant_report(args, scorer, plan, variant, rows, scores, v, (worst, shown), run)
+
+
+def report_worst(args):
+    """How many worst images per method the report shows: --report-worst K, 4 by default."""
+    return 4 if args.report_worst is None else args.report_worst
+
+
+def report_folder(args, variant):
+    """Where a variant's report goes: --report DIR, or in a sweep DIR/clean, DIR/<kind>-<pct>."""
+    if not args.kinds:
+        return args.report
+    return os.path.join(args.report, f"{variant[0]}-{variant[1]}" if variant[0] else "clean")
+
+
+def report_paths(args, variants):
+    """Every file the reports of a run write (checked before any work)."""
+    return [os.path.join(report_folder(args, v), name) for v in variants for name in REPORT_FILES]
 
 
 def write_variant_report(args, scorer, plan, variant, rows, scores, v, worst, run):
@@ -610,10 +648,8 @@ def write_variant_report(args, scorer, plan, variant, rows, scores, v, worst, ru
     worst, shown = worst
     comparison = Comparison(tables, {d: scores[(v, d)] for d in scorer.distances},
                             {d: DISTANCES[d].lower_better for d in scorer.distances}, scorer.distances[0],
-                            {m: items[:args.report_worst] for m, items in worst.items() if args.report_worst}, about,
+                            {m: items[:report_worst(args)] for m, items in worst.items() if report_worst(args)}, about,
                             shown)
-    folder = os.path.join(args.report, f"{variant[0]}-{variant[1]}" if variant[0] else "clean") if args.kinds \
-        else args.report
-    paths = write_report(folder, comparison)
+    paths = write_report(report_folder(args, variant), comparison)
     if not args.json:
         print(f"report: {paths[-1]} (with {', '.join(os.path.basename(p) for p in paths[:-1])})")

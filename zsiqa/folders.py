@@ -86,9 +86,11 @@ def method_names(folders, given=None):
         except UserError:
             raise UserError(f"cannot name the method of {folder} after its folder ({name!r}): give --dis-dir "
                             f"NAME={folder}") from None
-    same = sorted({n for n in names if names.count(n) > 1})
+    folded = [n.casefold() for n in names]  # 'A' and 'a' name one file on macOS and Windows
+    same = [n for n, f in zip(names, folded, strict=True) if folded.count(f) > 1]
     if same:
-        raise UserError(f"two output folders would both be named '{same[0]}' (results files are named after "
+        alike = "named" if len(set(same)) == 1 else "named, but for case,"
+        raise UserError(f"two output folders would both be {alike} '{same[0]}' (results files are named after "
                         "methods): name them with --dis-dir NAME=PATH")
     return names
 

@@ -97,12 +97,15 @@ class Comparison:
         return ranked(self.tables[distance], self.lower_better[distance])
 
 
+REPORT_FILES = ("scores.csv", "report.md", "table.tex", "report.html")
+
+
 def write_report(folder, comparison):
     """Write scores.csv, report.md, table.tex and report.html into `folder` (created); returns
     their paths. One call, one set of numbers: every file shows the same comparison."""
     with writing(folder, "nothing was written"):
         os.makedirs(folder, exist_ok=True)
-    paths = [os.path.join(folder, n) for n in ("scores.csv", "report.md", "table.tex", "report.html")]
+    paths = [os.path.join(folder, n) for n in REPORT_FILES]
     write_table(paths[0], ["image", "method", "distance", "score"],
                 [{"image": image, "method": method, "distance": d, "score": score}
                  for d, per_method in comparison.scores.items() for method, per in per_method.items()
@@ -147,7 +150,7 @@ def markdown(c):
         out += [f"## {d} ({direction(c.lower_better[d])})", "", "| rank | method | " + " | ".join(COLUMNS) + " |",
                 "|---:|---|" + "---:|" * 3 + "---:|---|---:|"]
         for rank, row in enumerate(c.ranked(d), 1):
-            name = _md(row["set"])
+            name = _md_name(row["set"])
             out.append(f"| {'—' if empty(row) else rank} | {f'**{name}**' if is_best(row) else name} | "
                        + " | ".join(_md(x) for x in _cells(row)) + " |")
         out += [""]
@@ -158,8 +161,15 @@ def _md(text):
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _md_name(text):
+    """A method's name as Markdown shows it literally: every character that could start markup
+    (emphasis, a link, an HTML tag or entity, a cell's end) escaped with a backslash."""
+    return "".join("\\" + ch if ch in "\\`*_[]<>|~&" else ch for ch in str(text).replace("\n", " "))
+
+
 TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-       "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+       "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+       ">": r"\textgreater{}", "|": r"\textbar{}"}  # < > | print as ¡ ¿ — in LaTeX's default font encoding
 
 
 def tex(text):
@@ -235,7 +245,7 @@ SCRIPT = """(function () {
   });
   var m = /sort=(\\d+)-(asc|desc)/.exec(location.hash);
   var first = document.querySelector('table.sortable');
-  if (m && first) { sortTable(first, parseInt(m[1], 10), m[2] === 'asc' ? 1 : -1); }
+  if (m && first && m[1] > 0) { sortTable(first, parseInt(m[1], 10) - 1, m[2] === 'asc' ? 1 : -1); }  // 1 = images
 })();"""
 
 

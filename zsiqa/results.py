@@ -59,11 +59,11 @@ SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "n_s
 UNLABELLED_FIELDS = ["set", "model", "distance", "robustness", "pct", "n", "n_skipped", "mean", "std", "median",
                      "ci95_low", "ci95_high", "lower_better", "vs", "n_common", "p_value", "p_holm", "median_diff",
                      "median_diff_ci95_low", "median_diff_ci95_high", "wins", "losses", "pairs_per_s", "precision",
-                     "device", "model_norm", "resize", "swd_seed", "layers", "weights", "ref_dir", "dis_dir",
+                     "device", "model_norm", "resize", "swd_seed", "layers", "limit", "weights", "ref_dir", "dis_dir",
                      "methods", "file", "time", "run_id"]
 # what names a label-free summary row: a repeated run with these values replaces its earlier rows
 UNLABELLED_KEY = ["set", "model", "distance", "robustness", "pct", "precision", "device", "model_norm", "resize",
-                  "swd_seed", "layers", "weights", "ref_dir", "dis_dir", "methods", "file"]
+                  "swd_seed", "layers", "limit", "weights", "ref_dir", "dis_dir", "methods", "file"]
 
 
 # ---------------------------------------------------------------- names and records
