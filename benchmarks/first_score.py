@@ -3,11 +3,12 @@
 the floor (benchmarks/floor.py: import torch and the model library, build the architecture
 on the meta device, load the checkpoint with assign=True, run the two forward passes).
 
-  python benchmarks/first_score.py --weights-dir DIR [--repeats 5] [--json]
+  python benchmarks/first_score.py --dinov1 FILE --clip FILE [--repeats 5] [--json]
 
-DIR holds the checkpoints (the stand-in ones of the test suite do: the time does not depend
-on the values). Runs alternate tool and floor, each a fresh process; prints the median wall
-time of each and their ratio per backbone. Both print the same l2 score (checked).
+FILE: a DINO ViT-B/16 checkpoint (dino_vitbase16_pretrain.pth) and an OpenAI CLIP ViT-B/32 one
+(ViT-B-32.pt); any weights in those formats do, the time does not depend on the values.
+Runs alternate tool and floor, each a fresh process; prints the median wall time of each and
+their ratio per backbone. Both print the same l2 score (checked).
 """
 import argparse
 import json
@@ -23,7 +24,6 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-FILES = {"dinov1": "dinov1_seed0.pth", "clip_vitb32": "clip_vitb32_seed0.pt"}
 
 
 def make_pair(folder):
@@ -66,13 +66,14 @@ def measure(model, weights, ref, dis, repeats):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights-dir", required=True, help="folder with dinov1_seed0.pth and clip_vitb32_seed0.pt")
+    p.add_argument("--dinov1", required=True, metavar="FILE", help="a DINO ViT-B/16 checkpoint")
+    p.add_argument("--clip", required=True, metavar="FILE", help="an OpenAI CLIP ViT-B/32 checkpoint")
     p.add_argument("--repeats", type=int, default=5, help="runs of each, alternating (default 5)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ref, dis = make_pair(tmp)
-        rows = [measure(m, os.path.join(a.weights_dir, f), ref, dis, a.repeats) for m, f in FILES.items()]
+        rows = [measure(m, f, ref, dis, a.repeats) for m, f in (("dinov1", a.dinov1), ("clip_vitb32", a.clip))]
     if a.json:
         print(json.dumps({"cpu_cores": os.cpu_count(), "rows": rows}, indent=1))
         return

@@ -2,7 +2,7 @@
 """Train a small denoising network with a ZS-IQA distance as its loss, as a training loop would.
 
   python examples/loss_example.py                                   # dinov1 l2, 200 steps
-  python examples/loss_example.py --steps 5 --weights /tmp/zsiqa_ckpt/dinov1_seed0.pth
+  python examples/loss_example.py --steps 5 --weights dino_vitbase16_pretrain.pth
   python examples/loss_example.py --device cuda --crop 0            # the whole 384x288 image
 
 A three-layer CNN learns to remove Gaussian noise from a crop of examples/ref.png. Nothing is

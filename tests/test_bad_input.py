@@ -146,3 +146,29 @@ def test_help_shows_the_commands_text(script, command, capsys):
     assert f"  zsiqa {command}" in out
     undocumented = [a.dest for a in cli.build_parser(command)._actions if not a.help]
     assert undocumented == [], undocumented
+
+
+def test_zsiqa_lists_whole_sentences_and_refuses_an_unknown_command_in_one_line(capsys):
+    """`zsiqa --help` gives each command's first sentence whole (bench's and models' were cut
+    mid-sentence); an unknown command is one `error:` line, exit 2 (the usage followed it)."""
+    from zsiqa import cli
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for name in cli.COMMANDS:
+        line = next(line for line in out.splitlines() if line.startswith(f"  {name} "))
+        assert line.rstrip().endswith(".") and line.split(None, 1)[1] in " ".join(cli.COMMANDS[name].doc.split())
+    with pytest.raises(SystemExit) as e:
+        cli.main(["nosuchcmd"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: unknown command 'nosuchcmd'")
+
+
+def test_an_upper_bound_is_not_explained_by_the_window(capsys):
+    """-r 16385 is over the largest size, which has nothing to do with the 224-px window."""
+    from zsiqa import cli
+    for value, said in (("16385", "must be at most 16384, got 16385"), ("200", "at least 224 (the window size)")):
+        with pytest.raises(SystemExit):
+            cli.main(["score", "-ref", "a.png", "-dis", "b.png", "-r", value])
+        assert said in capsys.readouterr().err

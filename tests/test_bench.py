@@ -51,3 +51,13 @@ def test_bench_data_folder_is_its_own_or_refused(capsys, tmp_path):
         err = capsys.readouterr().err
         assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "give an empty or new folder" in err
     assert (other / "photo.png").read_bytes() == b"x" and not (other / "Train_Ref").exists()
+
+
+def test_bench_without_the_loop_prints_no_nan(capsys):
+    """--loop-pairs 0 (as docs/speed.md shows it): the loop is said to be untimed; no 'nan' or
+    'None' printed for its rate, the speedup or the agreement."""
+    bench.main(["--device", "cpu", "--model", "clip_vitb32", "--size", "224", "--refs", "1", "--pairs", "1",
+                "--loop-pairs", "0", "--forward-iters", "1"])
+    out = capsys.readouterr().out
+    assert "not timed (--loop-pairs 0)" in out and "nan" not in out and "None" not in out
+    assert "engine" in out and "pairs/s" in out

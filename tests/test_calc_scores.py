@@ -8,9 +8,11 @@ import pytest
 from scipy import stats
 
 import calc_scores
-from conftest import SHARED, needs_shared
+from conftest import ROOT, SHARED, needs_shared
 
 RESULTS = SHARED / "reference_results"
+PUBLISHED = ROOT / "results" / "published"  # the six per-image files, shipped for `zsiqa corr`
+FILES = ["live_dinov1_l2", "live_psnr", "pipal_clip_vitb32_l2", "pipal_dinov1_wsd", "tid2013_clip_vitb32_cos"]
 
 
 def _summary_clean():
@@ -40,12 +42,49 @@ def _summary_robust():
     return out
 
 
+def _readme_rows():
+    """The README's accuracy table: {(dataset, method_distance): (srcc, plcc)} and the PIPAL
+    robustness column {(method_distance, kind): srcc}."""
+    text = (ROOT / "README.md").read_text()
+    clean, robust = {}, {}
+    for line in text[text.index("## Reproducing the paper"):].splitlines():
+        m = re.match(r"\| `?([\w]+)`? \| ([a-z0-9—]+) \| (.*) \|$", line)
+        if m and re.match(r"[\d.]+ /", m[3].strip()):  # a row of figures (not the header)
+            method = f"{m[1]}_{m[2]}" if m[2] != "—" else m[1].lower()
+            cells = [c.strip() for c in m[3].split("|")]
+            for dataset, cell in zip(("pipal", "live", "tid2013"), cells[:3]):
+                if cell != "—":
+                    clean[(dataset, method)] = tuple(float(x) for x in cell.split("/"))
+            for kind, v in zip(("clean", "tra", "sca", "rot"), cells[3].split("/")):
+                robust[(method, kind)] = float(v)
+    return clean, robust
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_shipped_files_reproduce_the_readme_table(name, capsys):
+    """`zsiqa corr` on the per-image files in results/published/ gives the README's figures."""
+    dataset, method = name.split("_", 1)
+    calc_scores.main(["-f", str(PUBLISHED / f"{name}.csv"), "--json"])
+    got = json.loads(capsys.readouterr().out)
+    assert (round(got["srcc"], 4), round(got["plcc"], 4)) == _readme_rows()[0][(dataset, method)]
+
+
+def test_shipped_robustness_file_reproduces_the_readme_table(capsys):
+    calc_scores.main(["-dat", "pipal", "-f", str(PUBLISHED / "pipal_dinov1_l2_tra-1.csv"), "--json"])
+    assert round(json.loads(capsys.readouterr().out)["srcc"], 3) == _readme_rows()[1][("dinov1_l2", "tra")]
+
+
 @needs_shared
-@pytest.mark.parametrize("name", ["live_dinov1_l2", "live_psnr", "pipal_clip_vitb32_l2", "pipal_dinov1_wsd",
-                                  "tid2013_clip_vitb32_cos"])
+def test_shipped_files_are_the_published_ones():
+    for name in [*FILES, "pipal_dinov1_l2_tra-1"]:
+        assert (PUBLISHED / f"{name}.csv").read_bytes() == (RESULTS / f"{name}.csv").read_bytes(), name
+
+
+@needs_shared
+@pytest.mark.parametrize("name", FILES)
 def test_published_files_reproduce_summary(name, capsys):
     dataset, method = name.split("_", 1)
-    calc_scores.main(["-f", str(RESULTS / f"{name}.csv"), "--json"])
+    calc_scores.main(["-f", str(PUBLISHED / f"{name}.csv"), "--json"])
     got = json.loads(capsys.readouterr().out)
     want = _summary_clean()[(dataset, method)]
     assert got["n"] == {"pipal": 23200, "live": 779, "tid2013": 3000}[dataset]

@@ -111,3 +111,14 @@ def test_installed_command_prints_what_the_script_prints(installed, project, gol
     assert command.stdout == script.stdout
     printed = dict(line.split("\t") for line in command.stdout.strip().splitlines())
     assert all(close(float(printed[r["distance"]]), r["score"]) for r in rows), (printed, rows)
+
+
+def test_the_api_prints_no_warning_of_the_clip_package(checkpoint):
+    """A CLIP Scorer built from Python prints nothing (the clip package's import warned that
+    pkg_resources is deprecated: noise for the user, which the CLI already hid)."""
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "from zsiqa import Scorer\n"
+            f"Scorer('clip_vitb32', 'l2', device='cpu', weights={str(checkpoint('clip_vitb32'))!r})\n"
+            "print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok" and proc.stderr == "", proc.stderr[-2000:]

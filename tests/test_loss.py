@@ -204,6 +204,15 @@ def test_the_reference_is_the_second_argument(tiny, tmp_path, monkeypatch):
     assert torch.equal(scorer(ref=[ref] * 3, dis=dises), positional) and sum(encoded) == 8
 
 
+def test_the_loss_takes_its_options_by_name():
+    """PerceptualLoss(model, distance, <weights>) read the third argument as weights where the
+    Scorer reads its device: the options are keyword-only, so neither is taken for the other."""
+    params = list(inspect.signature(PerceptualLoss).parameters.values())
+    assert [p.name for p in params[:2]] == ["model", "distance"]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[2:]) and len(params) > 2
+    assert list(inspect.signature(Scorer).parameters)[2] == "device"
+
+
 def test_one_default_distance():
     cli_default = FLAGS["distance"][1]["default"]
     assert inspect.signature(Scorer).parameters["distances"].default == cli_default == "wsd"

@@ -48,3 +48,16 @@ def test_results_files_follow_the_umask(tiny, tmp_path):
         written = {n: m for n, m in modes.items() if not n.startswith(".")}  # the hidden lock files are filelock's
         assert {f"pipal_{tiny[0]}_l2.csv", f"pipal_{tiny[0]}_cos.json", "summary.csv"} <= set(written)
         assert set(written.values()) == {want}, (mask, modes)
+
+
+def test_rows_name_images_with_forward_slashes_on_windows(tmp_path, monkeypatch):
+    """Every layout's rows name images with '/': KADID-10k's went through os.path.normpath, which
+    on Windows writes 'images\\x.png' (its results files would not resume on Linux and back)."""
+    import ntpath
+
+    from zsiqa import datasets
+    root = minidata.make_kadid(str(tmp_path / "k"))
+    monkeypatch.setattr(os.path, "normpath", ntpath.normpath)  # os.path.normpath as Windows has it
+    pairs = datasets.LAYOUTS["kadid10k"].load(root).pairs
+    monkeypatch.undo()
+    assert pairs and all("\\" not in ref + dis and ref.startswith("images/") for ref, dis, _ in pairs)

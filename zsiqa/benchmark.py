@@ -190,18 +190,18 @@ def measure(a, scorer, pairs):
     t_engine, rows = time_engine(scorer, pairs)
     peak = torch.cuda.max_memory_allocated(scorer.device) / 2**30 if gpu else None
     n_loop = min(len(pairs), a.loop_pairs if a.loop_pairs is not None else (100 if gpu else 4))
-    t_loop, loop_rows = time_loop(scorer, pairs[:n_loop]) if n_loop else (float("nan"), {})
+    t_loop, loop_rows = time_loop(scorer, pairs[:n_loop]) if n_loop else (None, {})
     fwd = time_forward(scorer, a.forward_iters or (30 if gpu else 2))
     rel = (np.abs(rows[i] - loop_rows[i]) / np.maximum(np.abs(loop_rows[i]), 1e-12) for i in loop_rows)
-    agree = max((float(np.max(r)) for r in rel), default=float("nan"))
+    agree = max((float(np.max(r)) for r in rel), default=None)  # None: no loop timed (--loop-pairs 0)
     per_pair = window_count(a.size, a.size) * (1 + a.refs / a.pairs)  # windows encoded per pair by the engine
-    engine_rate, loop_rate = len(pairs) / t_engine, n_loop / t_loop if n_loop else float("nan")
+    engine_rate, loop_rate = len(pairs) / t_engine, n_loop / t_loop if n_loop else None
     device_name = (torch.cuda.get_device_name(scorer.device) if gpu
                    else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
     return {"device": device_name, "model": a.model, "distances": list(scorer.distances), "precision": a.precision,
             "fused_kernels": gpu and os.environ.get("ZSIQA_FUSED", "1") != "0", "size": a.size, "refs": a.refs,
             "pairs": len(pairs), "batch_size": scorer.batch_size, "workers": scorer.workers,
-            "engine_pairs_per_s": round(engine_rate, 2), "loop_pairs_per_s": round(loop_rate, 3),
+            "engine_pairs_per_s": round(engine_rate, 2), "loop_pairs_per_s": round(loop_rate, 3) if n_loop else None,
             "loop_pairs_timed": n_loop, "speedup": round(engine_rate / loop_rate, 2) if n_loop else None,
             "forward_windows_per_s": round(fwd, 1), "forward_bound_pairs_per_s": round(fwd / per_pair, 1),
             "engine_share_of_forward": round(engine_rate * per_pair / fwd, 3),
@@ -221,8 +221,11 @@ def report(result, as_json=False):
           f"{r['pairs']} pairs of {r['size']}px, {r['refs']} refs, batch {r['batch_size']}, workers {r['workers']}")
     print(f"  engine        {r['engine_pairs_per_s']:10.2f} pairs/s   (compiled: {r['compile']}, distances overlapped: "
           f"{r['overlap']}; first call {r['first_call_s']} s for {r['first_call_pairs']} pairs)")
-    print(f"  one-pair loop {r['loop_pairs_per_s']:10.3f} pairs/s  (first {r['loop_pairs_timed']} pairs)   "
-          f"speedup ×{r['speedup']}")
+    if r["loop_pairs_timed"]:
+        print(f"  one-pair loop {r['loop_pairs_per_s']:10.3f} pairs/s  (first {r['loop_pairs_timed']} pairs)   "
+              f"speedup ×{r['speedup']}")
+    else:
+        print("  one-pair loop    not timed (--loop-pairs 0)")
     print(f"  forward only  {r['forward_windows_per_s']:10.1f} windows/s = "
           f"{r['forward_bound_pairs_per_s']:.1f} pairs/s bound;  "
           f"engine at {100 * r['engine_share_of_forward']:.0f}% of it")
@@ -232,6 +235,8 @@ def report(result, as_json=False):
               f"engine's rate; {r['via_run_wall_s']} s end to end, {r['via_run_fixed_s']} s of it outside scoring: "
               f"{r['via_run_before_scoring_s']} s from its arguments to the first pair, "
               f"{r['via_run_after_scoring_s']} s after the last)")
-    peak = r["peak_gpu_mem_gib"]
-    print(f"  engine vs loop: max relative difference {r['engine_vs_loop_max_rel_diff']:.2e}"
-          + (f";  peak GPU memory {peak:.1f} GiB" if peak is not None else ""))
+    peak, agree = r["peak_gpu_mem_gib"], r["engine_vs_loop_max_rel_diff"]
+    lines = ([f"engine vs loop: max relative difference {agree:.2e}"] if agree is not None else []) + (
+        [f"peak GPU memory {peak:.1f} GiB"] if peak is not None else [])
+    if lines:
+        print("  " + ";  ".join(lines))

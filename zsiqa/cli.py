@@ -33,10 +33,10 @@ class ArgParser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def int_in(low=None, high=None, why=""):
+def int_in(low=None, high=None, low_why=""):
     """An argparse type: an integer in [low, high] (None: unbounded), read safely whatever its
     length (int() refuses over 4,300 digits; anything over 18 digits is out of any range here),
-    else a one-line usage error."""
+    else a one-line usage error; `low_why` says why the lower bound is what it is."""
     def parse(text):
         digits = text.strip().removeprefix("-").removeprefix("+")
         if not (digits.isascii() and digits.isdigit()):
@@ -45,9 +45,9 @@ def int_in(low=None, high=None, why=""):
             raise argparse.ArgumentTypeError(f"{text.strip()[:20]}… ({len(digits)} digits) is out of range")
         value = int(text)
         if low is not None and value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}{why}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be at least {low}{low_why}, got {value}")
         if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"must be at most {high}{why}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
         return value
     return parse
 
@@ -316,16 +316,22 @@ def script(name, prog):
     return main
 
 
+def first_sentence(doc):
+    """A command's description up to its first full stop, on one line (zsiqa --help)."""
+    text = " ".join(doc.split())
+    return text.split(". ")[0].rstrip(".") + "."
+
+
 def main(argv=None):
     """`zsiqa COMMAND ...` and `python -m zsiqa COMMAND ...`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        usage = "usage: zsiqa {" + ",".join(COMMANDS) + "} ...  (zsiqa COMMAND --help for each)\n\n" + "\n".join(
-            f"  {n:7} {c.doc.splitlines()[0]}" for n, c in COMMANDS.items())
-        known = not argv or argv[0] in ("-h", "--help")
-        (sys.stdout if known else sys.stderr).write(("" if known else f"error: unknown command {argv[0]!r}\n")
-                                                    + usage + "\n")
-        sys.exit(0 if known else 2)
+        if argv and argv[0] not in ("-h", "--help"):
+            sys.stderr.write(f"error: unknown command {argv[0]!r}: use one of {', '.join(COMMANDS)} (zsiqa --help)\n")
+            sys.exit(2)
+        sys.stdout.write("usage: zsiqa {" + ",".join(COMMANDS) + "} ...  (zsiqa COMMAND --help for each)\n\n"
+                         + "".join(f"  {n:7} {first_sentence(c.doc)}\n" for n, c in COMMANDS.items()))
+        sys.exit(0)
     code = run_command(argv[0], argv[1:], prog=f"zsiqa {argv[0]}")
     if code:
         sys.exit(code)

@@ -11,6 +11,7 @@ import io
 import os
 import re
 from dataclasses import dataclass, field
+from posixpath import normpath as _normpath  # rows name images with '/' on every system
 from typing import Callable
 
 import numpy as np
@@ -215,8 +216,8 @@ def load_kadid10k(root, **_):
     label = os.path.join(root, "dmos.csv")
     folder = "images" if os.path.isdir(os.path.join(root, "images")) else "."
     rows, where = _read_csv(label, "KADID-10k label file", ("dist_img", "ref_img", "dmos"))
-    pairs = [(os.path.normpath(f"{folder}/{_name(r, 'ref_img', w)}"),
-              os.path.normpath(f"{folder}/{_name(r, 'dist_img', w)}"), _num(r["dmos"], w)) for r, w in zip(rows, where)]
+    pairs = [(_normpath(f"{folder}/{_name(r, 'ref_img', w)}"), _normpath(f"{folder}/{_name(r, 'dist_img', w)}"),
+              _num(r["dmos"], w)) for r, w in zip(rows, where)]
     return Dataset("kadid10k", root, pairs, where=where)
 
 

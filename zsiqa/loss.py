@@ -68,7 +68,7 @@ class PerceptualLoss(nn.Module):
             under 224 px work; None keeps the size (sides must then be at least 224 px).
     """
 
-    def __init__(self, model="dinov1", distance="l2", weights=None, device="auto", precision="fp32", layers=None,
+    def __init__(self, model="dinov1", distance="l2", *, weights=None, device="auto", precision="fp32", layers=None,
                  reduction="mean", swd_seed=0, input_range=(0, 1), resize=None):
         super().__init__()
         backbone = get_backbone(model)

@@ -21,6 +21,7 @@ from zsiqa.errors import UserError
 from zsiqa.weights import (
     Weights,
     check_keys,
+    clip_module,
     hf_cache,
     hf_vit_to_timm,
     hub_weights,
@@ -110,9 +111,9 @@ class ClipViT(Family):
         self.dims, self.openclip = (patch, width, layers, heads, output_dim), openclip
 
     def build(self):
-        import clip.model
+        clip_model = clip_module("model")
         patch, width, layers, heads, out = self.dims
-        visual = clip.model.VisionTransformer(224, patch, width, layers, heads, out)
+        visual = clip_model.VisionTransformer(224, patch, width, layers, heads, out)
         if self.openclip:
             for block in visual.transformer.resblocks:
                 block.mlp.gelu = nn.GELU()
@@ -126,8 +127,7 @@ class ClipViT(Family):
 
     def half(self, model):
         """What clip.load gives on a GPU: convolutions, linears, attention in fp16 (LayerNorms stay fp32)."""
-        import clip.model
-        clip.model.convert_weights(model)
+        clip_module("model").convert_weights(model)
         return model
 
     def _tokens(self, visual, x):
@@ -155,8 +155,7 @@ class ClipResNet(Family):
         self.blocks, self.width, self.output_dim = layers, width, output_dim
 
     def build(self):
-        import clip.model
-        return clip.model.ModifiedResNet(self.blocks, self.output_dim, self.width * 32 // 64, 224, self.width)
+        return clip_module("model").ModifiedResNet(self.blocks, self.output_dim, self.width * 32 // 64, 224, self.width)
 
     state, checkpoint, half = ClipViT.state, ClipViT.checkpoint, ClipViT.half
 

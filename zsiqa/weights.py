@@ -11,6 +11,7 @@ CLIP checkpoint's image tower, `hf_vit_to_timm` renames Hugging Face ViT keys to
 import collections
 import functools
 import hashlib
+import importlib
 import os
 import pickle
 import re
@@ -54,8 +55,7 @@ class Weights:
     def download_url(self):
         """(url, sha256 prefix); OpenAI's URLs carry the file's sha256 as their folder name."""
         if self.url and self.url.startswith("clip:"):
-            import clip.clip
-            url = clip.clip._MODELS[self.url[5:]]
+            url = clip_module("clip")._MODELS[self.url[5:]]
             return url, url.split("/")[-2][:10]
         return self.url, self.sha256_prefix
 
@@ -63,8 +63,15 @@ class Weights:
         """The full published sha256 of an OpenAI file (its URL's folder name), else None."""
         if not (self.url and self.url.startswith("clip:")):
             return None
-        import clip.clip
-        return clip.clip._MODELS[self.url[5:]].split("/")[-2].lower()
+        return clip_module("clip")._MODELS[self.url[5:]].split("/")[-2].lower()
+
+
+def clip_module(name):
+    """A module of the `clip` package ('model', 'clip'), imported without its warning that
+    pkg_resources is deprecated: the package's affair, not the user's (the CLI hides it too)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pkg_resources.*")
+        return importlib.import_module(f"clip.{name}")
 
 
 # A cache is a callable → [candidate paths], made with functools.partial of module functions
