@@ -2,6 +2,7 @@
 the same settings, current labels always, torn rows, the lock, a full disk, mid-run decode
 failures, the summary's columns."""
 import csv
+import datetime
 import errno
 import io
 import json
@@ -272,6 +273,12 @@ def test_older_summary_header_is_moved_aside(tiny, tmp_path, capsys):
     assert (out / "summary.old-1.csv").read_text() == old
     logged = list(csv.DictReader(open(out / "summary.csv")))
     assert len(logged) == 1 and logged[0]["model"] == tiny[0] and logged[0]["precision"] == "published"
+    # a repeated run adds a row of its own, told apart by its time stamp and run id
+    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out))
+    logged = list(csv.DictReader(open(out / "summary.csv")))
+    assert len(logged) == 2 and logged[0]["run_id"] != logged[1]["run_id"] and logged[1]["run_id"]
+    stamps = [datetime.datetime.fromisoformat(r["time"]) for r in logged]
+    assert all(t.tzinfo is not None for t in stamps) and stamps[0] <= stamps[1]
 
 
 def _corrupt_kadid(tmp_path):

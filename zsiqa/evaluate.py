@@ -412,16 +412,16 @@ def _scores(path, rows):
     return [(dis, ref, mos, values[0]) for dis, ref, mos, values in rows], nonfinite
 
 
-def summarise(args, plan, records, paths, finished, scored):
-    """One summary row per results file (correlations and the settings of its record), appended
-    to summary.csv; with --kinds the sweep's table and plot."""
+def summarise(args, plan, records, paths, finished, scored, run):
+    """One summary row per results file (correlations, the settings of its record, the run's
+    time and id), appended to summary.csv; with --kinds the sweep's table and plot."""
     summary = []
     for ((s, v), _d), path in paths.items():
         dataset, rec = plan.sets[s], records[path]
         rows, nonfinite = _scores(path, finished[path])
         c = correlations([r[3] for r in rows], [r[2] for r in rows], dataset.higher_better, rec["pred_higher_better"])
         summary.append({**rec, **c, "n_skipped": int(plan.skipped[s] + scored.n_skipped((s, v)) + nonfinite),
-                        "pairs_per_s": _rate(scored.count, scored.seconds), "file": path})
+                        "pairs_per_s": _rate(scored.count, scored.seconds), "file": path, **run})
     results.append_summary(args.savedir, summary)
     if args.kinds:
         stem = os.path.join(args.savedir, f"{plan.name}_{args.saveas or args.model}_sweep")
@@ -554,11 +554,11 @@ def run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths):
     if dist.rank != 0:
         return
     finished = finish_files(plan, files, scored, scorer.blocks)
-    if plan.labelled:
-        report(args, timed(args, scored, summarise(args, plan, records, paths, finished, scored)))
-        return
     run = {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "run_id": time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)}
+    if plan.labelled:
+        report(args, timed(args, scored, summarise(args, plan, records, paths, finished, scored, run)))
+        return
     rows, scores = summarise_unlabelled(args, plan, records, paths, finished, scored, run)
     report_unlabelled(args, timed(args, scored, rows))
     if args.report or args.worst_maps:

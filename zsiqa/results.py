@@ -55,7 +55,7 @@ RECORD_TYPES = {"dataset": (str,), "label_higher_better": (bool, None), "pred_hi
                 "dis_dir": (str,), "images": (str,)}
 SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "n_skipped", "srcc", "plcc", "krcc",
                   "plcc_logistic", "pairs_per_s", "label_higher_better", "precision", "device", "model_norm", "resize",
-                  "swd_seed", "layers", "weights", "labels_sha256", "file"]
+                  "swd_seed", "layers", "weights", "labels_sha256", "file", "time", "run_id"]
 UNLABELLED_FIELDS = ["set", "model", "distance", "robustness", "pct", "n", "n_skipped", "mean", "std", "median",
                      "ci95_low", "ci95_high", "lower_better", "vs", "n_common", "p_value", "p_holm", "median_diff",
                      "median_diff_ci95_low", "median_diff_ci95_high", "wins", "losses", "pairs_per_s", "precision",
