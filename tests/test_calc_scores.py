@@ -152,11 +152,34 @@ def test_plot_that_cannot_be_written_is_one_line(tmp_path, capsys):
     path = tmp_path / "pipal_x_l2.csv"
     rows = "".join(f"d{i}.bmp,r.bmp,{1500 + 10 * i},{0.5 - 0.01 * i * i}\n" for i in range(8))
     path.write_text("dis,ref,mos,pred\n" + rows)
-    for target, match in [(tmp_path / "nodir" / "x.png", "cannot write"), (tmp_path / "x.xyz", "cannot write")]:
+    for target, match in [(tmp_path / "nodir" / "x.png", "cannot write"), (tmp_path / "x.xyz", "cannot write a .xyz"),
+                          (tmp_path, "is a folder")]:
         with pytest.raises(SystemExit) as e:
             calc_scores.main(["-dat", "pipal", "-f", str(path), "--plot", str(target)])
         err = capsys.readouterr().err
         assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and match in err, err
+    assert not (tmp_path.parent / f"{tmp_path.name}.png").exists()  # matplotlib's name for the folder's path
+    # a name without an extension: the PNG matplotlib writes is the file reported
+    assert calc_scores.main(["-dat", "pipal", "-f", str(path), "--plot", str(tmp_path / "scat"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plot"] == str(tmp_path / "scat.png")
+    assert (tmp_path / "scat.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "scat").exists()
+
+
+@pytest.mark.parametrize("record", ["{bad", "[]", "null", '{"dataset": 3}', "folder"])
+def test_broken_record_names_what_corr_can_do(tmp_path, capsys, record):
+    """corr has no --overwrite: its message for a broken record says what helps corr; a record
+    that is a folder is refused, not taken for no record."""
+    path = tmp_path / "pipal_x_l2.csv"
+    path.write_text("dis,ref,mos,pred\n" + "".join(ROWS))
+    if record == "folder":
+        (tmp_path / "pipal_x_l2.json").mkdir()
+    else:
+        (tmp_path / "pipal_x_l2.json").write_text(record)
+    with pytest.raises(SystemExit) as e:
+        calc_scores.main(["-f", str(path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "pipal_x_l2.json" in err, err
+    assert "correct or remove it" in err and "pass --overwrite to run.py to start" not in err
 
 
 

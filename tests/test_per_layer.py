@@ -188,3 +188,29 @@ def test_calc_scores_per_layer_leaves_out_a_nan_pair(tiny, tmp_path, capsys):
     got = json.loads(captured.out)
     for g in got:
         assert g["srcc"] == pytest.approx(stats.spearmanr(-per[f"block_{g['block']}"], per.mos)[0])
+
+
+def test_per_layer_name_of_another_runs_results_refused(tiny, tmp_path, capsys):
+    """`-s foo_layers` and `-s foo` share a name: foo's per-layer file (or a fresh foo, which
+    clears its per-layer file) would replace the other run's results file, in either order."""
+    root, out = _pipal(tmp_path), str(tmp_path / "r")
+    base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", out]
+    assert _run(tiny, *base, "-s", "foo_layers") == 0
+    kept = (tmp_path / "r" / "pipal_foo_layers.csv").read_bytes()
+    capsys.readouterr()
+    for extra in (["--per-layer"], []):
+        with pytest.raises(SystemExit) as e:
+            _run(tiny, *base, "-s", "foo", *extra)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "another run" in err, err
+    assert (tmp_path / "r" / "pipal_foo_layers.csv").read_bytes() == kept
+    assert not (tmp_path / "r" / "pipal_foo.csv").exists()
+    # the other order: foo first, then a run whose results file would be foo's per-layer file
+    other = str(tmp_path / "o")
+    assert _run(tiny, *base[:-1], other, "-s", "foo", "--per-layer") == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        _run(tiny, *base[:-1], other, "-s", "foo_layers", "--overwrite")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "per-layer file of" in err, err
+    assert list(pd.read_csv(tmp_path / "o" / "pipal_foo_layers.csv").columns)[:4] == ["dis", "ref", "mos", "block_1"]

@@ -144,7 +144,8 @@ def _unescape(cell):
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", cell)
 
 
-@pytest.mark.parametrize("name", ["<b>x</b>|y*z_w", "caf\u00e9 <1> & [link](http://x) ~~s~~ `c` \\"])
+@pytest.mark.parametrize("name", ["<b>x</b>|y*z_w", "caf\u00e9 <1> & [link](http://x) ~~s~~ `c` \\",
+                                  "a--b---c ,,d ``e'' 'f'"])
 def test_names_print_literally_in_markdown_and_latex(name):
     """A method's name is shown as written: in Markdown every markup character escaped (an HTML
     tag, emphasis or a link rendered by a previewer), in LaTeX no < > | (¡ ¿ — in its default
@@ -153,7 +154,9 @@ def test_names_print_literally_in_markdown_and_latex(name):
     assert _unescape(cell) == name
     assert not re.search(r"(?<!\\)[<>*_|`\[\]~&]", re.sub(r"\\.", "", cell))
     latex = tex(name)
-    assert not re.search(r"[<>|&_%$#~^]", re.sub(r"\\(text\w+\{\}|.)", "", latex))
+    bare = re.sub(r"\\(text\w+\{\}|.)", "", latex)
+    assert not re.search(r"[<>|&_%$#~^`']|--|,,", bare), latex  # no ligature (en dash, curly or low quote)
+    assert re.sub(r"\{\}", "", bare) == re.sub(r"[<>|&_%$#~^`'\\{}]", "", name)  # nothing else changed
 
 
 def test_latex_table_structure(made):

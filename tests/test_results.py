@@ -486,3 +486,58 @@ def test_rows_are_written_as_the_csv_writer_writes_them(values):
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n").writerow(values)
     assert results._csv_line(values) == (out.getvalue()[:-2] + "\n").encode("utf-8")
+
+
+@pytest.mark.parametrize("name", ["summary.csv", "summary_unlabelled.csv", "summary.old-2.csv"])
+def test_results_file_never_takes_a_summary_name(tmp_path, name):
+    with pytest.raises(UserError, match="summary"):
+        results.check_file_names([str(tmp_path / name)])
+    results.check_file_names([str(tmp_path / "summary_x.csv")])  # a dataset called summary is fine
+
+
+def test_summary_named_results_refused_before_work(tiny, tmp_path, capsys):
+    """A list called summary.csv with -s unlabelled would write its results over the label-free summary."""
+    target = minidata.make_csv(str(tmp_path / "d"))
+    os.replace(target, os.path.join(os.path.dirname(target), "summary.csv"))
+    _fails(capsys, tiny, ["-dat", "csv", "--csv", os.path.join(os.path.dirname(target), "summary.csv"),
+                          "-s", "unlabelled", "-d", "l2", "-sdir", str(tmp_path / "r")], "summary")
+    assert not (tmp_path / "r").exists()
+
+
+SLOW_SUMMARY = """
+import sys, time
+from zsiqa import results
+slow = results._replace
+results._replace = lambda path, data: (time.sleep(1.5), slow(path, data))[1]
+rows = [{"set": "A", "model": "m", "distance": sys.argv[2], "mean": 1}]
+results.append_summary(sys.argv[1], rows, "summary_unlabelled", results.UNLABELLED_FIELDS,
+                       key=results.UNLABELLED_KEY)
+"""
+
+
+def test_concurrent_summary_updates_keep_every_row(tmp_path):
+    """Two runs updating summary_unlabelled.csv at once (read, filter, rewrite): each waits for
+    the other, so no row is lost (unlocked, the slower rewrite dropped the other's row)."""
+    results.append_summary(str(tmp_path), [{"set": "A", "model": "m", "distance": "wsd", "mean": 1}],
+                           "summary_unlabelled", results.UNLABELLED_FIELDS, key=results.UNLABELLED_KEY)
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_SUMMARY)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), d], env=env, stderr=subprocess.PIPE)
+             for d in ("l2", "cos")]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    rows = list(csv.DictReader(open(tmp_path / "summary_unlabelled.csv")))
+    assert sorted(r["distance"] for r in rows) == ["cos", "l2", "wsd"]
+
+
+def test_summary_lock_held_too_long_is_one_line(tmp_path, monkeypatch):
+    """Another run holding the summary's lock past the wait: a UserError saying the rows were not added."""
+    import filelock
+    monkeypatch.setattr(results, "SUMMARY_WAIT_S", 0.2)
+    with filelock.FileLock(results.lock_path(str(tmp_path / "summary.csv"))):
+        with pytest.raises(UserError, match="summary rows were not added"):
+            results.append_summary(str(tmp_path), [{"dataset": "x"}])
+    assert not (tmp_path / "summary.csv").exists()
+    results.append_summary(str(tmp_path), [{"dataset": "x"}])  # released: the row goes in
+    assert [r["dataset"] for r in csv.DictReader(open(tmp_path / "summary.csv"))] == ["x"]

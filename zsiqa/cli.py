@@ -7,6 +7,8 @@ parsed and checked before anything heavy is imported: `--help` and a usage error
 torch. A UserError ends the command with one `error:` line and exit code 2; Ctrl-C with 130.
 """
 import argparse
+import contextlib
+import os
 import sys
 import time
 import warnings
@@ -64,6 +66,23 @@ def non_empty(text):
     """An argparse type for a path or name: an empty value (an unset shell variable) is refused."""
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty (an unset variable?)")
+    return text
+
+
+def figure_file(text):
+    """An argparse type for a figure's path: '.png' added to a name without an extension (as
+    matplotlib would, silently); a folder or a format matplotlib cannot write refused before any work."""
+    text = non_empty(text)
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name such as "
+                                         f"{os.path.join(text, 'plot.png')}")
+    ext = os.path.splitext(text)[1][1:].lower()
+    if not ext:
+        return text + ".png"
+    from matplotlib.backend_bases import FigureCanvasBase  # heavy: only when --plot is given
+    known = FigureCanvasBase.get_supported_filetypes()
+    if ext not in known:
+        raise argparse.ArgumentTypeError(f"cannot write a .{ext} figure; use one of {', '.join(sorted(known))}")
     return text
 
 
@@ -147,8 +166,9 @@ FLAGS = {
     "per_layer_file": (("--per-layer",), dict(metavar="FILE", type=non_empty,
                                               help="a per-layer file X_layers.csv: SRCC/PLCC per block")),
     "byref": (("--byref",), dict(action="store_true", help="average the coefficients over references")),
-    "plot": (("--plot",), dict(type=non_empty, help="write a scatter plot (PNG) with the fitted logistic curve "
-                                                    "(--per-layer: SRCC against the block)")),
+    "plot": (("--plot",), dict(type=figure_file, help="write a scatter plot (PNG unless named otherwise) with "
+                                                      "the fitted logistic curve (--per-layer: SRCC against "
+                                                      "the block)")),
     # the benchmark
     "size": (("--size",), dict(type=int_in(224, 4096, " (the window size)"), default=288,
                                help="side of the synthetic square images in px (default 288, as PIPAL)")),
@@ -287,21 +307,77 @@ def quiet_library_warnings():
 
 
 def run_command(name, argv, prog=None):
-    """Parse `argv` for command `name`, then import and run its code. Returns its exit code;
-    UserError → one `error:` line and exit 2; Ctrl-C → exit 130, with what was written kept."""
+    """Parse `argv` for command `name`, then import and run its code (`guarded`). Returns its exit code."""
     quiet_library_warnings()
-    try:
+
+    def call():
         args = build_parser(name, prog).parse_args(argv)
         args.started = time.perf_counter()  # what a command reports as its fixed cost is counted from here
         module, function = COMMANDS[name].run.split(":")
         __import__(module)
-        return getattr(sys.modules[module], function)(args) or 0
+        return getattr(sys.modules[module], function)(args)
+    return guarded(call)
+
+
+def guarded(call):
+    """call()'s exit code (None: 0) with the commands' endings: UserError → one `error:` line
+    and 2; Ctrl-C → 130, what was written kept; a reader that stopped early (`| head`) → quiet
+    exit 141, as a tool killed by SIGPIPE; standard output closed or unwritable (a full disk)
+    → one line and 2, never a traceback."""
+    try:
+        with _checked_stdout():
+            code = call() or 0
+            sys.stdout.flush()  # here, not at exit, so that a failed write is reported like any other
+        return code
     except UserError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: results computed so far are kept\n")
         return 130
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):  # the exit's own flush must not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+@contextlib.contextmanager
+def _checked_stdout():
+    """sys.stdout, writes failing with a UserError naming why (BrokenPipeError passes through)."""
+    real = sys.stdout
+    if real is None:
+        raise UserError("standard output is closed (>&-), so nothing could be printed; redirect it to a file "
+                        "or /dev/null instead")
+    sys.stdout = _Output(real)
+    try:
+        yield
+    finally:
+        sys.stdout = real
+
+
+class _Output:
+    """A text stream whose write/flush turn an OSError (ENOSPC, EIO, EBADF) into a UserError."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        return self._guard(self._stream.write, text)
+
+    def flush(self):
+        return self._guard(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    @staticmethod
+    def _guard(method, *args):
+        try:
+            return method(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise UserError(f"cannot write to standard output: {e.strerror or e}") from None
 
 
 def script(name, prog):
@@ -329,9 +405,9 @@ def main(argv=None):
         if argv and argv[0] not in ("-h", "--help"):
             sys.stderr.write(f"error: unknown command {argv[0]!r}: use one of {', '.join(COMMANDS)} (zsiqa --help)\n")
             sys.exit(2)
-        sys.stdout.write("usage: zsiqa {" + ",".join(COMMANDS) + "} ...  (zsiqa COMMAND --help for each)\n\n"
-                         + "".join(f"  {n:7} {first_sentence(c.doc)}\n" for n, c in COMMANDS.items()))
-        sys.exit(0)
+        usage = ("usage: zsiqa {" + ",".join(COMMANDS) + "} ...  (zsiqa COMMAND --help for each)\n\n"
+                 + "".join(f"  {n:7} {first_sentence(c.doc)}\n" for n, c in COMMANDS.items()))
+        sys.exit(guarded(lambda: print(usage, end="")))
     code = run_command(argv[0], argv[1:], prog=f"zsiqa {argv[0]}")
     if code:
         sys.exit(code)

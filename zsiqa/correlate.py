@@ -16,6 +16,8 @@ from zsiqa.errors import UserError
 from zsiqa.output import to_json
 from zsiqa.stats import agreement_sign, block_correlations, correlations, correlations_by_reference
 
+# what corr tells a user whose record is broken (it has no --overwrite of its own)
+CORR_FIX = "correct or remove it (corr then reads the file without a record), or rerun run.py with --overwrite"
 # prediction columns that are similarities (higher = better), negated as the published tables did
 SIMILARITY_METRICS = ("psnr", "ssim", "msssim", "ms_ssim", "fsim", "vif", "gmsd_sim")
 
@@ -73,7 +75,7 @@ def read_layers(path):
     if not os.path.isfile(path):
         raise UserError(f"per-layer file not found: {path}")
     results_file = path[: -len("_layers.csv")] + ".csv" if path.endswith("_layers.csv") else None
-    record = results.read_record(results_file) if results_file else None
+    record = results.read_record(results_file, CORR_FIX) if results_file else None
     header, rows = results.read_table(path)
     blocks = [c for c in header if re.fullmatch(r"block_\d+", c)]
     if "mos" not in header or not blocks:
@@ -114,7 +116,7 @@ def main(a):
         raise UserError("give a results file (-f X.csv) or a per-layer file (--per-layer X_layers.csv)")
     if a.per_layer:
         return per_layer_main(a)
-    frame, record = results.read_frame(a.file)
+    frame, record = results.read_frame(a.file, CORR_FIX)
     dataset, label_hb = label_direction(a, record)
     pred_hb = pred_direction(a, record)
     result = correlations_by_reference(frame, label_hb, pred_hb) if a.byref else correlations(frame.pred, frame.mos,

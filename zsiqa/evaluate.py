@@ -197,6 +197,7 @@ def results_files(args, plan, variants):
                 paths[((s, v), d)] = path
                 files[s][path] = (d, variant, not DISTANCES[d].lower_better)
     results.check_utf8(paths.values(), "results file", "choose another -sdir or -s")
+    results.check_file_names(paths.values())
     return paths, files
 
 

@@ -169,12 +169,16 @@ def _md_name(text):
 
 TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
-       ">": r"\textgreater{}", "|": r"\textbar{}"}  # < > | print as ¡ ¿ — in LaTeX's default font encoding
+       ">": r"\textgreater{}", "|": r"\textbar{}",  # < > | print as ¡ ¿ — in LaTeX's default font encoding
+       "`": r"\textasciigrave{}", "'": r"\textquotesingle{}"}  # ` and ' would print as curly quotes
+LIGATURES = "-,"  # -- and ---, ,, join into dashes and a low quote: a {} after the first keeps them apart
 
 
 def tex(text):
-    """Text as LaTeX typesets it literally (method names may hold _, &, %)."""
-    return "".join(TEX.get(ch, ch) for ch in str(text))
+    """Text as LaTeX typesets it literally (method names may hold _, &, %, --)."""
+    text = str(text)
+    return "".join(TEX.get(ch, ch) + ("{}" if ch in LIGATURES and text[i + 1:i + 2] == ch else "")
+                   for i, ch in enumerate(text))
 
 
 def latex(c):

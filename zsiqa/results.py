@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import filelock
 
-from zsiqa.errors import UserError, writing
+from zsiqa.errors import UserError, file_problem, writing
 
 HEADER = ["dis", "ref", "mos", "pred"]
 UNLABELLED_HEADER = ["dis", "ref", "pred"]  # a label-free set's files
@@ -152,19 +152,25 @@ def make_records(dataset, settings, files, images):
             for path, (d, (kind, pct), pred_hb) in files.items()}
 
 
-def read_record(path):
-    """The record beside results file `path`, or None when there is none."""
+def read_record(path, fix=None):
+    """The record beside results file `path`, or None when there is none. UserError when it is
+    not a readable record (a folder, a FIFO, broken JSON, a field of the wrong type), ending with
+    `fix` (default: run.py's --overwrite, which starts the file afresh)."""
     rec = record_path(path)
-    if not os.path.isfile(rec):
+    fix = fix or f"pass --overwrite to run.py to start {path} afresh"
+    problem = file_problem(rec)
+    if problem == "missing":
         return None
+    if problem:
+        raise UserError(f"the record {rec} is {problem}, not a file; {fix}")
     try:
         with open(rec, encoding="utf-8") as f:
             record = json.load(f)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read the record {rec}: {e}; pass --overwrite to start {path} afresh") from None
+        raise UserError(f"cannot read the record {rec}: {e}; {fix}") from None
     if not isinstance(record, dict):
-        raise UserError(f"{rec} is not a results record; pass --overwrite to start {path} afresh")
-    _check_types(rec, record, f"correct it, or pass --overwrite to run.py to start {path} afresh")
+        raise UserError(f"{rec} is not a results record; {fix}")
+    _check_types(rec, record, f"correct it, or {fix}")
     return record
 
 
@@ -342,14 +348,14 @@ def done_keys(rows):
     return {(dis, ref) for dis, ref, _, values in rows if all(map(math.isfinite, values))}
 
 
-def read_frame(path):
+def read_frame(path, fix=None):
     """A results file's rows as a DataFrame (dis, ref, mos, pred) and its record (or None):
     complete rows only when it has a record (run.py wrote it), all of a published file.
     UserError when missing, unreadable, lacking a column or holding a bad row (`read_table`,
-    `number_frame`)."""
+    `number_frame`), or when its record is broken (`read_record`, ending with `fix`)."""
     if not os.path.isfile(path):
         raise UserError(f"results file not found: {path}")
-    record = read_record(path)
+    record = read_record(path, fix)
     header, rows = read_table(path, whole=record is None)
     missing = [c for c in HEADER if c not in header]
     if header == UNLABELLED_HEADER:
@@ -620,6 +626,26 @@ def _same_file(f, path):
         return False
 
 
+SUMMARY_NAME = re.compile(r"summary(_unlabelled)?(\.old-\d+)?\.csv")
+
+
+def check_file_names(paths):
+    """UserError, before any work, for a results file whose name another file of the folder owns:
+    a summary's, or one whose per-layer name `X_layers.csv` is another run's results file (a
+    fresh X.csv would delete it), or that is itself the per-layer file of a results file."""
+    for path in paths:
+        name, lpath = os.path.basename(path), layers_path(path)
+        if SUMMARY_NAME.fullmatch(name):
+            raise UserError(f"results file {path} would take the name of a summary file; choose another -s")
+        if os.path.lexists(record_path(lpath)):
+            raise UserError(f"{lpath}, the per-layer file of {path}, is the results file of another run (its "
+                            f"record {os.path.basename(record_path(lpath))} is beside it); choose another -s or -sdir")
+        owner = path[: -len("_layers.csv")] + ".csv" if path.endswith("_layers.csv") else None
+        if owner and os.path.lexists(record_path(owner)):
+            raise UserError(f"{path} is the name of the per-layer file of {owner}, another run's results; "
+                            "choose another -s or -sdir")
+
+
 def layers_path(path):
     """`X_layers.csv` beside results file `X.csv`."""
     return os.path.splitext(path)[0] + "_layers.csv"
@@ -813,6 +839,34 @@ def append_summary(savedir, rows, name="summary", fields=SUMMARY_FIELDS, key=())
     key: the fields that name a row: earlier rows with the same values there (a repeated run with
     the same settings) are replaced, the file rewritten atomically; without it, rows are appended."""
     path = os.path.join(savedir, f"{name}.csv")
+    with _summary_lock(path):
+        _append_summary(path, savedir, name, rows, fields, key)
+
+
+SUMMARY_WAIT_S = 120  # how long a run waits for another run's summary update (milliseconds, normally)
+
+
+@contextlib.contextmanager
+def _summary_lock(path):
+    """Hold `lock_path(path)`, waiting for a concurrent run's update of the same summary file
+    (read, filter, rewrite: unlocked, two runs could each drop the other's rows)."""
+    name = lock_path(path)
+    lock = filelock.FileLock(name, timeout=SUMMARY_WAIT_S)
+    try:
+        lock.acquire()
+    except filelock.Timeout:  # an OSError too: caught first
+        raise UserError(f"{path} stayed locked by another run for {SUMMARY_WAIT_S} s; the results files are "
+                        "complete, and this run's summary rows were not added") from None
+    except OSError as e:
+        raise UserError(f"cannot lock {name}: {e.strerror or e}; the results files are complete") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _append_summary(path, savedir, name, rows, fields, key):
+    """append_summary's work, under the summary's lock."""
     header = None
     if os.path.isfile(path):
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
