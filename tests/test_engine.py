@@ -331,3 +331,15 @@ def test_api_misuse_is_one_clear_error(tiny, tmp_path):
                                   ({"swd_seed": -1}, one, "swd_seed")]:
         with pytest.raises(UserError, match=match):
             PerceptualLoss(name, "swd", weights=weights, device="cpu", **kwargs)(images, images)
+
+
+def test_a_variant_must_return_two_images(tiny, mixed_set):
+    """A caller's transform that returns something else is a TypeError naming the variant (it was an
+    AttributeError from deep in the loader), not a pair marked unreadable."""
+    name, weights = tiny
+    scorer = Scorer(name, "l2", **ON, weights=weights)
+    for bad in (lambda r, d: None, lambda r, d: (r,), lambda r, d: (r, np.asarray(d))):
+        with pytest.raises(TypeError, match="variant 0 .* must return"):
+            list(scorer.score_files(mixed_set[:2], variants=[bad]))
+    swap = list(scorer.score_files(mixed_set[:2], variants=[lambda r, d: (r, d)]))  # a good one still scores
+    assert sorted(i for (_, i), _ in swap) == [0, 1]

@@ -168,6 +168,17 @@ def test_clip_module_cast_to_bfloat16(checkpoint):
     assert criterion.to(torch.bfloat16)(dis, ref).item() == pytest.approx(want, rel=0.05)
 
 
+def test_clip_module_cast_to_double_runs_in_float64(checkpoint):
+    """.double() is float64 throughout, CLIP's float32 LayerNorms included (they cast float64
+    down, so finite differences of the loss were float32 noise and gradcheck failed)."""
+    criterion = PerceptualLoss("clip_vitb32", "l2", weights=checkpoint("clip_vitb32"), device="cpu").double()
+    dis, ref = (t.double() for t in _pair(8, noise=0.05))
+    direction = torch.randn(dis.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    step = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: criterion(dis + s * direction, ref), (step,), eps=1e-6, atol=1e-7,
+                                    rtol=1e-4)
+
+
 def test_train_mode_and_copy(tiny):
     criterion = PerceptualLoss(tiny[0], "l2", weights=tiny[1], device="cpu").train()
     assert criterion.training and not criterion.backbone.training

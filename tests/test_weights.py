@@ -305,3 +305,36 @@ def test_safetensors_read_by_content_and_paths_as_pathlib(tmp_path):
     assert list(got) == ["a"] and torch.equal(got["a"], sd["a"])
     b = models.BACKBONES["dinov1"]
     assert weights.resolve_weights(b, tmp_path / "named.pth") == str(tmp_path / "named.pth")
+
+
+def test_hub_download_failure_is_one_line(monkeypatch, capfd):
+    """huggingface_hub logs two lines per retry to stderr (its own handler); a failed download
+    must still end in our one line alone."""
+    import huggingface_hub
+    from huggingface_hub.utils import logging as hub_logging
+
+    def unreachable(repo, name):
+        log = hub_logging.get_logger("huggingface_hub.utils._http")
+        for wait in (1, 2):
+            log.warning("'[Errno -2] Name or service not known' thrown while requesting HEAD https://x")
+            log.warning(f"Retrying in {wait}s [Retry {wait}/5].")
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    monkeypatch.setattr(weights, "weight_candidates", lambda w: [])
+    for var in ("ZSIQA_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    level = hub_logging.get_logger("huggingface_hub").level
+    with pytest.raises(UserError, match="download failed"):
+        weights.resolve_weights(models.BACKBONES["dinov2"])
+    assert capfd.readouterr().err == ""
+    assert hub_logging.get_logger("huggingface_hub").level == level  # its verbosity given back
+
+
+def test_weights_path_as_bytes(tiny):
+    """A bytes path (os.fsencode) names the same file as its str: it was read as a corrupt file."""
+    from zsiqa import Scorer
+    dis, ref = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)), torch.zeros(1, 3, 224, 224)
+    want = Scorer(tiny[0], "l2", device="cpu", weights=tiny[1])(dis, ref)
+    got = Scorer(tiny[0], "l2", device="cpu", weights=os.fsencode(tiny[1]))(dis, ref)
+    assert torch.equal(got, want)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from PIL import Image
 
 from zsiqa.errors import UserError
 from zsiqa.images import open_image, pil_to_tensor, resize_square
@@ -94,14 +95,20 @@ class PairFiles(torch.utils.data.Dataset):
         return chunks[key]
 
     def _view(self, ref_im, dis_im, v):
+        """Variant v of a pair; TypeError (a caller's bug, not a bad image) unless it gives two images."""
         t = self.variants[v]
-        return t(ref_im, dis_im) if t is not None else (ref_im, dis_im)
+        if t is None:
+            return ref_im, dis_im
+        views = t(ref_im, dis_im)
+        if not (isinstance(views, tuple) and len(views) == 2 and all(isinstance(im, Image.Image) for im in views)):
+            raise TypeError(f"variant {v} ({getattr(t, '__name__', type(t).__name__)}) returned "
+                            f"{type(views).__name__}; a variant must return (ref, dis), two Pillow images")
+        return views
 
     def _ref_view(self, ref_im, v):
         """The reference as variant v sees it (a shift crops it), for a chunk whose distorted
         image failed: later chunks of the same reference rely on the first one's."""
-        t = self.variants[v]
-        return ref_im if ref_im is None or t is None else t(ref_im, ref_im)[0]
+        return ref_im if ref_im is None else self._view(ref_im, ref_im, v)[0]
 
     def __getitem__(self, k):
         ref_path, items = self.items[k]

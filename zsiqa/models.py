@@ -89,11 +89,13 @@ class Family:
 class Fp32LayerNorm(nn.LayerNorm):
     """The clip package's LayerNorm (computed in float32, output in the input's dtype), also when
     the module was cast to half or bfloat16: its own weights are taken in float32 too (a no-op
-    for the float32 weights of every published run)."""
+    for the float32 weights of every published run). A float64 input stays float64 (.double()
+    for gradient checks): float32 is the least precision, never a cap."""
 
     def forward(self, x):
-        w, b = (None if t is None else t.float() for t in (self.weight, self.bias))
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type(x.dtype)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        w, b = (None if t is None else t.to(dtype) for t in (self.weight, self.bias))
+        return F.layer_norm(x.to(dtype), self.normalized_shape, w, b, self.eps).type(x.dtype)
 
 
 def _fp32_layer_norms(module):

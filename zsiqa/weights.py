@@ -9,9 +9,11 @@ Key mapping: `check_keys`/`load_strict` give one-line misfit messages, `visual_o
 CLIP checkpoint's image tower, `hf_vit_to_timm` renames Hugging Face ViT keys to timm's.
 """
 import collections
+import contextlib
 import functools
 import hashlib
 import importlib
+import logging
 import os
 import pickle
 import re
@@ -46,7 +48,8 @@ class Weights:
         if self.url.startswith("hf:"):
             from huggingface_hub import hf_hub_download
             repo, _, name = self.url[3:].rpartition("/")
-            return hf_hub_download(repo, name)
+            with _quiet("huggingface_hub"):  # its retries log a pair of lines each; a failure is ours to say
+                return hf_hub_download(repo, name)
         url, sha = self.download_url()
         os.makedirs(os.path.dirname(target), exist_ok=True)
         torch.hub.download_url_to_file(url, target, hash_prefix=sha, progress=True)
@@ -64,6 +67,18 @@ class Weights:
         if not (self.url and self.url.startswith("clip:")):
             return None
         return clip_module("clip")._MODELS[self.url[5:]].split("/")[-2].lower()
+
+
+@contextlib.contextmanager
+def _quiet(logger):
+    """Only errors from `logger` (and its children) inside the block."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def clip_module(name):
@@ -149,7 +164,7 @@ def resolve_weights(backbone, explicit=None):
     found or downloaded under an official OpenAI name must have the published sha256."""
     w = backbone.weights
     if explicit is not None:
-        explicit = os.fspath(explicit)
+        explicit = os.fsdecode(explicit)  # str, bytes or a PathLike
         if not explicit.strip():
             raise UserError("the weights path is empty (an unset variable?); leave it out to use the usual lookup")
         return check_readable(explicit, "weights file")
