@@ -335,15 +335,19 @@ def guarded(call):
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: results computed so far are kept\n")
         return 130
-    except BrokenPipeError:
+    except _ReaderGone:
         with contextlib.suppress(OSError, ValueError):  # the exit's own flush must not fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
 
 
+class _ReaderGone(Exception):
+    """Standard output's reader closed the pipe (a BrokenPipeError elsewhere stays an error)."""
+
+
 @contextlib.contextmanager
 def _checked_stdout():
-    """sys.stdout, writes failing with a UserError naming why (BrokenPipeError passes through)."""
+    """sys.stdout, its failed writes raised as _ReaderGone (a closed pipe) or a UserError naming why."""
     real = sys.stdout
     if real is None:
         raise UserError("standard output is closed (>&-), so nothing could be printed; redirect it to a file "
@@ -356,7 +360,8 @@ def _checked_stdout():
 
 
 class _Output:
-    """A text stream whose write/flush turn an OSError (ENOSPC, EIO, EBADF) into a UserError."""
+    """A text stream whose write/flush turn a closed pipe into _ReaderGone and any other OSError
+    (ENOSPC, EIO, EBADF) into a UserError."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -375,7 +380,7 @@ class _Output:
         try:
             return method(*args)
         except BrokenPipeError:
-            raise
+            raise _ReaderGone() from None
         except OSError as e:
             raise UserError(f"cannot write to standard output: {e.strerror or e}") from None
 
