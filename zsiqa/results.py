@@ -850,15 +850,9 @@ SUMMARY_WAIT_S = 120  # how long a run waits for another run's summary update (m
 def _summary_lock(path):
     """Hold `lock_path(path)`, waiting for a concurrent run's update of the same summary file
     (read, filter, rewrite: unlocked, two runs could each drop the other's rows)."""
-    name = lock_path(path)
-    lock = filelock.FileLock(name, timeout=SUMMARY_WAIT_S)
-    try:
-        lock.acquire()
-    except filelock.Timeout:  # an OSError too: caught first
-        raise UserError(f"{path} stayed locked by another run for {SUMMARY_WAIT_S} s; the results files are "
-                        "complete, and this run's summary rows were not added") from None
-    except OSError as e:
-        raise UserError(f"cannot lock {name}: {e.strerror or e}; the results files are complete") from None
+    lock = _acquire(lock_path(path), SUMMARY_WAIT_S, "the results files are complete",
+                    lambda: f"{path} stayed locked by another run for {SUMMARY_WAIT_S} s; the results files are "
+                            "complete, and this run's summary rows were not added")
     try:
         yield
     finally:
@@ -948,19 +942,27 @@ def _holder(name):
         return "unknown"
 
 
+def _acquire(name, timeout, kept, busy):
+    """The filelock on file `name`, waiting up to `timeout` s; UserError `busy()` when another
+    process holds it that long, or why it cannot be taken, then `kept` (what is safe)."""
+    lock = filelock.FileLock(name, timeout=timeout)
+    try:
+        lock.acquire()
+    except filelock.Timeout:  # an OSError too: caught first
+        raise UserError(busy()) from None
+    except OSError as e:
+        raise UserError(f"cannot lock {name}: {e.strerror or e}; {kept}") from None
+    return lock
+
+
 def _lock_one(path):
     """Take the lock of one results file, or UserError naming the run that holds it."""
     name = lock_path(path)
     with writing(name, "nothing was written"):
         os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
-    lock = filelock.FileLock(name, timeout=0)
-    try:
-        lock.acquire()
-    except filelock.Timeout:  # an OSError too: caught first
-        raise UserError(f"{path} is being written by another run (pid {_holder(name)}); wait for it to finish "
-                        "or use another -sdir/-s") from None
-    except OSError as e:
-        raise UserError(f"cannot lock {name}: {e.strerror or e}; nothing was written") from None
+    lock = _acquire(name, 0, "nothing was written",
+                    lambda: f"{path} is being written by another run (pid {_holder(name)}); wait for it to finish "
+                            "or use another -sdir/-s")
     with contextlib.suppress(OSError), open(name, "r+b") as f:  # best effort: the pid only names the holder
         f.truncate(0)
         f.write(f"{os.getpid()}\n".encode())
