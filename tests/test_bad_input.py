@@ -175,28 +175,35 @@ def test_an_upper_bound_is_not_explained_by_the_window(capsys):
         assert said in capsys.readouterr().err
 
 
-def test_stdout_full_or_closed_is_one_line():
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_stdout_full_or_closed_is_one_line(unbuffered):
     """A full disk under stdout (/dev/full) or a closed stdout: one line and 2, not a traceback
-    (an OSError from print, or from the interpreter's flush at exit)."""
+    (an OSError from print, or from the interpreter's flush at exit, which buffered output
+    reaches only then: hence both PYTHONUNBUFFERED settings)."""
     if not os.path.exists("/dev/full"):  # Linux has it; the closed-stdout case below runs everywhere
         pytest.fail("this test needs /dev/full (Linux)")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONUNBUFFERED": unbuffered}
     with open("/dev/full", "w") as full:
-        for args in ([], ["score", "--help"], ["models"]):
+        for args in ([], ["--help"], ["score", "--help"], ["models"]):
             proc = subprocess.run([sys.executable, "-m", "zsiqa", *args], cwd=ROOT, stdout=full, stderr=subprocess.PIPE,
-                                  text=True, timeout=300)
+                                  text=True, timeout=300, env=env)
             assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
                 "error: cannot write to standard output: No space left on device"], (args, proc.stderr)
-    closed = subprocess.run(["sh", "-c", f'exec "{sys.executable}" -m zsiqa models >&-'], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    lines = closed.stderr.strip().splitlines()
-    assert closed.returncode == 2 and len(lines) == 1 and "standard output is closed" in lines[0], closed.stderr
+    for args, match in ((["models"], "standard output is closed"), (["eval", "--bogus"], "arguments are required")):
+        closed = subprocess.run(["sh", "-c", f'exec "{sys.executable}" -m zsiqa {" ".join(args)} >&-'], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300, env=env)
+        lines = closed.stderr.strip().splitlines()
+        assert closed.returncode == 2 and len(lines) == 1 and match in lines[0], closed.stderr
 
 
-def test_reader_that_stops_early_ends_quietly():
+@pytest.mark.parametrize("args", [["models", "--json"], ["eval", "--help"]])
+def test_reader_that_stops_early_ends_quietly(args):
     """`zsiqa models --json | head -c1`: the reader is gone before the table is written; the
-    command ends as a SIGPIPE'd tool would (141), without a BrokenPipeError traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "zsiqa", "models", "--json"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    command ends as a SIGPIPE'd tool would (141), without a BrokenPipeError traceback, also
+    when argparse prints --help and exits."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen([sys.executable, "-m", "zsiqa", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
     proc.stdout.close()  # before the command has imported its modules, let alone printed
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141 and err == "", err

@@ -341,5 +341,5 @@ def test_a_variant_must_return_two_images(tiny, mixed_set):
     for bad in (lambda r, d: None, lambda r, d: (r,), lambda r, d: (r, np.asarray(d))):
         with pytest.raises(TypeError, match="variant 0 .* must return"):
             list(scorer.score_files(mixed_set[:2], variants=[bad]))
-    swap = list(scorer.score_files(mixed_set[:2], variants=[lambda r, d: (r, d)]))  # a good one still scores
-    assert sorted(i for (_, i), _ in swap) == [0, 1]
+    for good in (lambda r, d: (r, d), lambda r, d: [r, d]):  # a tuple or a list of two images scores
+        assert sorted(i for (_, i), _ in scorer.score_files(mixed_set[:2], variants=[good])) == [0, 1]

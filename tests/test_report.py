@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
@@ -145,7 +146,7 @@ def _unescape(cell):
 
 
 @pytest.mark.parametrize("name", ["<b>x</b>|y*z_w", "caf\u00e9 <1> & [link](http://x) ~~s~~ `c` \\",
-                                  "a--b---c ,,d ``e'' 'f'"])
+                                  "a--b---c ,,d ``e'' 'f' \"g\""])
 def test_names_print_literally_in_markdown_and_latex(name):
     """A method's name is shown as written: in Markdown every markup character escaped (an HTML
     tag, emphasis or a link rendered by a previewer), in LaTeX no < > | (¡ ¿ — in its default
@@ -155,8 +156,8 @@ def test_names_print_literally_in_markdown_and_latex(name):
     assert not re.search(r"(?<!\\)[<>*_|`\[\]~&]", re.sub(r"\\.", "", cell))
     latex = tex(name)
     bare = re.sub(r"\\(text\w+\{\}|.)", "", latex)
-    assert not re.search(r"[<>|&_%$#~^`']|--|,,", bare), latex  # no ligature (en dash, curly or low quote)
-    assert re.sub(r"\{\}", "", bare) == re.sub(r"[<>|&_%$#~^`'\\{}]", "", name)  # nothing else changed
+    assert not re.search(r"[<>|&_%$#~^`'\"]|--|,,", bare), latex  # no ligature (en dash, curly or low quote)
+    assert re.sub(r"\{\}", "", bare) == re.sub(r"[<>|&_%$#~^`'\"\\{}]", "", name)  # nothing else changed
 
 
 def test_latex_table_structure(made):
@@ -353,3 +354,21 @@ def test_a_method_with_no_readable_output_is_ranked_last(tiny, tmp_path, capsys)
     assert rows[-1].startswith("| — | Z | 0 | — |")  # unranked, no images, no mean
     summary = {r["set"]: r for r in csv.DictReader(open(tmp_path / "r" / "summary_unlabelled.csv"))}
     assert summary["Z"]["n"] == "0" and summary["Z"]["n_skipped"] == "3" and summary["A"]["n"] == "3"
+
+
+def test_report_written_before_a_reader_stops(tiny_weights, tmp_path):
+    """`run.py ... --report DIR | head -1`: the report and every file exist before the first printed
+    line (the reader was gone before the tables; the report came after them and was lost)."""
+    from conftest import ROOT
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=3, sub=False)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # each line written at once: the first print meets the closed pipe
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "tiny_run.py"), tiny_weights, "-dat", "dirs",
+                             "--ref-dir", gt, "--dis-dir", outs[0], "--dis-dir", outs[1], "-m", "tiny_vit_test",
+                             "-d", "l2", "--device", "cpu", "--no-progress", "-sdir", str(tmp_path / "r"),
+                             "--report", str(tmp_path / "rep")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and "Traceback" not in err, err
+    assert {"report.html", "report.md", "table.tex", "scores.csv"} <= set(os.listdir(tmp_path / "rep"))
+    assert len(list(csv.DictReader(open(tmp_path / "r" / "summary_unlabelled.csv")))) == 2

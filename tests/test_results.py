@@ -525,10 +525,41 @@ def test_concurrent_summary_updates_keep_every_row(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), d], env=env, stderr=subprocess.PIPE)
              for d in ("l2", "cos")]
+    errs = []
     for p in procs:
-        assert p.wait(timeout=120) == 0, p.stderr.read()
+        assert p.wait(timeout=120) == 0
+        errs.append(p.stderr.read().decode())
     rows = list(csv.DictReader(open(tmp_path / "summary_unlabelled.csv")))
     assert sorted(r["distance"] for r in rows) == ["cos", "l2", "wsd"]
+    assert sum("waiting for another run to release" in e for e in errs) == 1, errs  # the second says why it waits
+
+
+def test_lock_files_follow_the_umask(tmp_path):
+    """Under umask 002 (a group sharing a results folder) the locks are group-writable like the
+    files beside them, so a colleague's run can take them (filelock 3 made them 0644)."""
+    old = os.umask(0o002)
+    try:
+        results.append_summary(str(tmp_path), [{"dataset": "x"}])
+        results.Lock([str(tmp_path / "x.csv")]).release()
+    finally:
+        os.umask(old)
+    for name in ("summary.csv", ".summary.csv.lock", ".x.csv.lock"):
+        assert oct(os.stat(tmp_path / name).st_mode & 0o777) == "0o664", name
+
+
+def test_record_that_is_a_folder_refused_before_overwrite(tiny, tmp_path, capsys):
+    """--overwrite removed the results file, then failed on a record that was a folder: both lost."""
+    root, out = _pipal(tmp_path), tmp_path / "r"
+    base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)]
+    assert _run(tiny, *base) == 0
+    kept = (out / f"pipal_{tiny[0]}_l2.csv").read_bytes()
+    (out / f"pipal_{tiny[0]}_l2.json").unlink()
+    (out / f"pipal_{tiny[0]}_l2.json").mkdir()
+    capsys.readouterr()
+    for extra in ([], ["--overwrite"]):
+        line = _fails(capsys, tiny, [*base, *extra], "is a folder")
+        assert "move it away" in line and "--overwrite" not in line
+    assert (out / f"pipal_{tiny[0]}_l2.csv").read_bytes() == kept
 
 
 def test_summary_lock_held_too_long_is_one_line(tmp_path, monkeypatch):

@@ -80,7 +80,7 @@ def figure_file(text):
     if not ext:
         return text + ".png"
     from matplotlib.backend_bases import FigureCanvasBase  # heavy: only when --plot is given
-    known = FigureCanvasBase.get_supported_filetypes()
+    known = set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"}  # pgf runs a LaTeX install
     if ext not in known:
         raise argparse.ArgumentTypeError(f"cannot write a .{ext} figure; use one of {', '.join(sorted(known))}")
     return text
@@ -323,35 +323,48 @@ def guarded(call):
     """call()'s exit code (None: 0) with the commands' endings: UserError → one `error:` line
     and 2; Ctrl-C → 130, what was written kept; a reader that stopped early (`| head`) → quiet
     exit 141, as a tool killed by SIGPIPE; standard output closed or unwritable (a full disk)
-    → one line and 2, never a traceback."""
+    → one line and 2, never a traceback (argparse's --help and usage exits included)."""
     try:
         with _checked_stdout():
-            code = call() or 0
-            sys.stdout.flush()  # here, not at exit, so that a failed write is reported like any other
+            try:
+                code = call() or 0
+            finally:  # here, not at exit, so that a failed write is reported like any other
+                if not isinstance(sys.exc_info()[1], (_OutputFailed, _ReaderGone)):
+                    sys.stdout.flush()
         return code
+    except (_OutputFailed, _ReaderGone) as e:
+        _drop_stdout()
+        if isinstance(e, _ReaderGone):
+            return 141
+        sys.stderr.write(f"error: {e}\n")
+        return 2
     except UserError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: results computed so far are kept\n")
         return 130
-    except _ReaderGone:
-        with contextlib.suppress(OSError, ValueError):  # the exit's own flush must not fail again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+
+
+def _drop_stdout():
+    """Point standard output at the null device: what is left in its buffer goes nowhere, and the
+    interpreter's flush at exit cannot fail again (on a stream without a file descriptor, a no-op)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class _ReaderGone(Exception):
     """Standard output's reader closed the pipe (a BrokenPipeError elsewhere stays an error)."""
 
 
+class _OutputFailed(UserError):
+    """Standard output cannot be written: closed, or on a full disk."""
+
+
 @contextlib.contextmanager
 def _checked_stdout():
-    """sys.stdout, its failed writes raised as _ReaderGone (a closed pipe) or a UserError naming why."""
+    """sys.stdout, its failed writes raised as _ReaderGone (a closed pipe) or _OutputFailed."""
     real = sys.stdout
-    if real is None:
-        raise UserError("standard output is closed (>&-), so nothing could be printed; redirect it to a file "
-                        "or /dev/null instead")
     sys.stdout = _Output(real)
     try:
         yield
@@ -361,16 +374,22 @@ def _checked_stdout():
 
 class _Output:
     """A text stream whose write/flush turn a closed pipe into _ReaderGone and any other OSError
-    (ENOSPC, EIO, EBADF) into a UserError."""
+    (ENOSPC, EIO, EBADF) into _OutputFailed. Over a closed stdout (None), printing anything fails
+    in the same way, when it is printed: an argument error before it still reads as one."""
 
     def __init__(self, stream):
         self._stream = stream
 
     def write(self, text):
+        if self._stream is None:
+            if text:
+                raise _OutputFailed("standard output is closed (>&-), so nothing could be printed; redirect it "
+                                    "to a file or /dev/null instead")
+            return 0
         return self._guard(self._stream.write, text)
 
     def flush(self):
-        return self._guard(self._stream.flush)
+        return None if self._stream is None else self._guard(self._stream.flush)
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
@@ -382,7 +401,7 @@ class _Output:
         except BrokenPipeError:
             raise _ReaderGone() from None
         except OSError as e:
-            raise UserError(f"cannot write to standard output: {e.strerror or e}") from None
+            raise _OutputFailed(f"cannot write to standard output: {e.strerror or e}") from None
 
 
 def script(name, prog):

@@ -561,9 +561,12 @@ def run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths):
         report(args, timed(args, scored, summarise(args, plan, records, paths, finished, scored, run)))
         return
     rows, scores = summarise_unlabelled(args, plan, records, paths, finished, scored, run)
-    report_unlabelled(args, timed(args, scored, rows))
+    written = []  # every file before the first printed line (a reader may stop early)
     if args.report or args.worst_maps:
-        worst_outputs(args, scorer, plan, variants, rows, scores, run)
+        written = worst_outputs(args, scorer, plan, variants, rows, scores, run)
+    report_unlabelled(args, timed(args, scored, rows))
+    if not args.json:
+        print("\n".join(written), end="\n" if written else "")
 
 
 def worst_pairs(plan, s, per_image, k, lower_better):
@@ -597,10 +600,12 @@ def map_folder(image):
 
 def worst_outputs(args, scorer, plan, variants, rows, scores, run):
     """--maps N and --report DIR: each method's worst pairs by the first distance, with their
-    maps (Scorer.maps), written as map files and as one report per robustness variant."""
+    maps (Scorer.maps), written as map files and as one report per robustness variant.
+    Returns a line per report written, for the caller to print."""
     primary, name = scorer.distances[0], args.saveas or args.model
     shown = next((d for d in scorer.distances if d in SPATIAL), primary)  # a map that varies within a window
     k = max(report_worst(args) if args.report else 0, args.worst_maps or 0)
+    written = []
     for v, variant in enumerate(variants):
         tag, worst = (f"_{variant[0]}-{variant[1]}" if variant[0] else ""), {}
         for s, ds in enumerate(plan.sets):
@@ -615,7 +620,8 @@ def worst_outputs(args, scorer, plan, variants, rows, scores, run):
                                      {x: scores[(v, x)][ds.name][image] for x in scorer.distances})
                 worst[ds.name].append(Worst(image, score, _rgb8(r), _rgb8(d), maps[shown]))
         if args.report:
-            write_variant_report(args, scorer, plan, variant, rows, scores, v, (worst, shown), run)
+            written.append(write_variant_report(args, scorer, plan, variant, rows, scores, v, (worst, shown), run))
+    return written
 
 
 def report_worst(args):
@@ -636,8 +642,8 @@ def report_paths(args, variants):
 
 
 def write_variant_report(args, scorer, plan, variant, rows, scores, v, worst, run):
-    """The report of one robustness variant (the clean run: --report DIR itself, or DIR/clean
-    beside DIR/<kind>-<pct> in a sweep)."""
+    """Write the report of one robustness variant (the clean run: --report DIR itself, or
+    DIR/clean beside DIR/<kind>-<pct> in a sweep); returns a line naming its files."""
     kind = variant[0] or "none"
     mine = [r for r in rows if (r["robustness"], r["pct"]) == (kind, variant[1] if variant[0] else 0)]
     tables = {d: [r for r in mine if r["distance"] == d] for d in scorer.distances}
@@ -652,5 +658,4 @@ def write_variant_report(args, scorer, plan, variant, rows, scores, v, worst, ru
                             {m: items[:report_worst(args)] for m, items in worst.items() if report_worst(args)}, about,
                             shown)
     paths = write_report(report_folder(args, variant), comparison)
-    if not args.json:
-        print(f"report: {paths[-1]} (with {', '.join(os.path.basename(p) for p in paths[:-1])})")
+    return f"report: {paths[-1]} (with {', '.join(os.path.basename(p) for p in paths[:-1])})"

@@ -95,12 +95,14 @@ class PairFiles(torch.utils.data.Dataset):
         return chunks[key]
 
     def _view(self, ref_im, dis_im, v):
-        """Variant v of a pair; TypeError (a caller's bug, not a bad image) unless it gives two images."""
+        """Variant v of a pair; TypeError (a caller's bug, not a bad image) unless it gives two
+        images (a tuple or a list)."""
         t = self.variants[v]
         if t is None:
             return ref_im, dis_im
         views = t(ref_im, dis_im)
-        if not (isinstance(views, tuple) and len(views) == 2 and all(isinstance(im, Image.Image) for im in views)):
+        if not (isinstance(views, (tuple, list)) and len(views) == 2
+                and all(isinstance(im, Image.Image) for im in views)):
             raise TypeError(f"variant {v} ({getattr(t, '__name__', type(t).__name__)}) returned "
                             f"{type(views).__name__}; a variant must return (ref, dis), two Pillow images")
         return views

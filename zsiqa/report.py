@@ -170,7 +170,8 @@ def _md_name(text):
 TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
        ">": r"\textgreater{}", "|": r"\textbar{}",  # < > | print as ¡ ¿ — in LaTeX's default font encoding
-       "`": r"\textasciigrave{}", "'": r"\textquotesingle{}"}  # ` and ' would print as curly quotes
+       "`": r"\textasciigrave{}", "'": r"\textquotesingle{}",  # ` ' " would print as curly quotes
+       '"': r"\textquotedbl{}"}  # (and " is a command under babel's German)
 LIGATURES = "-,"  # -- and ---, ,, join into dashes and a low quote: a {} after the first keeps them apart
 
 

@@ -158,11 +158,10 @@ def read_record(path, fix=None):
     `fix` (default: run.py's --overwrite, which starts the file afresh)."""
     rec = record_path(path)
     fix = fix or f"pass --overwrite to run.py to start {path} afresh"
-    problem = file_problem(rec)
-    if problem == "missing":
+    if (problem := _not_a_record(rec)) == "missing":
         return None
     if problem:
-        raise UserError(f"the record {rec} is {problem}, not a file; {fix}")
+        raise UserError(problem)
     try:
         with open(rec, encoding="utf-8") as f:
             record = json.load(f)
@@ -172,6 +171,15 @@ def read_record(path, fix=None):
         raise UserError(f"{rec} is not a results record; {fix}")
     _check_types(rec, record, f"correct it, or {fix}")
     return record
+
+
+def _not_a_record(rec):
+    """'missing' when there is no record at `rec`, a UserError's text when its place holds
+    something else than a file (no tool's record: to be moved away by hand, not overwritten), else None."""
+    problem = file_problem(rec)
+    if problem in (None, "missing"):
+        return problem
+    return f"the record {rec} is {problem}, not a file this tool wrote; move it away, then run again"
 
 
 def _check_types(rec, record, hint):
@@ -632,7 +640,8 @@ SUMMARY_NAME = re.compile(r"summary(_unlabelled)?(\.old-\d+)?\.csv")
 def check_file_names(paths):
     """UserError, before any work, for a results file whose name another file of the folder owns:
     a summary's, or one whose per-layer name `X_layers.csv` is another run's results file (a
-    fresh X.csv would delete it), or that is itself the per-layer file of a results file."""
+    fresh X.csv would delete it), or that is itself the per-layer file of a results file; or
+    whose record's place holds a folder or a special file."""
     for path in paths:
         name, lpath = os.path.basename(path), layers_path(path)
         if SUMMARY_NAME.fullmatch(name):
@@ -640,6 +649,8 @@ def check_file_names(paths):
         if os.path.lexists(record_path(lpath)):
             raise UserError(f"{lpath}, the per-layer file of {path}, is the results file of another run (its "
                             f"record {os.path.basename(record_path(lpath))} is beside it); choose another -s or -sdir")
+        if (problem := _not_a_record(record_path(path))) not in (None, "missing"):
+            raise UserError(problem)  # --overwrite would remove the results file, then fail on it
         owner = path[: -len("_layers.csv")] + ".csv" if path.endswith("_layers.csv") else None
         if owner and os.path.lexists(record_path(owner)):
             raise UserError(f"{path} is the name of the per-layer file of {owner}, another run's results; "
@@ -942,12 +953,26 @@ def _holder(name):
         return "unknown"
 
 
+def _file_mode():
+    """0666 less the umask: lock files as open to the user's group as the results beside them
+    (filelock 3 made them 0644 whatever the umask, so a group sharing a folder could not lock)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _acquire(name, timeout, kept, busy):
     """The filelock on file `name`, waiting up to `timeout` s; UserError `busy()` when another
     process holds it that long, or why it cannot be taken, then `kept` (what is safe)."""
-    lock = filelock.FileLock(name, timeout=timeout)
+    lock = filelock.FileLock(name, timeout=timeout, mode=_file_mode())
     try:
-        lock.acquire()
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            if not timeout:
+                raise
+            sys.stderr.write(f"waiting for another run to release {name} (up to {timeout} s)\n")
+            lock.acquire()
     except filelock.Timeout:  # an OSError too: caught first
         raise UserError(busy()) from None
     except OSError as e:
