@@ -4,7 +4,8 @@ scripts run_single_img.py, run.py, calc_scores.py and bench.py, which call the s
 Every flag is defined once, in FLAGS; a command lists the flags it takes (a benchmark may set
 another default), so one setting has one name and one check in every command. Arguments are
 parsed and checked before anything heavy is imported: `--help` and a usage error never load
-torch. A UserError ends the command with one `error:` line and exit code 2; Ctrl-C with 130.
+torch. A UserError ends the command with one `error:` line and exit code 2; Ctrl-C with 130;
+a reader that stopped early (`| head`) quietly with 141 (`guarded`).
 """
 import argparse
 import contextlib
