@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from zsiqa import results
 from zsiqa.distances import DISTANCES
 from zsiqa.errors import UserError
 from zsiqa.images import load_image
@@ -98,15 +99,13 @@ def run_vs_engine(row, model, pairs, rows, tolerance=1e-4):
     worst = 0.0
     index = {os.path.basename(dis): i for i, (dis, _) in enumerate(pairs)}
     for j, d in enumerate(row["distances"]):
-        with open(os.path.join(row["folder"], f"pipal_{model}_{d}.csv"), encoding="utf-8") as f:
-            lines = f.readlines()[1:]
-        if sorted(os.path.basename(line.split(",")[0]) for line in lines) != sorted(index):
-            raise UserError(f"--via-run: the eval command's {d} file holds {len(lines)} rows, not the {len(pairs)} "
+        frame, _ = results.read_frame(os.path.join(row["folder"], f"pipal_{model}_{d}.csv"))
+        names = [os.path.basename(dis) for dis in frame.dis]
+        if sorted(names) != sorted(index):
+            raise UserError(f"--via-run: the eval command's {d} file holds {len(frame)} rows, not the {len(pairs)} "
                             "pairs the engine scored")
-        for line in lines:
-            dis, _, _, pred = line.rstrip("\n").split(",")
-            want = rows[index[os.path.basename(dis)]][j]
-            worst = max(worst, abs(float(pred) - want) / max(abs(want), 1e-12))
+        want = np.array([rows[index[name]][j] for name in names])
+        worst = max(worst, float(np.max(np.abs(frame.pred.to_numpy() - want) / np.maximum(np.abs(want), 1e-12))))
     if worst > tolerance:
         raise UserError(f"--via-run: the eval command's scores differ from the engine's by up to {worst:.3g} "
                         "(relative): the two rates would not measure the same work")

@@ -333,13 +333,12 @@ def guarded(call):
                 if not isinstance(sys.exc_info()[1], (_OutputFailed, _ReaderGone)):
                     sys.stdout.flush()
         return code
-    except (_OutputFailed, _ReaderGone) as e:
+    except _ReaderGone:
         _drop_stdout()
-        if isinstance(e, _ReaderGone):
-            return 141
-        sys.stderr.write(f"error: {e}\n")
-        return 2
+        return 141
     except UserError as e:
+        if isinstance(e, _OutputFailed):
+            _drop_stdout()
         sys.stderr.write(f"error: {e}\n")
         return 2
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ from zsiqa import distributed, plots, results, robustness
 from zsiqa.datasets import load_dataset, load_dirs
 from zsiqa.distances import DISTANCES, parse_distances
 from zsiqa.errors import UserError
-from zsiqa.images import open_image, pair_problems, pil_to_tensor, resize_square, to_float
+from zsiqa.images import open_image, pair_problems, pil_to_tensor, to_float
 from zsiqa.maps import SPATIAL
 from zsiqa.models import get_backbone
 from zsiqa.output import to_json
@@ -566,7 +566,8 @@ def run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths):
         written = worst_outputs(args, scorer, plan, variants, rows, scores, run)
     report_unlabelled(args, timed(args, scored, rows))
     if not args.json:
-        print("\n".join(written), end="\n" if written else "")
+        for line in written:
+            print(line)
 
 
 def worst_pairs(plan, s, per_image, k, lower_better):
@@ -580,9 +581,7 @@ def worst_pairs(plan, s, per_image, k, lower_better):
 
 def pair_images(dataset, ref, dis, resize, variant):
     """A pair as the run scored it: decoded, resized (-r), transformed (-rob) → (ref, dis) images."""
-    r, d = open_image(dataset.ref_path(ref)), open_image(dataset.dis_path(dis))
-    if resize:
-        r, d = resize_square(r, resize), resize_square(d, resize)
+    r, d = open_image(dataset.ref_path(ref), resize), open_image(dataset.dis_path(dis), resize)
     return robustness.Transform(*variant)(r, d) if variant[0] else (r, d)
 
 

@@ -47,9 +47,10 @@ def as_rgb(im):
     return Image.fromarray(a / np.float32(top) if top != 1 else a)  # float32 H×W → 'F'
 
 
-def open_image(path):
-    """Open and fully decode an image file, converted by `as_rgb` to 'RGB' or (deep grey) 'F'.
-    Only regular files are opened (a FIFO would block forever). UserError if missing or unreadable."""
+def open_image(path, resize=None):
+    """Open and fully decode an image file, converted by `as_rgb` to 'RGB' or (deep grey) 'F',
+    then (resize=N) resized by `resize_square`. Only regular files are opened (a FIFO would
+    block forever). UserError if missing or unreadable."""
     path = check_readable(os.fspath(path), "image")
     try:
         with Image.open(path) as im:
@@ -58,9 +59,10 @@ def open_image(path):
     except Exception as e:  # whatever a decoder raises (truncated, not an image, too large, …)
         raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     try:
-        return as_rgb(im)
+        im = as_rgb(im)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
+    return resize_square(im, resize) if resize else im
 
 
 def header_size(path):
@@ -118,10 +120,7 @@ def to_float(x):
 def load_image(path, resize=None):
     """An image file as float32 RGB [3, H, W] in [0, 1], whatever its mode (L, LA, P, RGBA,
     I;16, CMYK, …). resize=N: then a bilinear N×N resize."""
-    im = open_image(path)
-    if resize:
-        im = resize_square(im, resize)
-    return to_float(pil_to_tensor(im))
+    return to_float(pil_to_tensor(open_image(path, resize)))
 
 
 def resize_square(im, size):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from zsiqa.errors import UserError
-from zsiqa.images import open_image, pil_to_tensor, resize_square
+from zsiqa.images import open_image, pil_to_tensor
 from zsiqa.windows import check_pair
 
 
@@ -85,8 +85,7 @@ class PairFiles(torch.utils.data.Dataset):
         return len(self.items)
 
     def _load(self, path):
-        im = open_image(path)
-        return resize_square(im, self.resize) if self.resize else im
+        return open_image(path, self.resize)
 
     def _chunk(self, chunks, key, k, ref_im):
         if key not in chunks:

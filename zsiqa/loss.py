@@ -152,4 +152,3 @@ class PerceptualLoss(nn.Module):
                              for a, b in zip(f_dis, f_ref, strict=True))
         per_pair = per_window.view(dis.shape[0], window_count(*dis.shape[-2:])).mean(1)
         return per_pair if self.reduction == "none" else getattr(per_pair, self.reduction)()
-

@@ -509,7 +509,7 @@ class FeatureExtractor(nn.Module):
             with torch.device("meta"):
                 skeleton = self.backbone.family.build()
             window = torch.empty(1, 3, 224, 224, device="meta")
-            feats = getattr(self.backbone.family, self.backbone.output)(skeleton, window)
+            feats = getattr(self.backbone.family, self.backbone.output)(skeleton, window)  # never the compiled one
             feats = feats if isinstance(feats, (list, tuple)) else [feats]
             self._probe = (group_sizes(feats), sum(f[0].numel() * 4 for f in feats))
         return self._probe

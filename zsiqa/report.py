@@ -60,7 +60,7 @@ def format_table(rows, lower_better=True):
                 lines.append(f"  {'—':>4} {r['set']:{width}} {r['n']:>6}  no pair scored")
                 continue
             best = is_best(r)
-            p = "best" if best else "—" if r.get("p_holm") is None else f"{r['p_holm']:.3g}"
+            p = _p_text(r, marked=False)
             wl = "" if best or r.get("wins") is None else f"{r['wins']}/{r['losses']}"
             lines.append(f"  {rank:>4} {r['set']:{width}} {r['n']:>6} {r['mean']:10.5g} {r['std']:10.4g} "
                          f"{r['median']:10.5g} [{r['ci95'][0]:10.5g}, {r['ci95'][1]:10.5g}] {p:>10} {wl:>12}")
@@ -120,12 +120,21 @@ def _g(x, digits=4):
     return "—" if x is None or x != x else f"{x:.{digits}g}"
 
 
+def _p_text(row, marked):
+    """A method's Holm p-value against the best: 'best' for the best, '—' without a test, else
+    three significant digits (marked: ' *' after it where significantly worse)."""
+    if is_best(row):
+        return "best"
+    if row.get("p_holm") is None:
+        return "—"
+    return f"{row['p_holm']:.3g}" + (" *" if marked and row.get("worse") else "")
+
+
 def _cells(row):
     """A method's row as text cells: n, mean, interval, Holm p (with its mark), median
     difference with interval, wins/losses; '—' where a value does not exist."""
     best = is_best(row)
-    p = "best" if best else "—" if row.get("p_holm") is None else \
-        f"{row['p_holm']:.3g}" + (" *" if row.get("worse") else "")
+    p = _p_text(row, marked=True)
     diff = "—" if row.get("median_diff") is None else \
         f"{row['median_diff']:+.4g} [{row['median_diff_ci95'][0]:+.4g}, {row['median_diff_ci95'][1]:+.4g}]"
     wl = "—" if row.get("wins") is None or best else f"{row['wins']} / {row['losses']}"
@@ -287,14 +296,14 @@ def heat(values, top, side=160):
 
 
 def _summary_html(c, d):
+    group = c.ranked(d)
     rows = "".join(
         f"<tr><td>{'—' if empty(r) else rank}</td><td class=name>"
         + (f"<b>{_e(r['set'])}</b>" if is_best(r) else _e(r["set"])) + "</td>"
         + "".join(f"<td>{_e(x)}</td>" for x in _cells(r)) + "</tr>"
-        for rank, r in enumerate(c.ranked(d), 1))
+        for rank, r in enumerate(group, 1))
     head = "<tr><th>rank</th><th class=name>method</th>" + "".join(f"<th>{_e(h)}</th>" for h in COLUMNS) + "</tr>"
     buffer = io.BytesIO()
-    group = c.ranked(d)
     plots.method_bars(group, buffer, f"mean {d} per method, 95% CI", marks=[significance_mark(r) for r in group])
     chart = data_uri(buffer.getvalue(), "image/png")
     return (f'<section id="d-{_e(d)}"><h2>{_e(d)} ({_e(direction(c.lower_better[d]))})</h2>'

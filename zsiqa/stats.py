@@ -105,11 +105,18 @@ def summarize(values, seed=0, n_boot=2000):
     n = len(x)
     if n == 0:
         return {"n": 0, "mean": NAN, "std": NAN, "median": NAN, "ci95": [NAN] * 2}
-    rng = np.random.default_rng(seed)
-    means = np.concatenate([x[rng.integers(0, n, (min(200, n_boot - s), n))].mean(1) for s in range(0, n_boot, 200)])
-    lo, hi = np.percentile(means, [2.5, 97.5])
     return {"n": n, "mean": float(x.mean()), "std": float(x.std(ddof=1)) if n > 1 else 0.0,
-            "median": float(np.median(x)), "ci95": [float(lo), float(hi)]}
+            "median": float(np.median(x)), "ci95": _bootstrap_ci(x, np.mean, seed, n_boot)}
+
+
+def _bootstrap_ci(x, statistic, seed, n_boot):
+    """The 95 % percentile bootstrap interval of `statistic` (np.mean, np.median: taking axis=1)
+    over n_boot resamples of the values x, drawn 200 at a time from a seeded generator."""
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([statistic(x[rng.integers(0, len(x), (min(200, n_boot - s), len(x)))], axis=1)
+                             for s in range(0, n_boot, 200)])
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return [float(lo), float(hi)]
 
 
 def paired_tests(per_set, lower_better=True):
@@ -166,11 +173,7 @@ def median_difference(a, b, seed=0, n_boot=2000):
     d = np.asarray(a, float) - np.asarray(b, float)
     if not len(d):
         return NAN, [NAN, NAN]
-    rng = np.random.default_rng(seed)
-    meds = np.concatenate([np.median(d[rng.integers(0, len(d), (min(200, n_boot - s), len(d)))], axis=1)
-                           for s in range(0, n_boot, 200)])
-    lo, hi = np.percentile(meds, [2.5, 97.5])
-    return float(np.median(d)), [float(lo), float(hi)]
+    return float(np.median(d)), _bootstrap_ci(d, np.median, seed, n_boot)
 
 
 def compare_methods(per_set, lower_better=True, alpha=0.05, seed=0):
