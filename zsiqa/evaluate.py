@@ -26,7 +26,7 @@ from zsiqa.images import open_image, pair_problems, pil_to_tensor, to_float
 from zsiqa.maps import SPATIAL
 from zsiqa.models import get_backbone
 from zsiqa.output import to_json
-from zsiqa.report import REPORT_FILES, Comparison, Worst, format_table, ranked, significance_mark, write_report
+from zsiqa.report import REPORT_FILES, Comparison, Worst, format_table, ranked, shown, significance_mark, write_report
 from zsiqa.scorer import Scorer
 from zsiqa.stats import compare_methods, correlations
 
@@ -435,10 +435,11 @@ def summarise(args, plan, records, paths, finished, scored, run):
 
 def summarise_unlabelled(args, plan, records, paths, finished, scored, run):
     """One row per set, variant and distance of label-free results files: the statistics of its
-    scores and, among ≥2 sets, the paired test against the best set on the references both
-    scored, Holm-corrected, with the median paired difference (stats.compare_methods). Rows
-    replace those of an earlier run with the same settings in summary_unlabelled.csv; one bar
-    chart per variant and distance, marked where a set is significantly worse than the best.
+    scores and, among ≥2 sets, the ranking and the paired test against the best set on the
+    references every ranked set scored, Holm-corrected, with the median paired difference and a
+    verdict (stats.compare_methods). Rows replace those of an earlier run with the same settings
+    in summary_unlabelled.csv; one bar chart per variant and distance (means over those
+    references), marked with each set's verdict (report.significance_mark).
 
     Returns:
         (rows, {(variant, distance): {set: {reference: score}}})."""
@@ -457,6 +458,7 @@ def summarise_unlabelled(args, plan, records, paths, finished, scored, run):
     for key, row in zip(keys, rows):
         stat = tables[key][row["set"]]
         row.update(stat, ci95_low=stat["ci95"][0], ci95_high=stat["ci95"][1],
+                   ci95_shared_low=stat["ci95_shared"][0], ci95_shared_high=stat["ci95_shared"][1],
                    median_diff_ci95_low=(stat["median_diff_ci95"] or [None])[0],
                    median_diff_ci95_high=(stat["median_diff_ci95"] or [None, None])[1])
     results.append_summary(args.savedir, rows, "summary_unlabelled", results.UNLABELLED_FIELDS,
@@ -466,7 +468,7 @@ def summarise_unlabelled(args, plan, records, paths, finished, scored, run):
         suffix = f"_{group[0]['robustness']}-{group[0]['pct']}" if group[0]["robustness"] != "none" else ""
         chart = os.path.join(args.savedir, f"{args.saveas or args.model}_{key[1]}{suffix}_{sets_tag(plan)}.png")
         title = f"{args.saveas or args.model}, {key[1]}{suffix.replace('_', ', ')}: mean per set, 95% CI"
-        plots.method_bars(group, chart, title, marks=[significance_mark(r) for r in group])
+        plots.method_bars([shown(r) for r in group], chart, title, marks=[significance_mark(r) for r in group])
         for row in group:
             row["chart"] = chart
     return rows, scores

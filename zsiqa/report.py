@@ -29,42 +29,99 @@ def is_best(row):
     return row.get("vs") in (None, row["set"]) and not empty(row)
 
 
+def unranked(row):
+    """A method not ranked with the others: no scored pair, or no image shared with them."""
+    return empty(row) or row.get("verdict") == "no test"
+
+
+def shown(row):
+    """The statistics a table shows for a method (n, mean, std, median, ci95): over the images every
+    ranked method has (what ranks them), or for a method outside the ranking over its own."""
+    if unranked(row) or "mean_shared" not in row:
+        return row
+    return {**row, **{k: row[f"{k}_shared"] for k in ("n", "mean", "std", "median", "ci95")}}
+
+
 def ranked(rows, lower_better=True):
-    """Rows of one distance best first; sets without a scored pair (mean NaN) last."""
-    return sorted(rows, key=lambda r: (empty(r), 0.0 if empty(r) else (r["mean"] if lower_better else -r["mean"])))
+    """Rows of one distance best first, by their mean over the images every ranked method has;
+    then those sharing no image with them, then sets without a scored pair."""
+    def key(r):
+        mean = shown(r)["mean"]
+        return empty(r), unranked(r), not is_best(r), 0.0 if empty(r) else (mean if lower_better else -mean)
+    return sorted(rows, key=key)
+
+
+def _count(n, word):
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def ranking_note(rows):
+    """One sentence for a table: which statistic ranks the methods, over which images, and which
+    methods are left out of the ranking (counted, not named: names are escaped per format)."""
+    members = [r for r in rows if not unranked(r)]
+    if not members:
+        return "No method has a scored pair."
+    outside = sum(1 for r in rows if unranked(r) and not empty(r))
+    ranked_ = " ranked" if outside else ""
+    images = _count(shown(members[0])["n"], "image")
+    text = ("Mean over its " + images if len(members) == 1 else
+            f"Ranked by the mean over the {images} " + (f"both{ranked_} methods" if len(members) == 2 else
+                                                         f"all {len(members)}{ranked_} methods") + " have")
+    if any(r.get("n_left_out") for r in members):
+        text += "; images only some methods have are left out of the ranking and the tests (counted under left out)"
+    if outside:
+        text += (f"; {_count(outside, 'method')} sharing no image with " + ("it" if len(members) == 1 else "them")
+                 + " listed last, unranked and untested (" + ("its" if outside == 1 else "their") + " own mean shown)")
+    return text + "."
+
+
+MARKS = {"best": "best", "worse": "*", "better": "better*", "mixed": "mixed", "n too small": "n too small",
+         "n.s.": "n.s.", "no test": "—", "no pairs": "no pairs"}
 
 
 def significance_mark(row):
-    """A set's mark beside its mean: 'best', '*' where significantly worse than the best (Holm-
-    corrected paired Wilcoxon, p < 0.05), 'n.s.' where not, '—' for a set sharing no image with
-    the best (no test), 'no pairs' for a set without scores."""
+    """A set's mark beside its mean (stats.verdict): 'best', '*' where significantly worse than the
+    best, 'better*' where significantly better than it on the shared images (Holm-corrected paired
+    Wilcoxon, p < 0.05, on that side), 'mixed' where significant but the signed ranks and the median
+    difference disagree on the side, 'n too small' where no outcome could reach p < 0.05, 'n.s.'
+    where not significant, '—' for a set sharing no image with the ranked ones (no test), 'no
+    pairs' for a set without scores."""
     if empty(row):
         return "no pairs"
-    if is_best(row):
-        return "best"
-    return "*" if row.get("worse") else "n.s." if row.get("p_holm") is not None else "—"
+    return MARKS[row.get("verdict") or ("best" if is_best(row) else "no test")]
+
+
+def _rank_text(rank, row):
+    return "—" if unranked(row) else str(rank)
 
 
 def format_table(rows, lower_better=True):
-    """Rows (set, distance, n, mean, std, median, ci95, vs_best...) as a ranked text table;
-    names printed whole; a set with no scored pair ranked last and marked."""
+    """Rows (set, distance, n, mean, std, median, ci95, vs_best...) as a ranked text table with a
+    line saying what ranks; names printed whole; a set with no scored pair ranked last and marked."""
     lines = []
     for distance in dict.fromkeys(r["distance"] for r in rows):
         group = ranked([r for r in rows if r["distance"] == distance], lower_better)
         width = max(20, *(len(r["set"]) for r in group))
+        left = any(r.get("n_left_out") for r in group)
+        p_width = max(10, *(len(_p_text(r)) for r in group))
         lines.append(f"{distance} ({'lower' if lower_better else 'higher'} = more alike to the reference)")
-        lines.append(f"  {'rank':>4} {'set':{width}} {'n':>6} {'mean':>10} {'std':>10} {'median':>10} "
-                     f"{'95% CI of mean':>23} {'p (Holm)':>10} {'wins/losses':>12}")
-        for rank, r in enumerate(group, 1):
-            if empty(r):
-                lines.append(f"  {'—':>4} {r['set']:{width}} {r['n']:>6}  no pair scored")
-                continue
-            best = is_best(r)
-            p = _p_text(r, marked=False)
-            wl = "" if best or r.get("wins") is None else f"{r['wins']}/{r['losses']}"
-            lines.append(f"  {rank:>4} {r['set']:{width}} {r['n']:>6} {r['mean']:10.5g} {r['std']:10.4g} "
-                         f"{r['median']:10.5g} [{r['ci95'][0]:10.5g}, {r['ci95'][1]:10.5g}] {p:>10} {wl:>12}")
+        lines.append(f"  {'rank':>4} {'set':{width}} {'n':>6}" + (f" {'left out':>8}" if left else "")
+                     + f" {'mean':>10} {'std':>10} {'median':>10} {'95% CI of mean':>23} {'p (Holm)':>{p_width}} "
+                       f"{'better/worse than best':>22}")
+        lines += [_text_row(rank, r, width, p_width, left) for rank, r in enumerate(group, 1)]
+        lines.append(f"  {ranking_note(group)}")
     return "\n".join(lines)
+
+
+def _text_row(rank, row, width, p_width, left):
+    """One method's line of format_table."""
+    s = shown(row)
+    out = f" {row.get('n_left_out', 0):>8}" if left else ""
+    if empty(row):
+        return f"  {'—':>4} {row['set']:{width}} {row['n']:>6}{out}  no pair scored"
+    wl = "" if is_best(row) or row.get("wins") is None else f"{row['wins']}/{row['losses']}"
+    return (f"  {_rank_text(rank, row):>4} {row['set']:{width}} {s['n']:>6}{out} {s['mean']:10.5g} {s['std']:10.4g} "
+            f"{s['median']:10.5g} [{s['ci95'][0]:10.5g}, {s['ci95'][1]:10.5g}] {_p_text(row):>{p_width}} {wl:>22}")
 
 
 # ---------------------------------------------------------------- the report files (--report DIR)
@@ -120,32 +177,57 @@ def _g(x, digits=4):
     return "—" if x is None or x != x else f"{x:.{digits}g}"
 
 
-def _p_text(row, marked):
+SUFFIX = {"worse": " *", "better": " better*", "mixed": " mixed"}
+
+
+def _p_text(row):
     """A method's Holm p-value against the best: 'best' for the best, '—' without a test, else
-    three significant digits (marked: ' *' after it where significantly worse)."""
+    three significant digits with its mark (stats.verdict): ' *' significantly worse, ' better*'
+    significantly better, ' mixed', or '(n too small: min p = …)' where no outcome of these pairs
+    could reach the level; bare where not significant."""
     if is_best(row):
         return "best"
     if row.get("p_holm") is None:
         return "—"
-    return f"{row['p_holm']:.3g}" + (" *" if marked and row.get("worse") else "")
+    if row.get("verdict") == "n too small":
+        return f"{row['p_holm']:.3g} (n too small: min p = {row['p_holm_min']:.3g})"
+    return f"{row['p_holm']:.3g}" + SUFFIX.get(row.get("verdict"), "")
 
 
-def _cells(row):
-    """A method's row as text cells: n, mean, interval, Holm p (with its mark), median
-    difference with interval, wins/losses; '—' where a value does not exist."""
-    best = is_best(row)
-    p = _p_text(row, marked=True)
+def _cells(row, left=False):
+    """A method's row as text cells: n, mean, interval (over the shared images: `shown`), Holm p
+    (with its mark), median difference with interval, images better / worse than the best, and
+    with `left` the images left out; '—' where a value does not exist."""
+    s = shown(row)
     diff = "—" if row.get("median_diff") is None else \
         f"{row['median_diff']:+.4g} [{row['median_diff_ci95'][0]:+.4g}, {row['median_diff_ci95'][1]:+.4g}]"
-    wl = "—" if row.get("wins") is None or best else f"{row['wins']} / {row['losses']}"
-    return [str(row["n"]), _g(row["mean"]), f"[{_g(row['ci95'][0])}, {_g(row['ci95'][1])}]", p, diff, wl]
+    wl = "—" if row.get("wins") is None or is_best(row) else f"{row['wins']} / {row['losses']}"
+    cells = [str(s["n"]), _g(s["mean"]), f"[{_g(s['ci95'][0])}, {_g(s['ci95'][1])}]", _p_text(row), diff, wl]
+    return cells + [str(row.get("n_left_out", 0))] if left else cells
 
 
-COLUMNS = ["n", "mean", "95% CI", "p (Holm) vs best", "median difference vs best [95% CI]", "wins / losses"]
-NOTE = ("p: the paired Wilcoxon signed-rank test of a method against the best one (by mean) on the images both "
-        "have, Holm-corrected over the methods tested; * p < 0.05. The interval of a mean and of the median "
-        "difference (a method's score minus the best's, per image) are 95 % bootstrap intervals over images "
-        "(2,000 resamples, seeded).")
+def any_left_out(rows):
+    """Whether a table needs the 'left out' column (some method has images the others lack)."""
+    return any(r.get("n_left_out") for r in rows)
+
+
+COLUMNS = ["n", "mean", "95% CI", "p (Holm) vs best", "median difference vs best [95% CI]",
+           "images better / worse than best"]
+LEFT_OUT = "left out"
+NOTE = ("Ranking and tests use the images every ranked method has. p: the paired Wilcoxon signed-rank test "
+        "(two-sided) of a method against the best one (the lowest mean, or highest where higher is more alike) on "
+        "those images, Holm-corrected over the methods tested. * significantly worse than the best (p < 0.05, the "
+        "signed ranks on the worse side); better*: significantly better than the best on the paired test, though "
+        "the best's mean ranks it first (a few images weigh on its mean); mixed: p < 0.05 but the signed ranks and "
+        "the median difference lean different ways; n too small: with so few images no outcome could reach "
+        "p < 0.05 after Holm's correction (min p: the smallest it could be). Images better / worse than best: on "
+        "how many of the shared images this method's score is better / worse than the best's. The interval of a "
+        "mean and of the median difference (a method's score minus the best's, per image) are 95 % bootstrap "
+        "intervals over images (2,000 resamples, seeded).")
+
+
+def _title(c):
+    return f"ZS-IQA comparison of {_count(len(c.scores[c.primary]), 'method')}"
 
 
 def direction(lower_better):
@@ -154,14 +236,16 @@ def direction(lower_better):
 
 def markdown(c):
     """The comparison as Markdown: per distance a table of methods, best first."""
-    out = [f"# ZS-IQA comparison of {len(c.scores[c.primary])} methods", "", c.about, ""]
+    out = [f"# {_title(c)}", "", c.about, ""]
     for d in c.tables:
-        out += [f"## {d} ({direction(c.lower_better[d])})", "", "| rank | method | " + " | ".join(COLUMNS) + " |",
-                "|---:|---|" + "---:|" * 3 + "---:|---|---:|"]
-        for rank, row in enumerate(c.ranked(d), 1):
+        group, left = c.ranked(d), any_left_out(c.tables[d])
+        out += [f"## {d} ({direction(c.lower_better[d])})", "", ranking_note(group), "",
+                "| rank | method | " + " | ".join(COLUMNS + [LEFT_OUT] * left) + " |",
+                "|---:|---|" + "---:|" * 3 + "---:|---|---:|" + "---:|" * left]
+        for rank, row in enumerate(group, 1):
             name = _md_name(row["set"])
-            out.append(f"| {'—' if empty(row) else rank} | {f'**{name}**' if is_best(row) else name} | "
-                       + " | ".join(_md(x) for x in _cells(row)) + " |")
+            out.append(f"| {_rank_text(rank, row)} | {f'**{name}**' if is_best(row) else name} | "
+                       + " | ".join(_md(x) for x in _cells(row, left)) + " |")
         out += [""]
     return "\n".join(out + [NOTE, ""])
 
@@ -193,32 +277,37 @@ def tex(text):
 
 def latex(c):
     """The comparison as booktabs tables ready for \\input: one table per distance, best in bold,
-    methods not significantly worse than the best marked with a dagger."""
+    methods not significantly different from the best marked with a dagger, the caption saying
+    what ranks them."""
     out = []
     for d in c.tables:
         arrow = r"$\downarrow$" if c.lower_better[d] else r"$\uparrow$"
+        group, left = c.ranked(d), any_left_out(c.tables[d])
         out += [f"% ZS-IQA comparison, {d}: {direction(c.lower_better[d])}. {c.about}",
                 r"\begin{table}[t]", r"  \centering",
-                rf"  \caption{{{tex(d)} ({direction(c.lower_better[d])}): mean over images with its 95\,\% "
-                r"bootstrap interval, Holm-corrected $p$ of the paired Wilcoxon test against the best method and "
-                r"the median paired difference to it. Best in bold; $^\dagger$ not significantly worse than the "
-                r"best ($p \geq 0.05$).}",
+                rf"  \caption{{{tex(d)} ({direction(c.lower_better[d])}). {tex(ranking_note(group))} Mean with its "
+                r"95\,\% bootstrap interval, Holm-corrected $p$ of the paired Wilcoxon test (two-sided) against the "
+                r"best method and the median paired difference to it. Best in bold; $^{*}$ significantly worse "
+                r"than the best, better$^{*}$ significantly better than it on the paired test ($p < 0.05$); "
+                r"$^\dagger$ not significantly different from the best ($p \geq 0.05$).}",
                 rf"  \label{{tab:zsiqa-{re.sub(r'[^A-Za-z0-9]+', '-', d)}}}",
-                r"  \begin{tabular}{rlrrlrl}", r"    \toprule",
+                r"  \begin{tabular}{rlrrlrl" + "r" * left + "}", r"    \toprule",
                 rf"    Rank & Method & $n$ & Mean {arrow} & 95\,\% CI & $p_\mathrm{{Holm}}$ & "
-                r"$\Delta$ median [95\,\% CI] \\", r"    \midrule"]
-        out += [_tex_row(rank, row) for rank, row in enumerate(c.ranked(d), 1)]
+                r"$\Delta$ median [95\,\% CI]" + " & Left out" * left + r" \\", r"    \midrule"]
+        out += [_tex_row(rank, row, left) for rank, row in enumerate(group, 1)]
         out += [r"    \bottomrule", r"  \end{tabular}", r"\end{table}", ""]
     return "\n".join(out)
 
 
-def _tex_row(rank, row):
-    n, mean, ci, p, diff, _ = _cells(row)
+def _tex_row(rank, row, left=False):
+    n, mean, ci, p, diff, _, *rest = _cells(row, left)
     best = is_best(row)
-    name = tex(row["set"]) + (r"$^\dagger$" if row.get("p_holm") is not None and not row.get("worse") else "")
-    cells = ["--" if empty(row) else str(rank), rf"\textbf{{{name}}}" if best else name, n,
-             rf"\textbf{{{mean}}}" if best else mean.replace("—", "--"), ci.replace("—", "--"),
-             "--" if p in ("best", "—") else tex(p).replace(" *", "$^{*}$"), tex(diff).replace("—", "--")]
+    tied = row.get("verdict") in ("n.s.", "n too small")  # not significantly different from the best
+    name = tex(row["set"]) + (r"$^\dagger$" if tied else "")
+    p = "--" if p in ("best", "—") else tex(p).replace(" better*", r" better$^{*}$").replace(" *", "$^{*}$")
+    cells = ["--" if unranked(row) else str(rank), rf"\textbf{{{name}}}" if best else name, n,
+             rf"\textbf{{{mean}}}" if best else mean.replace("—", "--"), ci.replace("—", "--"), p,
+             tex(diff).replace("—", "--"), *rest]
     return "    " + " & ".join(cells) + r" \\"
 
 
@@ -296,17 +385,20 @@ def heat(values, top, side=160):
 
 
 def _summary_html(c, d):
-    group = c.ranked(d)
+    group, left = c.ranked(d), any_left_out(c.tables[d])
     rows = "".join(
-        f"<tr><td>{'—' if empty(r) else rank}</td><td class=name>"
+        f"<tr><td>{_rank_text(rank, r)}</td><td class=name>"
         + (f"<b>{_e(r['set'])}</b>" if is_best(r) else _e(r["set"])) + "</td>"
-        + "".join(f"<td>{_e(x)}</td>" for x in _cells(r)) + "</tr>"
+        + "".join(f"<td>{_e(x)}</td>" for x in _cells(r, left)) + "</tr>"
         for rank, r in enumerate(group, 1))
-    head = "<tr><th>rank</th><th class=name>method</th>" + "".join(f"<th>{_e(h)}</th>" for h in COLUMNS) + "</tr>"
+    head = "<tr><th>rank</th><th class=name>method</th>" + "".join(
+        f"<th>{_e(h)}</th>" for h in COLUMNS + [LEFT_OUT] * left) + "</tr>"
     buffer = io.BytesIO()
-    plots.method_bars(group, buffer, f"mean {d} per method, 95% CI", marks=[significance_mark(r) for r in group])
+    plots.method_bars([shown(r) for r in group], buffer, f"mean {d} per method, 95% CI",
+                      marks=[significance_mark(r) for r in group])
     chart = data_uri(buffer.getvalue(), "image/png")
     return (f'<section id="d-{_e(d)}"><h2>{_e(d)} ({_e(direction(c.lower_better[d]))})</h2>'
+            f'<p class=note>{_e(ranking_note(group))}</p>'
             f'<table class="summary"><thead>{head}</thead><tbody>{rows}</tbody></table>'
             f'<img alt="bar chart of the mean {_e(d)} per method" src="{chart}"></section>')
 
@@ -347,5 +439,5 @@ def page(c):
     body = "".join(_summary_html(c, d) for d in c.tables) + _per_image_html(c) + (_worst_html(c) if c.worst else "")
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ZS-IQA comparison</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
-            f'<body><h1>ZS-IQA comparison of {len(c.scores[c.primary])} methods</h1><p class=about>{_e(c.about)}</p>'
+            f'<body><h1>{_e(_title(c))}</h1><p class=about>{_e(c.about)}</p>'
             f'{body}<p class=note>{_e(NOTE)}</p><script>{SCRIPT}</script></body></html>\n')

@@ -58,7 +58,9 @@ SUMMARY_FIELDS = ["dataset", "model", "distance", "robustness", "pct", "n", "n_s
                   "swd_seed", "layers", "weights", "labels_sha256", "file", "time", "run_id"]
 UNLABELLED_FIELDS = ["set", "model", "distance", "robustness", "pct", "n", "n_skipped", "mean", "std", "median",
                      "ci95_low", "ci95_high", "lower_better", "vs", "n_common", "p_value", "p_holm", "median_diff",
-                     "median_diff_ci95_low", "median_diff_ci95_high", "wins", "losses", "pairs_per_s", "precision",
+                     "median_diff_ci95_low", "median_diff_ci95_high", "wins", "losses", "n_shared", "n_left_out",
+                     "mean_shared", "std_shared", "median_shared", "ci95_shared_low", "ci95_shared_high",
+                     "p_holm_min", "verdict", "pairs_per_s", "precision",
                      "device", "model_norm", "resize", "swd_seed", "layers", "limit", "weights", "ref_dir", "dis_dir",
                      "methods", "file", "time", "run_id"]
 # what names a label-free summary row: a repeated run with these values replaces its earlier rows

@@ -119,33 +119,80 @@ def _bootstrap_ci(x, statistic, seed, n_boot):
     return [float(lo), float(hi)]
 
 
+def shared_images(per_set):
+    """The methods ranked together and the images they all have: ranking and tests use only
+    these, so that an image some method lacks (a hard one, say) cannot make it look better.
+
+    Args:
+        per_set: {method: {image: score}}.
+
+    Returns:
+        (members, images): the methods with a finite mean, taken in order of their image count
+        (most first, ties in the order given), each joining unless it shares no image with those
+        before it (it is left out of the ranking, untested); and the sorted images every member
+        has. ([], []) when no method has a score.
+    """
+    scored = [k for k, v in per_set.items() if v and np.isfinite(np.mean(list(v.values())))]
+    members, common = [], None
+    for name in sorted(scored, key=lambda k: -len(per_set[k])):
+        have = set(per_set[name]) if common is None else common & set(per_set[name])
+        if have:
+            members, common = members + [name], have
+    return members, sorted(common or [])
+
+
+def signed_rank_test(a, b, lower_better=True):
+    """The paired Wilcoxon signed-rank test of scores a against b (the best's), and its side.
+
+    Args:
+        a, b: paired scores (arrays of one length ≥ 1). lower_better: the distance's direction.
+
+    Returns:
+        (p, p_min, side): the two-sided p-value (scipy; 1 when every pair is tied); the smallest
+        p-value the test can give for pairs of these sizes (every difference of one sign: 2/2^n
+        for n nonzero differences when exact); 'worse' or 'better' where the signed ranks of a's
+        differences lean that way (the one-sided alternative with the smaller p: the two-sided p
+        is twice its p), None where they balance.
+    """
+    diff = (a - b) if lower_better else (b - a)  # > 0: a is worse than b
+    if not np.any(diff):
+        return 1.0, 1.0, None
+    nonzero = diff[diff != 0]
+    ranks = stats.rankdata(np.abs(nonzero))
+    lean = ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()
+    side = "worse" if lean > 0 else "better" if lean < 0 else None
+    return float(stats.wilcoxon(a, b).pvalue), float(stats.wilcoxon(np.abs(diff)).pvalue), side
+
+
 def paired_tests(per_set, lower_better=True):
-    """Each method against the best one (by mean) on the images both scored.
+    """Each method against the best one on the images every ranked method has (`shared_images`).
 
     Args:
         per_set: {set name: {image key: score}}.
         lower_better: the distance's direction (all distances here: True).
 
     Returns:
-        {set name: {"vs": best name (None when no set has a score), "n_common", "p_value"
-        (Wilcoxon signed-rank, two-sided; None for the best itself and where no image is
-        shared: no statistic from zero pairs), "wins", "losses" (images where this set is
-        better / worse than the best; None without a shared image)}}.
+        {set name: {"vs": the best (by mean over those images; None when no set has a score),
+        "n_common": the images tested (0 for a set outside the ranking), "p_value" (Wilcoxon
+        signed-rank, two-sided; None for the best itself and where no image is shared: no
+        statistic from zero pairs), "p_min" and "side" (`signed_rank_test`; None untested),
+        "wins", "losses" (images where this set is better / worse than the best; None without a
+        shared image)}}.
     """
-    means = {k: float(np.mean(list(v.values()))) for k, v in per_set.items() if v}
-    means = {k: m for k, m in means.items() if np.isfinite(m)}
-    best = (min if lower_better else max)(means, key=means.get) if means else None
+    members, keys = shared_images(per_set)
+    sign = 1.0 if lower_better else -1.0
+    means = {k: sign * float(np.mean([per_set[k][i] for i in keys])) for k in members}
+    best = min((k for k in per_set if k in means), key=means.get) if means else None
     out = {}
     for name, scores in per_set.items():
-        keys = sorted(set(scores) & set(per_set[best])) if best is not None else []
-        a = np.array([scores[k] for k in keys])
-        b = np.array([per_set[best][k] for k in keys])
-        diff = (a - b) if lower_better else (b - a)  # > 0: worse than the best
-        tested = name != best and len(keys) > 0
-        p = (1.0 if not np.any(diff) else float(stats.wilcoxon(a, b).pvalue)) if tested else None
-        out[name] = {"vs": best, "n_common": len(keys), "p_value": p,
-                     "wins": int((diff < 0).sum()) if keys else None,
-                     "losses": int((diff > 0).sum()) if keys else None}
+        shared = keys if name in members else []
+        a = np.array([scores[k] for k in shared], float)
+        b = np.array([per_set[best][k] for k in shared], float)
+        p, p_min, side = signed_rank_test(a, b, lower_better) if name != best and shared else (None, None, None)
+        diff = sign * (a - b)  # > 0: worse than the best
+        out[name] = {"vs": best, "n_common": len(shared), "p_value": p, "p_min": p_min, "side": side,
+                     "wins": int((diff < 0).sum()) if shared else None,
+                     "losses": int((diff > 0).sum()) if shared else None}
     return out
 
 
@@ -176,30 +223,76 @@ def median_difference(a, b, seed=0, n_boot=2000):
     return float(np.median(d)), _bootstrap_ci(d, np.median, seed, n_boot)
 
 
+def verdict(test, p_holm, p_holm_min, median_diff, lower_better=True, alpha=0.05):
+    """What a method's comparison with the best says, in one word.
+
+    Args:
+        test: its `paired_tests` entry plus "set" and "n". p_holm, p_holm_min: its Holm-corrected
+            p-value and the smallest one the tests made could give (Holm over their p_min).
+        median_diff: its median paired difference to the best. alpha: the level.
+
+    Returns:
+        'no pairs' (no score), 'best', 'no test' (no image shared with the ranked methods),
+        'worse' / 'better' (p_holm < alpha and the signed ranks lean that way, the median paired
+        difference not the other way), 'mixed' (p_holm < alpha but the median difference points
+        the other way: many small differences one way, a few large ones the other), 'n too small'
+        (p_holm_min ≥ alpha: no outcome of these pairs could be significant) or 'n.s.'.
+    """
+    if not test["n"]:
+        return "no pairs"
+    if test["vs"] == test["set"]:
+        return "best"
+    if p_holm is None:
+        return "no test"
+    if p_holm >= alpha:
+        return "n too small" if p_holm_min >= alpha else "n.s."
+    lean = median_diff if lower_better else -median_diff  # > 0: worse than the best
+    if test["side"] == "worse" and lean >= 0:
+        return "worse"
+    return "better" if test["side"] == "better" and lean <= 0 else "mixed"
+
+
 def compare_methods(per_set, lower_better=True, alpha=0.05, seed=0):
     """Everything a comparison table reports, per method, for one distance.
 
     Args:
         per_set: {method: {image: score}}. lower_better: the distance's direction.
-        alpha: the level at which a Holm-corrected p-value counts as significantly worse.
+        alpha: the level of the Holm-corrected p-values.
         seed: of the bootstrap intervals.
 
     Returns:
-        {method: summarize()'s n, mean, std, median, ci95; paired_tests()' vs, n_common,
-        p_value, wins, losses; plus p_holm (Holm over the methods tested against the best),
-        worse (True where p_holm < alpha), median_diff and median_diff_ci95 (this method's
-        scores minus the best's, on the images both have; None for the best and without
-        shared images)}.
+        {method: summarize()'s n, mean, std, median, ci95 (over all its images); the same over the
+        images every ranked method has (`shared_images`: what ranks), n_shared, mean_shared,
+        std_shared, median_shared, ci95_shared, and n_left_out (its images outside them);
+        paired_tests()' vs, n_common, p_value, p_min, side, wins, losses; p_holm (Holm over the
+        methods tested against the best) and p_holm_min (the smallest p_holm these pairs could
+        give); median_diff and median_diff_ci95 (this method's scores minus the best's, on the
+        shared images; None for the best and without shared images); verdict (`verdict`), worse
+        and better (the verdict is 'worse' / 'better')}.
     """
-    rows = {name: summarize(list(scores.values()), seed=seed) for name, scores in per_set.items()}
+    members, keys = shared_images(per_set)
     tests = paired_tests(per_set, lower_better)
     names = list(per_set)
     adjusted = dict(zip(names, holm([tests[n]["p_value"] for n in names])))
+    floors = dict(zip(names, holm([tests[n]["p_min"] for n in names])))
+    rows = {}
     for name in names:
+        rows[name] = row = _summaries(per_set[name], keys if name in members else [], seed)
         best = tests[name]["vs"]
-        keys = sorted(set(per_set[name]) & set(per_set[best])) if best not in (None, name) else []
+        tested = tests[name]["p_value"] is not None
         diff, ci = median_difference([per_set[name][k] for k in keys], [per_set[best][k] for k in keys], seed) \
-            if keys else (None, None)
-        rows[name].update(tests[name], p_holm=adjusted[name], median_diff=diff, median_diff_ci95=ci,
-                          worse=adjusted[name] is not None and adjusted[name] < alpha)
+            if tested else (None, None)
+        row.update(tests[name], p_holm=adjusted[name], p_holm_min=floors[name], median_diff=diff,
+                   median_diff_ci95=ci)
+        row["verdict"] = verdict({**tests[name], "set": name, "n": row["n"]}, adjusted[name], floors[name], diff,
+                                 lower_better, alpha)
+        row.update(worse=row["verdict"] == "worse", better=row["verdict"] == "better")
     return rows
+
+
+def _summaries(scores, keys, seed):
+    """summarize() of all a method's scores, and of those on `keys` (suffixed _shared)."""
+    own = summarize(list(scores.values()), seed=seed)
+    shared = own if len(keys) == own["n"] else summarize([scores[k] for k in keys], seed=seed)
+    return {**own, **{f"{k}_shared": shared[k] for k in ("n", "mean", "std", "median", "ci95")},
+            "n_left_out": own["n"] - shared["n"]}
