@@ -92,6 +92,16 @@ def test_a_method_better_on_the_pairs_is_never_marked_worse():
     assert res["P"]["side"] == "better" and res["P"]["verdict"] == "better"
     assert res["P"]["better"] and not res["P"]["worse"]
     assert (res["P"]["wins"], res["P"]["losses"]) == (15, 1) and res["P"]["median_diff"] < 0
+    mirrored = zstats.compare_methods({m: {k: -v for k, v in s.items()} for m, s in per_set.items()}, False)
+    assert {m: r["verdict"] for m, r in mirrored.items()} == {"P": "better", "Q": "best"}  # higher = more alike
+    assert mirrored["P"]["p_value"] == res["P"]["p_value"] and mirrored["P"]["wins"] == 15
+
+
+def test_identical_outputs_are_not_significant_rather_than_too_few():
+    """Every pair tied: p = 1, not significant; 'n too small' would blame the 20 images."""
+    same = {"A": dict(enumerate(np.linspace(0, 1, 20)))}
+    res = zstats.compare_methods({**same, "B": dict(same["A"])})["B"]
+    assert res["p_value"] == 1.0 and res["verdict"] == "n.s." and res["p_holm_min"] == pytest.approx(2 / 2 ** 20)
 
 
 def test_the_mark_is_better_in_every_format():
@@ -202,7 +212,7 @@ def test_sides_p_values_and_holm_against_scipy():
         assert row["worse"] == (adjusted[m] < 0.05 and greater[m] < less[m])
         assert row["side"] == ("better" if less[m] < greater[m] else "worse")
         assert row["better"] == (adjusted[m] < 0.05 and less[m] < greater[m])
-        assert row["p_holm_min"] == pytest.approx(len(others) * 2 / 2 ** 25)
+        assert row["p_holm_min"] == pytest.approx(len(others) * 2 / 2 ** 25) and row["p_holm"] >= row["p_holm_min"]
     assert res["C"]["verdict"] == "better" and res["B"]["verdict"] == res["E"]["verdict"] == "worse"
 
 

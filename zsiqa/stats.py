@@ -150,13 +150,14 @@ def signed_rank_test(a, b, lower_better=True):
     Returns:
         (p, p_min, side): the two-sided p-value (scipy; 1 when every pair is tied); the smallest
         p-value the test can give for pairs of these sizes (every difference of one sign: 2/2^n
-        for n nonzero differences when exact); 'worse' or 'better' where the signed ranks of a's
+        for n nonzero differences when exact; when every pair is tied, for n pairs that differ);
+        'worse' or 'better' where the signed ranks of a's
         differences lean that way (the one-sided alternative with the smaller p: the two-sided p
         is twice its p), None where they balance.
     """
     diff = (a - b) if lower_better else (b - a)  # > 0: a is worse than b
-    if not np.any(diff):
-        return 1.0, 1.0, None
+    if not np.any(diff):  # every pair tied: no evidence either way, though n pairs that differ could give some
+        return 1.0, float(stats.wilcoxon(np.arange(1.0, len(diff) + 1)).pvalue), None
     nonzero = diff[diff != 0]
     ranks = stats.rankdata(np.abs(nonzero))
     lean = ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()
