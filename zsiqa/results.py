@@ -244,7 +244,7 @@ def save_stamps(savedir, stamps):
     if not os.path.isfile(path):
         with writing(path, "nothing was written"):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        _replace(path, data)
+        write_atomic(path, data)
     return digest
 
 
@@ -336,7 +336,7 @@ def read_done(path, columns=PRED):
     scores them again)."""
     if not os.path.isfile(path):
         return {}
-    rows = csv.reader(io.StringIO(complete_text(path), newline=""))
+    rows = _cells(csv.reader(io.StringIO(complete_text(path), newline="")))
     header = next(rows, None)
     if header is None:
         return {}
@@ -409,7 +409,7 @@ def read_table(path, whole=False):
             raise UserError(f"{path} is empty: no header")
         if len(set(header)) < len(header):
             raise UserError(f"{path} has a column name twice in its header {','.join(header)[:80]!r}")
-        for row in reader:
+        for row in _cells(reader):
             if row == header:
                 raise UserError(f"{path} line {line}: the header again (two files joined?); keep one header")
             if row and len(row) != len(header):
@@ -496,17 +496,38 @@ def _csv_line(values):
     """One CSV row as UTF-8 bytes ending in a newline; every file this module writes is made of
     these. A field holding \\r or \\n (a file name may), a quote or a comma is quoted, so the row
     reads back whole: the csv writer quotes only its own line terminator's characters, so it is
-    given \\r\\n and the row's end put back to \\n."""
-    texts = [v if isinstance(v, str) else "" if v is None else str(v) for v in values]
+    given \\r\\n and the row's end put back to \\n. Text a spreadsheet would evaluate gets a
+    quote first (`to_cell`); numbers are written as they are."""
+    texts = [to_cell(v) if isinstance(v, str) else "" if v is None else str(v) for v in values]
     joined = ",".join(texts)
     if all(texts) and joined.count(",") == len(texts) - 1 and not _NEEDS_QUOTES.search(joined):
         return (joined + "\n").encode("utf-8")  # what the csv writer gives, without it (most rows: 10× faster)
     out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow(values)
+    csv.writer(out, lineterminator="\r\n").writerow(texts)
     return (out.getvalue()[:-2] + "\n").encode("utf-8")
 
 
 _NEEDS_QUOTES = re.compile(r'["\r\n]')
+FORMULA_START = "=+-@\t\r"  # a cell starting so is a formula to a spreadsheet (OWASP's CSV injection)
+TMP_NAME_MAX = 200  # bytes of a file's name kept in its temporary file's name (NAME_MAX is 255)
+
+
+def to_cell(text):
+    """Text as a CSV cell a spreadsheet shows as text: a name starting with = + - @, a tab or a
+    carriage return (a formula to Excel, LibreOffice, Google Sheets) gets a single quote in front,
+    as does one starting with a quote, so that `from_cell` gives every name back exactly."""
+    return "'" + text if text and text[0] in FORMULA_START + "'" else text
+
+
+def from_cell(text):
+    """The text `to_cell` was given: one leading quote removed where `to_cell` put it (a quote
+    followed by = + - @, a tab, a carriage return or another quote); any other cell as it is."""
+    return text[1:] if len(text) > 1 and text[0] == "'" and text[1] in FORMULA_START + "'" else text
+
+
+def _cells(reader):
+    """The rows of a csv.reader with each cell `from_cell`'d."""
+    return ([from_cell(c) for c in row] for row in reader)
 
 
 def _csv_text(rows):
@@ -514,11 +535,14 @@ def _csv_text(rows):
     return b"".join(_csv_line(row) for row in rows)
 
 
-def _replace(path, data):
-    """Write `path` atomically: a temporary file beside it (created with mode 0666 less the
-    umask, as any new file), then a rename over it."""
+def write_atomic(path, data):
+    """Write bytes to `path` atomically: a temporary file beside it (created with mode 0666 less the
+    umask, as any new file), then a rename over it. A symlink at `path` is replaced, never followed,
+    and an interruption leaves the old file or the new one, never a part of it. Every file of a
+    run is written so (reports, charts and maps too). UserError (`writing`) when it cannot be."""
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+    tmp = os.path.join(folder, f".{name if len(os.fsencode(name)) <= TMP_NAME_MAX else 'zsiqa'}."
+                               f"{secrets.token_hex(4)}.tmp")
     with writing(path):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         try:
@@ -624,7 +648,7 @@ class RowWriter:
     def _write_over(self, key):
         """A file truncated under the run holds some of this run's rows without a header: it gets
         the header and all of them (what the truncation removed of earlier runs is scored again)."""
-        _replace(self.paths[key], _csv_line(self.columns[key].header) + bytes(self.written[key]))
+        write_atomic(self.paths[key], _csv_line(self.columns[key].header) + bytes(self.written[key]))
         self.replaced.append(self.paths[key])
 
 
@@ -693,7 +717,7 @@ def finish(path, labels, order, blocks=(), drop=()):
     in_order = dict.fromkeys(order)
     keys = [k for k in order if k in done] + [k for k in done if k in labels and k not in in_order]
     rows = [(dis, ref, labels[(dis, ref)], done[(dis, ref)][1]) for dis, ref in keys]
-    _replace(path, _csv_text([columns.header, *(columns.row(*row) for row in rows)]))
+    write_atomic(path, _csv_text([columns.header, *(columns.row(*row) for row in rows)]))
     for part in _parts(path):
         os.remove(part)
     return rows[: sum(k in done for k in order)]
@@ -781,7 +805,7 @@ def _prepare_one(path, record, dataset, overwrite, layer, notes):
     existed = exists(path)
     data = (json.dumps(record, indent=1) + "\n").encode("utf-8")
     if not existed:  # the record first: a results file never exists without one
-        _replace(record_path(path), data)
+        write_atomic(record_path(path), data)
     old = read_record(path) if existed else None
     drop, names = changed_pairs(os.path.dirname(path), old, record["images"], stamps, set(labels)) if existed \
         else (set(), [])
@@ -795,7 +819,7 @@ def _prepare_one(path, record, dataset, overwrite, layer, notes):
     if layer or (drop and blocks):
         held[lpath] = done_keys(finish(lpath, labels, order, blocks, drop))
     if existed:  # rows relabelled and cleared first, then the record says what they are
-        _replace(record_path(path), data)
+        write_atomic(record_path(path), data)
     return held if layer else {path: held[path]}
 
 
@@ -822,6 +846,47 @@ def check_resumable(path, record):
 
 # ---------------------------------------------------------------- the folder
 
+def check_lengths(paths, what, hint):
+    """Refuse, before any work, an output path the file system cannot hold: a name (one path
+    component, or the temporary name it is written under) over NAME_MAX bytes (255 on most
+    file systems) or the whole absolute path over PATH_MAX (4096 on Linux). `what` names the
+    path in the one line, `hint` says what to do."""
+    limits = {}
+    for path in paths:
+        full = os.path.abspath(path)
+        folder = os.path.dirname(full)
+        if folder not in limits:
+            limits[folder] = _limits(folder)
+        name_max, path_max = limits[folder]
+        parts = [os.fsencode(p) for p in full.split(os.sep)]
+        longest = max(parts, key=len)
+        if len(longest) > name_max:
+            raise UserError(f"{what} {_short(path)}: the name {_short(os.fsdecode(longest))} is {len(longest)} bytes "
+                            f"long, more than the file system's {name_max}; {hint}")
+        if len(os.fsencode(full)) >= path_max:
+            raise UserError(f"{what} {_short(path)}: the path is {len(os.fsencode(full))} bytes long, more than the "
+                            f"file system's {path_max - 1}; {hint}")
+
+
+def _limits(folder):
+    """(NAME_MAX, PATH_MAX) where `folder` is (or would be made), from its nearest existing
+    folder; 255 and 4096 where the system does not say."""
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    got = []
+    for key, default in (("PC_NAME_MAX", 255), ("PC_PATH_MAX", 4096)):
+        try:
+            got.append(os.pathconf(folder, key) or default)
+        except (AttributeError, OSError, ValueError):
+            got.append(default)
+    return tuple(got)
+
+
+def _short(text, n=60):
+    """A long name cut for a message: its first `n` characters and an ellipsis, as repr."""
+    return repr(text if len(text) <= n else text[:n] + "…")
+
+
 def check_writable(folder):
     """Refuse, before any work, a results folder that cannot be written: a file in its
     place, a read-only or forbidden folder. Creates nothing (the folder is made later)."""
@@ -839,7 +904,7 @@ def check_writable(folder):
 
 def write_table(path, fields, rows):
     """Write rows (dicts; other keys ignored) under the header `fields`, atomically. Returns path."""
-    _replace(path, _csv_text([fields, *([row.get(k, "") for k in fields] for row in rows)]))
+    write_atomic(path, _csv_text([fields, *([row.get(k, "") for k in fields] for row in rows)]))
     return path
 
 
@@ -863,9 +928,9 @@ SUMMARY_WAIT_S = 120  # how long a run waits for another run's summary update (m
 def _summary_lock(path):
     """Hold `lock_path(path)`, waiting for a concurrent run's update of the same summary file
     (read, filter, rewrite: unlocked, two runs could each drop the other's rows)."""
-    lock = _acquire(lock_path(path), SUMMARY_WAIT_S, "the results files are complete",
-                    lambda: f"{path} stayed locked by another run for {SUMMARY_WAIT_S} s; the results files are "
-                            "complete, and this run's summary rows were not added")
+    lock = acquire(lock_path(path), SUMMARY_WAIT_S, "the results files are complete",
+                   lambda: f"{path} stayed locked by another run for {SUMMARY_WAIT_S} s; the results files are "
+                           "complete, and this run's summary rows were not added")
     try:
         yield
     finally:
@@ -890,10 +955,10 @@ def _append_summary(path, savedir, name, rows, fields, key):
     data = _csv_text([[row.get(k, "") for k in fields] for row in rows])
     if key and header is not None:
         at = [fields.index(k) for k in key]
-        new = {tuple(r[i] for i in at) for r in csv.reader(io.StringIO(data.decode("utf-8"), newline=""))}
-        kept = [r for r in list(csv.reader(io.StringIO(complete_text(path, whole=True), newline="")))[1:]
+        new = {tuple(r[i] for i in at) for r in _cells(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))}
+        kept = [r for r in list(_cells(csv.reader(io.StringIO(complete_text(path, whole=True), newline=""))))[1:]
                 if r and tuple(r[i] if i < len(r) else None for i in at) not in new]
-        _replace(path, _csv_text([fields, *kept]) + data)
+        write_atomic(path, _csv_text([fields, *kept]) + data)
         return
     with writing(path, "the results files are complete"), open(path, "a+b", buffering=0) as f:
         _write_all(f, _line_start(f) + (_csv_line(fields) if header is None else b"") + data)
@@ -922,11 +987,11 @@ class Lock:
     run's duration: a second run on a file being written stops at once, naming the pid that
     holds it (written into the lock file while held, emptied before release)."""
 
-    def __init__(self, paths):
+    def __init__(self, paths, hint="use another -sdir/-s", name=None):
         self.held = []
         try:
             for path in dict.fromkeys(paths):
-                self.held.append(_lock_one(path))
+                self.held.append(_lock_one(path, hint, (name or lock_path)(path)))
         except BaseException:
             self.release()
             raise
@@ -963,7 +1028,7 @@ def _file_mode():
     return 0o666 & ~mask
 
 
-def _acquire(name, timeout, kept, busy):
+def acquire(name, timeout, kept, busy):
     """The filelock on file `name`, waiting up to `timeout` s; UserError `busy()` when another
     process holds it that long, or why it cannot be taken, then `kept` (what is safe)."""
     lock = filelock.FileLock(name, timeout=timeout, mode=_file_mode())
@@ -982,14 +1047,14 @@ def _acquire(name, timeout, kept, busy):
     return lock
 
 
-def _lock_one(path):
-    """Take the lock of one results file, or UserError naming the run that holds it."""
-    name = lock_path(path)
+def _lock_one(path, hint, name):
+    """Take lock file `name` of one results file (or report folder) `path`, or UserError naming
+    the run that holds it and what to do (`hint`)."""
     with writing(name, "nothing was written"):
         os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
-    lock = _acquire(name, 0, "nothing was written",
-                    lambda: f"{path} is being written by another run (pid {_holder(name)}); wait for it to finish "
-                            "or use another -sdir/-s")
+    lock = acquire(name, 0, "nothing was written",
+                   lambda: f"{path} is being written by another run (pid {_holder(name)}); wait for it to finish "
+                           f"or {hint}")
     with contextlib.suppress(OSError), open(name, "r+b") as f:  # best effort: the pid only names the holder
         f.truncate(0)
         f.write(f"{os.getpid()}\n".encode())
