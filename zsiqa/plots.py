@@ -4,12 +4,16 @@ with intervals, robustness sweeps, spatial heatmaps.
 matplotlib is imported on first use (it is heavy, and only plotting needs it) with the Agg
 backend, so no display is needed. A chart that cannot be written is one UserError line.
 """
+import io
 import os
 
 import numpy as np
 
 from zsiqa.errors import UserError, writing
+from zsiqa.results import write_atomic
 from zsiqa.stats import agreement_sign, fit_logistic
+
+LITERAL = {"parse_math": False, "usetex": False}  # names and titles drawn as written: a $ is a dollar, not math
 
 SWEEP_TITLES = {"tra": "translation (% of width)", "sca": "zoom-in (%)", "rot": "rotation (degrees)"}
 
@@ -22,10 +26,24 @@ def _pyplot():
 
 
 def _save(fig, path, plt, **options):
-    with writing(path):
-        fig.savefig(path, **options)
-    plt.close(fig)
+    """Save the figure to `path` (atomically, `write_atomic`: a symlink there is replaced, an
+    interruption leaves the old file) or to a binary file object, and close it."""
+    try:
+        with writing(path):
+            if isinstance(path, (str, os.PathLike)):
+                buffer = io.BytesIO()
+                fig.savefig(buffer, format=os.path.splitext(path)[1][1:].lower() or None, **options)
+                write_atomic(path, buffer.getvalue())
+            else:
+                fig.savefig(path, **options)
+    finally:
+        plt.close(fig)
     return path
+
+
+def one_line(text):
+    """A name or title as a chart shows it: on one line (a line break in a name drawn as a space)."""
+    return " ".join(str(text).splitlines()) if text is not None else ""
 
 
 def scatter(pred, label, label_higher_better, pred_higher_better, path, title):
@@ -44,7 +62,7 @@ def scatter(pred, label, label_higher_better, pred_higher_better, path, title):
     negated = agreement_sign(label_higher_better, pred_higher_better) < 0
     ax.set_xlabel(("−" if negated else "") + "prediction")
     ax.set_ylabel("label")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(one_line(title), fontsize=9, **LITERAL)
     fig.tight_layout()
     return _save(fig, path, plt)
 
@@ -56,7 +74,7 @@ def srcc_per_block(rows, path, title):
     ax.plot([r["block"] for r in rows], [r["srcc"] for r in rows], "o-", lw=1.5)
     ax.set_xlabel("block")
     ax.set_ylabel("SRCC")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(one_line(title), fontsize=9, **LITERAL)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path, plt)
@@ -74,17 +92,17 @@ def method_bars(rows, path, title, marks=None):
         path.
     """
     plt = _pyplot()
-    names = [r["set"] for r in rows]
+    names = [one_line(r["set"]) for r in rows]
     means = np.array([r["mean"] for r in rows], float)
     err = np.abs(np.array([r["ci95"] for r in rows], float).T - means)
     fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(rows) + 1.5), 3.6), dpi=120)
     bars = ax.bar(range(len(rows)), np.nan_to_num(means), yerr=np.nan_to_num(err), capsize=4, color="#4c72b0")
     for bar, mark, top in zip(bars, marks or [], np.nan_to_num(means + err[1])):
         ax.annotate(mark, (bar.get_x() + bar.get_width() / 2, top), ha="center", va="bottom", fontsize=9,
-                    xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(range(len(rows)), names, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(f"mean {rows[0]['distance']} (lower = closer)")
-    ax.set_title(title, fontsize=9)
+                    xytext=(0, 2), textcoords="offset points", **LITERAL)
+    ax.set_xticks(range(len(rows)), names, rotation=20, ha="right", fontsize=8, **LITERAL)
+    ax.set_ylabel(one_line(f"mean {rows[0]['distance']} (lower = closer)"), **LITERAL)
+    ax.set_title(one_line(title), fontsize=9, **LITERAL)
     ax.margins(y=0.12)
     fig.tight_layout()
     return _save(fig, path, plt)
@@ -119,8 +137,8 @@ def heatmap(rgb, values, path, title, colorbar_label):
     fig, ax = plt.subplots(figsize=(6 * w / max(h, w) + 1.2, 6 * h / max(h, w)), dpi=100)
     ax.imshow(rgb)
     im = ax.imshow(values, cmap="inferno", alpha=0.6)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=colorbar_label)
-    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(one_line(colorbar_label), **LITERAL)
+    ax.set_title(one_line(title), **LITERAL)
     ax.axis("off")
     return _save(fig, path, plt, bbox_inches="tight")
 
@@ -157,8 +175,9 @@ def write_maps(maps, dis_image, folder, model, scores):
     rgb, written = dis_image.permute(1, 2, 0).clamp(0, 1).numpy(), []
     for d, m in maps.items():
         npy, png = os.path.join(folder, f"{d}.npy"), os.path.join(folder, f"{d}.png")
-        with writing(npy):
-            np.save(npy, m)
+        buffer = io.BytesIO()
+        np.save(buffer, m)
+        write_atomic(npy, buffer.getvalue())
         heatmap(rgb, m, png, f"{model} {d}: score {scores[d]:.4g}", f"{d} (higher = more different)")
         written += [npy, png]
     return written
