@@ -16,7 +16,7 @@ from PIL import Image
 
 from zsiqa import plots
 from zsiqa.errors import writing
-from zsiqa.results import write_table
+from zsiqa.results import write_atomic, write_table
 
 
 def empty(row):
@@ -168,8 +168,7 @@ def write_report(folder, comparison):
                  for d, per_method in comparison.scores.items() for method, per in per_method.items()
                  for image, score in sorted(per.items())])
     for path, text in zip(paths[1:], (markdown(comparison), latex(comparison), page(comparison))):
-        with writing(path), open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+        write_atomic(path, text.encode("utf-8"))  # a symlink there replaced, not followed; never half a file
     return paths
 
 
@@ -236,7 +235,7 @@ def direction(lower_better):
 
 def markdown(c):
     """The comparison as Markdown: per distance a table of methods, best first."""
-    out = [f"# {_title(c)}", "", c.about, ""]
+    out = [f"# {_title(c)}", "", _md_name(c.about), ""]
     for d in c.tables:
         group, left = c.ranked(d), any_left_out(c.tables[d])
         out += [f"## {d} ({direction(c.lower_better[d])})", "", ranking_note(group), "",
@@ -251,13 +250,21 @@ def markdown(c):
 
 
 def _md(text):
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return one_line(text).replace("|", "\\|")
 
 
 def _md_name(text):
-    """A method's name as Markdown shows it literally: every character that could start markup
-    (emphasis, a link, an HTML tag or entity, a cell's end) escaped with a backslash."""
-    return "".join("\\" + ch if ch in "\\`*_[]<>|~&" else ch for ch in str(text).replace("\n", " "))
+    """A method's name (or any text from the user or the file system) as Markdown shows it
+    literally, on one line: every character that could start markup (emphasis, a link, an HTML
+    tag or entity, a cell's end, a heading) escaped with a backslash."""
+    return "".join("\\" + ch if ch in "\\`*_[]<>|~&#" else ch for ch in one_line(text))
+
+
+def one_line(text):
+    """Text with every line break (\\n, \\r and the other characters Python, TeX or a browser may
+    break a line at) and other control character made a space: it cannot end a comment, a table
+    row or a line of a file we write."""
+    return "".join(" " if ch in "\x85\u2028\u2029" or ord(ch) < 32 or ord(ch) == 127 else ch for ch in str(text))
 
 
 TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
@@ -270,7 +277,7 @@ LIGATURES = "-,"  # -- and ---, ,, join into dashes and a low quote: a {} after 
 
 def tex(text):
     """Text as LaTeX typesets it literally (method names may hold _, &, %, --)."""
-    text = str(text)
+    text = one_line(text)  # a line break would end a comment (\\input{…} on a live line) or a row
     return "".join(TEX.get(ch, ch) + ("{}" if ch in LIGATURES and text[i + 1:i + 2] == ch else "")
                    for i, ch in enumerate(text))
 
@@ -283,7 +290,7 @@ def latex(c):
     for d in c.tables:
         arrow = r"$\downarrow$" if c.lower_better[d] else r"$\uparrow$"
         group, left = c.ranked(d), any_left_out(c.tables[d])
-        out += [f"% ZS-IQA comparison, {d}: {direction(c.lower_better[d])}. {c.about}",
+        out += [f"% ZS-IQA comparison, {d}: {direction(c.lower_better[d])}. {tex(c.about)}",
                 r"\begin{table}[t]", r"  \centering",
                 rf"  \caption{{{tex(d)} ({direction(c.lower_better[d])}). {tex(ranking_note(group))} Mean with its "
                 r"95\,\% bootstrap interval, Holm-corrected $p$ of the paired Wilcoxon test (two-sided) against the "
@@ -348,7 +355,10 @@ SCRIPT = """(function () {
   });
   var m = /sort=(\\d+)-(asc|desc)/.exec(location.hash);
   var first = document.querySelector('table.sortable');
-  if (m && first && m[1] > 0) { sortTable(first, parseInt(m[1], 10) - 1, m[2] === 'asc' ? 1 : -1); }  // 1 = images
+  var col = m ? parseInt(m[1], 10) : 0;  // 1 = images; a column the table lacks is ignored
+  if (first && col > 0 && col <= first.tHead.rows[0].cells.length) {
+    sortTable(first, col - 1, m[2] === 'asc' ? 1 : -1);
+  }
 })();"""
 
 
