@@ -6,13 +6,16 @@ A run's sets are one dataset (labelled, or a label-free list) or one label-free 
 folder (-dat dirs); all sets' pairs go through one engine pass, so a reference shared by
 several sets is encoded once. Results files, records, resume and locks: results.py.
 """
+import collections
 import contextlib
 import datetime
 import hashlib
 import os
+import re
 import secrets
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +24,7 @@ from tqdm import tqdm
 from zsiqa import distributed, plots, results, robustness
 from zsiqa.datasets import load_dataset, load_dirs
 from zsiqa.distances import DISTANCES, parse_distances
-from zsiqa.errors import UserError
+from zsiqa.errors import UserError, writing
 from zsiqa.images import open_image, pair_problems, pil_to_tensor, to_float
 from zsiqa.maps import SPATIAL
 from zsiqa.models import get_backbone
@@ -198,7 +201,32 @@ def results_files(args, plan, variants):
                 files[s][path] = (d, variant, not DISTANCES[d].lower_better)
     results.check_utf8(paths.values(), "results file", "choose another -sdir or -s")
     results.check_file_names(paths.values())
+    check_output_names(args, plan, variants, names, paths)
     return paths, files
+
+
+def check_output_names(args, plan, variants, names, paths):
+    """Every name the run writes, checked before any work (results.check_lengths: no name over
+    NAME_MAX, no path over PATH_MAX): the results files with their records, locks and per-layer
+    files, the charts, the report's files and the --maps folders and files (`map_folders`, which
+    also refuses images whose folders one file system could not tell apart)."""
+    derived = [(p, results.record_path(p), results.lock_path(p)) for p in paths.values()]
+    if args.per_layer:
+        derived += [(results.layers_path(p), results.lock_path(results.layers_path(p))) for p in paths.values()]
+    results.check_lengths([p for group in derived for p in group], "results file",
+                          "choose a shorter -sdir, -s or method name")
+    outputs = [] if plan.labelled else [chart_path(args, plan, v, d) for v in variants for d in names]
+    if args.kinds:
+        stem = os.path.join(args.savedir, f"{plan.name}_{args.saveas or args.model}_sweep")
+        outputs += [stem + ".csv", stem + ".png"]
+    if args.report:
+        outputs += report_paths(args, variants) + [os.path.join(args.report, REPORT_LOCK)]
+    for s, dataset in enumerate(plan.sets):
+        folders = map_folders(plan, s) if args.worst_maps else {}
+        longest = max(folders.values(), key=lambda n: len(n.encode("utf-8")), default=None)
+        outputs += [os.path.join(maps_root(args, dataset, v), longest, f"{d}.{ext}")
+                    for v in variants for d in names for ext in ("npy", "png")] if longest else []
+    results.check_lengths(outputs, "output", "choose a shorter -sdir, -s, --report or method name")
 
 
 def check_per_layer(args):
@@ -466,12 +494,19 @@ def summarise_unlabelled(args, plan, records, paths, finished, scored, run):
     for key in scores:
         group = ranked([row for k, row in zip(keys, rows) if k == key], lower[key])
         suffix = f"_{group[0]['robustness']}-{group[0]['pct']}" if group[0]["robustness"] != "none" else ""
-        chart = os.path.join(args.savedir, f"{args.saveas or args.model}_{key[1]}{suffix}_{sets_tag(plan)}.png")
+        chart = chart_path(args, plan, (group[0]["robustness"], group[0]["pct"]), key[1])
         title = f"{args.saveas or args.model}, {key[1]}{suffix.replace('_', ', ')}: mean per set, 95% CI"
         plots.method_bars([shown(r) for r in group], chart, title, marks=[significance_mark(r) for r in group])
         for row in group:
             row["chart"] = chart
     return rows, scores
+
+
+def chart_path(args, plan, variant, distance):
+    """The bar chart of one variant ((kind or '' / 'none', pct)) and distance of a label-free run."""
+    kind, pct = variant
+    suffix = f"_{kind}-{pct}" if kind and kind != "none" else ""
+    return os.path.join(args.savedir, f"{args.saveas or args.model}_{distance}{suffix}_{sets_tag(plan)}.png")
 
 
 def method_list(plan):
@@ -538,12 +573,24 @@ def main(args):
         paths, specs = results_files(args, plan, variants)
         layer_paths = layer_files(args, paths)
         locks = [results.lock_path(p) for p in paths.values()]
-        with new_folders_undone(args.savedir, locks):  # the lock's folder goes again if the Scorer refuses (--layers)
+        with new_folders_undone(args.savedir, locks), (  # the lock's folder goes again if the Scorer refuses (--layers)
+                new_folders_undone(args.report, [os.path.join(args.report, REPORT_LOCK)]) if args.report
+                else contextlib.nullcontext()):
             lock = dist.from_rank0(lambda: results.Lock(paths.values()), share=False)
-            with lock or contextlib.nullcontext():
+            report_lock = dist.from_rank0(lambda: lock_report(args), share=False)
+            with lock or contextlib.nullcontext(), report_lock or contextlib.nullcontext():
                 scorer = make_scorer(args, dist.device(args.device))
                 run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths)
     return 0
+
+
+def lock_report(args):
+    """With --report DIR: the lock of DIR (`.zsiqa-report.lock` in it), held for the run, so that
+    a second run writing the same report stops at once in one line; else None."""
+    if not args.report:
+        return None
+    return results.Lock([args.report], "choose another --report",
+                        name=lambda folder: os.path.join(folder, REPORT_LOCK))
 
 
 def run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths):
@@ -563,13 +610,15 @@ def run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths):
         report(args, timed(args, scored, summarise(args, plan, records, paths, finished, scored, run)))
         return
     rows, scores = summarise_unlabelled(args, plan, records, paths, finished, scored, run)
-    written = []  # every file before the first printed line (a reader may stop early)
+    written, failed = [], None  # every file before the first printed line (a reader may stop early)
     if args.report or args.worst_maps:
-        written = worst_outputs(args, scorer, plan, variants, rows, scores, run)
+        written, failed = worst_outputs(args, scorer, plan, variants, rows, scores, run)
     report_unlabelled(args, timed(args, scored, rows))
     if not args.json:
         for line in written:
             print(line)
+    if failed:  # maps that could not be written: said last, the table and the report kept
+        raise failed
 
 
 def worst_pairs(plan, s, per_image, k, lower_better):
@@ -599,30 +648,133 @@ def map_folder(image):
     return image.replace("%", "%25").replace("/", "%2F")
 
 
+MAP_NAME_MAX = 200  # bytes of a maps folder's name before it is cut and given a digest (NAME_MAX is 255)
+
+
+def _folded(name):
+    """A name as a case-insensitive, normalising file system (macOS, Windows) compares it."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def map_folders(plan, s):
+    """{image: its maps folder's name} for every image of set s (`Plan.image_key`): `map_folder`,
+    or where that is longer than MAP_NAME_MAX bytes (deeply nested names) or equal to another
+    image's but for case or Unicode normalisation (one folder on macOS and Windows), its first
+    MAP_NAME_MAX bytes, '~' and 12 hex digits of the image name's sha256: one folder per image
+    on every file system. UserError, before any work, should two still coincide."""
+    key = plan.image_key(s)
+    plain = {image: map_folder(image) for image in dict.fromkeys(key(dis, ref) for ref, dis, _ in plan.pairs[s])}
+    alike = collections.Counter(_folded(name) for name in plain.values())
+    out = {}
+    for image, name in plain.items():
+        if alike[_folded(name)] > 1 or len(name.encode("utf-8")) > MAP_NAME_MAX:
+            cut = name.encode("utf-8")[:MAP_NAME_MAX].decode("utf-8", "ignore")
+            name = f"{cut}~{hashlib.sha256(image.encode('utf-8')).hexdigest()[:12]}"
+        out[image] = name
+    if len({_folded(name) for name in out.values()}) < len(out):
+        raise UserError(f"--maps: two images of {plan.sets[s].name} would share one maps folder; rename one")
+    return out
+
+
+def maps_root(args, dataset, variant):
+    """The folder of a set's --maps for one robustness variant: <sdir>/<set>_<name>[_<rob>-<pct>]_maps."""
+    tag = f"_{variant[0]}-{variant[1]}" if variant[0] else ""
+    return os.path.join(args.savedir, f"{dataset.name}_{args.saveas or args.model}{tag}_maps")
+
+
 def worst_outputs(args, scorer, plan, variants, rows, scores, run):
     """--maps N and --report DIR: each method's worst pairs by the first distance, with their
     maps (Scorer.maps), written as map files and as one report per robustness variant.
-    Returns a line per report written, for the caller to print."""
-    primary, name = scorer.distances[0], args.saveas or args.model
+    Returns (a line per report written, for the caller to print; the UserError of the first map
+    that could not be written, or None: the maps stop there, the reports are still written)."""
+    primary = scorer.distances[0]
     shown = next((d for d in scorer.distances if d in SPATIAL), primary)  # a map that varies within a window
     k = max(report_worst(args) if args.report else 0, args.worst_maps or 0)
-    written = []
+    written, failed, folders = [], [], [map_folders(plan, s) if args.worst_maps else {} for s in range(len(plan.sets))]
+    if args.report:
+        remove_stale_reports(args, variants)
     for v, variant in enumerate(variants):
-        tag, worst = (f"_{variant[0]}-{variant[1]}" if variant[0] else ""), {}
+        worst = {}
         for s, ds in enumerate(plan.sets):
             worst[ds.name] = []
+            if args.worst_maps and not failed:
+                failed += _attempt(remove_stale_maps, maps_root(args, ds, variant))
             for image, ref, dis, score in worst_pairs(plan, s, scores[(v, primary)][ds.name], k,
                                                       DISTANCES[primary].lower_better):
                 r, d = pair_images(ds, ref, dis, args.resize, variant)
                 maps = scorer.maps(d, r)
-                if len(worst[ds.name]) < (args.worst_maps or 0):
-                    folder = os.path.join(args.savedir, f"{ds.name}_{name}{tag}_maps", map_folder(image))
-                    plots.write_maps(maps, to_float(pil_to_tensor(d)), folder, scorer.backbone.name,
-                                     {x: scores[(v, x)][ds.name][image] for x in scorer.distances})
+                if len(worst[ds.name]) < (args.worst_maps or 0) and not failed:
+                    failed += _attempt(plots.write_maps, maps, to_float(pil_to_tensor(d)),
+                                       os.path.join(maps_root(args, ds, variant), folders[s][image]),
+                                       scorer.backbone.name,
+                                       {x: scores[(v, x)][ds.name][image] for x in scorer.distances})
                 worst[ds.name].append(Worst(image, score, _rgb8(r), _rgb8(d), maps[shown]))
         if args.report:
             written.append(write_variant_report(args, scorer, plan, variant, rows, scores, v, (worst, shown), run))
-    return written
+    return written, (failed[0] if failed else None)
+
+
+def _attempt(write, *args):
+    """[] when write(*args) succeeds, [its UserError] when it cannot write (a full disk): the
+    caller goes on without it and says so at the end."""
+    try:
+        write(*args)
+    except UserError as e:
+        return [e]
+    return []
+
+
+MAP_FILES = r"(?:" + "|".join(map(re.escape, DISTANCES)) + r")\.(?:npy|png)"  # what write_maps writes
+REPORT_LOCK = ".zsiqa-report.lock"  # inside --report DIR: one run writes a report folder at a time
+VARIANT_FOLDER = re.compile(r"clean|(?:" + "|".join(robustness.TRANSFORMS) + r")-\d+")
+
+
+def _remove_ours(folder, names):
+    """Remove the files of `folder` whose names fully match the pattern `names` (the names an
+    earlier run wrote there), and their temporary files left by a killed write
+    (results.write_atomic's); then the folder itself if that left it empty. Never another file.
+    Returns how many files went."""
+    ours, gone = re.compile(rf"(?:{names})|\.(?:{names})\.[0-9a-f]{{8}}\.tmp"), 0
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if ours.fullmatch(name) and not os.path.isdir(path):
+                os.remove(path)
+                gone += 1
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)  # only when empty: a user's own file keeps it
+    return gone
+
+
+def remove_stale_maps(root):
+    """Before --maps writes into `root` (<sdir>/<set>_<name>_maps): the maps of an earlier run
+    (<distance>.npy and .png in its image folders) go, so that the folders left are this run's
+    worst images. Nothing else there is touched."""
+    with writing(root, "the maps were not written"), contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for name in os.listdir(root):
+            path = os.path.join(root, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                _remove_ours(path, MAP_FILES)
+
+
+def remove_stale_reports(args, variants):
+    """Before the reports are written into --report DIR: the report files of an earlier run with
+    other variants go — DIR's own when this run is a sweep, DIR/clean and DIR/<kind>-<pct> that
+    this run does not write — said in one line. Only our file names (scores.csv, report.md,
+    table.tex, report.html) are removed, a folder only when that empties it."""
+    mine = {os.path.normpath(report_folder(args, v)) for v in variants}
+    folders = [args.report]
+    with contextlib.suppress(OSError):
+        folders += [os.path.join(args.report, n) for n in sorted(os.listdir(args.report))
+                    if VARIANT_FOLDER.fullmatch(n)]
+    gone = 0
+    for folder in folders:
+        if os.path.normpath(folder) not in mine and not os.path.islink(folder):
+            with writing(folder, "the reports were not written"):
+                gone += _remove_ours(folder, "|".join(map(re.escape, REPORT_FILES)))
+    if gone:
+        sys.stderr.write(f"note: removed {gone} report file(s) of an earlier run with other settings from "
+                         f"{args.report}\n")
 
 
 def report_worst(args):
@@ -642,6 +794,11 @@ def report_paths(args, variants):
     return [os.path.join(report_folder(args, v), name) for v in variants for name in REPORT_FILES]
 
 
+def _base_name(folder):
+    """A folder's own name, without the path to it (a report carries no local path)."""
+    return os.path.basename(os.path.normpath(os.path.abspath(folder))) or "/"
+
+
 def write_variant_report(args, scorer, plan, variant, rows, scores, v, worst, run):
     """Write the report of one robustness variant (the clean run: --report DIR itself, or
     DIR/clean beside DIR/<kind>-<pct> in a sweep); returns a line naming its files."""
@@ -650,7 +807,7 @@ def write_variant_report(args, scorer, plan, variant, rows, scores, v, worst, ru
     tables = {d: [r for r in mine if r["distance"] == d] for d in scorer.distances}
     images = {i for per in scores[(v, scorer.distances[0])].values() for i in per}
     about = (f"{scorer.backbone.name}, precision {scorer.precision} on {scorer.device.type}; {len(images)} images; "
-             f"references in {plan.sets[0].ref_root or plan.sets[0].root}; "
+             f"references in {_base_name(plan.sets[0].ref_root or plan.sets[0].root)}; "
              + (f"robustness {variant[0]} {variant[1]}; " if variant[0] else "")
              + f"run {run['run_id']}, {run['time']}")
     worst, shown = worst
