@@ -61,3 +61,68 @@ def test_bench_without_the_loop_prints_no_nan(capsys):
     out = capsys.readouterr().out
     assert "not timed (--loop-pairs 0)" in out and "nan" not in out and "None" not in out
     assert "engine" in out and "pairs/s" in out
+
+
+def _bench_data(data):
+    bench.main(["--device", "cpu", "--model", "clip_vitb32", "--size", "224", "--refs", "1", "--pairs", "2",
+                "--loop-pairs", "0", "--forward-iters", "1", "--data", str(data)])
+
+
+def test_bench_data_that_is_no_folder_fails_in_one_line(capsys, tmp_path, monkeypatch):
+    """--data a file, a FIFO, a link to nothing, in a missing folder or under a file: one line, exit 2,
+    before the model is built and before anything is written."""
+    import os
+
+    from conftest import fails_one_line
+    from zsiqa import benchmark
+    monkeypatch.setattr(benchmark, "Scorer", None)  # built after the set is checked: never reached
+    (tmp_path / "file").write_text("mine")
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "nothing", tmp_path / "dangling")
+    for data, match in [("file", "is a file, not a folder"), ("fifo", "is a FIFO, socket or device"),
+                        ("dangling", "is a link to nothing"), ("missing/set", "missing does not exist"),
+                        ("file/set", "file is a file; give a folder in an existing one")]:
+        fails_one_line(capsys, lambda: _bench_data(tmp_path / data), match)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "fifo", "file"]
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def _damage(kind, folder):
+    """Damage a complete set in `folder` in one way; returns the file the refusal names."""
+    ref, dis = folder / "Train_Ref" / "A0001.bmp", folder / "Train_Dis" / "A0001_000001_00.bmp"
+    label = folder / "Train_Label" / "A0001.txt"
+    if kind == "unreadable":
+        ref.write_bytes(b"not an image")
+    elif kind == "missing":
+        dis.unlink()
+    elif kind == "truncated":
+        dis.write_bytes(dis.read_bytes()[:-100])
+    elif kind == "label":
+        label.write_text(label.read_text().replace("A0001_000001_00.bmp", "A0001_000009_00.bmp"))
+    elif kind == "extra":
+        dis = folder / "Train_Dis" / "A0001_000002_00.bmp"
+        dis.write_bytes((folder / "Train_Dis" / "A0001_000001_00.bmp").read_bytes())
+    return {"unreadable": ref, "label": label}.get(kind, dis)
+
+
+def test_bench_damaged_or_incomplete_set_fails_in_one_line(capsys, tmp_path, monkeypatch):
+    """A --data set with the right marker but an unreadable, missing, truncated, extra or changed
+    file is refused in one line naming it, before the model is built (it was timed and scored as
+    the set, or ended in Pillow's traceback); the untouched set is reused."""
+    import shutil
+
+    from conftest import fails_one_line
+    from zsiqa import benchmark
+    clean = tmp_path / "clean"
+    pairs = benchmark.make_set(str(clean), 224, 1, 2)
+    assert benchmark.make_set(str(clean), 224, 1, 2) == pairs
+    monkeypatch.setattr(benchmark, "Scorer", None)
+    for kind in ("unreadable", "missing", "truncated", "label", "extra"):
+        folder = tmp_path / kind
+        shutil.copytree(clean, folder)
+        named = _damage(kind, folder)
+        line = fails_one_line(capsys, lambda: _bench_data(folder), "holds a damaged or incomplete set")
+        assert f"first {named}:" in line, (kind, line)
+    # a set whose making was interrupted has no marker yet: refused, not completed with other numbers
+    (clean / benchmark.MARKER).unlink()
+    fails_one_line(capsys, lambda: _bench_data(clean), "(or one whose making was interrupted)")

@@ -1,6 +1,8 @@
 """The bench command (`zsiqa bench`, bench.py): throughput of the batched engine against the
 straightforward one-pair loop, on a synthetic PIPAL-like set, plus the backbone's own forward
 throughput (see the command's --help, and docs/speed.md for measured figures)."""
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -14,59 +16,121 @@ from PIL import Image
 
 from zsiqa import results
 from zsiqa.distances import DISTANCES
-from zsiqa.errors import UserError
-from zsiqa.images import load_image
+from zsiqa.errors import UserError, writing
+from zsiqa.images import header_size, load_image
 from zsiqa.output import to_json
 from zsiqa.scorer import Scorer
 from zsiqa.windows import window_count, windows
+
+MARKER = ".zsiqa-bench.json"  # the settings a --data folder's set was made with, written once it is complete
 
 
 def make_set(folder, size, n_refs, n_pairs, seed=0):
     """A synthetic set in PIPAL's layout (so the eval command reads it as it reads PIPAL):
     n_refs BMP references in Train_Ref/, n_pairs distorted BMPs spread over them in Train_Dis/,
-    labels in Train_Label/. Returns the pairs [(dis, ref)] grouped by reference, as PIPAL lists them."""
-    rng = np.random.default_rng(seed)
-    _check_set_folder(folder, {"size": size, "refs": n_refs, "pairs": n_pairs, "seed": seed})
-    for sub in ("Train_Ref", "Train_Dis", "Train_Label"):
-        os.makedirs(os.path.join(folder, sub), exist_ok=True)
-    refs, pairs, labels = [], [], {}
-    for r in range(n_refs):
-        path = os.path.join(folder, "Train_Ref", f"A{r + 1:04d}.bmp")
-        if not os.path.isfile(path):
-            base = rng.integers(0, 256, (size // 16 + 1, size // 16 + 1, 3), dtype=np.uint8)
-            Image.fromarray(base).resize((size, size), Image.BICUBIC).save(path)
-        refs.append(path)
-    for k in range(n_pairs):
-        name = f"A{k % n_refs + 1:04d}_{k:06d}_00.bmp"
-        path, ref = os.path.join(folder, "Train_Dis", name), refs[k % n_refs]
-        if not os.path.isfile(path):
-            a = np.asarray(Image.open(ref), dtype=np.int16) + rng.integers(-25, 26, (size, size, 3), dtype=np.int16)
-            Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path)
-        pairs.append((path, ref))
-        labels.setdefault(k % n_refs, []).append(f"{name},{1500 + (k * 37) % 400}\n")
-    for r, lines in labels.items():
-        with open(os.path.join(folder, "Train_Label", f"A{r + 1:04d}.txt"), "w") as f:
-            f.writelines(lines)
+    labels in Train_Label/. A folder that already holds the complete set made with the same
+    settings is reused as it is; anything else in it (another set, other files, a damaged or
+    incomplete set), a path that is not a folder or whose parent is missing: UserError, before
+    any file is written. Returns the pairs [(dis, ref)] grouped by reference, as PIPAL lists them."""
+    made = {"size": size, "refs": n_refs, "pairs": n_pairs, "seed": seed}
+    refs = [os.path.join(folder, "Train_Ref", f"A{r + 1:04d}.bmp") for r in range(n_refs)]
+    names = [f"A{k % n_refs + 1:04d}_{k:06d}_00.bmp" for k in range(n_pairs)]
+    pairs = [(os.path.join(folder, "Train_Dis", name), refs[k % n_refs]) for k, name in enumerate(names)]
+    labels = {}
+    for k, name in enumerate(names):
+        file = os.path.join(folder, "Train_Label", f"A{k % n_refs + 1:04d}.txt")
+        labels[file] = labels.get(file, "") + f"{name},{1500 + (k * 37) % 400}\n"
+    if _holds_a_set(folder, made):
+        _check_complete(folder, size, refs, pairs, labels)
+    else:
+        with writing(f"the set in --data {folder}", "what was written is left there; delete it before the next run"):
+            _write_set(folder, made, refs, pairs, labels)
     return sorted(pairs, key=lambda p: (p[1], p[0]))
 
 
-def _check_set_folder(folder, made):
-    """A --data folder is empty, or holds a set this command made with the same settings (its
-    `.zsiqa-bench.json` says so): images of another size or stale label files would be timed
-    and scored as this set."""
-    marker = os.path.join(folder, ".zsiqa-bench.json")
-    if os.path.isdir(folder) and os.listdir(folder):
+def _write_set(folder, made, refs, pairs, labels):
+    """Write the set's images and labels, then its marker (an interrupted run leaves none)."""
+    rng = np.random.default_rng(made["seed"])
+    size = made["size"]
+    for sub in ("Train_Ref", "Train_Dis", "Train_Label"):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    for path in refs:
+        base = rng.integers(0, 256, (size // 16 + 1, size // 16 + 1, 3), dtype=np.uint8)
+        Image.fromarray(base).resize((size, size), Image.BICUBIC).save(path)
+    for path, ref in pairs:
+        with Image.open(ref) as im:
+            a = np.asarray(im, dtype=np.int16) + rng.integers(-25, 26, (size, size, 3), dtype=np.int16)
+        Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path)
+    for path, text in labels.items():
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    with open(os.path.join(folder, MARKER), "w", encoding="utf-8") as f:
+        json.dump(made, f)
+
+
+def _holds_a_set(folder, made):
+    """True when --data `folder` holds a set made with the settings `made` (its marker says so),
+    False when it is empty or missing (with its parent folder present); else UserError: images
+    of another size or stale label files would be timed and scored as this set."""
+    if not os.path.isdir(folder):
+        parent = os.path.dirname(os.path.abspath(folder))
+        if os.path.lexists(folder):
+            raise UserError(f"--data {folder} is {_what_is(folder)}, not a folder: give an empty or new folder")
+        if not os.path.isdir(parent):
+            why = f"is {_what_is(parent)}" if os.path.lexists(parent) else "does not exist (a typo?)"
+            raise UserError(f"--data {folder}: its parent {parent} {why}; give a folder in an existing one")
+        return False
+    try:
+        if not os.listdir(folder):
+            return False
+        with open(os.path.join(folder, MARKER), encoding="utf-8") as f:
+            held = json.load(f)
+    except (OSError, ValueError):
+        held = None
+    if held != made:
+        raise UserError(f"--data {folder} holds other files than a set of --size {made['size']}, --refs "
+                        f"{made['refs']}, --pairs {made['pairs']} (or one whose making was interrupted): give an "
+                        "empty or new folder")
+    return True
+
+
+def _what_is(path):
+    """What a path that is there but not a folder is, in a few words."""
+    if os.path.isfile(path):
+        return "a file"
+    return "a link to nothing" if not os.path.exists(path) else "a FIFO, socket or device"
+
+
+def _check_complete(folder, size, refs, pairs, labels):
+    """UserError unless `folder` holds exactly the set's files, each image a BMP of size×size
+    with the size such a file has (a truncated or changed one would be timed as the set)."""
+    blank = io.BytesIO()
+    Image.new("RGB", (size, size)).save(blank, format="BMP")
+    want = {os.path.join(folder, n) for n in ("Train_Ref", "Train_Dis", "Train_Label", MARKER)}
+    want.update(refs, (dis for dis, _ in pairs), labels)
+    problems = []
+    for sub in ("", "Train_Ref", "Train_Dis", "Train_Label"):
+        with contextlib.suppress(OSError):  # a missing subfolder: its files are missing below
+            problems += [(p, "not part of the set") for p in sorted(os.path.join(folder, sub, n)
+                         for n in os.listdir(os.path.join(folder, sub))) if p not in want]
+    for path in [*refs, *(dis for dis, _ in pairs)]:
+        dims, why = header_size(path)
+        if why is None and (dims != (size, size) or os.path.getsize(path) != blank.tell()):
+            why = "changed (another size than the set's BMP images)"
+        if why:
+            problems.append((path, why))
+    for path, text in labels.items():
         try:
-            with open(marker, encoding="utf-8") as f:
-                held = json.load(f)
+            with open(path, encoding="utf-8") as f:
+                held = f.read()
         except (OSError, ValueError):
             held = None
-        if held != made:
-            raise UserError(f"--data {folder} holds other files than a set of --size {made['size']}, --refs "
-                            f"{made['refs']}, --pairs {made['pairs']}: give an empty or new folder")
-    os.makedirs(folder, exist_ok=True)
-    with open(marker, "w", encoding="utf-8") as f:
-        json.dump(made, f)
+        if held != text:
+            problems.append((path, "missing" if held is None else "changed"))
+    if problems:
+        path, why = problems[0]
+        raise UserError(f"--data {folder} holds a damaged or incomplete set: {len(problems)} file(s) missing, "
+                        f"unreadable or changed (first {path}: {why}); delete the folder to make the set again")
 
 
 def time_run(a, scorer, root, tmp):
