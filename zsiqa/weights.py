@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import importlib
+import io
 import logging
 import os
 import pickle
@@ -250,6 +251,8 @@ def _load_any(path):
             return safetensors.torch.load_file(path)
         if is_torchscript(path):  # OpenAI's CLIP releases are TorchScript archives
             return read_torchscript(path)
+        if zipfile.is_zipfile(path):  # torch.load reads each record whole, at the size its header declares
+            check_storage_records(path)
         with warnings.catch_warnings():  # torch's note on old pickle protocols: noise before our one line
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -349,8 +352,8 @@ class _SafeUnpickler(pickle.Unpickler):
     def __init__(self, archive, prefix, path):
         self.archive, self.prefix, self.path = archive, prefix, path
         self.classes, self.storages = {}, {}
-        self.swap = _byteorder(archive, prefix) != sys.byteorder
-        super().__init__(archive.open(f"{prefix}/data.pkl"))
+        self.swap = _byteorder(archive, prefix, path) != sys.byteorder
+        super().__init__(io.BytesIO(read_record(archive, f"{prefix}/data.pkl", path)))
 
     def find_class(self, module, name):
         if module == "__torch__" or module.startswith("__torch__."):
@@ -380,11 +383,10 @@ class _SafeUnpickler(pickle.Unpickler):
         return self.storages[key]
 
     def _storage(self, dtype, key, numel):
-        """The flat tensor [numel] of `dtype` held by the record data/<key> (little-endian)."""
+        """The flat tensor [numel] of `dtype` held by the record data/<key> (little-endian), read
+        by `read_record`: its declared size must be the tensor's before any of it is read."""
         itemsize = torch.empty((), dtype=dtype).element_size()
-        data = bytearray(self.archive.read(f"{self.prefix}/data/{key}"))
-        if len(data) < numel * itemsize:
-            raise ValueError(f"storage {key} is truncated")
+        data = read_record(self.archive, f"{self.prefix}/data/{key}", self.path, numel * itemsize)
         if numel == 0:
             return torch.empty(0, dtype=dtype)
         raw = torch.frombuffer(data, dtype=torch.uint8, count=numel * itemsize)
@@ -393,9 +395,9 @@ class _SafeUnpickler(pickle.Unpickler):
         return raw.view(dtype)
 
 
-def _byteorder(archive, prefix):
+def _byteorder(archive, prefix, path):
     try:
-        return archive.read(f"{prefix}/byteorder").decode().strip() or "little"
+        return read_record(archive, f"{prefix}/byteorder", path).decode().strip() or "little"
     except KeyError:  # archives before the record existed were written little-endian
         return "little"
 
@@ -403,15 +405,18 @@ def _byteorder(archive, prefix):
 _MODULE_CLASS = re.compile(r'^class (\w+)\(Module\):\n +__parameters__ = \[(.*?)\]\n +__buffers__ = \[(.*?)\]', re.M)
 
 
-def _module_layouts(archive, prefix):
+def _module_layouts(archive, prefix, path):
     """Qualified class name → (parameter names, buffer names), read as text from the class
     headers of the archive's code/ records (which nothing here runs)."""
-    layouts, code = {}, f"{prefix}/code/"
-    for name in archive.namelist():
-        if not (name.startswith(code) and name.endswith(".py")):
-            continue
+    code = f"{prefix}/code/"
+    names = [n for n in archive.namelist() if n.startswith(code) and n.endswith(".py")]
+    if sum(archive.getinfo(n).file_size for n in names) > MAX_META_BYTES:
+        raise UserError(f"refusing weights file {path}: its code/ records declare over {MAX_META_BYTES >> 20} MiB of "
+                        "text, far more than torch writes for a backbone")
+    layouts = {}
+    for name in names:
         module = name[len(code):-len(".py")].replace("/", ".")
-        text = archive.read(name).decode("utf-8", errors="replace")
+        text = read_record(archive, name, path).decode("utf-8", errors="replace")
         for cls, params, buffers in _MODULE_CLASS.findall(text):
             layouts[f"{module}.{cls}"] = (re.findall(r'"([^"]*)"', params), re.findall(r'"([^"]*)"', buffers))
     return layouts
@@ -447,8 +452,118 @@ def read_torchscript(path):
         if not isinstance(root, ScriptObject):
             raise ValueError("data.pkl holds no module")
         out = {}
-        _collect(root, "", _module_layouts(archive, roots[0]), out, path)
+        _collect(root, "", _module_layouts(archive, roots[0], path), out, path)
     return out
+
+
+# ------------------------------------------------ zip records, read with bounded memory
+
+RECORD_PIECE = 1 << 20  # a record is decompressed 1 MiB at a time
+MAX_META_BYTES = 64 << 20  # data.pkl, code/, byteorder: torch writes kilobytes of them for a backbone
+
+
+def read_record(archive, name, path, size=None):
+    """The bytes of record `name` of the zip `archive` (the weights file `path`), with memory
+    bounded by what the file declares: the header's uncompressed size must be `size` (a tensor's
+    bytes; None: a record that holds no tensor, at most MAX_META_BYTES), checked before anything
+    is read; the record is then decompressed RECORD_PIECE bytes at a time into a buffer of that
+    size, stopping at the first byte past it. A few-MB file whose record inflates to gigabytes
+    is refused at the cost of a correct one. KeyError when the record is absent; UserError when
+    it is too large; ValueError when it is shorter than declared (a truncated file)."""
+    info = archive.getinfo(name)
+    declared = info.file_size
+    if size is None and declared > MAX_META_BYTES:
+        raise UserError(f"refusing weights file {path}: its record {name} declares {declared:,} bytes, far more than "
+                        f"torch writes there (at most {MAX_META_BYTES >> 20} MiB are read)")
+    size = declared if size is None else size
+    if declared > size:
+        raise UserError(f"refusing weights file {path}: its record {name} declares {declared:,} bytes where its "
+                        f"tensor takes {size:,} (a decompression bomb?); nothing from it was read")
+    if declared < size:
+        raise ValueError(f"record {name} is truncated")
+    out, got = bytearray(size), 0
+    with archive.open(info) as f:
+        while got < size and (piece := f.read(min(RECORD_PIECE, size - got))):
+            out[got:got + len(piece)] = piece
+            got += len(piece)
+        if got < size:
+            raise ValueError(f"record {name} is truncated")
+        if f.read(1):  # a stream that inflates past its header (zipfile stops there too)
+            raise UserError(f"refusing weights file {path}: its record {name} inflates to more than the {size:,} "
+                            "bytes its header declares")
+    return out
+
+
+class _Inert:
+    """Stands in for every object of a pickle read only for its storage records' sizes: it is
+    built from anything and does nothing, so no global of the file is looked up or run."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+    def add(self, item):
+        pass
+
+
+_SIZED_STORAGES = {**_STORAGE_DTYPES, "UntypedStorage": torch.uint8, "ComplexFloatStorage": torch.complex64,
+                   "ComplexDoubleStorage": torch.complex128, "QInt8Storage": torch.qint8, "QUInt8Storage": torch.quint8,
+                   "QInt32Storage": torch.qint32, "QUInt4x2Storage": torch.quint4x2, "QUInt2x4Storage": torch.quint2x4}
+
+
+class _StorageSizes(pickle.Unpickler):
+    """Reads a torch.save archive's data.pkl for its storage records only: {key: (dtype, numel)}.
+    Every global but a storage type is an _Inert stand-in (nothing is looked up or run)."""
+
+    def __init__(self, data):
+        super().__init__(io.BytesIO(data))
+        self.sizes = {}
+
+    def find_class(self, module, name):
+        if module in ("torch", "torch.storage") and name in _SIZED_STORAGES:
+            return _StorageType(_SIZED_STORAGES[name])
+        return _Inert
+
+    def persistent_load(self, pid):
+        if (isinstance(pid, tuple) and len(pid) == 5 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+                and isinstance(pid[4], int)):
+            self.sizes[pid[2]] = (pid[1].dtype, pid[4])
+        return _Inert()
+
+
+def check_storage_records(path):
+    """UserError unless every storage record of the torch.save zip archive `path` declares the
+    size of the tensor its data.pkl says it holds (torch.load reads a record whole, at its
+    declared size, before anything could check it); data.pkl is read within MAX_META_BYTES."""
+    with zipfile.ZipFile(path) as archive:
+        for pkl in [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]:
+            prefix = pkl[:-len("/data.pkl")]
+            unpickler = _StorageSizes(read_record(archive, pkl, path))
+            unpickler.load()
+            for key, (dtype, numel) in unpickler.sizes.items():
+                name = f"{prefix}/data/{key}"
+                try:
+                    declared = archive.getinfo(name).file_size
+                except KeyError:  # torch.load refuses a missing record itself
+                    continue
+                if declared > numel * dtype.itemsize:
+                    raise UserError(f"refusing weights file {path}: its record {name} declares {declared:,} bytes "
+                                    f"where its tensor takes {numel * dtype.itemsize:,} (a decompression bomb?); "
+                                    "nothing from it was read")
 
 
 # ---------------------------------------------------------------- key checks and mapping
