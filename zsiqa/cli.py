@@ -9,6 +9,7 @@ a reader that stopped early (`| head`) quietly with 141 (`guarded`).
 """
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from zsiqa.datasets import LAYOUTS
-from zsiqa.errors import UserError
+from zsiqa.errors import ScoreWarning, UserError
 from zsiqa.folders import check_name
 from zsiqa.options import MAX_RESIZE, MAX_WORKERS
 from zsiqa.output import to_json
@@ -187,6 +188,7 @@ FLAGS = {
 }
 
 PUBLISHED_FIVE = "l2,cos,skld,jsd,wsd"
+NONFINITE_EXIT = 3  # the score command's exit code when a score is NaN or inf (2 is bad input)
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,9 @@ SCORE_DOC = """Score one reference/distorted pair with a foundation-model featur
   zsiqa score -ref ref.png -dis dis.png -d l2,cos --layers 1-6,9 --maps out/
 
 Prints one `distance<TAB>score` line per distance (higher = more different), or JSON.
-All distances come from one feature pass. Exit code 2 on bad input, with one line saying why.
+All distances come from one feature pass. Exit code 2 on bad input, with one line saying why;
+3 when a score is NaN or inf (an overflow at half precision: try --precision fp32), with one
+warning line (JSON gives such a score as null).
 (run_single_img.py is the same command.)"""
 
 EVAL_DOC = """Evaluate a backbone and distances on an IQA dataset: per-pair results files, correlations.
@@ -316,7 +320,9 @@ def run_command(name, argv, prog=None):
         args.started = time.perf_counter()  # what a command reports as its fixed cost is counted from here
         module, function = COMMANDS[name].run.split(":")
         __import__(module)
-        return getattr(sys.modules[module], function)(args)
+        with warnings.catch_warnings():  # a command says in its own line which scores are NaN or inf
+            warnings.simplefilter("ignore", ScoreWarning)
+            return getattr(sys.modules[module], function)(args)
     return guarded(call)
 
 
@@ -477,3 +483,8 @@ def score(args):
         written = plots.write_maps(scorer.maps(args.dis, args.ref), to_float(scorer.prepare(args.dis)), args.maps,
                                    scorer.backbone.name, values)
         sys.stderr.write(f"wrote {len(written)} files to {args.maps}\n")
+    bad = {d: 1 for d, v in values.items() if not math.isfinite(v)}
+    if bad:  # printed as nan/inf (JSON null); exit code 3, not 0, so that a script notices
+        sys.stderr.write(f"warning: {scorer.nonfinite_note(bad, 1)}\n")
+        return NONFINITE_EXIT
+    return 0

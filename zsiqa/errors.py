@@ -14,6 +14,12 @@ class UserError(Exception):
     """A problem with the user's input or request, told in one line (exit code 2 on the CLI)."""
 
 
+class ScoreWarning(RuntimeWarning):
+    """Scores that came out NaN or infinite (most often features that overflowed at half precision):
+    warned by the API (`Scorer.score`, `score_files`); the score command says it in one line and
+    exits with code 3. JSON output keeps such a score as null."""
+
+
 @contextlib.contextmanager
 def writing(path, kept="its earlier content is kept"):
     """An output file (results, record, plot, map, report) that cannot be written — a missing

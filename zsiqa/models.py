@@ -482,6 +482,7 @@ class FeatureExtractor(nn.Module):
         on_gpu = self.device.type == "cuda"
         half = precision == "published" and on_gpu and backbone.cuda_published == "fp16"
         self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.compute_dtype = torch.float16 if half else self.autocast or torch.float32  # what features are made in
         # 'published' keeps the library defaults, as the published runs did
         self.strict_fp32 = precision == "fp32" and on_gpu
         if weights == "random":  # seeded random init, for speed measurements only

@@ -13,6 +13,7 @@ distance.
 import collections
 import functools
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ import torch
 from zsiqa import engine, maps
 from zsiqa.blocks import as_groups, backbone_layers
 from zsiqa.distances import DISTANCES, compute, compute_layers, parse_distances
-from zsiqa.errors import UserError
+from zsiqa.errors import ScoreWarning, UserError
 from zsiqa.images import as_list, prepare
 from zsiqa.loading import Chunk, load_chunks
 from zsiqa.models import FeatureExtractor, get_backbone
@@ -176,7 +177,27 @@ class Scorer:
             out[i], seen[i] = row[-1], True
         if not seen.all():  # every pair must come back: never a silent placeholder
             raise RuntimeError(f"internal error: {int((~seen).sum())} pair(s) were not scored")
+        bad = (~np.isfinite(out)).reshape(len(refs), len(names), -1).any(axis=2).sum(axis=0)
+        if bad.any():
+            warnings.warn(self.nonfinite_note(dict(zip(names, bad.tolist())), len(refs)), ScoreWarning, stacklevel=3)
         return {d: torch.from_numpy(out[:, j]) for j, d in enumerate(names)}
+
+    def nonfinite_note(self, counts, total):
+        """The line that says which distances scored NaN or inf and the likely cause.
+
+        Args:
+            counts: {distance: how many pairs it scored NaN or inf} (zeros are left out).
+            total: the pairs scored.
+
+        Returns:
+            One line, e.g. "l2 scored NaN or inf for 1 of 1 pair(s): …; try --precision fp32".
+        """
+        which = ", ".join(f"{d} scored NaN or inf for {n} of {total} pair(s)" for d, n in counts.items() if n)
+        dtype = str(self.extractor.compute_dtype).removeprefix("torch.")
+        if dtype != "float32":
+            return (f"{which}: the backbone's features overflowed in {dtype} (precision {self.precision}); try "
+                    "--precision fp32 (precision='fp32' in the API)")
+        return f"{which}: the backbone's features are not finite even in float32 (weights or images of extreme scale?)"
 
     def prepare(self, x):
         """One image as this scorer reads it (`images.prepare` with its resize) → [3, H, W]."""
@@ -216,6 +237,9 @@ class Scorer:
             ((variant index, pair index), np.array of scores in self.distances order), as
             pairs finish, grouped by reference; with per_layer a third item, np.array
             [len(self.layer_distances), len(self.blocks)] (rows: distances, columns: blocks).
+            Scores that are NaN or inf are given as they are, and once every pair has been
+            given, one ScoreWarning (zsiqa.errors) counts them per distance and names the likely
+            cause (`score` warns in the same way).
         """
         variants, pairs = list(variants or (None,)), list(pairs)
         _check_pairs(pairs)
@@ -223,7 +247,14 @@ class Scorer:
         jobs = [(v, i) for v in range(len(variants)) for i in range(len(pairs))] if jobs is None else list(jobs)
         _check_jobs(jobs, len(variants), len(pairs))
         chunks = load_chunks(pairs, variants, self.resize, jobs, self.workers, self.device.type == "cuda")
-        yield from self.score_chunks(_report_failures(chunks, on_error), per_layer=per_layer)
+        counts, scored = np.zeros(len(self.distances), dtype=np.int64), 0
+        for item in self.score_chunks(_report_failures(chunks, on_error), per_layer=per_layer):
+            counts += ~np.isfinite(item[1])
+            scored += 1
+            yield item
+        if counts.any():  # once, when every pair has been given: ScoreWarning
+            warnings.warn(self.nonfinite_note(dict(zip(self.distances, counts.tolist())), scored), ScoreWarning,
+                          stacklevel=2)
 
     # ------------------------------------------------------------ what the engine calls
     def encode(self, windows_batch):
