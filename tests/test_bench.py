@@ -82,7 +82,7 @@ def test_bench_data_that_is_no_folder_fails_in_one_line(capsys, tmp_path, monkey
     for data, match in [("file", "is a file, not a folder"), ("fifo", "is a FIFO, socket or device"),
                         ("dangling", "is a link to nothing"), ("missing/set", "missing does not exist"),
                         ("file/set", "file is a file; give a folder in an existing one")]:
-        fails_one_line(capsys, lambda: _bench_data(tmp_path / data), match)
+        fails_one_line(capsys, lambda data=data: _bench_data(tmp_path / data), match)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "fifo", "file"]
     assert (tmp_path / "file").read_text() == "mine"
 
@@ -121,7 +121,7 @@ def test_bench_damaged_or_incomplete_set_fails_in_one_line(capsys, tmp_path, mon
         folder = tmp_path / kind
         shutil.copytree(clean, folder)
         named = _damage(kind, folder)
-        line = fails_one_line(capsys, lambda: _bench_data(folder), "holds a damaged or incomplete set")
+        line = fails_one_line(capsys, lambda folder=folder: _bench_data(folder), "holds a damaged or incomplete set")
         assert f"first {named}:" in line, (kind, line)
     # a set whose making was interrupted has no marker yet: refused, not completed with other numbers
     (clean / benchmark.MARKER).unlink()

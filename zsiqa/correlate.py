@@ -6,13 +6,17 @@ file's record (X.json beside X.csv, written by the eval command), else from the 
 dataset prefix (published files have no record); a prediction column from a similarity metric
 (PSNR, SSIM, …: higher = better) is flipped too.
 """
+import contextlib
 import os
 import re
 import sys
+import warnings
+
+import numpy as np
 
 from zsiqa import plots, results
 from zsiqa.datasets import LAYOUTS
-from zsiqa.errors import UserError
+from zsiqa.errors import UserError, check_readable
 from zsiqa.output import to_json
 from zsiqa.stats import agreement_sign, block_correlations, correlations, correlations_by_reference
 
@@ -72,8 +76,7 @@ def read_layers(path):
     record of its results file (X.csv beside X_layers.csv; None when absent). Read by the rules
     of `results.read_frame`: a pair the engine scored NaN or inf (when a record says the eval
     command wrote the file) is left out with a warning, other bad rows and values are refused."""
-    if not os.path.isfile(path):
-        raise UserError(f"per-layer file not found: {path}")
+    check_readable(path, "per-layer file")  # a folder, FIFO or device named as such, not "not found"
     results_file = path[: -len("_layers.csv")] + ".csv" if path.endswith("_layers.csv") else None
     record = results.read_record(results_file, CORR_FIX) if results_file else None
     header, rows = results.read_table(path)
@@ -89,13 +92,47 @@ def read_layers(path):
     return results.number_frame(path, header, rows, ["mos", *blocks]), blocks, record
 
 
+SAFE_EXPONENT = 500  # |values| beyond 2**500 (or under 2**-500, not 0) square to more (less) than float64 holds
+
+
+def scaled(frame, columns):
+    """`frame` with each of `columns` whose largest |value| is beyond 2**±SAFE_EXPONENT divided by
+    the power of two that brings it near 1 (exact: only the exponent changes), so that sums of
+    squares do not overflow; every coefficient here is unchanged by such a scale. Returns
+    (frame, {column: the power of two it was divided by})."""
+    powers = {}
+    for col in columns:
+        top = float(np.max(np.abs(frame[col].to_numpy(float)))) if len(frame) else 0.0
+        exponent = int(np.frexp(top)[1]) if top else 0
+        if abs(exponent) > SAFE_EXPONENT:
+            powers[col] = exponent
+    if powers:
+        frame = frame.assign(**{c: np.ldexp(frame[c].to_numpy(float), -e) for c, e in powers.items()})
+    return frame, powers
+
+
+@contextlib.contextmanager
+def one_line_warnings(path):
+    """numpy's and scipy's warnings inside the block (overflow, a constant input) become one
+    `warning:` line naming the file, instead of their raw lines with source code."""
+    with np.errstate(over="warn", divide="warn", invalid="warn"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    if caught:
+        first = str(caught[0].message).splitlines()[0] if str(caught[0].message) else caught[0].category.__name__
+        sys.stderr.write(f"warning: {path}: the values are too extreme to compute every coefficient in float64 "
+                         f"({first}); one that could not be computed is nan\n")
+
+
 def per_layer_main(a):
     """--per-layer: SRCC/PLCC per block, as a table, JSON, or SRCC against the block (--plot)."""
     a.file = a.per_layer
     frame, blocks, record = read_layers(a.file)
     _, label_hb = label_direction(a, record)
     sign = agreement_sign(label_hb, pred_direction(a, record))
-    rows = block_correlations({int(col.split("_")[1]): frame[col] for col in blocks}, frame.mos, sign)
+    frame, _ = scaled(frame, ["mos", *blocks])
+    with one_line_warnings(a.file):
+        rows = block_correlations({int(col.split("_")[1]): frame[col] for col in blocks}, frame.mos, sign)
     if a.plot:
         plots.srcc_per_block(rows, a.plot, os.path.basename(a.file))
     if a.json:
@@ -116,15 +153,20 @@ def main(a):
         raise UserError("give a results file (-f X.csv) or a per-layer file (--per-layer X_layers.csv)")
     if a.per_layer:
         return per_layer_main(a)
+    check_readable(a.file, "results file")  # a folder, FIFO or device named as such, not "not found"
     frame, record = results.read_frame(a.file, CORR_FIX)
     dataset, label_hb = label_direction(a, record)
     pred_hb = pred_direction(a, record)
-    result = correlations_by_reference(frame, label_hb, pred_hb) if a.byref else correlations(frame.pred, frame.mos,
-                                                                                              label_hb, pred_hb)
+    frame, powers = scaled(frame, ["pred", "mos"])
+    with one_line_warnings(a.file):
+        result = correlations_by_reference(frame, label_hb, pred_hb) if a.byref else \
+            correlations(frame.pred, frame.mos, label_hb, pred_hb)
     result = {"file": a.file, "dataset": dataset, "label_higher_better": label_hb, "pred_higher_better": pred_hb,
               **result}
     if a.plot:
-        plots.scatter(frame.pred, frame.mos, label_hb, pred_hb, a.plot, os.path.basename(a.file))
+        note = "".join(f", {c} / 2^{e}" for c, e in powers.items())  # the scale drawn, when extreme values were scaled
+        with one_line_warnings(a.file):
+            plots.scatter(frame.pred, frame.mos, label_hb, pred_hb, a.plot, os.path.basename(a.file) + note)
         result["plot"] = a.plot
     if a.json:
         print(to_json(result))
