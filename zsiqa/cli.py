@@ -161,6 +161,8 @@ FLAGS = {
     "json": (("--json",), dict(action="store_true", help="print the result as JSON")),
     "no_progress": (("--no-progress",), dict(action="store_true", help="no progress bar")),
     "list_models": (("--list-models",), dict(action="store_true", help="list the registered backbones and exit")),
+    "wide": (("--wide",), dict(action="store_true", help="also the architecture and weights file of each (wider than "
+                                                     "100 columns)")),
     # correlations of a file
     "corr_dataset": (("-dat", "--dataset"), dict(help=f"layout, for the label's direction ({', '.join(LAYOUTS)}); "
                                                       "default from the record or the file name")),
@@ -266,8 +268,9 @@ scoring. Weights are seeded random by default (speed does
 not depend on their values); the default distances are the five published ones, whose cost
 is what a reproduction pays. (bench.py is the same command.)"""
 
-MODELS_DOC = """List the registered backbones: name, protocol, distances, published GPU precision,
-feature shape at 224 px, architecture, weights file."""
+MODELS_DOC = """List the registered backbones. The table fits 100 columns: name, protocol, distances,
+published GPU precision and feature shape at 224 px; --wide adds the architecture and weights
+file, --json gives every detail."""
 
 METRIC = ("model", "distance", "weights", "device", "precision", "model_norm", "layers", "resize")
 COMMANDS = {
@@ -284,7 +287,7 @@ COMMANDS = {
                                  "json"),
                      "zsiqa.benchmark:main",
                      defaults={"distance": PUBLISHED_FIVE, "weights": "random", "compile": "off"}),
-    "models": Command(MODELS_DOC, ("json",), "zsiqa.cli:models"),
+    "models": Command(MODELS_DOC, ("json", "wide"), "zsiqa.cli:models"),
 }
 
 
@@ -450,7 +453,7 @@ def models(args):
     """`zsiqa models`: the registry as a table, or JSON."""
     from zsiqa.models import format_model_table, list_models
     rows = list_models()
-    print(to_json(rows, indent=1) if args.json else format_model_table(rows))
+    print(to_json(rows, indent=1) if args.json else format_model_table(rows, getattr(args, "wide", False)))
 
 
 def score(args):

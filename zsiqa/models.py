@@ -550,9 +550,27 @@ def list_models():
              "feature_shape_224": b.shape} for b in BACKBONES.values()]
 
 
-def format_model_table(rows):
-    cols = ["name", "protocol", "distances", "published_precision_gpu", "feature_shape_224", "architecture", "weights"]
-    width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    lines = ["  ".join(c.ljust(width[c]) for c in cols)]
-    lines += ["  ".join(str(r[c]).ljust(width[c]) for c in cols) for r in rows]
+WIDE_COLUMNS = ["name", "protocol", "distances", "published_precision_gpu", "feature_shape_224", "architecture",
+                "weights"]
+NARROW_COLUMNS = {"name": "name", "protocol": "protocol", "distances": "distances", "published_precision_gpu": "gpu",
+                  "feature_shape_224": "features"}  # column → its header: fits 100 columns
+
+
+def format_model_table(rows, wide=False):
+    """`list_models()` rows as a text table. The default fits 100 columns: name, protocol,
+    distances, published GPU precision and feature shape (a conv net's maps counted), aliases
+    listed below; wide=True adds the architecture and the weights file, with every map's shape."""
+    if wide:
+        header, cells = dict(zip(WIDE_COLUMNS, WIDE_COLUMNS)), [{c: str(r[c]) for c in WIDE_COLUMNS} for r in rows]
+    else:
+        header = NARROW_COLUMNS
+        cells = [{c: str(r[c]).split(" (alias ")[0] if c == "name" else str(r[c]).split(":")[0] for c in header}
+                 for r in rows]
+    width = {c: max(len(h), *(len(r[c]) for r in cells)) for c, h in header.items()}
+    lines = ["  ".join(h.ljust(width[c]) for c, h in header.items()).rstrip()]
+    lines += ["  ".join(r[c].ljust(width[c]) for c in header).rstrip() for r in cells]
+    if not wide:
+        lines += [f"alias {r['name'].split(' (alias ')[1].rstrip(')')} = {r['name'].split(' ')[0]}"
+                  for r in rows if " (alias " in r["name"]]
+        lines.append("(architecture and weights file: zsiqa models --wide, or --json)")
     return "\n".join(lines)
