@@ -4,7 +4,8 @@ Similarity Metrics" (ICASSP 2025).
 
     from zsiqa import Scorer, PerceptualLoss
     metric = Scorer("dinov1", "wsd")                  # a backbone and its distance(s), built once
-    metric("ref.png", "dis.png")                      # tensor([score]); higher = more different
+    metric("dis.png", "ref.png")                      # tensor([score]): the distorted image first;
+                                                      # higher = more different
     criterion = PerceptualLoss("dinov1", "l2")        # the same metric as a differentiable loss
 
 The public names:

@@ -4,8 +4,9 @@ scripts run_single_img.py, run.py, calc_scores.py and bench.py, which call the s
 Every flag is defined once, in FLAGS; a command lists the flags it takes (a benchmark may set
 another default), so one setting has one name and one check in every command. Arguments are
 parsed and checked before anything heavy is imported: `--help` and a usage error never load
-torch. A UserError ends the command with one `error:` line and exit code 2; Ctrl-C with 130;
-a reader that stopped early (`| head`) quietly with 141 (`guarded`).
+torch. A UserError or a dependency that is not installed ends the command with one `error:` line
+and exit code 2; Ctrl-C with 130; a reader that stopped early (`| head`) quietly with 141
+(`guarded`).
 """
 import argparse
 import contextlib
@@ -16,14 +17,21 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from PIL import Image
-
-from zsiqa.datasets import LAYOUTS
 from zsiqa.errors import ScoreWarning, UserError
 from zsiqa.folders import check_name
 from zsiqa.options import MAX_RESIZE, MAX_WORKERS
 from zsiqa.output import to_json
-from zsiqa.robustness import TRANSFORMS
+
+try:  # the flags' choices need Pillow and numpy: without one, every entry point says so in one line
+    from PIL import Image
+
+    from zsiqa.datasets import LAYOUTS
+    from zsiqa.robustness import TRANSFORMS
+    MISSING = None
+except ImportError as e:
+    if not e.name or e.name.split(".")[0] == "zsiqa":
+        raise
+    MISSING, LAYOUTS, TRANSFORMS, Image = e, {}, {}, None
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -311,7 +319,8 @@ def quiet_library_warnings():
         warnings.filterwarnings("ignore", message=pattern)
     # images of 89-179 Mpx are read (the engine compares big images block by block); larger
     # ones are still refused by Pillow's guard, in one line
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    if Image is not None:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 def run_command(name, argv, prog=None):
@@ -319,6 +328,8 @@ def run_command(name, argv, prog=None):
     quiet_library_warnings()
 
     def call():
+        if MISSING is not None:
+            raise MISSING
         args = build_parser(name, prog).parse_args(argv)
         args.started = time.perf_counter()  # what a command reports as its fixed cost is counted from here
         module, function = COMMANDS[name].run.split(":")
@@ -353,6 +364,19 @@ def guarded(call):
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: results computed so far are kept\n")
         return 130
+    except ImportError as e:  # a dependency that is not installed (torch, Pillow, …): named, never a traceback
+        if not e.name or e.name.split(".")[0] == "zsiqa":
+            raise
+        sys.stderr.write(f"error: {missing_dependency(e)}\n")
+        return 2
+
+
+def missing_dependency(e):
+    """The line for an ImportError of a third-party module: which package to install, and how."""
+    package = {"PIL": "Pillow", "sklearn": "scikit-learn", "yaml": "PyYAML"}.get(e.name.split(".")[0],
+                                                                              e.name.split(".")[0])
+    return (f"{package} is not installed (no module named {e.name!r}), and zsiqa needs it: install the requirements "
+            "(pip install -r requirements.txt, or ./setup.sh)")
 
 
 def _drop_stdout():
@@ -425,6 +449,10 @@ def script(name, prog):
     return main
 
 
+def _raise(error):
+    raise error
+
+
 def first_sentence(doc):
     """A command's description up to its first full stop, on one line (zsiqa --help)."""
     text = " ".join(doc.split())
@@ -440,7 +468,7 @@ def main(argv=None):
             sys.exit(2)
         usage = ("usage: zsiqa {" + ",".join(COMMANDS) + "} ...  (zsiqa COMMAND --help for each)\n\n"
                  + "".join(f"  {n:7} {first_sentence(c.doc)}\n" for n, c in COMMANDS.items()))
-        sys.exit(guarded(lambda: print(usage, end="")))
+        sys.exit(guarded(lambda: print(usage, end="") if MISSING is None else _raise(MISSING)))
     code = run_command(argv[0], argv[1:], prog=f"zsiqa {argv[0]}")
     if code:
         sys.exit(code)
