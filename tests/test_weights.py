@@ -338,3 +338,14 @@ def test_weights_path_as_bytes(tiny):
     want = Scorer(tiny[0], "l2", device="cpu", weights=tiny[1])(dis, ref)
     got = Scorer(tiny[0], "l2", device="cpu", weights=os.fsencode(tiny[1]))(dis, ref)
     assert torch.equal(got, want)
+
+
+def test_float8_weights_are_checked_not_a_traceback(tmp_path):
+    """float8 tensors have no sum kernel: the finiteness check reads them as float32, so a
+    finite float8 state dict loads and one holding NaN is refused in one line."""
+    torch.save({"a": torch.tensor([1.0, -2.0, 0.5]).to(torch.float8_e4m3fn)}, tmp_path / "ok.pth")
+    got = weights.read_state_dict(str(tmp_path / "ok.pth"))
+    assert got["a"].float().tolist() == [1.0, -2.0, 0.5]
+    torch.save({"a": torch.tensor([1.0, float("nan")]).to(torch.float8_e4m3fn)}, tmp_path / "nan.pth")
+    with pytest.raises(UserError, match="NaN|infinit"):
+        weights.read_state_dict(str(tmp_path / "nan.pth"))

@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from zsiqa.errors import ScoreWarning, UserError
+from zsiqa.errors import ImageNoteWarning, ScoreWarning, UserError, warn_line
 from zsiqa.folders import check_name
 from zsiqa.options import MAX_RESIZE, MAX_WORKERS
 from zsiqa.output import to_json
@@ -334,8 +334,9 @@ def run_command(name, argv, prog=None):
         args.started = time.perf_counter()  # what a command reports as its fixed cost is counted from here
         module, function = COMMANDS[name].run.split(":")
         __import__(module)
-        with warnings.catch_warnings():  # a command says in its own line which scores are NaN or inf
-            warnings.simplefilter("ignore", ScoreWarning)
+        with warnings.catch_warnings():  # a command says in its own line which scores are NaN or inf, and
+            warnings.simplefilter("ignore", ScoreWarning)  # which images are rotated or animated (once, up front)
+            warnings.simplefilter("ignore", ImageNoteWarning)
             return getattr(sys.modules[module], function)(args)
     return guarded(call)
 
@@ -498,7 +499,7 @@ def score(args):
     from zsiqa.models import get_backbone
     from zsiqa.scorer import Scorer
     parse_distances(args.distance, get_backbone(args.model))  # names and images before the weights are read
-    (why, path), = pair_problems([(args.ref, args.dis)], args.resize)
+    (why, path), = pair_problems([(args.ref, args.dis)], args.resize, warn=warn_line)
     if why:
         raise UserError(f"image not found: {path}" if why == "missing" else f"cannot read image {path}: {why}" if path
                         else f"{args.ref} / {args.dis}: {why}")

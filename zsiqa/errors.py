@@ -8,6 +8,7 @@ its argument checks stay fast.
 import contextlib
 import os
 import stat
+import sys
 
 
 class UserError(Exception):
@@ -18,6 +19,17 @@ class ScoreWarning(RuntimeWarning):
     """Scores that came out NaN or infinite (most often features that overflowed at half precision):
     warned by the API (`Scorer.score`, `score_files`); the score command says it in one line and
     exits with code 3. JSON output keeps such a score as null."""
+
+
+class ImageNoteWarning(UserWarning):
+    """An image scored as the published code scores it, which a user may not expect: one with a
+    non-default EXIF orientation (scored as stored, not rotated) or an animated one (scored by its
+    first frame). The commands say it once per run with a count (`images.pair_problems`)."""
+
+
+def warn_line(line):
+    """Tell the user something that does not stop the command: one `warning:` line on stderr."""
+    sys.stderr.write(f"warning: {line}\n")
 
 
 @contextlib.contextmanager

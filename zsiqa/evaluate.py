@@ -24,7 +24,7 @@ from tqdm import tqdm
 from zsiqa import distributed, plots, results, robustness
 from zsiqa.datasets import load_dataset, load_dirs
 from zsiqa.distances import DISTANCES, parse_distances
-from zsiqa.errors import UserError, writing
+from zsiqa.errors import UserError, warn_line, writing
 from zsiqa.images import open_image, pair_problems, pil_to_tensor, to_float
 from zsiqa.maps import SPATIAL
 from zsiqa.models import get_backbone
@@ -86,7 +86,7 @@ def check_images(dataset, pairs, skip_missing, resize=None, variants=(("", 0),))
     """
     shrink = max((p for k, p in variants if k == "tra"), default=0)  # the largest shift crops the most
     why = [reason for reason, _ in pair_problems([(dataset.ref_path(r), dataset.dis_path(d)) for r, d, _ in pairs],
-                                                 resize, shrink)]
+                                                 resize, shrink, warn=warn_line)]
     bad = [(d, w) for (_, d, _), w in zip(pairs, why, strict=False) if w]
     if not bad:
         return pairs

@@ -7,12 +7,14 @@ become 'RGB' as Pillow converts them; deep grey images (16-bit, float) keep thei
 (scaled ÷ 255 window by window, so 8-bit and float images may share a batch) or float32 in [0, 1].
 """
 import os
+import warnings
+from collections import Counter
 
 import numpy as np
 import torch
 from PIL import Image
 
-from zsiqa.errors import UserError, check_readable, file_problem
+from zsiqa.errors import ImageNoteWarning, UserError, check_readable, file_problem
 from zsiqa.windows import pair_problem
 
 
@@ -47,6 +49,29 @@ def as_rgb(im):
     return Image.fromarray(a / np.float32(top) if top != 1 else a)  # float32 H×W → 'F'
 
 
+EXIF_ORIENTATION = 0x0112
+NOTES = {  # what an image note means for its score: the published code reads images the same way
+    "rotated": "carry an EXIF orientation other than 'normal': scored as stored, not rotated",
+    "animated": "are animated: scored by their first frame",
+}
+
+
+def image_notes(im):
+    """What about an open image is scored as the published code scores it, though a user may not
+    expect it: 'rotated' (a non-default EXIF orientation) and 'animated' (several frames), as a
+    tuple of `NOTES` keys."""
+    try:
+        rotated = im.getexif().get(EXIF_ORIENTATION, 1) not in (1, None)
+    except Exception:  # a damaged EXIF block: no orientation to honour
+        rotated = False
+    return ("rotated",) * rotated + ("animated",) * bool(getattr(im, "is_animated", False))
+
+
+def notes_text(counts, examples):
+    """One line per note of `pair_problems`' counts: how many images, an example, what it means."""
+    return [f"{n} image(s) {NOTES[k]} (e.g. {examples[k]})" for k, n in counts.items()]
+
+
 def open_image(path, resize=None):
     """Open and fully decode an image file, converted by `as_rgb` to 'RGB' or (deep grey) 'F',
     then (resize=N) resized by `resize_square`. Only regular files are opened (a FIFO would
@@ -54,10 +79,13 @@ def open_image(path, resize=None):
     path = check_readable(os.fspath(path), "image")
     try:
         with Image.open(path) as im:
+            notes = image_notes(im)
             im.load()
             im = im.copy()
     except Exception as e:  # whatever a decoder raises (truncated, not an image, too large, …)
         raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if notes:  # once per message by Python's default filter; the commands say it up front instead
+        warnings.warn(f"some images {'; some '.join(NOTES[k] for k in notes)}", ImageNoteWarning, stacklevel=2)
     try:
         im = as_rgb(im)
     except UserError as e:
@@ -70,27 +98,35 @@ def header_size(path):
     read: ((w, h), None) or (None, reason), the reason one of 'missing', 'a folder', 'not a
     regular file …' (a FIFO would block the reader), 'too large …' (over Pillow's
     decompression-bomb guard), 'unreadable …'."""
+    return _header(path)[:2]
+
+
+def _header(path):
+    """`header_size`'s (size, reason), and the image's `image_notes` (() when unreadable)."""
     problem = file_problem(path)
     if problem:
-        return None, problem
+        return None, problem, ()
     try:
         with Image.open(path) as im:
-            return im.size, None
+            return im.size, None, image_notes(im)
     except Image.DecompressionBombError:
-        return None, f"too large (over Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} px)"
+        return None, f"too large (over Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} px)", ()
     except Exception:  # whatever a decoder raises on a file it cannot identify
-        return None, "unreadable (not an image Pillow can open)"
+        return None, "unreadable (not an image Pillow can open)", ()
 
 
-def pair_problems(pairs, resize=None, shift_pct=0):
+def pair_problems(pairs, resize=None, shift_pct=0, warn=None):
     """Why each pair of image files [(ref, dis)] cannot be scored, from headers alone (fast):
     [(reason, the file it is about)], (None, None) for a usable pair. A file's reason is
     `header_size`'s; a pair's is `windows.pair_problem`'s (sizes differ, a side under 224 px,
     also after a shift of shift_pct % crops it), with its file None. resize: the side the images
-    will be resized to first."""
-    sizes, unreadable = {}, {}
+    will be resized to first. warn: called with one line per kind of `image_notes` found (a
+    count and an example), once for all the pairs."""
+    sizes, unreadable, counts, examples = {}, {}, Counter(), {}
     for path in dict.fromkeys(p for pair in pairs for p in pair):
-        size, why = header_size(path)
+        size, why, notes = _header(path)
+        counts.update(notes)
+        examples.update({k: path for k in notes if k not in examples})
         if why:
             unreadable[path] = why
         else:
@@ -100,6 +136,8 @@ def pair_problems(pairs, resize=None, shift_pct=0):
         bad = next((p for p in (ref, dis) if p in unreadable), None)
         out.append((unreadable[bad], bad) if bad else (pair_problem(sizes[ref], sizes[dis], shift_pct, bool(resize)),
                                                        None))
+    for line in notes_text(counts, examples) if warn else ():
+        warn(line)
     return out
 
 

@@ -294,8 +294,13 @@ def all_finite(t):
     """Whether a float tensor holds no NaN or infinity. A NaN or infinity makes the sum non-finite,
     so a finite sum proves it (a fast reduction: a value-by-value test allocated a copy of every
     tensor and took seconds for a backbone); a non-finite sum (maybe finite values overflowing)
-    is checked value by value."""
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+    is checked value by value. Dtypes without a sum (the float8 ones) are summed as float32."""
+    try:
+        total = t.sum()
+    except (NotImplementedError, RuntimeError):  # float8: no reduction kernels
+        t = t.float()
+        total = t.sum()
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(t).all())
 
 
 # ------------------------------------------------ TorchScript archives, without running them
