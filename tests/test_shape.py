@@ -13,7 +13,7 @@ PACKAGE = ROOT / "zsiqa"
 LAYERS = [
     ("errors", "options", "output", "windows", "images", "fused", "distances", "blocks"),     # protocol
     ("weights", "models"),                                                                    # backbones
-    ("loading", "engine", "maps", "scorer", "loss"),                                          # scoring
+    ("core", "loading", "engine", "maps", "scorer", "loss", "metric", "torchmetric"),          # scoring
     ("robustness", "folders", "datasets", "results", "stats", "plots", "report", "distributed"),  # evaluation
     ("evaluate", "correlate", "benchmark", "cli", "__main__", "__init__"),                    # commands
 ]

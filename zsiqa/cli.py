@@ -504,7 +504,8 @@ def score(args):
         raise UserError(f"image not found: {path}" if why == "missing" else f"cannot read image {path}: {why}" if path
                         else f"{args.ref} / {args.dis}: {why}")
     scorer = Scorer(args.model, args.distance, device=args.device, precision=args.precision,
-                    weights=args.weights, resize=args.resize, workers=0, model_norm=args.model_norm, layers=args.layers)
+                    weights=args.weights, resize=args.resize, workers=0, model_norm=args.model_norm, layers=args.layers,
+                    dtype="float64")  # the printed digits: the float64 mean of the window scores
     scores = scorer.score([args.dis], [args.ref])
     values = {d: float(v[0]) for d, v in scores.items()}
     if args.json:

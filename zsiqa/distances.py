@@ -33,10 +33,16 @@ def _op(t, name, *args):
     return getattr(t, name)(*args) if t.requires_grad else getattr(t, name + "_")(*args)
 
 
+def l2_terms(f_dis, f_ref):
+    """The l2 terms: the squared difference of every value → [N, L, ...] (float32, float64
+    kept). A layer's l2 is their mean; a position's (maps.py) their mean over its channels."""
+    f_dis, f_ref = _fp32(f_dis, f_ref)
+    return (f_dis - f_ref).pow(2)
+
+
 def l2_layers(f_dis, f_ref):
     """Per layer, the mean over everything else of the squared difference → [N, L]."""
-    f_dis, f_ref = _fp32(f_dis, f_ref)
-    return (f_dis - f_ref).pow(2).flatten(2).mean(-1)
+    return l2_terms(f_dis, f_ref).flatten(2).mean(-1)
 
 
 def l2(f_dis, f_ref):
@@ -50,14 +56,19 @@ def one_minus_cos(f_dis, f_ref):
     return 1 - F.cosine_similarity(f_dis, f_ref, dim=-1, eps=1e-8)
 
 
+def cos_terms(f_dis, f_ref, skip_nonfinite=False):
+    """The cos terms: 1 − cos along the last axis per position → [N, L, ...]. skip_nonfinite
+    (the published clip_rn50 quirk): inf set to 0, NaN kept, to be left out of every mean."""
+    one_minus = one_minus_cos(f_dis, f_ref)
+    return one_minus.masked_fill(one_minus.isinf(), 0) if skip_nonfinite else one_minus
+
+
 def cos_layers(f_dis, f_ref, skip_nonfinite=False):
     """Per layer, the mean over tokens of 1 − cos along the last axis → [N, L].
 
     skip_nonfinite reproduces the published clip_rn50 quirk: inf set to 0, NaN left out."""
-    one_minus = one_minus_cos(f_dis, f_ref).flatten(2)
-    if skip_nonfinite:
-        return one_minus.masked_fill(one_minus.isinf(), 0).nanmean(-1)
-    return one_minus.mean(-1)
+    terms = cos_terms(f_dis, f_ref, skip_nonfinite).flatten(2)
+    return terms.nanmean(-1) if skip_nonfinite else terms.mean(-1)
 
 
 def cos(f_dis, f_ref, skip_nonfinite=False):
@@ -183,14 +194,16 @@ class Distance:
     distance that applies to its features. options: the per-run arguments its function
     accepts, by name, out of those `compute` offers (shared, seed, skip_nonfinite); others
     are dropped. layers_fn: the per-layer terms [N, L] whose sum over L is the score (None:
-    the score is not a sum over layers). lower_better: a lower score means more alike (all
-    distances here)."""
+    the score is not a sum over layers). terms_fn: the per-value terms [N, L, ...] whose mean
+    per layer is `layers` (None: the distance mixes positions; maps.py lays the terms out in
+    space). lower_better: a lower score means more alike (all distances here)."""
     fn: Callable
     applies_to: tuple
     summary: str
     options: tuple = ()
     layers_fn: Optional[Callable] = None
     lower_better: bool = True
+    terms_fn: Optional[Callable] = None
 
     @property
     def per_layer(self):
@@ -207,11 +220,21 @@ class Distance:
         """The per-layer terms [N, L] (float32, float64 kept) of a per-layer distance."""
         return self.layers_fn(f_dis, f_ref, **self._options(options))
 
+    @property
+    def spatial(self):
+        """Its terms have a place in the image (`terms`): l2 and cos."""
+        return self.terms_fn is not None
+
+    def terms(self, f_dis, f_ref, **options):
+        """The per-value terms [N, L, ...] of a spatial distance (`terms_fn`)."""
+        return self.terms_fn(f_dis, f_ref, **self._options(options))
+
 
 DISTANCES = {
-    "l2": Distance(l2, ("tokens", "maps"), "Σ_layers mean squared difference", layers_fn=l2_layers),
+    "l2": Distance(l2, ("tokens", "maps"), "Σ_layers mean squared difference", layers_fn=l2_layers,
+                   terms_fn=l2_terms),
     "cos": Distance(cos, FEATURE_KINDS, "Σ_layers mean (1 − cosine) over tokens", ("skip_nonfinite",),
-                    layers_fn=cos_layers),
+                    layers_fn=cos_layers, terms_fn=cos_terms),
     "skld": Distance(skld, ("tokens",), "symmetric KL of column distributions + weighted L2", ("shared",)),
     "jsd": Distance(jsd, ("tokens",), "Jensen-Shannon of column distributions", ("shared",)),
     "wsd": Distance(wsd, ("tokens",), "Wasserstein-1 of column distributions + weighted L2", ("shared",)),
@@ -240,11 +263,12 @@ def _fused(names, f_dis, f_ref, shared, cos_skip_nonfinite):
     return fast
 
 
-def compute(names, f_dis, f_ref, swd_seed=0, cos_skip_nonfinite=False):
+def compute(names, f_dis, f_ref, swd_seed=0, cos_skip_nonfinite=False, fused=True):
     """Several distances of the same stacks → [N, len(names)], intermediates shared. On CUDA
-    the fused kernels of fused.py read each side once or twice instead of ~90 times."""
+    the fused kernels of fused.py read each side once or twice instead of ~90 times
+    (fused=False: the eager formulas only, which have a backward)."""
     shared = Shared(f_dis, f_ref)
-    fast = _fused(names, f_dis, f_ref, shared, cos_skip_nonfinite)
+    fast = _fused(names, f_dis, f_ref, shared, cos_skip_nonfinite) if fused else {}
     options = {"shared": shared, "seed": swd_seed, "skip_nonfinite": cos_skip_nonfinite}
     return torch.stack([fast[n] if n in fast else DISTANCES[n](f_dis, f_ref, **options) for n in names], dim=1)
 

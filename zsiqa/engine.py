@@ -10,18 +10,43 @@ Memory is bounded by the batch size, not the image area: a reference whose windo
 exceed the cache budget (`Scorer.cache_mb`) is compared block of window positions by block
 instead of being cached whole.
 
-The engine knows the scorer only by what it calls: device, batch_size, fixed_batch, overlap,
-resize, cached_windows, distances, layer_distances, blocks, encode() and window_scores().
+The engine knows the scorer only by a `Spec`, a frozen record of values and two functions
+(encode, window_scores) handed over once per run: it never calls back into the Scorer.
 """
 import collections
 import contextlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from zsiqa.images import to_float
 from zsiqa.windows import check_pair, window_count, windows
+
+# ---------------------------------------------------------------- what the engine is given
+
+@dataclass(frozen=True)
+class Spec:
+    """What one run of the engine needs, handed over once (the one-way interface).
+
+    device: where windows go. batch_size: windows per forward pass. fixed_batch: pad short
+    batches (a compiled backbone). overlap: compare on a CUDA side stream. resized: the images
+    were resized (for messages). cached_windows: reference windows whose features fit the cache.
+    columns: scores per pair. layer_columns: per-block values per pair that follow (per_layer).
+    encode(windows) → feature groups. window_scores(f_dis, ref_of, per_layer) → per-window
+    [B, columns + layer_columns] (float64)."""
+    device: torch.device
+    batch_size: int
+    fixed_batch: bool
+    overlap: bool
+    resized: bool
+    cached_windows: int
+    columns: int
+    layer_columns: int
+    encode: Callable
+    window_scores: Callable
+    per_layer: bool = False
+
 
 # ---------------------------------------------------------------- engine state
 
@@ -156,15 +181,14 @@ class EngineRun:
     `flush` encodes full batches (storing reference features, comparing distorted ones
     against their reference's slots), `drain` yields the pairs whose windows are all done."""
 
-    def __init__(self, scorer, per_layer=False):
-        self.scorer, self.dev, self.per_layer = scorer, scorer.device, per_layer
+    def __init__(self, spec):
+        self.spec, self.dev = spec, spec.device
         self.pool, self.refs = SlotPool(), {}
         self.queue, self.queued, self.position = collections.deque(), 0, 0
         self.pending, self.inflight = collections.deque(), collections.deque()
-        extra = len(scorer.layer_distances) * len(scorer.blocks) if per_layer else 0
-        self.streams = Streams(self.dev if scorer.overlap else None)
+        self.streams = Streams(self.dev if spec.overlap else None)
         with self.streams.side():  # the sums live on the comparison stream (their memory too)
-            self.acc = Accumulator(len(scorer.distances) + extra, self.dev)
+            self.acc = Accumulator(spec.columns + spec.layer_columns, self.dev)
 
     # ---- queueing windows
     def _enqueue(self, wins, is_ref, slots, rows):
@@ -184,7 +208,7 @@ class EngineRun:
         for start, imgs in chunk.dis_runs():
             jobs = chunk.jobs[start:start + imgs.shape[0]]
             size = tuple(imgs.shape[-2:])[::-1]
-            check_pair(ref.shape[::-1], size, f"pair {jobs[0]}", resized=bool(self.scorer.resize))
+            check_pair(ref.shape[::-1], size, f"pair {jobs[0]}", resized=self.spec.resized)
             if ref.slots is not None:
                 self._add_cached(ref, imgs, jobs)
             else:
@@ -194,7 +218,7 @@ class EngineRun:
 
     def _new_reference(self, img):
         shape = tuple(img.shape[-2:])
-        if window_count(*shape) > self.scorer.cached_windows:
+        if window_count(*shape) > self.spec.cached_windows:
             return Reference(shape, image=img)
         wins = windows(img.to(self.dev, non_blocking=True))
         slots = self.pool.reserve(wins.shape[0])
@@ -212,7 +236,7 @@ class EngineRun:
     def _add_blockwise(self, ref, imgs, jobs):
         """A reference too large to cache: per block of window positions, encode its windows
         there, compare every distorted image's windows there, free the block's slots."""
-        total, block = window_count(*ref.shape), self.scorer.cached_windows
+        total, block = window_count(*ref.shape), self.spec.cached_windows
         rows = torch.tensor(self.acc.take(len(jobs)))
         ref_img, imgs = ref.image.to(self.dev, non_blocking=True), imgs.to(self.dev, non_blocking=True)
         for b0 in range(0, total, block):
@@ -228,7 +252,7 @@ class EngineRun:
     def flush(self, limit):
         """Encode batches while at least `limit` windows are queued (limit=1: everything)."""
         while self.queued >= limit and self.queued > 0:
-            self._encode_batch(self._take(min(self.scorer.batch_size, self.queued)))
+            self._encode_batch(self._take(min(self.spec.batch_size, self.queued)))
             self._collect(self.position - self.queued)
         self._collect(self.position - self.queued)  # entries queued after the last batch (nothing left to encode)
 
@@ -252,9 +276,9 @@ class EngineRun:
         whose features are dropped."""
         wins = torch.cat([to_float(p.windows) for p in parts]) if len(parts) > 1 else to_float(parts[0].windows)
         n = wins.shape[0]
-        if self.scorer.fixed_batch and n < self.scorer.batch_size:
-            wins = torch.cat([wins, wins.new_zeros((self.scorer.batch_size - n,) + wins.shape[1:])])
-        feats = [f[:n] for f in self.scorer.encode(wins)]
+        if self.spec.fixed_batch and n < self.spec.batch_size:
+            wins = torch.cat([wins, wins.new_zeros((self.spec.batch_size - n,) + wins.shape[1:])])
+        feats = [f[:n] for f in self.spec.encode(wins)]
         is_ref, slots, rows = (torch.cat([getattr(p, k) for p in parts]) for k in ("is_ref", "slots", "rows"))
         ref_at = is_ref.nonzero().flatten()
         dis_at = (~is_ref).nonzero().flatten()
@@ -267,7 +291,8 @@ class EngineRun:
         if len(dis_at):
             with self.streams.side([*feats, index]):
                 f_dis = feats if not len(ref_at) else [f[dis_at_d] for f in feats]
-                scores = self.scorer.window_scores(f_dis, lambda a, b: self.pool.read(dis_slots_d[a:b]), self.per_layer)
+                scores = self.spec.window_scores(f_dis, lambda a, b: self.pool.read(dis_slots_d[a:b]),
+                                                 self.spec.per_layer)
                 self.acc.add(rows_d, scores)
 
     # ---- reading back
@@ -304,15 +329,16 @@ class EngineRun:
 
 # ---------------------------------------------------------------- running
 
-def run(scorer, chunks, per_layer=False):
+def run(spec, chunks, n_layer=0):
     """Consume Chunks (loading.py) and yield (job, scores) as pairs finish, or (job, scores,
-    per-block scores [n_layer_distances, L]) with per_layer; scores are per-window means."""
-    engine_run, nd = EngineRun(scorer, per_layer), len(scorer.distances)
-    n_layer = len(scorer.layer_distances) if per_layer else 0
-    keep = 2 if scorer.device.type == "cuda" else 0  # read-backs left in flight: the GPU never waits for the host
+    per-block scores [n_layer, L]) with spec.per_layer (n_layer: the per-layer distances);
+    scores are per-window means."""
+    engine_run, nd = EngineRun(spec), spec.columns
+    n_layer = n_layer if spec.per_layer else 0
+    keep = 2 if spec.device.type == "cuda" else 0  # read-backs left in flight: the GPU never waits for the host
     for chunk in chunks:
         engine_run.add(chunk)
-        engine_run.flush(scorer.batch_size)
+        engine_run.flush(spec.batch_size)
         yield from _split(engine_run.drain(keep), nd, n_layer)
     engine_run.flush(1)
     yield from _split(engine_run.drain(0), nd, n_layer)

@@ -17,37 +17,19 @@ backbone in its `state_dict()` or `parameters()`, yet `.to(device)`, `.to(dtype)
 and dtype. Features are computed with autograd on; distances always take the eager path (the
 fused GPU kernels have no backward) and are computed in float32 whatever the backbone's dtype.
 """
-import math
-import numbers
+from typing import Optional, Sequence, Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from zsiqa.blocks import as_groups, backbone_layers
-from zsiqa.distances import DISTANCES, Shared, parse_distances
+from zsiqa.core import FrozenBackbone, MetricCore, grey_to_rgb, pair_means, range_option, to_unit_range
 from zsiqa.errors import UserError
-from zsiqa.models import FeatureExtractor, get_backbone
-from zsiqa.options import resize_option, seed_option
-from zsiqa.windows import WINDOW, window_count, windows
+from zsiqa.windows import WINDOW, windows
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def _input_range(value):
-    """input_range as two floats, low < high, each and their span finite and non-zero in float32
-    (where the mapping is computed; 1e-300 is 0 there)."""
-    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-    low, high = (float(v) for v in value) if ok else (0.0, 0.0)
-    f32 = torch.finfo(torch.float32)
-    if not ok or not f32.tiny <= high - low <= f32.max or max(abs(low), abs(high)) > f32.max:
-        raise UserError(f"input_range must be two finite numbers (low, high) with low < high, e.g. (-1, 1), and a "
-                        f"span float32 holds; got {value!r}")
-    return low, high
-
-
-class PerceptualLoss(nn.Module):
+class PerceptualLoss(FrozenBackbone):
     """A ZS-IQA distance as a loss: forward(dis, ref) → scalar (or [N] with reduction='none').
 
     Args:
@@ -68,53 +50,53 @@ class PerceptualLoss(nn.Module):
             under 224 px work; None keeps the size (sides must then be at least 224 px).
     """
 
-    def __init__(self, model="dinov1", distance="l2", *, weights=None, device="auto", precision="fp32", layers=None,
-                 reduction="mean", swd_seed=0, input_range=(0, 1), resize=None):
-        super().__init__()
-        backbone = get_backbone(model)
-        names = parse_distances(distance, backbone)
-        if len(names) != 1:
-            raise UserError(f"PerceptualLoss takes one distance, got {', '.join(names)}")
+    def __init__(self, model: str = "dinov1", distance: str = "l2", *, weights: Optional[str] = None,
+                 device="auto", precision: str = "fp32", layers=None, reduction: str = "mean", swd_seed: int = 0,
+                 input_range: Sequence[float] = (0, 1), resize: Optional[int] = None) -> None:
         if reduction not in REDUCTIONS:
             raise UserError(f"unknown reduction '{reduction}'; use one of {', '.join(REDUCTIONS)}")
-        self.distance, self.reduction = names[0], reduction
-        self.swd_seed = seed_option(swd_seed)
-        self.resize = resize_option(resize)
-        self._low, high = _input_range(input_range)  # plain floats: the mapping is done in float32 or wider
-        self._span = high - self._low
-        self.skip_nonfinite = backbone.cos_skip_nonfinite
-        extractor = FeatureExtractor(backbone, weights, device, precision)
-        object.__setattr__(self, "_extractor", extractor)  # not a submodule: outside state_dict() and parameters()
-        self.sizes = extractor.probe()[0]
-        self.layers = backbone_layers(layers, backbone, self.sizes)
+        low_high = range_option(input_range)  # plain floats: the mapping is done in float32 or wider
+        super().__init__(MetricCore(model, distance, weights=weights, device=device, precision=precision,
+                                    layers=layers, swd_seed=swd_seed, resize=resize, one="PerceptualLoss"))
+        self.distance, self.reduction = self.core.distances[0], reduction
+        self.input_range: Tuple[float, float] = low_high
 
     @property
-    def backbone(self):
+    def backbone(self) -> torch.nn.Module:
         """The frozen backbone (kept outside the module tree; moved and cast with the loss)."""
-        return self._extractor.model
+        return self.core.extractor.model
 
-    def _apply(self, fn, recurse=True):
-        """.to(), .cuda(), .half(), .bfloat16() and the like: the buffers, then the backbone."""
-        super()._apply(fn, recurse)
-        self._extractor.model._apply(fn)
-        self._extractor.device = next(self._extractor.model.parameters()).device
-        return self
+    @property
+    def swd_seed(self) -> int:
+        return self.core.swd_seed
 
-    def train(self, mode=True):
-        """The backbone stays in eval mode whatever the loss module is set to."""
-        super().train(mode)
-        self._extractor.model.eval()
-        return self
+    @property
+    def resize(self) -> Optional[int]:
+        return self.core.resize
 
-    def features(self, wins):
+    @property
+    def layers(self) -> Optional[Tuple[int, ...]]:
+        """The 0-based blocks compared, or None for all."""
+        return self.core.layers
+
+    @property
+    def sizes(self) -> Tuple[int, ...]:
+        """Blocks per feature group of the backbone."""
+        return self.core.group_sizes
+
+    @property
+    def skip_nonfinite(self) -> bool:
+        return self.core.skip_nonfinite
+
+    def features(self, wins: torch.Tensor) -> list:
         """Windows [B, 3, 224, 224] → feature groups, with autograd (as FeatureExtractor.forward)."""
-        return as_groups(self._extractor.run(wins), self.layers, self.sizes)
+        return self.core.features(wins)
 
     def _check(self, x, name):
-        """UserError unless x is a float tensor [N, 3, H, W], N ≥ 1, without NaN or infinity."""
-        if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != 3:
+        """UserError unless x is a float tensor [N, 3 or 1, H, W], N ≥ 1, without NaN or infinity."""
+        if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] not in (1, 3):
             got = list(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise UserError(f"{name}: PerceptualLoss takes tensors [N, 3, H, W], got {got}")
+            raise UserError(f"{name}: PerceptualLoss takes tensors [N, 3, H, W] (or [N, 1, H, W], grey), got {got}")
         if not x.is_floating_point():
             raise UserError(f"{name}: PerceptualLoss takes float tensors, got {x.dtype} (divide 8-bit images by 255)")
         if x.shape[0] == 0:
@@ -125,9 +107,8 @@ class PerceptualLoss(nn.Module):
             raise UserError(f"{name} holds NaN or infinite values")
 
     def _images(self, x, name):
-        """A checked batch as the backbone takes it: mapped from input_range to [0, 1], resized."""
-        wide = torch.promote_types(x.dtype, torch.float32)  # a 16-bit dtype cannot hold every range (65535)
-        x = ((x.to(wide) - self._low) / self._span).to(x.dtype)
+        """A checked batch as the backbone takes it: grey made RGB, mapped from input_range to [0, 1], resized."""
+        x = to_unit_range(grey_to_rgb(x, 1), *self.input_range)
         if self.resize:
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
         if min(x.shape[-2:]) < WINDOW:
@@ -135,7 +116,7 @@ class PerceptualLoss(nn.Module):
                             f"pass resize={WINDOW} (or more) to resize both images first")
         return x
 
-    def forward(self, dis, ref):
+    def forward(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """dis, ref: float tensors [N, 3, H, W] of the same shape, values in `input_range`
         (the distorted image, e.g. a network's output, first) → the loss (see reduction)."""
         self._check(dis, "dis")
@@ -146,9 +127,6 @@ class PerceptualLoss(nn.Module):
         f_dis = self.features(windows(dis))
         with torch.set_grad_enabled(torch.is_grad_enabled() and ref.requires_grad):
             f_ref = self.features(windows(ref))
-        fn = DISTANCES[self.distance]  # the eager formulas: the fused kernels have no backward
-        with torch.autocast(self._extractor.device.type, enabled=False):
-            per_window = sum(fn(a, b, shared=Shared(a, b), seed=self.swd_seed, skip_nonfinite=self.skip_nonfinite)
-                             for a, b in zip(f_dis, f_ref, strict=True))
-        per_pair = per_window.view(dis.shape[0], window_count(*dis.shape[-2:])).mean(1)
+        per_window = self.core.group_scores(f_dis, f_ref, fused=False)[:, 0]  # the fused kernels have no backward
+        per_pair = pair_means(per_window, dis.shape[0])
         return per_pair if self.reduction == "none" else getattr(per_pair, self.reduction)()

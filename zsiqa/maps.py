@@ -15,12 +15,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from zsiqa.distances import one_minus_cos
+from zsiqa.distances import DISTANCES
 from zsiqa.errors import UserError
 from zsiqa.images import to_float
 from zsiqa.windows import WINDOW, check_pair, window_positions, windows
 
-SPATIAL = ("l2", "cos")
+SPATIAL = tuple(name for name, d in DISTANCES.items() if d.spatial)  # l2, cos
 
 
 def token_density(terms):
@@ -33,68 +33,67 @@ def token_density(terms):
     return grid / t
 
 
-def conv_density(name, f_dis, f_ref, skip_nonfinite):
-    """A conv group [N, L, C, H, W] → density [N, H, W or 1] summed over layers whose mean
-    is the group's score (cos: per row, the published cosine running along the width)."""
-    if name == "l2":
-        return (f_dis.float() - f_ref.float()).pow(2).mean(2).sum(1)
-    one_minus = one_minus_cos(f_dis, f_ref)  # [N, L, C, H]
-    if skip_nonfinite:  # as the published nanmean: inf → 0, NaN left out of sum and count
-        one_minus = one_minus.masked_fill(one_minus.isinf(), 0)
-    valid = ~one_minus.isnan()
-    rows = torch.where(valid, one_minus, 0).sum(2) * one_minus.shape[-1] / valid.sum((2, 3), keepdim=True)[..., 0]
+def conv_density(terms):
+    """A conv group's terms [N, L, C, H, W] (l2) or [N, L, C, H] (cos, the published cosine
+    running along the width) → density [N, H, W or 1] summed over layers whose mean is the
+    group's score; NaN terms (left out, as the published nanmean) count for nothing."""
+    if terms.dim() == 5:
+        return terms.mean(2).sum(1)
+    valid = ~terms.isnan()
+    rows = torch.where(valid, terms, 0).sum(2) * terms.shape[-1] / valid.sum((2, 3), keepdim=True)[..., 0]
     return rows.sum(1)[..., None]
 
 
 def density(name, f_dis, f_ref, maps_kind, skip_nonfinite=False):
-    """The per-position density of a spatial distance on one feature group → [N, 224, 224]."""
+    """The per-position density of a spatial distance on one feature group → [N, 224, 224]:
+    its terms (distances.py, the formulas the score is the mean of) laid out in space."""
+    terms = DISTANCES[name].terms(f_dis, f_ref, skip_nonfinite=skip_nonfinite)
     if maps_kind:
-        dens = conv_density(name, f_dis, f_ref, skip_nonfinite)
-    elif name == "l2":
-        dens = token_density((f_dis.float() - f_ref.float()).pow(2).mean(-1))
+        dens = conv_density(terms)
     else:
-        dens = token_density(one_minus_cos(f_dis, f_ref))
+        dens = token_density(terms.mean(-1) if terms.dim() == 4 else terms)  # l2: a token's mean over channels
     return F.interpolate(dens[:, None], size=(WINDOW, WINDOW), mode="nearest")[:, 0]
 
 
-def _batch_maps(scorer, fd, fr):
+def _batch_maps(core, fd, fr):
     """One batch of windows' features → {distance: [b, 224, 224]}."""
-    maps_kind = scorer.backbone.features == "maps"
-    scores = scorer.window_scores(fd, lambda a, b: [f[a:b] for f in fr]).float()
+    maps_kind = core.backbone.features == "maps"
+    scores = core.window_scores(fd, lambda a, b: [f[a:b] for f in fr]).float()
     out = {}
-    skip = scorer.backbone.cos_skip_nonfinite
-    for j, d in enumerate(scorer.distances):
+    for j, d in enumerate(core.distances):
         if d in SPATIAL:
-            out[d] = sum(density(d, a, b, maps_kind, skip) for a, b in zip(fd, fr, strict=True))
+            out[d] = sum(density(d, a, b, maps_kind, core.skip_nonfinite) for a, b in zip(fd, fr, strict=True))
         else:
             out[d] = scores[:, j, None, None].expand(-1, WINDOW, WINDOW)
     return out
 
 
-def _pair(scorer, dis, ref):
-    """One pair as the Scorer reads it → (ref, dis) float tensors [3, H, W] of the same size (a
-    tensor [1, 3, H, W] is that one image; maps are made for one pair at a time)."""
+def _pair(prepare, resized, dis, ref):
+    """One pair as the Scorer reads it (`prepare`) → (ref, dis) float tensors [3, H, W] of the
+    same size (a tensor [1, 3, H, W] is that one image; maps are made for one pair at a time)."""
     for x in (dis, ref):
         if torch.is_tensor(x) and x.dim() == 4 and x.shape[0] != 1:
             raise UserError(f"maps are made for one pair at a time: got a batch of {x.shape[0]} images")
-    ref, dis = (to_float(scorer.prepare(x[0] if torch.is_tensor(x) and x.dim() == 4 else x)) for x in (ref, dis))
-    check_pair(ref.shape[:0:-1], dis.shape[:0:-1], "pair", resized=bool(scorer.resize))
+    ref, dis = (to_float(prepare(x[0] if torch.is_tensor(x) and x.dim() == 4 else x)) for x in (ref, dis))
+    check_pair(ref.shape[:0:-1], dis.shape[:0:-1], "pair", resized=resized)
     return ref, dis
 
 
-def window_batches(scorer, ref, dis):
+def window_batches(core, batch_size, ref, dis):
     """Yield (first window index, {distance: [b, 224, 224]}) per batch of windows of a
     prepared pair (float tensors [3, H, W])."""
     wr, wd = windows(ref), windows(dis)
-    for s in range(0, wr.shape[0], scorer.batch_size):
-        fr, fd = scorer.encode(wr[s:s + scorer.batch_size]), scorer.encode(wd[s:s + scorer.batch_size])
-        yield s, {d: m.cpu() for d, m in _batch_maps(scorer, fd, fr).items()}
+    for s in range(0, wr.shape[0], batch_size):
+        fr, fd = core.encode(wr[s:s + batch_size]), core.encode(wd[s:s + batch_size])
+        yield s, {d: m.cpu() for d, m in _batch_maps(core, fd, fr).items()}
 
 
-def window_maps(scorer, dis, ref):
-    """{distance: tensor [K, 224, 224]}: each window's map, rows-outer order."""
-    parts = [m for _, m in window_batches(scorer, *_pair(scorer, dis, ref))]
-    return {d: torch.cat([p[d] for p in parts]) for d in scorer.distances}
+def window_maps(core, batch_size, prepare, dis, ref):
+    """{distance: tensor [K, 224, 224]}: each window's map, rows-outer order (`prepare` reads
+    an image as the Scorer does)."""
+    pair = _pair(prepare, bool(core.resize), dis, ref)
+    parts = [m for _, m in window_batches(core, batch_size, *pair)]
+    return {d: torch.cat([p[d] for p in parts]) for d in core.distances}
 
 
 def _pixel_index(first, count, pr, pc, w):
@@ -106,16 +105,16 @@ def _pixel_index(first, count, pr, pc, w):
     return rows[:, :, None] * w + cols[:, None, :]
 
 
-def image_maps(scorer, dis, ref):
+def image_maps(core, batch_size, prepare, dis, ref):
     """{distance: float32 numpy [H, W]}: window maps placed and overlaps averaged."""
-    ref, dis = _pair(scorer, dis, ref)
+    ref, dis = _pair(prepare, bool(core.resize), dis, ref)
     h, w = dis.shape[-2:]
     pr, pc = window_positions(h), window_positions(w)
-    canvas = {d: torch.zeros(h * w, dtype=torch.float64) for d in scorer.distances}
+    canvas = {d: torch.zeros(h * w, dtype=torch.float64) for d in core.distances}
     count = torch.zeros(h * w, dtype=torch.float64)
-    for s, batch in window_batches(scorer, ref, dis):
+    for s, batch in window_batches(core, batch_size, ref, dis):
         idx = _pixel_index(s, next(iter(batch.values())).shape[0], pr, pc, w).flatten()
         count.index_add_(0, idx, torch.ones(idx.shape, dtype=torch.float64))
         for d, m in batch.items():
             canvas[d].index_add_(0, idx, m.flatten().double())
-    return {d: (canvas[d] / count).view(h, w).float().numpy() for d in scorer.distances}
+    return {d: (canvas[d] / count).view(h, w).float().numpy() for d in core.distances}
