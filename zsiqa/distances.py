@@ -11,7 +11,7 @@ features it applies to takes it.
 """
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -230,7 +230,7 @@ class Distance:
         return self.terms_fn(f_dis, f_ref, **self._options(options))
 
 
-DISTANCES = {
+DISTANCES: Dict[str, Distance] = {
     "l2": Distance(l2, ("tokens", "maps"), "Σ_layers mean squared difference", layers_fn=l2_layers,
                    terms_fn=l2_terms),
     "cos": Distance(cos, FEATURE_KINDS, "Σ_layers mean (1 − cosine) over tokens", ("skip_nonfinite",),
@@ -242,7 +242,7 @@ DISTANCES = {
 }
 
 
-def applicable(feature_kind):
+def applicable(feature_kind: str) -> Tuple[str, ...]:
     """Names of the distances defined on a feature kind, in table order."""
     return tuple(name for name, d in DISTANCES.items() if feature_kind in d.applies_to)
 
@@ -279,7 +279,7 @@ def compute_layers(names, f_dis, f_ref, cos_skip_nonfinite=False):
     return torch.stack([DISTANCES[n].layers(f_dis, f_ref, skip_nonfinite=cos_skip_nonfinite) for n in names], dim=1)
 
 
-def parse_distances(distances, backbone):
+def parse_distances(distances: Union[str, Sequence[str]], backbone) -> Tuple[str, ...]:
     """The distances asked for, checked against a backbone.
 
     Args:

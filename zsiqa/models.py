@@ -10,6 +10,7 @@ backbone on a device at a precision.
 import math
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Dict, List
 
 import torch
 import torch.nn as nn
@@ -375,7 +376,7 @@ def timm_hub_backbone(timm_name, arch, **entry):
                     cuda_published="fp32", published=False, **entry)
 
 
-BACKBONES = {b.name: b for b in [
+BACKBONES: Dict[str, Backbone] = {b.name: b for b in [
     # the paper's two headline backbones
     *with_embed(Backbone(name="clip_vitb32", arch="OpenAI CLIP ViT-B/32", family=CLIP_VIT_B32,
                          weights=WEIGHTS_CLIP_B32, output="layers", cuda_published="fp16", shape="12x50x768",
@@ -422,7 +423,7 @@ BACKBONES = {b.name: b for b in [
 ALIASES = {"openclip_vitb32": "openclip_vitb32_laion", "embed_openclip_vitb32": "embed_openclip_vitb32_laion"}
 
 
-def get_backbone(name):
+def get_backbone(name: str) -> Backbone:
     """The registry entry of a backbone name or alias; UserError for anything else."""
     if not isinstance(name, str):
         raise UserError(f"the model must be a registry name (a string), got {type(name).__name__}")
@@ -541,7 +542,7 @@ class FeatureExtractor(nn.Module):
         return self.forward_fn(self.model, x)
 
 
-def list_models():
+def list_models() -> List[dict]:
     """One row per registered backbone (the `--list-models` table)."""
     aliases = {v: k for k, v in ALIASES.items()}
     return [{"name": b.name + (f" (alias {aliases[b.name]})" if b.name in aliases else ""), "architecture": b.arch,

@@ -233,7 +233,7 @@ class Scorer(FrozenBackbone):
         """
         return self._score(dis, ref, per_layer=True)
 
-    def _score(self, dis, ref, per_layer):
+    def _score(self, dis: Images, ref: Images, per_layer: bool) -> Scores:
         dises, refs = as_list(dis), as_list(ref)
         if len(refs) != len(dises):
             raise UserError(f"{len(dises)} distorted images but {len(refs)} references")

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from zsiqa.errors import UserError
-from zsiqa.metric import create_metric
+from zsiqa.metric import split_name
+from zsiqa.scorer import Scorer
 
 try:
     from torchmetrics import Metric
@@ -38,11 +39,13 @@ class TorchMetric(Metric):
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
+    total: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self, name: str, **options: Any) -> None:
         own = {k: options.pop(k) for k in list(options) if k in _METRIC_KWARGS}
         super().__init__(**own)
-        self.scorer = create_metric(name, **options)
+        self.scorer = Scorer(*split_name(name), **options)  # create_metric(name, **options)
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
@@ -56,7 +59,7 @@ class TorchMetric(Metric):
 
     def update(self, dis: Any, ref: Any) -> None:
         """Score a batch of pairs (the distorted images first) and add them to the running mean."""
-        scores = self.scorer(dis, ref)
+        scores = self.scorer.score(dis, ref)[self.scorer.distances[0]]
         self.total += scores.double().sum().to(self.total.device)
         self.count += scores.numel()
 
