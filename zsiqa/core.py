@@ -196,6 +196,10 @@ class FrozenBackbone(nn.Module):
         self.core.extractor.model.eval()
         return self
 
+    def extra_repr(self) -> str:
+        """What `repr()` shows between the parentheses: the metric and its device."""
+        return f"name={self.name!r}, device={self.core.device}"
+
     @property
     def lower_better(self) -> bool:
         """True: a lower score means more alike (every distance here)."""
