@@ -4,7 +4,6 @@ torchmetrics Metric synced across processes, and one core behind the Scorer, the
 import copy
 import os
 import pickle
-import socket
 import warnings
 
 import numpy as np
@@ -204,14 +203,14 @@ def test_importing_zsiqa_leaves_torchmetrics_out():
     assert out.stdout.strip() == "False"
 
 
-def _synced_worker(rank, world, port, weights, folder):
+def _synced_worker(rank, world, rendezvous, weights, folder):
     """One process of a two-process gloo group: its own pairs, the synced mean saved."""
     import torch.distributed as dist
 
     from tinymodel import register_tiny
     from zsiqa import models
     register_tiny(models.BACKBONES)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         metric = zsiqa.TorchMetric("tiny_vit_test_l2", device="cpu", weights=weights)
         metric.update(*_images(20 + rank, n=rank + 1))  # 1 and 2 pairs: a mean of means would differ
@@ -224,10 +223,8 @@ def test_torch_metric_syncs_across_processes(tiny, tmp_path):
     pytest.importorskip("torchmetrics", reason="torchmetrics is not installed (pip install zsiqa[torchmetrics])")
     import torch.multiprocessing as mp
     name, weights = tiny
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_synced_worker, args=(2, port, weights, str(tmp_path)), nprocs=2, join=True)
+    rendezvous = tmp_path / "rendezvous"  # a file, not a TCP port another test could take meanwhile
+    mp.spawn(_synced_worker, args=(2, str(rendezvous), weights, str(tmp_path)), nprocs=2, join=True)
     scorer = Scorer(name, "l2", device="cpu", weights=weights, dtype=torch.float64)
     every = torch.cat([scorer(*_images(20 + rank, n=rank + 1)) for rank in range(2)])
     assert len(every) == 3
