@@ -174,7 +174,13 @@ FLAGS = {
     # correlations of a file
     "corr_dataset": (("-dat", "--dataset"), dict(help=f"layout, for the label's direction ({', '.join(LAYOUTS)}); "
                                                       "default from the record or the file name")),
-    "file": (("-f", "--file"), dict(type=non_empty, help="results file with header dis,ref,mos,pred")),
+    "file": (("-f", "--file"), dict(type=non_empty, action="append", help="results file with header "
+                                    "dis,ref,mos,pred; repeat to compare metrics on the same pairs")),
+    "resample": (("--resample",), dict(choices=["pairs", "refs"], help="several files: what a bootstrap resample "
+                                       "draws (default refs when references repeat, else pairs)")),
+    "seed": (("--seed",), dict(type=int_in(0), help="several files: the bootstrap's seed (default 0)")),
+    "n_boot": (("--n-boot",), dict(type=int_in(1, 10**6), help="several files: bootstrap resamples (default "
+                                   "2000)")),
     "per_layer_file": (("--per-layer",), dict(metavar="FILE", type=non_empty,
                                               help="a per-layer file X_layers.csv: SRCC/PLCC per block")),
     "byref": (("--byref",), dict(action="store_true", help="average the coefficients over references")),
@@ -252,6 +258,7 @@ CORR_DOC = """Correlations between predictions and labels from a results file (`
 
   zsiqa corr -dat pipal -f results/pipal_dinov1_wsd.csv [--byref] [--json] [--plot out.png]
   zsiqa corr --per-layer results/pipal_dinov1_l2_layers.csv [--json] [--plot srcc.png]
+  zsiqa corr -f results/pipal_dinov1_wsd.csv -f results/pipal_clip_vitb32_l2.csv [--resample refs] [--json]
 
 SRCC, PLCC (plain Pearson) and KRCC over all pairs, signed so that agreement is positive,
 plus PLCC after the standard 5-parameter logistic fit. --byref averages each coefficient over
@@ -259,6 +266,10 @@ references instead. The label's direction comes from -dat or --label-higher-bett
 given, else from the file's record (X.json beside X.csv), else from the file name's dataset
 prefix (published files have no record); a prediction column from a similarity metric (PSNR,
 SSIM, …: higher = better) is flipped too. --per-layer gives SRCC and PLCC per block.
+Several -f (same dataset) print one table on the pairs every file has: each coefficient with
+a 95 % bootstrap interval, and each metric's SRCC and PLCC against the best's (paired
+bootstrap, Holm-corrected); --resample refs (the default where references repeat) draws
+reference images with all their pairs (docs/metrics_compare.md).
 (calc_scores.py is the same command.)"""
 
 BENCH_DOC = """Throughput: the batched engine against the one-pair loop, on a synthetic PIPAL-like set,
@@ -289,7 +300,8 @@ COMMANDS = {
                                "report_worst", "json", "no_progress"),
                     "zsiqa.evaluate:main"),
     "corr": Command(CORR_DOC, ("corr_dataset", "file", "per_layer_file", "byref", "label_higher_better",
-                               "pred_higher_better", "plot", "json"), "zsiqa.correlate:main"),
+                               "pred_higher_better", "plot", "resample", "seed", "n_boot", "json"),
+                    "zsiqa.correlate:main"),
     "bench": Command(BENCH_DOC, ("device", "model", "distance", "precision", "weights", "size", "refs", "pairs",
                                  "loop_pairs", "batch_size", "workers", "forward_iters", "compile", "via_run", "data",
                                  "json"),

@@ -7,6 +7,7 @@ dataset prefix (published files have no record); a prediction column from a simi
 (PSNR, SSIM, …: higher = better) is flipped too.
 """
 import contextlib
+import copy
 import os
 import re
 import sys
@@ -14,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from zsiqa import plots, results
+from zsiqa import metric_compare, plots, results
 from zsiqa.datasets import LAYOUTS
 from zsiqa.errors import UserError, check_readable
 from zsiqa.output import to_json
@@ -151,9 +152,16 @@ def main(a):
         raise UserError(f"unknown dataset layout '{a.dataset}'; known: {', '.join(LAYOUTS)}")
     if bool(a.file) == bool(a.per_layer):
         raise UserError("give a results file (-f X.csv) or a per-layer file (--per-layer X_layers.csv)")
+    bootstrap = any(v is not None for v in (a.resample, a.seed, a.n_boot))
     if a.per_layer:
+        if bootstrap:
+            raise UserError("--resample, --seed and --n-boot compare results files (-f), not a per-layer file")
         return per_layer_main(a)
-    check_readable(a.file, "results file")  # a folder, FIFO or device named as such, not "not found"
+    for path in a.file:
+        check_readable(path, "results file")  # a folder, FIFO or device named as such, not "not found"
+    if len(a.file) > 1 or bootstrap:
+        return compare_main(a)
+    a.file = a.file[0]
     frame, record = results.read_frame(a.file, CORR_FIX)
     dataset, label_hb = label_direction(a, record)
     pred_hb = pred_direction(a, record)
@@ -174,4 +182,37 @@ def main(a):
         print(f"{os.path.basename(a.file)}  n={result['n']}  SRCC {result['srcc']:.4f}  PLCC {result['plcc']:.4f}  "
               f"KRCC {result['krcc']:.4f}  PLCC(logistic) {result['plcc_logistic']:.4f}"
               + ("  (mean over references)" if a.byref else ""))
+    return 0
+
+
+def compare_main(a):
+    """Several results files (-f A.csv -f B.csv …), or one with --n-boot/--resample/--seed: each
+    metric's coefficients with bootstrap intervals and paired tests against the best
+    (`metric_compare`), on the pairs every file has; a table, or JSON."""
+    if a.byref or a.plot:
+        raise UserError("--byref and --plot take one results file without --resample, --seed or --n-boot")
+    names, frames, labels, preds = metric_compare.metric_names(a.file), [], {}, []
+    for path in a.file:
+        frame, record = results.read_frame(path, CORR_FIX)
+        one = copy.copy(a)
+        one.file = path
+        labels[path] = label_direction(one, record)
+        preds.append(pred_direction(one, record))
+        frames.append(frame)
+    if len({hb for _, hb in labels.values()}) > 1:
+        raise UserError("the files' labels run in different directions (" + ", ".join(
+            f"{p}: {'higher' if hb else 'lower'} = better" for p, (_, hb) in labels.items())
+            + "); pass -dat or --label-higher-better if they are one list")
+    matched = metric_compare.match_pairs(names, frames)
+    for path, (count, examples) in zip(a.file, matched["left_out"], strict=True):
+        if count:
+            sys.stderr.write(f"warning: {path}: {count} pair(s) not in every file left out (e.g. "
+                             f"{', '.join(map(metric_compare.printable, examples))})\n")
+    dataset, label_hb = labels[a.file[0]]
+    result = metric_compare.compare_metrics(names, matched["preds"], matched["mos"], matched["ref"], label_hb, preds,
+                                            a.resample, a.n_boot or metric_compare.N_BOOT, a.seed or 0)
+    for row, path, hb, (count, _) in zip(result["metrics"], a.file, preds, matched["left_out"], strict=True):
+        row.update(file=path, pred_higher_better=hb, left_out=count)
+    result = {"dataset": dataset, "label_higher_better": label_hb, **result}
+    print(to_json(result) if a.json else metric_compare.format_table(result, dataset))
     return 0
