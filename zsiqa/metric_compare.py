@@ -214,7 +214,7 @@ class Prepared:
         self.x_ends, self.x_run = runs(self.order, self.x)
         self.xy_ends, _ = runs(self.order, self.x, label)
         self.levels = merge_levels(np.unique(label, return_inverse=True)[1][self.order])
-        curve = fit_logistic(self.x, label)
+        curve = fit_logistic(self.x, label) if np.ptp(self.x) > 0 else None  # constant: no curve
         self.fitted = curve(self.x) if curve is not None else None
         self.between = None  # `discordant_by_cluster`, when resamples draw few clusters
         if clusters is not None and (n_clusters := int(clusters.max()) + 1) * len(self.x) <= CLUSTER_VALUES:
