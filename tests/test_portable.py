@@ -14,7 +14,7 @@ UNIX_ONLY = {"fcntl", "termios", "resource", "pwd", "grp", "posix"}
 
 
 def test_no_unix_only_module_is_imported():
-    found = [(p.name, node.lineno) for p in sorted((ROOT / "zsiqa").glob("*.py"))
+    found = [(p.name, node.lineno) for p in sorted((ROOT / "zsiqa").rglob("*.py"))
              for node in ast.walk(ast.parse(p.read_text()))
              if isinstance(node, (ast.Import, ast.ImportFrom))
              and {(a.name if isinstance(node, ast.Import) else node.module or "").split(".")[0]

@@ -116,7 +116,7 @@ def test_links_lead_somewhere():
 
 
 def test_docs_named_in_the_code_exist():
-    named = {m for p in sorted((ROOT / "zsiqa").glob("*.py")) for m in re.findall(r"docs/[\w-]+\.md", p.read_text())}
+    named = {m for p in sorted((ROOT / "zsiqa").rglob("*.py")) for m in re.findall(r"docs/[\w-]+\.md", p.read_text())}
     assert named and [m for m in named if not (ROOT / m).is_file()] == []
 
 
@@ -131,7 +131,7 @@ def test_readme_is_a_front_door():
 def test_nothing_cites_a_file_outside_the_repository():
     """Docs, code, examples and benchmarks name no file of the spec folder or of the machine they
     were written on (a user has neither): a stand-in checkpoint, a /tmp path, the spec's files."""
-    places = [*DOCS, *(p for d in ("zsiqa", "examples", "benchmarks") for p in sorted((ROOT / d).glob("*.py"))),
+    places = [*DOCS, *(p for d in ("zsiqa", "examples", "benchmarks") for p in sorted((ROOT / d).rglob("*.py"))),
               *sorted(ROOT.glob("*.py"))]
     outside = r"PROTOCOL\.md|\.\./shared|SUMMARY\.md|reference_results|/tmp/|_seed0\."
     cited = [(p.name, m) for p in places for m in re.findall(outside, p.read_text())]

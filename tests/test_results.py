@@ -22,6 +22,8 @@ import run
 from conftest import ROOT, count_scored
 from zsiqa import results
 from zsiqa.errors import UserError
+from zsiqa.store import csvfiles, summaries
+from zsiqa.store import rows as store_rows
 
 
 def _run(tiny, *args):
@@ -176,21 +178,21 @@ def test_full_disk_keeps_written_rows(tiny, tmp_path, capsys, monkeypatch):
     root = _pipal(tmp_path)
     out = tmp_path / "r"
     base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)]
-    original, rows = results._write_all, []
+    original, written = store_rows.write_all, []
     monkeypatch.setattr(results.RowWriter, "FLUSH_S", 0)  # every row in a write of its own: the disk fills mid-run
 
     def filling(f, data):
         if data.startswith(b"Train_Dis/"):  # a row appended while scoring
-            rows.append(data)
-            if len(rows) >= 4:  # full from the fourth row on (the writer tries once more at close)
+            written.append(data)
+            if len(written) >= 4:  # full from the fourth row on (the writer tries once more at close)
                 original(f, data[: len(data) // 2])  # half of it reaches the disk
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         original(f, data)
-    monkeypatch.setattr(results, "_write_all", filling)
+    monkeypatch.setattr(store_rows, "write_all", filling)  # the RowWriter's appends
     _fails(capsys, tiny, base, "No space left on device")
     path = out / f"pipal_{tiny[0]}_l2.csv"
     assert path.read_bytes().endswith(b"\n") and len(pd.read_csv(path)) == 3  # valid, torn bytes gone
-    monkeypatch.setattr(results, "_write_all", original)
+    monkeypatch.setattr(store_rows, "write_all", original)
     assert _run(tiny, *base) == 0
     assert len(pd.read_csv(path)) == 6
 
@@ -485,7 +487,7 @@ def test_rows_are_written_as_the_csv_writer_writes_them(values):
     """The fast path for plain rows gives the csv module's bytes exactly (quoting, None, floats)."""
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n").writerow(values)
-    assert results._csv_line(values) == (out.getvalue()[:-2] + "\n").encode("utf-8")
+    assert csvfiles.csv_line(values) == (out.getvalue()[:-2] + "\n").encode("utf-8")
 
 
 @pytest.mark.parametrize("name", ["summary.csv", "summary_unlabelled.csv", "summary.old-2.csv"])
@@ -565,7 +567,7 @@ def test_record_that_is_a_folder_refused_before_overwrite(tiny, tmp_path, capsys
 def test_summary_lock_held_too_long_is_one_line(tmp_path, monkeypatch):
     """Another run holding the summary's lock past the wait: a UserError saying the rows were not added."""
     import filelock
-    monkeypatch.setattr(results, "SUMMARY_WAIT_S", 0.2)
+    monkeypatch.setattr(summaries, "SUMMARY_WAIT_S", 0.2)
     with filelock.FileLock(results.lock_path(str(tmp_path / "summary.csv"))):
         with pytest.raises(UserError, match="summary rows were not added"):
             results.append_summary(str(tmp_path), [{"dataset": "x"}])
