@@ -31,6 +31,7 @@ zsiqa/store/, each with one job (imports run one way, top to bottom):
     csvfiles   rows as bytes, torn-row reading, spreadsheet-safe cells, write_atomic
     locks      Lock, acquire, lock_path
 
+and `Store`: one results folder bound to those functions, a method per step of a run.
 Setting a constant here (SUMMARY_WAIT_S, say) changes nothing: set it on its module.
 """
 from zsiqa.store.csvfiles import (
@@ -95,5 +96,102 @@ __all__ = [
     "SUMMARY_FIELDS", "SUMMARY_WAIT_S", "UNLABELLED_FIELDS", "UNLABELLED_KEY", "append_summary",
     # tables
     "HEADER", "UNLABELLED_HEADER", "drop_nonfinite", "number_frame", "parsed", "read_frame", "read_table",
+    # this module
+    "Store",
 ]
 
+
+class Store:
+    """One results folder (the eval command's -sdir) and the files a run keeps there, each method
+    one step of a run, in the order a run takes them:
+
+        store = Store(sdir)
+        paths = {key: store.path(dataset.name, model, distance, variant, saveas, n)}
+        store.check(paths.values(), per_layer)            # before any work: nothing is written
+        with store.lock(paths.values()):                    # one run at a time on each file
+            records = store.records(dataset, settings, files, stamps)
+            held = store.prepare([(records, labels, order, stamps)], overwrite, layers, warn)
+            writer = store.writer(paths, columns, held)     # rows appended as they are scored
+            ...; writer.close()
+            rows = store.finish(path, labels, order)        # each file merged, ordered, relabelled
+            store.summarise(summary_rows)
+
+    Each method wraps the module function it names (documented there) with the folder filled in;
+    the functions stay usable on their own.
+
+    Args:
+        folder: the results folder (made when the first file is written, not before).
+    """
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def path(self, dataset, model, distance, variant=("", 0), saveas=None, n_distances=1):
+        """A results file's path in the folder (`results_path`: dataset, model or saveas,
+        distance, `variant` (robustness kind or '', pct); n_distances=0: a label-free set's name).
+
+        Returns:
+            the path <folder>/<dataset>_<name>[_<rob>-<pct>].csv."""
+        return results_path(self.folder, dataset, model, distance, variant, saveas, n_distances)
+
+    def check(self, paths, per_layer=False):
+        """Refuse, before any work and writing nothing, results files this run could not keep:
+        a folder that cannot be written (`check_writable`), a name that is not UTF-8
+        (`check_utf8`), one another file of the folder owns (`check_file_names`), one too long for
+        the file system with its record and lock (and per-layer file, `per_layer`:
+        `check_lengths`). UserError in one line naming the first.
+
+        Args:
+            paths: the results files' paths (`path`).
+            per_layer: whether each gets a per-layer file X_layers.csv (--per-layer)."""
+        paths = list(paths)
+        check_writable(self.folder)
+        check_utf8(paths, "results file", "choose another -sdir or -s")
+        check_file_names(paths)
+        derived = [name for p in paths for name in (p, record_path(p), lock_path(p))]
+        derived += [name for p in paths if per_layer for name in (layers_path(p), lock_path(layers_path(p)))]
+        check_lengths(derived, "results file", "choose a shorter -sdir, -s or method name")
+
+    def lock(self, paths, hint="use another -sdir/-s"):
+        """A `Lock` on each results file, held until released (a context manager): UserError at
+        once, naming the holder's pid and `hint`, when another run writes one of them."""
+        return Lock(paths, hint)
+
+    def records(self, dataset, settings, files, stamps):
+        """This run's record of each results file of one set (`make_records`), the images'
+        `stamps` (`image_stamps`) kept in the folder's store (`save_stamps`) and named in them.
+
+        Returns:
+            {path: record}, for `prepare`."""
+        return make_records(dataset, settings, files, save_stamps(self.folder, stamps))
+
+    def prepare(self, sets, overwrite=False, layers=None, warn=None):
+        """Every results file made ready for this run: checked resumable, its complete rows
+        kept and relabelled, rows of changed images dropped, this run's record written
+        (`prepare`, which documents the arguments).
+
+        Returns:
+            {path: set of (dis, ref) it holds}: the `held` of `writer`."""
+        return prepare(sets, overwrite, layers, warn)
+
+    def writer(self, paths, columns=PRED, held=None):
+        """A `RowWriter` appending this run's rows to `paths` {key: path} (`columns`: their
+        layouts; `held`: {key: pairs the file holds}, never written again). Close it when done."""
+        return RowWriter(paths, columns, held)
+
+    def finish(self, path, labels, order, blocks=(), drop=()):
+        """A results (or, with `blocks`, per-layer) file merged with its part files and rewritten
+        in dataset order with the current labels (`finish`).
+
+        Returns:
+            its rows of the current pairs [(dis, ref, mos, (values…))]."""
+        return finish(path, labels, order, blocks, drop)
+
+    def summarise(self, rows, labelled=True):
+        """One summary row per finished file added to the folder's summary.csv (`append_summary`);
+        label-free sets' rows (labelled=False) to summary_unlabelled.csv, replacing the rows of a
+        repeated run with the same settings (`UNLABELLED_KEY`)."""
+        if labelled:
+            append_summary(self.folder, rows)
+        else:
+            append_summary(self.folder, rows, "summary_unlabelled", UNLABELLED_FIELDS, key=UNLABELLED_KEY)
