@@ -54,6 +54,12 @@ def test_version_is_one_string():
     assert meta["scripts"] == {"zsiqa": "zsiqa.cli:main"}
 
 
+def test_every_module_of_the_checkout_is_installed(installed):
+    """Subpackages too (zsiqa/store/): pyproject's package list names each."""
+    ours = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "zsiqa").rglob("*.py"))
+    assert ours == sorted(p.relative_to(installed).as_posix() for p in (installed / "zsiqa").rglob("*.py"))
+
+
 def test_project_with_its_own_modules_imports_zsiqa_and_scores(installed, project, tiny):
     """Both sides intact: the user's models/utils/datasets are theirs, zsiqa comes from the
     installed copy (not the checkout) and scores a pair as the checkout does."""
