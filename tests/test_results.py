@@ -509,8 +509,9 @@ def test_summary_named_results_refused_before_work(tiny, tmp_path, capsys):
 SLOW_SUMMARY = """
 import sys, time
 from zsiqa import results
-slow = results.write_atomic
-results.write_atomic = lambda path, data: (time.sleep(1.5), slow(path, data))[1]
+from zsiqa.store import summaries
+slow = summaries.write_atomic
+summaries.write_atomic = lambda path, data: (time.sleep(1.5), slow(path, data))[1]  # the summary's rewrite
 rows = [{"set": "A", "model": "m", "distance": sys.argv[2], "mean": 1}]
 results.append_summary(sys.argv[1], rows, "summary_unlabelled", results.UNLABELLED_FIELDS,
                        key=results.UNLABELLED_KEY)
