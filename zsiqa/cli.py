@@ -344,6 +344,9 @@ def run_command(name, argv, prog=None):
             raise MISSING
         args = build_parser(name, prog).parse_args(argv)
         args.started = time.perf_counter()  # what a command reports as its fixed cost is counted from here
+        if name == "eval":  # the evaluation takes its settings typed and checked, not argparse's namespace
+            from zsiqa.config import EvalConfig
+            args = EvalConfig.from_flags(vars(args))
         module, function = COMMANDS[name].run.split(":")
         __import__(module)
         with warnings.catch_warnings():  # a command says in its own line which scores are NaN or inf, and

@@ -17,11 +17,13 @@ import sys
 import time
 import unicodedata
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 from zsiqa import distributed, plots, results, robustness
+from zsiqa.config import EvalConfig, FileKey, Finished, Group, Scored
 from zsiqa.datasets import load_dataset, load_dirs
 from zsiqa.distances import DISTANCES, parse_distances
 from zsiqa.errors import UserError, warn_line, writing
@@ -34,46 +36,6 @@ from zsiqa.scorer import Scorer
 from zsiqa.stats import compare_methods, correlations
 
 SWEEP_FIELDS = ["distance", "robustness", "pct", "n", "srcc", "plcc", "krcc", "plcc_logistic"]
-
-
-def variants_of(args):
-    """[(robustness kind or '', pct)], the clean run first in a sweep; each checked (robustness.check).
-    A transform is chosen one way: -rob/-pct, or a --kinds/--pcts sweep, each kind and magnitude once."""
-    if args.pct is not None and not args.robustness:
-        raise UserError("-pct is the magnitude of -rob tra|sca|rot: give -rob too (a sweep takes --kinds and --pcts)")
-    if args.pcts is not None and not args.kinds:
-        raise UserError("--pcts is the magnitudes of a --kinds sweep: give --kinds too")
-    if args.kinds and args.robustness:
-        raise UserError("-rob/-pct choose one transform and --kinds/--pcts a sweep: give one of the two")
-    if not args.kinds:
-        variants = [(args.robustness, 1 if args.pct is None else args.pct)] if args.robustness else [("", 0)]
-    else:
-        kinds = _listed("--kinds", args.kinds, str)
-        pcts = _listed("--pcts", args.pcts or "1,2,4,8", int)
-        bad = [k for k in kinds if k not in robustness.TRANSFORMS]
-        if bad or not kinds or not pcts:
-            raise UserError(f"--kinds takes {','.join(robustness.TRANSFORMS)} (got {args.kinds!r}) and --pcts at least "
-                            "one integer")
-        variants = [("", 0)] + [(k, p) for k in kinds for p in pcts]
-    for kind, pct in variants:
-        if kind:
-            robustness.check(kind, pct)
-    return variants
-
-
-def _listed(flag, spec, kind):
-    """A comma list of a flag's values, each of `kind` and given once."""
-    items = [x.strip() for x in spec.split(",") if x.strip()]
-    try:
-        values = [kind(x) if kind is str or len(x.lstrip("+-")) <= 18 else None for x in items]
-    except ValueError:
-        values = [None]
-    if None in values:
-        raise UserError(f"{flag} must be comma-separated integers, got {spec[:40]!r}")
-    twice = sorted({str(v) for v in values if values.count(v) > 1})
-    if twice:
-        raise UserError(f"{flag} lists {', '.join(twice)} more than once")
-    return values
 
 
 def check_images(dataset, pairs, skip_missing, resize=None, variants=(("", 0),)):
@@ -137,30 +99,30 @@ class Plan:
                 for s, k in self.index]
 
 
-def load_sets(args):
+def load_sets(config: EvalConfig):
     """The run's sets: one dataset (labelled, or a label-free list), or -dat dirs' folders."""
-    if args.dataset != "dirs":
-        if args.ref_dir or args.dis_dir:
+    if config.dataset != "dirs":
+        if config.ref_dir or config.dis_dir:
             raise UserError("--ref-dir/--dis-dir go with -dat dirs (score output folders against references)")
-        hib = None if args.label_higher_better is None else args.label_higher_better == "yes"
-        return [load_dataset(args.dataset, args.root, csv_file=args.csv, higher_is_better=hib)]
-    if not args.ref_dir or not args.dis_dir:
+        return [load_dataset(config.dataset, config.root, csv_file=config.csv,
+                             higher_is_better=config.label_higher_better)]
+    if not config.ref_dir or not config.dis_dir:
         raise UserError("-dat dirs needs --ref-dir GT and --dis-dir OUT (the flag once per output folder)")
-    if args.root or args.csv:
+    if config.root or config.csv:
         raise UserError("-dat dirs takes --ref-dir and --dis-dir, not --root or --csv")
-    return load_dirs(args.ref_dir, args.dis_dir, args.skip_missing, lambda line: sys.stderr.write(line + "\n"),
-                     skip=[args.savedir])
+    return load_dirs(config.ref_dir, list(config.dis_dir), config.skip_missing,
+                     lambda line: sys.stderr.write(line + "\n"), skip=[config.savedir])
 
 
-def load_plan(args, variants):
+def load_plan(config: EvalConfig):
     """The sets and the pairs to score: the first --limit of each set, the usable ones; the
     results folder is checked writable first, before any work."""
-    results.check_writable(args.savedir)
+    results.check_writable(config.savedir)
     sets, pairs, skipped = [], [], []
-    for dataset in load_sets(args):
-        limited = dataset.pairs[: args.limit]
+    for dataset in load_sets(config):
+        limited = dataset.pairs[: config.limit]
         results.check_names(dataset, limited)
-        usable = check_images(dataset, limited, args.skip_missing, args.resize, variants)
+        usable = check_images(dataset, limited, config.skip_missing, config.resize, config.variants)
         if not usable:  # kept: a method none of whose outputs can be read is ranked last, not dropped
             sys.stderr.write(f"warning: no pairs to score in {dataset.root}\n")
         sets.append(dataset)
@@ -171,104 +133,126 @@ def load_plan(args, variants):
     return Plan(sets, pairs, skipped, [results.image_stamps(d, d.pairs) for d in sets])
 
 
-def check_outputs(args, plan, variants):
+def check_outputs(config: EvalConfig, plan):
     """--report and --maps N compare methods without labels; the report folder must be writable
     (both checked before the model loads)."""
-    if (args.report or args.worst_maps) and plan.labelled:
+    if (config.report or config.worst_maps) and plan.labelled:
         raise UserError("--report and --maps N compare methods scored without labels (-dat dirs, or a -dat csv list of "
                         "ref,dis): for a labelled dataset use calc_scores.py")
-    if args.report_worst is not None and not args.report:
+    if config.report_worst is not None and not config.report:
         raise UserError("--report-worst K is the number of worst images in --report DIR: give --report too")
-    if args.report:
-        results.check_writable(args.report)
-        taken = [p for p in report_paths(args, variants) if os.path.isdir(p)]
+    if config.report:
+        results.check_writable(config.report)
+        taken = [p for p in report_paths(config.report, config.sweep, config.variants) if os.path.isdir(p)]
         if taken:
             raise UserError(f"cannot write the report: {taken[0]} is a folder")
 
 
-def results_files(args, plan, variants):
-    """{((set, variant index), distance): results path} and, per set, {path: (distance, variant,
-    pred higher better)}; distances checked against the backbone (without loading it)."""
-    names = parse_distances(args.distance, get_backbone(args.model))
-    paths, files = {}, []
+@dataclass(frozen=True)
+class RunFiles:
+    """The files a run writes, by FileKey: its results files (`paths`) and, with --per-layer,
+    the per-layer files of its l2/cos ones (`layers`); `specs` per set {results path: (distance,
+    variant, pred higher better)} (results.make_records)."""
+    paths: dict
+    layers: dict
+    specs: list
+
+    def all(self):
+        """Every file: results files, then per-layer files."""
+        return {**self.paths, **self.layers}
+
+
+def results_files(config: EvalConfig, plan):
+    """The run's files (RunFiles), their names checked; distances checked against the backbone
+    (without loading it)."""
+    names = parse_distances(config.distance, get_backbone(config.model))
+    paths, specs = {}, []
     for s, dataset in enumerate(plan.sets):
-        files.append({})
-        for v, variant in enumerate(variants):
+        specs.append({})
+        for v, variant in enumerate(config.variants):
             for d in names:  # label-free sets: the distance always in the name (n_distances 0)
-                path = results.results_path(args.savedir, dataset.name, args.model, d, variant, args.saveas,
+                path = results.results_path(config.savedir, dataset.name, config.model, d, variant, config.saveas,
                                             len(names) if dataset.labelled else 0)
-                paths[((s, v), d)] = path
-                files[s][path] = (d, variant, not DISTANCES[d].lower_better)
+                paths[FileKey(s, v, d)] = path
+                specs[s][path] = (d, variant, not DISTANCES[d].lower_better)
     results.check_utf8(paths.values(), "results file", "choose another -sdir or -s")
     results.check_file_names(paths.values())
-    check_output_names(args, plan, variants, names, paths)
-    return paths, files
+    check_output_names(config, plan, names, paths)
+    layers = {key.layer_file(): results.layers_path(path) for key, path in paths.items()
+              if config.per_layer and DISTANCES[key.distance].per_layer}
+    return RunFiles(paths, layers, specs)
 
 
-def check_output_names(args, plan, variants, names, paths):
+def check_output_names(config: EvalConfig, plan, names, paths):
     """Every name the run writes, checked before any work (results.check_lengths: no name over
     NAME_MAX, no path over PATH_MAX): the results files with their records, locks and per-layer
     files, the charts, the report's files and the --maps folders and files (`map_folders`, which
     also refuses images whose folders one file system could not tell apart)."""
     derived = [(p, results.record_path(p), results.lock_path(p)) for p in paths.values()]
-    if args.per_layer:
+    if config.per_layer:
         derived += [(results.layers_path(p), results.lock_path(results.layers_path(p))) for p in paths.values()]
     results.check_lengths([p for group in derived for p in group], "results file",
                           "choose a shorter -sdir, -s or method name")
-    outputs = [] if plan.labelled else [chart_path(args, plan, v, d) for v in variants for d in names]
-    if args.kinds:
-        stem = os.path.join(args.savedir, f"{plan.name}_{args.saveas or args.model}_sweep")
+    outputs = [] if plan.labelled else [chart_path(config.savedir, config.name, plan, v, d)
+                                        for v in config.variants for d in names]
+    if config.sweep:
+        stem = os.path.join(config.savedir, f"{plan.name}_{config.name}_sweep")
         outputs += [stem + ".csv", stem + ".png"]
-    if args.report:
-        outputs += report_paths(args, variants) + [os.path.join(args.report, REPORT_LOCK)]
+    if config.report:
+        outputs += report_paths(config.report, config.sweep, config.variants) + [
+            os.path.join(config.report, REPORT_LOCK)]
     for s, dataset in enumerate(plan.sets):
-        folders = map_folders(plan, s) if args.worst_maps else {}
+        folders = map_folders(plan, s) if config.worst_maps else {}
         longest = max(folders.values(), key=lambda n: len(n.encode("utf-8")), default=None)
-        outputs += [os.path.join(maps_root(args, dataset, v), longest, f"{d}.{ext}")
-                    for v in variants for d in names for ext in ("npy", "png")] if longest else []
+        outputs += [os.path.join(maps_root(config.savedir, config.name, dataset.name, v), longest, f"{d}.{ext}")
+                    for v in config.variants for d in names for ext in ("npy", "png")] if longest else []
     results.check_lengths(outputs, "output", "choose a shorter -sdir, -s, --report or method name")
 
 
-def check_per_layer(args):
+def check_per_layer(model, distance):
     """--per-layer needs a per-layer distance (l2, cos) among -d: checked before the model loads."""
-    if not args.per_layer:
-        return
-    backbone = get_backbone(args.model)
-    names = parse_distances(args.distance, backbone)
+    backbone = get_backbone(model)
+    names = parse_distances(distance, backbone)
     if not any(DISTANCES[d].per_layer for d in names):
         able = [d for d in backbone.distances if DISTANCES[d].per_layer]
         raise UserError(f"--per-layer writes per-block distances, which only {', '.join(able) or 'no distance'} "
                         f"of {backbone.name} have; -d has {', '.join(names)}")
 
 
-def layer_files(args, paths):
-    """--per-layer: {((set, variant), distance): X_layers.csv} for the per-layer distances' files."""
-    if not args.per_layer:
-        return {}
-    return {key: results.layers_path(path) for key, path in paths.items() if DISTANCES[key[1]].per_layer}
+@dataclass(frozen=True)
+class Run:
+    """One run's parts, from planning to its summary: the settings, the ranks (distributed),
+    the Scorer, the Plan and its files."""
+    config: EvalConfig
+    dist: object
+    scorer: Scorer
+    plan: Plan
+    files: RunFiles
 
 
-def prepare(args, plan, scorer, files, paths, layer_paths):
+def prepare(run: Run):
     """The records of every set's results files (with the images' stamps, kept in the results
     folder's store) and the files made ready for them (results.prepare).
 
     Returns:
         ({path: record}, {path: (dis, ref) it holds}) for every results and per-layer file.
     """
-    per_set = [results.make_records(dataset, scorer.settings, files[s], results.save_stamps(args.savedir, stamps))
+    plan, scorer, files = run.plan, run.scorer, run.files
+    per_set = [results.make_records(dataset, scorer.settings, files.specs[s],
+                                    results.save_stamps(run.config.savedir, stamps))
                for s, (dataset, stamps) in enumerate(zip(plan.sets, plan.stamps, strict=True))]
-    layers = {paths[key]: (lpath, scorer.blocks) for key, lpath in layer_paths.items()}
+    layers = {files.paths[key.results_file()]: (lpath, scorer.blocks) for key, lpath in files.layers.items()}
     sets = [(per_set[s], results.labels_of(dataset.pairs), plan.order(s), plan.stamps[s])
             for s, dataset in enumerate(plan.sets)]
-    done = results.prepare(sets, args.overwrite, layers, warn=lambda line: sys.stderr.write(line + "\n"))
+    done = results.prepare(sets, run.config.overwrite, layers, warn=lambda line: sys.stderr.write(line + "\n"))
     return {path: rec for recs in per_set for path, rec in recs.items()}, done
 
 
-def make_scorer(args, device):
+def make_scorer(config: EvalConfig, device):
     """The Scorer (compiled at once with --compile on; with auto once the jobs are known)."""
-    return Scorer(args.model, args.distance, device=device, precision=args.precision, weights=args.weights,
-                  batch_size=args.batch_size, workers=args.workers, resize=args.resize, model_norm=args.model_norm,
-                  layers=args.layers, compile=args.compile == "on")
+    return Scorer(config.model, config.distance, device=device, precision=config.precision, weights=config.weights,
+                  batch_size=config.batch_size, workers=config.workers, resize=config.resize,
+                  model_norm=config.model_norm, layers=config.layers, compile=config.compile == "on")
 
 
 @contextlib.contextmanager
@@ -294,25 +278,36 @@ def new_folders_undone(folder, leftovers=()):
         raise
 
 
+class ScoredPair(NamedTuple):
+    """One pair as Scorer.score_files yields it: its job (variant index, pair index), its scores
+    in the scorer's distance order and, when asked for, its per-block scores [per-layer
+    distances × blocks] (else None)."""
+    job: tuple
+    row: np.ndarray
+    per_layer: np.ndarray | None = None
+
+
 class Writers:
     """The run's row writer: its results files (torchrun: part files) and, with --per-layer,
-    their per-layer files, keyed ((set, variant), distance) and ('layers', key). A file gets
-    only the pairs it lacks."""
+    their per-layer files, keyed by FileKey. A file gets only the pairs it lacks."""
 
     def __init__(self, dist, scorer, plan, files, done):
         def target(p):
             return p if dist.world == 1 else results.part_path(p, dist.rank)
         self.scorer = scorer
         per_layer = results.Columns(plan.labelled, scorer.blocks)
-        columns = {k: per_layer if k[0] == "layers" else results.Columns(plan.labelled) for k in files}
+        columns = {k: per_layer if k.layers else results.Columns(plan.labelled) for k in files}
         self.rows = results.RowWriter({k: target(p) for k, p in files.items()}, columns,
                                       held={k: done[p] for k, p in files.items()})
 
-    def write(self, group, dis, ref, mos, row, per):
+    def write(self, group, dis, ref, mos, scored):
+        """Write one ScoredPair of Group `group` into each of its files."""
         for j, d in enumerate(self.scorer.distances):
-            self.rows.write((group, d), dis, ref, mos, [row[j]])
-            if ("layers", (group, d)) in self.rows.paths:
-                self.rows.write(("layers", (group, d)), dis, ref, mos, per[0][self.scorer.layer_distances.index(d)])
+            key = FileKey(*group, d)
+            self.rows.write(key, dis, ref, mos, [scored.row[j]])
+            if key.layer_file() in self.rows.paths:
+                self.rows.write(key.layer_file(), dis, ref, mos,
+                                scored.per_layer[self.scorer.layer_distances.index(d)])
 
     def close(self):
         self.rows.close()
@@ -321,62 +316,40 @@ class Writers:
                              "were written to the file now there\n")
 
 
-def run_files(paths, layer_paths):
-    """Every file a run writes, keyed as Writers keys them: results files, then per-layer files."""
-    return {**paths, **{("layers", key): lpath for key, lpath in layer_paths.items()}}
-
-
-def _group(key):
-    """The (set, variant) of a Writers key."""
-    return key[1][0] if key[0] == "layers" else key[0]
-
-
 def todo_jobs(done, files, plan):
     """The (variant, pair index) jobs some file of their set and variant still lacks, variant-major."""
-    groups = sorted({_group(key) for key in files})
-    complete = {g: set.intersection(*(done[p] for k, p in files.items() if _group(k) == g)) for g in groups}
+    groups = sorted({key.group for key in files})
+    complete = {g: set.intersection(*(done[p] for k, p in files.items() if k.group == g)) for g in groups}
     keys = [(plan.pairs[s][k][1], plan.pairs[s][k][0]) for s, k in plan.index]
-    return [(v, i) for v in sorted({v for _, v in groups}) for i, (s, _) in enumerate(plan.index)
-            if keys[i] not in complete[(s, v)]]
+    return [(v, i) for v in sorted({g.variant for g in groups}) for i, (s, _) in enumerate(plan.index)
+            if keys[i] not in complete[Group(s, v)]]
 
 
-@dataclass
-class Scored:
-    """What a run's scoring did, over all ranks: pairs scored, the (dis, ref) skipped mid-run
-    per (set, variant) (undecodable with --skip-missing), the seconds it took and when it ended
-    (time.perf_counter)."""
-    count: int
-    skipped: dict
-    seconds: float
-    ended: float
-
-    def n_skipped(self, group):
-        return len(self.skipped.get(group, ()))
-
-
-def score(args, dist, scorer, plan, variants, files, done, todo):
+def score(run: Run, done, todo):
     """Score this rank's share of the jobs, appending rows to the results (torchrun: part)
     files as they finish. Returns what was done (Scored), summed over the ranks."""
-    transforms = [robustness.Transform(k, p) if k else None for k, p in variants]
+    config, dist, plan = run.config, run.dist, run.plan
+    transforms = [robustness.Transform(k, p) if k else None for k, p in config.variants]
     skipped, disk = {}, plan.files()
 
     def skip(job, message):  # --skip-missing: a pair that cannot be decoded mid-run
         s, k = plan.index[job[1]]
-        skipped.setdefault((s, job[0]), set()).add((plan.pairs[s][k][1], plan.pairs[s][k][0]))
+        skipped.setdefault(Group(s, job[0]), set()).add((plan.pairs[s][k][1], plan.pairs[s][k][0]))
         sys.stderr.write(f"warning: skipped {disk[job[1]][0]}: {message}\n")
     progress = None
-    if not args.no_progress and dist.rank == 0:
-        progress = tqdm(total=len(todo), unit="pair", dynamic_ncols=True, desc=f"{plan.name} {args.model}",
+    if not config.no_progress and dist.rank == 0:
+        progress = tqdm(total=len(todo), unit="pair", dynamic_ncols=True, desc=f"{plan.name} {config.model}",
                         disable=None, file=sys.stderr)
     count, started = 0, time.perf_counter()
-    writer = Writers(dist, scorer, plan, files, done)
-    per_layer = any(k[0] == "layers" for k in files)
-    extra = {**({"on_error": skip} if args.skip_missing else {}), **({"per_layer": True} if per_layer else {})}
+    writer = Writers(dist, run.scorer, plan, run.files.all(), done)
+    extra = {**({"on_error": skip} if config.skip_missing else {}), **({"per_layer": True} if run.files.layers else {})}
     try:
-        for (v, i), row, *per in scorer.score_files(disk, transforms, jobs=dist.shard(disk, todo), **extra):
+        for item in run.scorer.score_files(disk, transforms, jobs=dist.shard(disk, todo), **extra):
+            scored = ScoredPair(*item)
+            v, i = scored.job
             s, k = plan.index[i]
             ref, dis, mos = plan.pairs[s][k]
-            writer.write((s, v), dis, ref, mos, row, per)
+            writer.write(Group(s, v), dis, ref, mos, scored)
             count += 1
             if progress is not None:
                 progress.update(dist.world)
@@ -387,17 +360,12 @@ def score(args, dist, scorer, plan, variants, files, done, todo):
     return Scored(dist.sum(count), dist.union(skipped), time.perf_counter() - started, time.perf_counter())
 
 
-def timed(args, scored, rows):
+def timed(started, scored, rows):
     """The rows with the run's fixed costs, for --json (bench --via-run reads them): seconds from
-    the command's start (arguments parsed) to the first pair scored, and from the last to now."""
-    before = round(scored.ended - scored.seconds - args.started, 2)
+    the command's start (`started`: arguments parsed) to the first pair scored, and from the last to now."""
+    before = round(scored.ended - scored.seconds - started, 2)
     after = round(time.perf_counter() - scored.ended, 2)
     return [{**row, "seconds_before_scoring": before, "seconds_after_scoring": after} for row in rows]
-
-
-def _rate(count, elapsed):
-    """This run's scoring rate, pairs/s; None when it scored nothing (every pair resumed)."""
-    return round(count / elapsed, 2) if count and elapsed > 0 else None
 
 
 def _rate_text(rate):
@@ -416,16 +384,14 @@ def finish_files(plan, files, scored, blocks):
     """
     finished, short = {}, []
     for key, path in files.items():
-        group = _group(key)
-        order = plan.order(group[0])
-        rows = results.finish(path, results.labels_of(plan.sets[group[0]].pairs), order,
-                              blocks if key[0] == "layers" else ())
+        order = plan.order(key.set)
+        rows = results.finish(path, results.labels_of(plan.sets[key.set].pairs), order, blocks if key.layers else ())
         finished[path] = rows
-        held = {(dis, ref) for dis, ref, *_ in rows} | scored.skipped.get(group, set())
+        held = {(dis, ref) for dis, ref, *_ in rows} | scored.skipped.get(key.group, set())
         missing = [k for k in order if k not in held]
         if missing:
             short.append(f"{path} lacks {len(missing)} of {len(order)} pairs (e.g. {missing[0][0]})")
-    if not any(finished[p] for k, p in files.items() if k[0] != "layers"):
+    if not any(finished[p] for k, p in files.items() if not k.layers):
         raise UserError("no pair could be scored: every one was skipped (see the warnings above)")
     if short:
         raise UserError(f"{short[0]}" + (f" (and {len(short) - 1} more file(s))" if len(short) > 1 else "")
@@ -434,26 +400,20 @@ def finish_files(plan, files, scored, blocks):
     return finished
 
 
-def _scores(path, rows):
-    """A results file's finished rows as (dis, ref, mos, pred) with a number for pred, and how
-    many were NaN or inf (kept in the file, left out of the statistics, warned about)."""
-    rows, nonfinite = results.drop_nonfinite(path, rows, lambda r: r[3][0], lambda r: r[0])
-    return [(dis, ref, mos, values[0]) for dis, ref, mos, values in rows], nonfinite
-
-
-def summarise(args, plan, records, paths, finished, scored, run):
+def summarise(config: EvalConfig, plan, finished: Finished):
     """One summary row per results file (correlations, the settings of its record, the run's
     time and id), appended to summary.csv; with --kinds the sweep's table and plot."""
     summary = []
-    for ((s, v), _d), path in paths.items():
-        dataset, rec = plan.sets[s], records[path]
-        rows, nonfinite = _scores(path, finished[path])
+    for key, path in finished.paths.items():
+        dataset, rec = plan.sets[key.set], finished.records[path]
+        rows, nonfinite = finished.scores(path)
         c = correlations([r[3] for r in rows], [r[2] for r in rows], dataset.higher_better, rec["pred_higher_better"])
-        summary.append({**rec, **c, "n_skipped": int(plan.skipped[s] + scored.n_skipped((s, v)) + nonfinite),
-                        "pairs_per_s": _rate(scored.count, scored.seconds), "file": path, **run})
-    results.append_summary(args.savedir, summary)
-    if args.kinds:
-        stem = os.path.join(args.savedir, f"{plan.name}_{args.saveas or args.model}_sweep")
+        summary.append({**rec, **c, "n_skipped": int(plan.skipped[key.set] + finished.scored.n_skipped(key.group)
+                                                     + nonfinite),
+                        "pairs_per_s": finished.scored.rate(), "file": path, **finished.stamp})
+    results.append_summary(config.savedir, summary)
+    if config.sweep:
+        stem = os.path.join(config.savedir, f"{plan.name}_{config.name}_sweep")
         table = results.write_table(stem + ".csv", SWEEP_FIELDS, summary)
         png = plots.sweep(summary, stem + ".png")
         for row in summary:
@@ -461,7 +421,7 @@ def summarise(args, plan, records, paths, finished, scored, run):
     return summary
 
 
-def summarise_unlabelled(args, plan, records, paths, finished, scored, run):
+def summarise_unlabelled(config: EvalConfig, plan, finished: Finished):
     """One row per set, variant and distance of label-free results files: the statistics of its
     scores and, among ≥2 sets, the ranking and the paired test against the best set on the
     references every ranked set scored, Holm-corrected, with the median paired difference and a
@@ -472,15 +432,16 @@ def summarise_unlabelled(args, plan, records, paths, finished, scored, run):
     Returns:
         (rows, {(variant, distance): {set: {reference: score}}})."""
     rows, scores = [], {}
-    for ((s, v), d), path in paths.items():
-        got, nonfinite = _scores(path, finished[path])
-        key = plan.image_key(s)
-        scores.setdefault((v, d), {})[plan.sets[s].name] = {key(dis, ref): pred for dis, ref, _, pred in got}
-        rows.append({"set": plan.sets[s].name, **records[path], "lower_better": not records[path]["pred_higher_better"],
-                     "n_skipped": int(plan.skipped[s] + scored.n_skipped((s, v)) + nonfinite),
-                     "pairs_per_s": _rate(scored.count, scored.seconds), "file": path, "limit": args.limit,
-                     "methods": method_list(plan), **run})
-    keys = [(v, d) for ((_, v), d) in paths]
+    for file, path in finished.paths.items():
+        got, nonfinite = finished.scores(path)
+        key, record = plan.image_key(file.set), finished.records[path]
+        scores.setdefault((file.variant, file.distance), {})[plan.sets[file.set].name] = {
+            key(dis, ref): pred for dis, ref, _, pred in got}
+        rows.append({"set": plan.sets[file.set].name, **record, "lower_better": not record["pred_higher_better"],
+                     "n_skipped": int(plan.skipped[file.set] + finished.scored.n_skipped(file.group) + nonfinite),
+                     "pairs_per_s": finished.scored.rate(), "file": path, "limit": config.limit,
+                     "methods": method_list(plan), **finished.stamp})
+    keys = [(file.variant, file.distance) for file in finished.paths]
     lower = {key: row["lower_better"] for key, row in zip(keys, rows)}
     tables = {key: compare_methods(per_set, lower[key]) for key, per_set in scores.items()}
     for key, row in zip(keys, rows):
@@ -489,24 +450,25 @@ def summarise_unlabelled(args, plan, records, paths, finished, scored, run):
                    ci95_shared_low=stat["ci95_shared"][0], ci95_shared_high=stat["ci95_shared"][1],
                    median_diff_ci95_low=(stat["median_diff_ci95"] or [None])[0],
                    median_diff_ci95_high=(stat["median_diff_ci95"] or [None, None])[1])
-    results.append_summary(args.savedir, rows, "summary_unlabelled", results.UNLABELLED_FIELDS,
+    results.append_summary(config.savedir, rows, "summary_unlabelled", results.UNLABELLED_FIELDS,
                            key=results.UNLABELLED_KEY)
     for key in scores:
         group = ranked([row for k, row in zip(keys, rows) if k == key], lower[key])
         suffix = f"_{group[0]['robustness']}-{group[0]['pct']}" if group[0]["robustness"] != "none" else ""
-        chart = chart_path(args, plan, (group[0]["robustness"], group[0]["pct"]), key[1])
-        title = f"{args.saveas or args.model}, {key[1]}{suffix.replace('_', ', ')}: mean per set, 95% CI"
+        chart = chart_path(config.savedir, config.name, plan, (group[0]["robustness"], group[0]["pct"]), key[1])
+        title = f"{config.name}, {key[1]}{suffix.replace('_', ', ')}: mean per set, 95% CI"
         plots.method_bars([shown(r) for r in group], chart, title, marks=[significance_mark(r) for r in group])
         for row in group:
             row["chart"] = chart
     return rows, scores
 
 
-def chart_path(args, plan, variant, distance):
-    """The bar chart of one variant ((kind or '' / 'none', pct)) and distance of a label-free run."""
+def chart_path(savedir, name, plan, variant, distance):
+    """The bar chart of one variant ((kind or '' / 'none', pct)) and distance of a label-free run,
+    in the results folder `savedir`, `name` that of the results files (-s, else the model)."""
     kind, pct = variant
     suffix = f"_{kind}-{pct}" if kind and kind != "none" else ""
-    return os.path.join(args.savedir, f"{args.saveas or args.model}_{distance}{suffix}_{sets_tag(plan)}.png")
+    return os.path.join(savedir, f"{name}_{distance}{suffix}_{sets_tag(plan)}.png")
 
 
 def method_list(plan):
@@ -524,9 +486,9 @@ def sets_tag(plan):
     return f"methods_{tag}"
 
 
-def report(args, summary):
+def report(summary, as_json=False):
     """Print the summary rows (a table, or JSON with --json)."""
-    if args.json:
+    if as_json:
         print(to_json(summary))
         return
     print(f"{'distance':8} {'rob':>7} {'n':>6} {'SRCC':>7} {'PLCC':>7} {'KRCC':>7} {'PLCC-log':>8} "
@@ -539,10 +501,10 @@ def report(args, summary):
             print(f"{'':8} {'':>7} {r['n_skipped']:>6} pair(s) skipped")
 
 
-def report_unlabelled(args, rows):
+def report_unlabelled(rows, as_json, savedir):
     """Print the label-free rows: per variant, one table per distance ranking the sets
-    (report.format_table), or JSON with --json."""
-    if args.json:
+    (report.format_table), or JSON with --json; `savedir` the results folder."""
+    if as_json:
         print(to_json(rows))
         return
     variants = dict.fromkeys((r["robustness"], r["pct"]) for r in rows)
@@ -557,64 +519,63 @@ def report_unlabelled(args, rows):
             print(f"{r['set']}, {r['distance']}: {r['n_skipped']} pair(s) skipped")
     rate = rows[0]["pairs_per_s"]
     print(("no pair scored in this run (all resumed)" if rate is None else f"{rate} pairs/s")
-          + f"; per-pair files in {args.savedir}; summary appended to "
-          f"{os.path.join(args.savedir, 'summary_unlabelled.csv')}; charts {rows[0]['chart']}"
+          + f"; per-pair files in {savedir}; summary appended to "
+          f"{os.path.join(savedir, 'summary_unlabelled.csv')}; charts {rows[0]['chart']}"
           + (" …" if len({r['chart'] for r in rows}) > 1 else ""))
 
 
-def main(args):
+def main(config: EvalConfig):
     """Check everything that can be checked before the model loads (arguments, results
     folder, labels, image headers, the lock), then score what the results files lack."""
     with distributed.session() as dist:
-        variants = variants_of(args)
-        check_per_layer(args)
-        plan = dist.from_rank0(lambda: load_plan(args, variants))
-        dist.from_rank0(lambda: check_outputs(args, plan, variants))
-        paths, specs = results_files(args, plan, variants)
-        layer_paths = layer_files(args, paths)
-        locks = [results.lock_path(p) for p in paths.values()]
-        with new_folders_undone(args.savedir, locks), (  # the lock's folder goes again if the Scorer refuses (--layers)
-                new_folders_undone(args.report, [os.path.join(args.report, REPORT_LOCK)]) if args.report
+        if config.per_layer:
+            check_per_layer(config.model, config.distance)
+        plan = dist.from_rank0(lambda: load_plan(config))
+        dist.from_rank0(lambda: check_outputs(config, plan))
+        files = results_files(config, plan)
+        locks = [results.lock_path(p) for p in files.paths.values()]
+        with new_folders_undone(config.savedir, locks), (  # the lock's folder goes again if the Scorer refuses
+                new_folders_undone(config.report, [os.path.join(config.report, REPORT_LOCK)]) if config.report
                 else contextlib.nullcontext()):
-            lock = dist.from_rank0(lambda: results.Lock(paths.values()), share=False)
-            report_lock = dist.from_rank0(lambda: lock_report(args), share=False)
+            lock = dist.from_rank0(lambda: results.Lock(files.paths.values()), share=False)
+            report_lock = dist.from_rank0(lambda: lock_report(config.report), share=False)
             with lock or contextlib.nullcontext(), report_lock or contextlib.nullcontext():
-                scorer = make_scorer(args, dist.device(args.device))
-                run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths)
+                scorer = make_scorer(config, dist.device(config.device))
+                run_scoring(Run(config, dist, scorer, plan, files))
     return 0
 
 
-def lock_report(args):
-    """With --report DIR: the lock of DIR (`.zsiqa-report.lock` in it), held for the run, so that
-    a second run writing the same report stops at once in one line; else None."""
-    if not args.report:
+def lock_report(folder):
+    """With --report DIR (`folder`): the lock of DIR (`.zsiqa-report.lock` in it), held for the
+    run, so that a second run writing the same report stops at once in one line; else None."""
+    if not folder:
         return None
-    return results.Lock([args.report], "choose another --report",
-                        name=lambda folder: os.path.join(folder, REPORT_LOCK))
+    return results.Lock([folder], "choose another --report", name=lambda f: os.path.join(f, REPORT_LOCK))
 
 
-def run_scoring(args, dist, scorer, plan, variants, paths, specs, layer_paths):
+def run_scoring(run: Run):
     """Records, resume, scoring, then (rank 0) the finished, checked files and the summary."""
-    records, done = dist.from_rank0(lambda: prepare(args, plan, scorer, specs, paths, layer_paths))
-    files = run_files(paths, layer_paths)
+    config, plan = run.config, run.plan
+    records, done = run.dist.from_rank0(lambda: prepare(run))
+    files = run.files.all()
     todo = todo_jobs(done, files, plan)
-    if args.compile == "auto":
-        scorer.compile_if_it_pays(len(todo))
-    scored = score(args, dist, scorer, plan, variants, files, done, todo)
-    if dist.rank != 0:
+    if config.compile == "auto":
+        run.scorer.compile_if_it_pays(len(todo))
+    scored = score(run, done, todo)
+    if run.dist.rank != 0:
         return
-    finished = finish_files(plan, files, scored, scorer.blocks)
-    run = {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "run_id": time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)}
+    stamp = {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+             "run_id": time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)}
+    finished = Finished(run.files.paths, records, finish_files(plan, files, scored, run.scorer.blocks), scored, stamp)
     if plan.labelled:
-        report(args, timed(args, scored, summarise(args, plan, records, paths, finished, scored, run)))
+        report(timed(config.started, scored, summarise(config, plan, finished)), config.json)
         return
-    rows, scores = summarise_unlabelled(args, plan, records, paths, finished, scored, run)
+    rows, scores = summarise_unlabelled(config, plan, finished)
     written, failed = [], None  # every file before the first printed line (a reader may stop early)
-    if args.report or args.worst_maps:
-        written, failed = worst_outputs(args, scorer, plan, variants, rows, scores, run)
-    report_unlabelled(args, timed(args, scored, rows))
-    if not args.json:
+    if config.report or config.worst_maps:
+        written, failed = worst_outputs(Outcome(config, run.scorer, plan, rows, scores, stamp))
+    report_unlabelled(timed(config.started, scored, rows), config.json, config.savedir)
+    if not config.json:
         for line in written:
             print(line)
     if failed:  # maps that could not be written: said last, the table and the report kept
@@ -676,41 +637,55 @@ def map_folders(plan, s):
     return out
 
 
-def maps_root(args, dataset, variant):
+def maps_root(savedir, name, set_name, variant):
     """The folder of a set's --maps for one robustness variant: <sdir>/<set>_<name>[_<rob>-<pct>]_maps."""
     tag = f"_{variant[0]}-{variant[1]}" if variant[0] else ""
-    return os.path.join(args.savedir, f"{dataset.name}_{args.saveas or args.model}{tag}_maps")
+    return os.path.join(savedir, f"{set_name}_{name}{tag}_maps")
 
 
-def worst_outputs(args, scorer, plan, variants, rows, scores, run):
+@dataclass(frozen=True)
+class Outcome:
+    """A label-free run's results, for the maps and reports of its worst pairs: the settings,
+    the Scorer, the Plan, the summary rows, every image's score {(variant index, distance):
+    {set: {image: score}}} and the run's `time` and `run_id`."""
+    config: EvalConfig
+    scorer: object
+    plan: object
+    rows: list
+    scores: dict
+    stamp: dict
+
+
+def worst_outputs(outcome: Outcome):
     """--maps N and --report DIR: each method's worst pairs by the first distance, with their
     maps (Scorer.maps), written as map files and as one report per robustness variant.
     Returns (a line per report written, for the caller to print; the UserError of the first map
     that could not be written, or None: the maps stop there, the reports are still written)."""
+    config, scorer, plan, scores = outcome.config, outcome.scorer, outcome.plan, outcome.scores
     primary = scorer.distances[0]
     shown = next((d for d in scorer.distances if d in SPATIAL), primary)  # a map that varies within a window
-    k = max(report_worst(args) if args.report else 0, args.worst_maps or 0)
-    written, failed, folders = [], [], [map_folders(plan, s) if args.worst_maps else {} for s in range(len(plan.sets))]
-    if args.report:
-        remove_stale_reports(args, variants)
-    for v, variant in enumerate(variants):
+    k = max(config.worst_shown if config.report else 0, config.worst_maps or 0)
+    written, failed = [], []
+    folders = [map_folders(plan, s) if config.worst_maps else {} for s in range(len(plan.sets))]
+    if config.report:
+        remove_stale_reports(config.report, config.sweep, config.variants)
+    for v, variant in enumerate(config.variants):
         worst = {}
         for s, ds in enumerate(plan.sets):
-            worst[ds.name] = []
-            if args.worst_maps and not failed:
-                failed += _attempt(remove_stale_maps, maps_root(args, ds, variant))
+            worst[ds.name], root = [], maps_root(config.savedir, config.name, ds.name, variant)
+            if config.worst_maps and not failed:
+                failed += _attempt(remove_stale_maps, root)
             for image, ref, dis, score in worst_pairs(plan, s, scores[(v, primary)][ds.name], k,
                                                       DISTANCES[primary].lower_better):
-                r, d = pair_images(ds, ref, dis, args.resize, variant)
+                r, d = pair_images(ds, ref, dis, config.resize, variant)
                 maps = scorer.maps(d, r)
-                if len(worst[ds.name]) < (args.worst_maps or 0) and not failed:
+                if len(worst[ds.name]) < (config.worst_maps or 0) and not failed:
                     failed += _attempt(plots.write_maps, maps, to_float(pil_to_tensor(d)),
-                                       os.path.join(maps_root(args, ds, variant), folders[s][image]),
-                                       scorer.backbone.name,
+                                       os.path.join(root, folders[s][image]), scorer.backbone.name,
                                        {x: scores[(v, x)][ds.name][image] for x in scorer.distances})
                 worst[ds.name].append(Worst(image, score, _rgb8(r), _rgb8(d), maps[shown]))
-        if args.report:
-            written.append(write_variant_report(args, scorer, plan, variant, rows, scores, v, (worst, shown), run))
+        if config.report:
+            written.append(write_variant_report(outcome, v, worst, shown))
     return written, (failed[0] if failed else None)
 
 
@@ -757,16 +732,15 @@ def remove_stale_maps(root):
                 _remove_ours(path, MAP_FILES)
 
 
-def remove_stale_reports(args, variants):
-    """Before the reports are written into --report DIR: the report files of an earlier run with
-    other variants go — DIR's own when this run is a sweep, DIR/clean and DIR/<kind>-<pct> that
-    this run does not write — said in one line. Only our file names (scores.csv, report.md,
-    table.tex, report.html) are removed, a folder only when that empties it."""
-    mine = {os.path.normpath(report_folder(args, v)) for v in variants}
-    folders = [args.report]
+def remove_stale_reports(report, sweep, variants):
+    """Before the reports are written into --report DIR (`report`): the report files of an
+    earlier run with other variants go — DIR's own when this run is a sweep, DIR/clean and
+    DIR/<kind>-<pct> that this run does not write — said in one line. Only our file names
+    (scores.csv, report.md, table.tex, report.html) are removed, a folder only when that empties it."""
+    mine = {os.path.normpath(report_folder(report, sweep, v)) for v in variants}
+    folders = [report]
     with contextlib.suppress(OSError):
-        folders += [os.path.join(args.report, n) for n in sorted(os.listdir(args.report))
-                    if VARIANT_FOLDER.fullmatch(n)]
+        folders += [os.path.join(report, n) for n in sorted(os.listdir(report)) if VARIANT_FOLDER.fullmatch(n)]
     gone = 0
     for folder in folders:
         if os.path.normpath(folder) not in mine and not os.path.islink(folder):
@@ -774,24 +748,19 @@ def remove_stale_reports(args, variants):
                 gone += _remove_ours(folder, "|".join(map(re.escape, REPORT_FILES)))
     if gone:
         sys.stderr.write(f"note: removed {gone} report file(s) of an earlier run with other settings from "
-                         f"{args.report}\n")
+                         f"{report}\n")
 
 
-def report_worst(args):
-    """How many worst images per method the report shows: --report-worst K, 4 by default."""
-    return 4 if args.report_worst is None else args.report_worst
+def report_folder(report, sweep, variant):
+    """Where a variant's report goes: --report DIR (`report`), or in a sweep DIR/clean, DIR/<kind>-<pct>."""
+    if not sweep:
+        return report
+    return os.path.join(report, f"{variant[0]}-{variant[1]}" if variant[0] else "clean")
 
 
-def report_folder(args, variant):
-    """Where a variant's report goes: --report DIR, or in a sweep DIR/clean, DIR/<kind>-<pct>."""
-    if not args.kinds:
-        return args.report
-    return os.path.join(args.report, f"{variant[0]}-{variant[1]}" if variant[0] else "clean")
-
-
-def report_paths(args, variants):
+def report_paths(report, sweep, variants):
     """Every file the reports of a run write (checked before any work)."""
-    return [os.path.join(report_folder(args, v), name) for v in variants for name in REPORT_FILES]
+    return [os.path.join(report_folder(report, sweep, v), name) for v in variants for name in REPORT_FILES]
 
 
 def _base_name(folder):
@@ -799,21 +768,23 @@ def _base_name(folder):
     return os.path.basename(os.path.normpath(os.path.abspath(folder))) or "/"
 
 
-def write_variant_report(args, scorer, plan, variant, rows, scores, v, worst, run):
-    """Write the report of one robustness variant (the clean run: --report DIR itself, or
-    DIR/clean beside DIR/<kind>-<pct> in a sweep); returns a line naming its files."""
+def write_variant_report(outcome: Outcome, v, worst, shown):
+    """Write the report of robustness variant v (the clean run: --report DIR itself, or
+    DIR/clean beside DIR/<kind>-<pct> in a sweep), with each method's worst images {method:
+    [Worst]} and `shown` the distance of their maps; returns a line naming its files."""
+    config, scorer, plan, scores = outcome.config, outcome.scorer, outcome.plan, outcome.scores
+    variant = config.variants[v]
     kind = variant[0] or "none"
-    mine = [r for r in rows if (r["robustness"], r["pct"]) == (kind, variant[1] if variant[0] else 0)]
+    mine = [r for r in outcome.rows if (r["robustness"], r["pct"]) == (kind, variant[1] if variant[0] else 0)]
     tables = {d: [r for r in mine if r["distance"] == d] for d in scorer.distances}
     images = {i for per in scores[(v, scorer.distances[0])].values() for i in per}
     about = (f"{scorer.backbone.name}, precision {scorer.precision} on {scorer.device.type}; {len(images)} images; "
              f"references in {_base_name(plan.sets[0].ref_root or plan.sets[0].root)}; "
              + (f"robustness {variant[0]} {variant[1]}; " if variant[0] else "")
-             + f"run {run['run_id']}, {run['time']}")
-    worst, shown = worst
+             + f"run {outcome.stamp['run_id']}, {outcome.stamp['time']}")
+    k = config.worst_shown
     comparison = Comparison(tables, {d: scores[(v, d)] for d in scorer.distances},
                             {d: DISTANCES[d].lower_better for d in scorer.distances}, scorer.distances[0],
-                            {m: items[:report_worst(args)] for m, items in worst.items() if report_worst(args)}, about,
-                            shown)
-    paths = write_report(report_folder(args, variant), comparison)
+                            {m: items[:k] for m, items in worst.items() if k}, about, shown)
+    paths = write_report(report_folder(config.report, config.sweep, variant), comparison)
     return f"report: {paths[-1]} (with {', '.join(os.path.basename(p) for p in paths[:-1])})"
