@@ -15,7 +15,7 @@ LAYERS = [
     ("weights", "models"),                                                                    # backbones
     ("core", "loading", "engine", "maps", "scorer", "loss", "metric", "torchmetric"),          # scoring
     ("robustness", "folders", "datasets", "results", "stats",
-     "metric_compare", "plots", "report", "distributed", "config"),  # evaluation
+     "metric_compare", "plots", "report", "distributed", "config", "comparison"),  # evaluation
     ("evaluate", "correlate", "benchmark", "cli", "__main__", "__init__"),                    # commands
 ]
 LAYER = {m: k for k, group in enumerate(LAYERS) for m in group}

@@ -1,39 +1,34 @@
 """The eval command (`zsiqa eval`, run.py): plan a dataset run, check everything that can be
 checked before the model loads, score what the results files lack, then finish the files and
-summarise them.
+summarise them (a labelled run's correlations here; a label-free run's comparison of methods,
+its maps and reports: comparison.py).
 
 A run's sets are one dataset (labelled, or a label-free list) or one label-free set per output
 folder (-dat dirs); all sets' pairs go through one engine pass, so a reference shared by
 several sets is encoded once. Results files, records, resume and locks: results.py.
 """
-import collections
 import contextlib
 import datetime
-import hashlib
 import os
-import re
 import secrets
 import sys
 import time
-import unicodedata
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
-from zsiqa import distributed, plots, results, robustness
+from zsiqa import comparison, distributed, plots, results, robustness
 from zsiqa.config import EvalConfig, FileKey, Finished, Group, Scored
 from zsiqa.datasets import load_dataset, load_dirs
 from zsiqa.distances import DISTANCES, parse_distances
-from zsiqa.errors import UserError, warn_line, writing
-from zsiqa.images import open_image, pair_problems, pil_to_tensor, to_float
-from zsiqa.maps import SPATIAL
+from zsiqa.errors import UserError, warn_line
+from zsiqa.images import pair_problems
 from zsiqa.models import get_backbone
 from zsiqa.output import to_json
-from zsiqa.report import REPORT_FILES, Comparison, Worst, format_table, ranked, shown, significance_mark, write_report
 from zsiqa.scorer import Scorer
-from zsiqa.stats import compare_methods, correlations
+from zsiqa.stats import correlations
 
 SWEEP_FIELDS = ["distance", "robustness", "pct", "n", "srcc", "plcc", "krcc", "plcc_logistic"]
 
@@ -143,7 +138,8 @@ def check_outputs(config: EvalConfig, plan):
         raise UserError("--report-worst K is the number of worst images in --report DIR: give --report too")
     if config.report:
         results.check_writable(config.report)
-        taken = [p for p in report_paths(config.report, config.sweep, config.variants) if os.path.isdir(p)]
+        taken = [p for p in comparison.report_paths(config.report, config.sweep, config.variants)
+                 if os.path.isdir(p)]
         if taken:
             raise UserError(f"cannot write the report: {taken[0]} is a folder")
 
@@ -186,26 +182,17 @@ def results_files(config: EvalConfig, plan):
 def check_output_names(config: EvalConfig, plan, names, paths):
     """Every name the run writes, checked before any work (results.check_lengths: no name over
     NAME_MAX, no path over PATH_MAX): the results files with their records, locks and per-layer
-    files, the charts, the report's files and the --maps folders and files (`map_folders`, which
-    also refuses images whose folders one file system could not tell apart)."""
+    files, the sweep's table and plot, and the label-free comparison's charts, report and --maps
+    files (comparison.output_paths)."""
     derived = [(p, results.record_path(p), results.lock_path(p)) for p in paths.values()]
     if config.per_layer:
         derived += [(results.layers_path(p), results.lock_path(results.layers_path(p))) for p in paths.values()]
     results.check_lengths([p for group in derived for p in group], "results file",
                           "choose a shorter -sdir, -s or method name")
-    outputs = [] if plan.labelled else [chart_path(config.savedir, config.name, plan, v, d)
-                                        for v in config.variants for d in names]
+    outputs = [] if plan.labelled else comparison.output_paths(config, plan, names)
     if config.sweep:
         stem = os.path.join(config.savedir, f"{plan.name}_{config.name}_sweep")
         outputs += [stem + ".csv", stem + ".png"]
-    if config.report:
-        outputs += report_paths(config.report, config.sweep, config.variants) + [
-            os.path.join(config.report, REPORT_LOCK)]
-    for s, dataset in enumerate(plan.sets):
-        folders = map_folders(plan, s) if config.worst_maps else {}
-        longest = max(folders.values(), key=lambda n: len(n.encode("utf-8")), default=None)
-        outputs += [os.path.join(maps_root(config.savedir, config.name, dataset.name, v), longest, f"{d}.{ext}")
-                    for v in config.variants for d in names for ext in ("npy", "png")] if longest else []
     results.check_lengths(outputs, "output", "choose a shorter -sdir, -s, --report or method name")
 
 
@@ -421,71 +408,6 @@ def summarise(config: EvalConfig, plan, finished: Finished):
     return summary
 
 
-def summarise_unlabelled(config: EvalConfig, plan, finished: Finished):
-    """One row per set, variant and distance of label-free results files: the statistics of its
-    scores and, among ≥2 sets, the ranking and the paired test against the best set on the
-    references every ranked set scored, Holm-corrected, with the median paired difference and a
-    verdict (stats.compare_methods). Rows replace those of an earlier run with the same settings
-    in summary_unlabelled.csv; one bar chart per variant and distance (means over those
-    references), marked with each set's verdict (report.significance_mark).
-
-    Returns:
-        (rows, {(variant, distance): {set: {reference: score}}})."""
-    rows, scores = [], {}
-    for file, path in finished.paths.items():
-        got, nonfinite = finished.scores(path)
-        key, record = plan.image_key(file.set), finished.records[path]
-        scores.setdefault((file.variant, file.distance), {})[plan.sets[file.set].name] = {
-            key(dis, ref): pred for dis, ref, _, pred in got}
-        rows.append({"set": plan.sets[file.set].name, **record, "lower_better": not record["pred_higher_better"],
-                     "n_skipped": int(plan.skipped[file.set] + finished.scored.n_skipped(file.group) + nonfinite),
-                     "pairs_per_s": finished.scored.rate(), "file": path, "limit": config.limit,
-                     "methods": method_list(plan), **finished.stamp})
-    keys = [(file.variant, file.distance) for file in finished.paths]
-    lower = {key: row["lower_better"] for key, row in zip(keys, rows)}
-    tables = {key: compare_methods(per_set, lower[key]) for key, per_set in scores.items()}
-    for key, row in zip(keys, rows):
-        stat = tables[key][row["set"]]
-        row.update(stat, ci95_low=stat["ci95"][0], ci95_high=stat["ci95"][1],
-                   ci95_shared_low=stat["ci95_shared"][0], ci95_shared_high=stat["ci95_shared"][1],
-                   median_diff_ci95_low=(stat["median_diff_ci95"] or [None])[0],
-                   median_diff_ci95_high=(stat["median_diff_ci95"] or [None, None])[1])
-    results.append_summary(config.savedir, rows, "summary_unlabelled", results.UNLABELLED_FIELDS,
-                           key=results.UNLABELLED_KEY)
-    for key in scores:
-        group = ranked([row for k, row in zip(keys, rows) if k == key], lower[key])
-        suffix = f"_{group[0]['robustness']}-{group[0]['pct']}" if group[0]["robustness"] != "none" else ""
-        chart = chart_path(config.savedir, config.name, plan, (group[0]["robustness"], group[0]["pct"]), key[1])
-        title = f"{config.name}, {key[1]}{suffix.replace('_', ', ')}: mean per set, 95% CI"
-        plots.method_bars([shown(r) for r in group], chart, title, marks=[significance_mark(r) for r in group])
-        for row in group:
-            row["chart"] = chart
-    return rows, scores
-
-
-def chart_path(savedir, name, plan, variant, distance):
-    """The bar chart of one variant ((kind or '' / 'none', pct)) and distance of a label-free run,
-    in the results folder `savedir`, `name` that of the results files (-s, else the model)."""
-    kind, pct = variant
-    suffix = f"_{kind}-{pct}" if kind and kind != "none" else ""
-    return os.path.join(savedir, f"{name}_{distance}{suffix}_{sets_tag(plan)}.png")
-
-
-def method_list(plan):
-    """A run's sets as one name: joined by '+', a '+' or '%' inside a name written %2B or %25, so
-    that methods 'a+b','c' and 'a','b+c' are told apart."""
-    return "+".join(d.name.replace("%", "%25").replace("+", "%2B") for d in plan.sets)
-
-
-def sets_tag(plan):
-    """What names a run's method chart: `method_list` (or, for many or long names, their count
-    and a digest), so that a run over other sets never overwrites it."""
-    tag = method_list(plan)
-    if len(tag) > 60:
-        tag = f"{len(plan.sets)}sets-" + hashlib.sha256(tag.encode("utf-8")).hexdigest()[:8]
-    return f"methods_{tag}"
-
-
 def report(summary, as_json=False):
     """Print the summary rows (a table, or JSON with --json)."""
     if as_json:
@@ -501,29 +423,6 @@ def report(summary, as_json=False):
             print(f"{'':8} {'':>7} {r['n_skipped']:>6} pair(s) skipped")
 
 
-def report_unlabelled(rows, as_json, savedir):
-    """Print the label-free rows: per variant, one table per distance ranking the sets
-    (report.format_table), or JSON with --json; `savedir` the results folder."""
-    if as_json:
-        print(to_json(rows))
-        return
-    variants = dict.fromkeys((r["robustness"], r["pct"]) for r in rows)
-    for kind, pct in variants:
-        if len(variants) > 1 or kind != "none":
-            print(f"[{'clean' if kind == 'none' else f'{kind}-{pct}'}]")
-        for d in dict.fromkeys(r["distance"] for r in rows):
-            group = [r for r in rows if r["distance"] == d and (r["robustness"], r["pct"]) == (kind, pct)]
-            print(format_table(group, group[0]["lower_better"]))
-    for r in rows:
-        if r["n_skipped"]:
-            print(f"{r['set']}, {r['distance']}: {r['n_skipped']} pair(s) skipped")
-    rate = rows[0]["pairs_per_s"]
-    print(("no pair scored in this run (all resumed)" if rate is None else f"{rate} pairs/s")
-          + f"; per-pair files in {savedir}; summary appended to "
-          f"{os.path.join(savedir, 'summary_unlabelled.csv')}; charts {rows[0]['chart']}"
-          + (" …" if len({r['chart'] for r in rows}) > 1 else ""))
-
-
 def main(config: EvalConfig):
     """Check everything that can be checked before the model loads (arguments, results
     folder, labels, image headers, the lock), then score what the results files lack."""
@@ -534,23 +433,15 @@ def main(config: EvalConfig):
         dist.from_rank0(lambda: check_outputs(config, plan))
         files = results_files(config, plan)
         locks = [results.lock_path(p) for p in files.paths.values()]
+        report_lock_file = os.path.join(config.report, comparison.REPORT_LOCK) if config.report else None
         with new_folders_undone(config.savedir, locks), (  # the lock's folder goes again if the Scorer refuses
-                new_folders_undone(config.report, [os.path.join(config.report, REPORT_LOCK)]) if config.report
-                else contextlib.nullcontext()):
+                new_folders_undone(config.report, [report_lock_file]) if config.report else contextlib.nullcontext()):
             lock = dist.from_rank0(lambda: results.Lock(files.paths.values()), share=False)
-            report_lock = dist.from_rank0(lambda: lock_report(config.report), share=False)
+            report_lock = dist.from_rank0(lambda: comparison.lock_report(config.report), share=False)
             with lock or contextlib.nullcontext(), report_lock or contextlib.nullcontext():
                 scorer = make_scorer(config, dist.device(config.device))
                 run_scoring(Run(config, dist, scorer, plan, files))
     return 0
-
-
-def lock_report(folder):
-    """With --report DIR (`folder`): the lock of DIR (`.zsiqa-report.lock` in it), held for the
-    run, so that a second run writing the same report stops at once in one line; else None."""
-    if not folder:
-        return None
-    return results.Lock([folder], "choose another --report", name=lambda f: os.path.join(f, REPORT_LOCK))
 
 
 def run_scoring(run: Run):
@@ -570,11 +461,11 @@ def run_scoring(run: Run):
     if plan.labelled:
         report(timed(config.started, scored, summarise(config, plan, finished)), config.json)
         return
-    rows, scores = summarise_unlabelled(config, plan, finished)
+    rows, scores = comparison.summarise_unlabelled(config, plan, finished)
     written, failed = [], None  # every file before the first printed line (a reader may stop early)
     if config.report or config.worst_maps:
-        written, failed = worst_outputs(Outcome(config, run.scorer, plan, rows, scores, stamp))
-    report_unlabelled(timed(config.started, scored, rows), config.json, config.savedir)
+        written, failed = comparison.worst_outputs(comparison.Outcome(config, run.scorer, plan, rows, scores, stamp))
+    comparison.report_unlabelled(timed(config.started, scored, rows), config.json, config.savedir)
     if not config.json:
         for line in written:
             print(line)
@@ -582,209 +473,3 @@ def run_scoring(run: Run):
         raise failed
 
 
-def worst_pairs(plan, s, per_image, k, lower_better):
-    """Set s's k worst pairs by its scores {image: score} (`Plan.image_key`), worst first:
-    [(image, ref, dis, score)]."""
-    key = plan.image_key(s)
-    pair_of = {key(dis, ref): (ref, dis) for ref, dis, _ in plan.pairs[s]}
-    picks = sorted(per_image.items(), key=lambda kv: kv[1], reverse=lower_better)[:k]
-    return [(image, *pair_of[image], score) for image, score in picks]
-
-
-def pair_images(dataset, ref, dis, resize, variant):
-    """A pair as the run scored it: decoded, resized (-r), transformed (-rob) → (ref, dis) images."""
-    r, d = open_image(dataset.ref_path(ref), resize), open_image(dataset.dis_path(dis), resize)
-    return robustness.Transform(*variant)(r, d) if variant[0] else (r, d)
-
-
-def _rgb8(im):
-    """A decoded image ('RGB', or deep grey 'F' in [0, 1]) as H×W×3 uint8, for thumbnails."""
-    a = np.asarray(im)
-    return a if im.mode == "RGB" else np.repeat((np.clip(a, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, 2)
-
-
-def map_folder(image):
-    """The folder of an image's maps: its whole name, '%' and '/' written %25 and %2F, so that no
-    two images share one (x/7.png, x__7.png and x/7.jpg all differ)."""
-    return image.replace("%", "%25").replace("/", "%2F")
-
-
-MAP_NAME_MAX = 200  # bytes of a maps folder's name before it is cut and given a digest (NAME_MAX is 255)
-
-
-def _folded(name):
-    """A name as a case-insensitive, normalising file system (macOS, Windows) compares it."""
-    return unicodedata.normalize("NFKC", name).casefold()
-
-
-def map_folders(plan, s):
-    """{image: its maps folder's name} for every image of set s (`Plan.image_key`): `map_folder`,
-    or where that is longer than MAP_NAME_MAX bytes (deeply nested names) or equal to another
-    image's but for case or Unicode normalisation (one folder on macOS and Windows), its first
-    MAP_NAME_MAX bytes, '~' and 12 hex digits of the image name's sha256: one folder per image
-    on every file system. UserError, before any work, should two still coincide."""
-    key = plan.image_key(s)
-    plain = {image: map_folder(image) for image in dict.fromkeys(key(dis, ref) for ref, dis, _ in plan.pairs[s])}
-    alike = collections.Counter(_folded(name) for name in plain.values())
-    out = {}
-    for image, name in plain.items():
-        if alike[_folded(name)] > 1 or len(name.encode("utf-8")) > MAP_NAME_MAX:
-            cut = name.encode("utf-8")[:MAP_NAME_MAX].decode("utf-8", "ignore")
-            name = f"{cut}~{hashlib.sha256(image.encode('utf-8')).hexdigest()[:12]}"
-        out[image] = name
-    if len({_folded(name) for name in out.values()}) < len(out):
-        raise UserError(f"--maps: two images of {plan.sets[s].name} would share one maps folder; rename one")
-    return out
-
-
-def maps_root(savedir, name, set_name, variant):
-    """The folder of a set's --maps for one robustness variant: <sdir>/<set>_<name>[_<rob>-<pct>]_maps."""
-    tag = f"_{variant[0]}-{variant[1]}" if variant[0] else ""
-    return os.path.join(savedir, f"{set_name}_{name}{tag}_maps")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A label-free run's results, for the maps and reports of its worst pairs: the settings,
-    the Scorer, the Plan, the summary rows, every image's score {(variant index, distance):
-    {set: {image: score}}} and the run's `time` and `run_id`."""
-    config: EvalConfig
-    scorer: object
-    plan: object
-    rows: list
-    scores: dict
-    stamp: dict
-
-
-def worst_outputs(outcome: Outcome):
-    """--maps N and --report DIR: each method's worst pairs by the first distance, with their
-    maps (Scorer.maps), written as map files and as one report per robustness variant.
-    Returns (a line per report written, for the caller to print; the UserError of the first map
-    that could not be written, or None: the maps stop there, the reports are still written)."""
-    config, scorer, plan, scores = outcome.config, outcome.scorer, outcome.plan, outcome.scores
-    primary = scorer.distances[0]
-    shown = next((d for d in scorer.distances if d in SPATIAL), primary)  # a map that varies within a window
-    k = max(config.worst_shown if config.report else 0, config.worst_maps or 0)
-    written, failed = [], []
-    folders = [map_folders(plan, s) if config.worst_maps else {} for s in range(len(plan.sets))]
-    if config.report:
-        remove_stale_reports(config.report, config.sweep, config.variants)
-    for v, variant in enumerate(config.variants):
-        worst = {}
-        for s, ds in enumerate(plan.sets):
-            worst[ds.name], root = [], maps_root(config.savedir, config.name, ds.name, variant)
-            if config.worst_maps and not failed:
-                failed += _attempt(remove_stale_maps, root)
-            for image, ref, dis, score in worst_pairs(plan, s, scores[(v, primary)][ds.name], k,
-                                                      DISTANCES[primary].lower_better):
-                r, d = pair_images(ds, ref, dis, config.resize, variant)
-                maps = scorer.maps(d, r)
-                if len(worst[ds.name]) < (config.worst_maps or 0) and not failed:
-                    failed += _attempt(plots.write_maps, maps, to_float(pil_to_tensor(d)),
-                                       os.path.join(root, folders[s][image]), scorer.backbone.name,
-                                       {x: scores[(v, x)][ds.name][image] for x in scorer.distances})
-                worst[ds.name].append(Worst(image, score, _rgb8(r), _rgb8(d), maps[shown]))
-        if config.report:
-            written.append(write_variant_report(outcome, v, worst, shown))
-    return written, (failed[0] if failed else None)
-
-
-def _attempt(write, *args):
-    """[] when write(*args) succeeds, [its UserError] when it cannot write (a full disk): the
-    caller goes on without it and says so at the end."""
-    try:
-        write(*args)
-    except UserError as e:
-        return [e]
-    return []
-
-
-MAP_FILES = r"(?:" + "|".join(map(re.escape, DISTANCES)) + r")\.(?:npy|png)"  # what write_maps writes
-REPORT_LOCK = ".zsiqa-report.lock"  # inside --report DIR: one run writes a report folder at a time
-VARIANT_FOLDER = re.compile(r"clean|(?:" + "|".join(robustness.TRANSFORMS) + r")-\d+")
-
-
-def _remove_ours(folder, names):
-    """Remove the files of `folder` whose names fully match the pattern `names` (the names an
-    earlier run wrote there), and their temporary files left by a killed write
-    (results.write_atomic's); then the folder itself if that left it empty. Never another file.
-    Returns how many files went."""
-    ours, gone = re.compile(rf"(?:{names})|\.(?:{names})\.[0-9a-f]{{8}}\.tmp"), 0
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        for name in os.listdir(folder):
-            path = os.path.join(folder, name)
-            if ours.fullmatch(name) and not os.path.isdir(path):
-                os.remove(path)
-                gone += 1
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)  # only when empty: a user's own file keeps it
-    return gone
-
-
-def remove_stale_maps(root):
-    """Before --maps writes into `root` (<sdir>/<set>_<name>_maps): the maps of an earlier run
-    (<distance>.npy and .png in its image folders) go, so that the folders left are this run's
-    worst images. Nothing else there is touched."""
-    with writing(root, "the maps were not written"), contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        for name in os.listdir(root):
-            path = os.path.join(root, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                _remove_ours(path, MAP_FILES)
-
-
-def remove_stale_reports(report, sweep, variants):
-    """Before the reports are written into --report DIR (`report`): the report files of an
-    earlier run with other variants go — DIR's own when this run is a sweep, DIR/clean and
-    DIR/<kind>-<pct> that this run does not write — said in one line. Only our file names
-    (scores.csv, report.md, table.tex, report.html) are removed, a folder only when that empties it."""
-    mine = {os.path.normpath(report_folder(report, sweep, v)) for v in variants}
-    folders = [report]
-    with contextlib.suppress(OSError):
-        folders += [os.path.join(report, n) for n in sorted(os.listdir(report)) if VARIANT_FOLDER.fullmatch(n)]
-    gone = 0
-    for folder in folders:
-        if os.path.normpath(folder) not in mine and not os.path.islink(folder):
-            with writing(folder, "the reports were not written"):
-                gone += _remove_ours(folder, "|".join(map(re.escape, REPORT_FILES)))
-    if gone:
-        sys.stderr.write(f"note: removed {gone} report file(s) of an earlier run with other settings from "
-                         f"{report}\n")
-
-
-def report_folder(report, sweep, variant):
-    """Where a variant's report goes: --report DIR (`report`), or in a sweep DIR/clean, DIR/<kind>-<pct>."""
-    if not sweep:
-        return report
-    return os.path.join(report, f"{variant[0]}-{variant[1]}" if variant[0] else "clean")
-
-
-def report_paths(report, sweep, variants):
-    """Every file the reports of a run write (checked before any work)."""
-    return [os.path.join(report_folder(report, sweep, v), name) for v in variants for name in REPORT_FILES]
-
-
-def _base_name(folder):
-    """A folder's own name, without the path to it (a report carries no local path)."""
-    return os.path.basename(os.path.normpath(os.path.abspath(folder))) or "/"
-
-
-def write_variant_report(outcome: Outcome, v, worst, shown):
-    """Write the report of robustness variant v (the clean run: --report DIR itself, or
-    DIR/clean beside DIR/<kind>-<pct> in a sweep), with each method's worst images {method:
-    [Worst]} and `shown` the distance of their maps; returns a line naming its files."""
-    config, scorer, plan, scores = outcome.config, outcome.scorer, outcome.plan, outcome.scores
-    variant = config.variants[v]
-    kind = variant[0] or "none"
-    mine = [r for r in outcome.rows if (r["robustness"], r["pct"]) == (kind, variant[1] if variant[0] else 0)]
-    tables = {d: [r for r in mine if r["distance"] == d] for d in scorer.distances}
-    images = {i for per in scores[(v, scorer.distances[0])].values() for i in per}
-    about = (f"{scorer.backbone.name}, precision {scorer.precision} on {scorer.device.type}; {len(images)} images; "
-             f"references in {_base_name(plan.sets[0].ref_root or plan.sets[0].root)}; "
-             + (f"robustness {variant[0]} {variant[1]}; " if variant[0] else "")
-             + f"run {outcome.stamp['run_id']}, {outcome.stamp['time']}")
-    k = config.worst_shown
-    comparison = Comparison(tables, {d: scores[(v, d)] for d in scorer.distances},
-                            {d: DISTANCES[d].lower_better for d in scorer.distances}, scorer.distances[0],
-                            {m: items[:k] for m, items in worst.items() if k}, about, shown)
-    paths = write_report(report_folder(config.report, config.sweep, variant), comparison)
-    return f"report: {paths[-1]} (with {', '.join(os.path.basename(p) for p in paths[:-1])})"
