@@ -1,16 +1,18 @@
 """Comparisons of methods scored without labels (`zsiqa eval -dat dirs`): the ranked text table
 printed at the end of a run, and the report a paper can use (--report DIR): every image's score
 as a long-form CSV, Markdown and booktabs LaTeX tables, and one self-contained HTML page with the
-tables, a bar chart, a sortable per-image table and each method's worst images. p-values are
-Holm-corrected paired Wilcoxon tests against the best method (stats.compare_methods).
+tables, a bar chart, a sortable per-image table and each method's worst images (its HTML, style
+and script: the jinja2 template zsiqa/templates/report.html.j2, every value escaped). p-values
+are Holm-corrected paired Wilcoxon tests against the best method (stats.compare_methods).
 """
 import base64
-import html
+import functools
 import io
 import os
 import re
 from dataclasses import dataclass
 
+import jinja2
 import numpy as np
 from PIL import Image
 
@@ -320,52 +322,6 @@ def _tex_row(rank, row, left=False):
 
 # ---------------------------------------------------------------- the HTML page
 
-STYLE = """body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;
-padding:0 1em;color:#222}h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em}table{border-collapse:collapse;
-margin:.6em 0}th,td{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right}th{background:#f4f4f4}
-td.name,th.name{text-align:left}table.sortable th{cursor:pointer}th[aria-sort=ascending]::after{content:" ▲"}
-th[aria-sort=descending]::after{content:" ▼"}.note,.about{color:#555;font-size:.92em}figure{display:inline-block;
-margin:.3em;text-align:center;font-size:.85em}figure img{display:block;border:1px solid #ccc}
-.worst{display:flex;flex-wrap:wrap;gap:.4em;margin-bottom:1em}.triple{border:1px solid #eee;padding:.3em}"""
-
-SCRIPT = """(function () {
-  function value(cell, numeric) {
-    var t = cell.getAttribute('data-value'); t = t === null ? cell.textContent : t;
-    return numeric ? parseFloat(t) : t.toLowerCase();
-  }
-  function sortTable(table, col, dir) {
-    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
-    var numeric = table.tHead.rows[0].cells[col].getAttribute('data-type') === 'num';
-    rows.sort(function (a, b) {
-      var x = value(a.cells[col], numeric), y = value(b.cells[col], numeric);
-      if (numeric && isNaN(x) !== isNaN(y)) { return isNaN(x) ? 1 : -1; }
-      return (x < y ? -1 : x > y ? 1 : 0) * dir;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
-      th.setAttribute('aria-sort', i === col ? (dir > 0 ? 'ascending' : 'descending') : 'none');
-    });
-  }
-  document.querySelectorAll('table.sortable').forEach(function (table) {
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
-      th.addEventListener('click', function () {
-        sortTable(table, i, th.getAttribute('aria-sort') === 'ascending' ? -1 : 1);
-      });
-    });
-  });
-  var m = /sort=(\\d+)-(asc|desc)/.exec(location.hash);
-  var first = document.querySelector('table.sortable');
-  var col = m ? parseInt(m[1], 10) : 0;  // 1 = images; a column the table lacks is ignored
-  if (first && col > 0 && col <= first.tHead.rows[0].cells.length) {
-    sortTable(first, col - 1, m[2] === 'asc' ? 1 : -1);
-  }
-})();"""
-
-
-def _e(text):
-    return html.escape(str(text))
-
-
 def data_uri(data, kind):
     """Bytes as a data: URI (the page loads nothing from anywhere)."""
     return f"data:{kind};base64," + base64.b64encode(data).decode("ascii")
@@ -394,60 +350,50 @@ def heat(values, top, side=160):
     return _encoded(im, "PNG")
 
 
-def _summary_html(c, d):
+def _summary_view(c, d):
+    """What the page shows of distance d: its methods ranked, their cells (`_cells`), and its chart."""
     group, left = c.ranked(d), any_left_out(c.tables[d])
-    rows = "".join(
-        f"<tr><td>{_rank_text(rank, r)}</td><td class=name>"
-        + (f"<b>{_e(r['set'])}</b>" if is_best(r) else _e(r["set"])) + "</td>"
-        + "".join(f"<td>{_e(x)}</td>" for x in _cells(r, left)) + "</tr>"
-        for rank, r in enumerate(group, 1))
-    head = "<tr><th>rank</th><th class=name>method</th>" + "".join(
-        f"<th>{_e(h)}</th>" for h in COLUMNS + [LEFT_OUT] * left) + "</tr>"
     buffer = io.BytesIO()
     plots.method_bars([shown(r) for r in group], buffer, f"mean {d} per method, 95% CI",
                       marks=[significance_mark(r) for r in group])
-    chart = data_uri(buffer.getvalue(), "image/png")
-    return (f'<section id="d-{_e(d)}"><h2>{_e(d)} ({_e(direction(c.lower_better[d]))})</h2>'
-            f'<p class=note>{_e(ranking_note(group))}</p>'
-            f'<table class="summary"><thead>{head}</thead><tbody>{rows}</tbody></table>'
-            f'<img alt="bar chart of the mean {_e(d)} per method" src="{chart}"></section>')
+    return {"distance": d, "direction": direction(c.lower_better[d]), "note": ranking_note(group),
+            "columns": COLUMNS + [LEFT_OUT] * left, "chart": data_uri(buffer.getvalue(), "image/png"),
+            "rows": [{"rank": _rank_text(rank, r), "name": r["set"], "best": is_best(r), "cells": _cells(r, left)}
+                     for rank, r in enumerate(group, 1)]}
 
 
-def _per_image_html(c):
+def _per_image_view(c):
+    """The per-image table: a column per distance and method, a row per image of (exact value
+    for sorting, shown text) cells, NaN where a method lacks the image."""
     columns = [(d, m) for d in c.tables for m in (r["set"] for r in c.ranked(d))]
     images = sorted({i for d in c.scores for per in c.scores[d].values() for i in per})
-    head = '<tr><th class=name data-type="text">image</th>' + "".join(
-        f'<th data-type="num">{_e(m)} · {_e(d)}</th>' for d, m in columns) + "</tr>"
-    body = "".join(
-        f"<tr><td class=name>{_e(i)}</td>" + "".join(
-            f'<td data-value="{c.scores[d][m].get(i, float("nan"))!r}">{_g(c.scores[d][m].get(i))}</td>'
-            for d, m in columns) + "</tr>" for i in images)
-    return ('<section id="images"><h2>Every image</h2><p class=note>Click a column to sort by it.</p>'
-            f'<table class="sortable" id="per-image"><thead>{head}</thead><tbody>{body}</tbody></table></section>')
+    return {"columns": [(m, d) for d, m in columns],
+            "rows": [(i, [(repr(c.scores[d][m].get(i, float("nan"))), _g(c.scores[d][m].get(i))) for d, m in columns])
+                     for i in images]}
 
 
-def _worst_html(c):
+def _worst_view(c):
+    """Each method's worst images: per image its reference, output and map thumbnails (the maps
+    on one colour scale, 0 to the largest value of all)."""
     top = max([float(np.max(w.map)) for ws in c.worst.values() for w in ws] or [1.0])
-    out = [f'<section id="worst"><h2>Each method\'s worst images by {_e(c.primary)}</h2>'
-           f'<p class=note>Reference, output and where they differ (the {_e(c.map_distance or c.primary)} map, '
-           f'one colour scale for all: 0 to {top:.3g}).</p>']
-    for method, items in c.worst.items():
-        out.append(f"<h3>{_e(method)}</h3><div class=worst>")
-        for w in items:
-            out.append(f'<div class=triple title="{_e(w.image)}">'
-                       + "".join(f'<figure><img alt="{label} of {_e(w.image)}" src="{src}"><figcaption>{label}'
-                                 f'</figcaption></figure>'
-                                 for label, src in (("reference", thumbnail(w.ref)), ("output", thumbnail(w.dis)),
-                                                    (f"{_e(w.image)}: {_g(w.score)}", heat(w.map, top))))
-                       + "</div>")
-        out.append("</div>")
-    return "".join(out + ["</section>"])
+    return {"primary": c.primary, "map_distance": c.map_distance or c.primary, "top": f"{top:.3g}",
+            "methods": [{"name": method, "triples": [
+                {"image": w.image, "figures": [("reference", thumbnail(w.ref)), ("output", thumbnail(w.dis)),
+                                               (f"{w.image}: {_g(w.score)}", heat(w.map, top))]} for w in items]}
+                for method, items in c.worst.items()]}
+
+
+@functools.cache
+def _template():
+    """The page's template (zsiqa/templates/report.html.j2, package data), every value escaped."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("zsiqa", "templates"), autoescape=True,
+                             trim_blocks=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.get_template("report.html.j2")
 
 
 def page(c):
-    """The comparison as one self-contained HTML page (style, script and images inside it)."""
-    body = "".join(_summary_html(c, d) for d in c.tables) + _per_image_html(c) + (_worst_html(c) if c.worst else "")
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ZS-IQA comparison</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
-            f'<body><h1>{_e(_title(c))}</h1><p class=about>{_e(c.about)}</p>'
-            f'{body}<p class=note>{_e(NOTE)}</p><script>{SCRIPT}</script></body></html>\n')
+    """The comparison as one self-contained HTML page (style, script and images inside it),
+    from the template zsiqa/templates/report.html.j2."""
+    return _template().render(title=_title(c), about=c.about, note=NOTE,
+                              summaries=[_summary_view(c, d) for d in c.tables], images=_per_image_view(c),
+                              worst=_worst_view(c) if c.worst else None)
