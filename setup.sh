@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip "setuptools<81" wheel
+.venv/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel
 .venv/bin/python -m pip install -q -r requirements.txt
 .venv/bin/python -m pip install -q -r requirements-dev.txt   # pytest and ruff (development tools)
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .

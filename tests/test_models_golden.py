@@ -4,9 +4,11 @@ import os
 import subprocess
 import sys
 
-from conftest import GOLDEN, ROOT, close, golden_api_scores, golden_cli_mismatches, needs_shared
+import pytest
 
-pytestmark = needs_shared
+from conftest import GOLDEN, ROOT, close, golden_api_scores, golden_cli_mismatches
+
+pytestmark = pytest.mark.golden
 DEVICE = os.environ.get("ZSIQA_TEST_DEVICE", "cpu")  # the API parity test also runs on a GPU in strict fp32
 
 
@@ -44,12 +46,12 @@ def test_cli_process_plain_output(golden, checkpoint):
 def test_torchscript_release_format_loads(golden, checkpoint, tmp_path):
     """OpenAI ships ViT-B-32.pt as a TorchScript archive: the stand-in, traced into one,
     must give the same golden scores as the plain state dict."""
-    import clip.model
     import torch
 
     from zsiqa.scorer import Scorer
+    from zsiqa.weights import clip_model
     sd = torch.load(checkpoint("clip_vitb32"), map_location="cpu")
-    model = clip.model.build_model(dict(sd)).float().eval()
+    model = clip_model().build_model(dict(sd)).float().eval()
     archive = tmp_path / "ViT-B-32.pt"
     torch.jit.trace_module(model, {"encode_image": torch.rand(1, 3, 224, 224)}).save(str(archive))
     rows = [r for r in _rows(golden) if r["model"] == "clip_vitb32" and r["ref"] == "pair0_ref.png"]

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import run_single_img
-from conftest import ROOT, needs_shared
+from conftest import ROOT
 from zsiqa import models, weights
 from zsiqa.errors import UserError
 
@@ -46,12 +46,11 @@ def _same(got, want, keys):
         assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape and torch.equal(got[k], want[k]), k
 
 
-@needs_shared
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_traced_clip_gives_the_jit_state_dict(checkpoint, tmp_path):
     """OpenAI's release format (a traced CLIP): the same keys in the same order, same tensors."""
-    import clip.model
-    model = clip.model.build_model(dict(torch.load(checkpoint("clip_vitb32"), map_location="cpu"))).float().eval()
+    model = weights.clip_model().build_model(dict(torch.load(checkpoint("clip_vitb32"), map_location="cpu"))).float()
+    model.eval()
     archive = tmp_path / "ViT-B-32.pt"
     torch.jit.trace_module(model, {"encode_image": torch.rand(1, 3, 224, 224)}).save(str(archive))
     want, keys = _jit_state_dict(archive)
@@ -75,6 +74,7 @@ class _Attributes(torch.nn.Module):
         return self.norm(self.lin(x.half()).float()) + self.plain + self.steps.sum()
 
 
+@pytest.mark.slow
 def test_scripted_module_gives_the_jit_state_dict(tmp_path):
     path = tmp_path / "m.pt"
     torch.jit.script(_Attributes().eval()).save(str(path))
@@ -121,6 +121,8 @@ class _LoadTimeCode(torch.nn.Module):
         return x * self.w
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_load_time_code_never_runs(tmp_path, capfd):
     path = tmp_path / "evil.pt"
     torch.jit.script(_LoadTimeCode()).save(str(path))
@@ -186,7 +188,6 @@ def _official_name_file(directory, marker):
 
 
 def test_official_name_needs_the_published_sha256(tmp_path, monkeypatch):
-    import clip.clip
     marker = tmp_path / "ran"
     monkeypatch.setenv("ZSIQA_WEIGHTS_DIR", str(tmp_path / "w"))
     path = _official_name_file(tmp_path / "w", marker)
@@ -203,7 +204,7 @@ def test_official_name_needs_the_published_sha256(tmp_path, monkeypatch):
         weights.resolve_weights(b)
     # a file with the published hash is taken; an explicit path is not hash-checked
     digest = hashlib.sha256(open(cached, "rb").read()).hexdigest()
-    monkeypatch.setitem(clip.clip._MODELS, "ViT-B/32", f"https://example.invalid/clip/models/{digest}/ViT-B-32.pt")
+    monkeypatch.setitem(weights.OPENAI_URLS, "ViT-B/32", f"https://example.invalid/clip/models/{digest}/ViT-B-32.pt")
     assert weights.resolve_weights(b) == cached
     assert weights.resolve_weights(b, path) == path
     assert not marker.exists()
@@ -237,6 +238,8 @@ def test_cli_refuses_crafted_weights(tmp_path, monkeypatch, capsys, pair):
     assert not marker.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_process_refuses_crafted_weights(tmp_path, pair):
     """The real entry point: exit code 2, one line, nothing from the file ran."""
     marker = tmp_path / "ran"

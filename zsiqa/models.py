@@ -22,7 +22,7 @@ from zsiqa.errors import UserError
 from zsiqa.weights import (
     Weights,
     check_keys,
-    clip_module,
+    clip_model,
     hf_cache,
     hf_vit_to_timm,
     hub_weights,
@@ -114,9 +114,9 @@ class ClipViT(Family):
         self.dims, self.openclip = (patch, width, layers, heads, output_dim), openclip
 
     def build(self):
-        clip_model = clip_module("model")
+        code = clip_model()
         patch, width, layers, heads, out = self.dims
-        visual = clip_model.VisionTransformer(224, patch, width, layers, heads, out)
+        visual = code.VisionTransformer(224, patch, width, layers, heads, out)
         if self.openclip:
             for block in visual.transformer.resblocks:
                 block.mlp.gelu = nn.GELU()
@@ -130,7 +130,7 @@ class ClipViT(Family):
 
     def half(self, model):
         """What clip.load gives on a GPU: convolutions, linears, attention in fp16 (LayerNorms stay fp32)."""
-        clip_module("model").convert_weights(model)
+        clip_model().convert_weights(model)
         return model
 
     def _tokens(self, visual, x):
@@ -158,7 +158,7 @@ class ClipResNet(Family):
         self.blocks, self.width, self.output_dim = layers, width, output_dim
 
     def build(self):
-        return clip_module("model").ModifiedResNet(self.blocks, self.output_dim, self.width * 32 // 64, 224, self.width)
+        return clip_model().ModifiedResNet(self.blocks, self.output_dim, self.width * 32 // 64, 224, self.width)
 
     state, checkpoint, half = ClipViT.state, ClipViT.checkpoint, ClipViT.half
 

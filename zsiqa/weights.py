@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import importlib
+import importlib.util
 import io
 import logging
 import os
@@ -59,7 +60,7 @@ class Weights:
     def download_url(self):
         """(url, sha256 prefix); OpenAI's URLs carry the file's sha256 as their folder name."""
         if self.url and self.url.startswith("clip:"):
-            url = clip_module("clip")._MODELS[self.url[5:]]
+            url = OPENAI_URLS[self.url[5:]]
             return url, url.split("/")[-2][:10]
         return self.url, self.sha256_prefix
 
@@ -67,7 +68,7 @@ class Weights:
         """The full published sha256 of an OpenAI file (its URL's folder name), else None."""
         if not (self.url and self.url.startswith("clip:")):
             return None
-        return clip_module("clip")._MODELS[self.url[5:]].split("/")[-2].lower()
+        return OPENAI_URLS[self.url[5:]].split("/")[-2].lower()
 
 
 @contextlib.contextmanager
@@ -82,12 +83,37 @@ def _quiet(logger):
         log.setLevel(level)
 
 
-def clip_module(name):
-    """A module of the `clip` package ('model', 'clip'), imported without its warning that
-    pkg_resources is deprecated: the package's affair, not the user's (the CLI hides it too)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*pkg_resources.*")
-        return importlib.import_module(f"clip.{name}")
+# OpenAI's download addresses, as the clip package lists them (each folder name is the file's sha256)
+OPENAI_URLS = {
+    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/"
+                "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+    "RN50": "https://openaipublic.azureedge.net/clip/models/"
+            "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def clip_model():
+    """The `clip` package's model code (clip/model.py: VisionTransformer, ModifiedResNet, …),
+    from either distribution that installs that folder (clip-anytorch; openai-clip, which pyiqa
+    installs), read without running the package's __init__: that one imports pkg_resources, which
+    setuptools 81 and later no longer have. An already imported clip.model is used as it is.
+
+    Returns:
+        The module (named clip.model; loaded once per process).
+    """
+    if "clip.model" in sys.modules:
+        return sys.modules["clip.model"]
+    package = importlib.util.find_spec("clip")  # locates the folder; runs none of its code
+    folders = list(package.submodule_search_locations or []) if package else []
+    path = os.path.join(folders[0], "model.py") if folders else ""
+    if not os.path.isfile(path):
+        raise UserError("the CLIP backbones need the `clip` package's model code (clip/model.py), which is not "
+                        "installed: pip install clip-anytorch")
+    spec = importlib.util.spec_from_file_location("clip.model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not put in sys.modules: a later `import clip` gets its own, whole package
+    return module
 
 
 # A cache is a callable → [candidate paths], made with functools.partial of module functions
