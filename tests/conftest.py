@@ -1,9 +1,7 @@
-"""Shared fixtures: the ../shared spec folder, seeded stand-in checkpoints (made once per
-session), and a tiny random ViT backbone for fast pipeline tests."""
-import hashlib
-import importlib.util
+"""Shared fixtures: the golden values (tests/golden/), the seeded stand-in checkpoints (written
+once by tests/checkpoints.py and kept), a tiny random ViT backbone for fast pipeline tests, and
+the markers that select parts of the suite (pytest.ini lists them)."""
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -16,13 +14,17 @@ from zsiqa.cli import quiet_library_warnings  # noqa: E402
 
 quiet_library_warnings()
 
-SHARED = Path(os.environ.get("ZSIQA_SHARED", ROOT.parent / "shared"))
-GOLDEN = SHARED / "golden"
-HAVE_SHARED = (GOLDEN / "expected.json").is_file()
-needs_shared = pytest.mark.skipif(
-    not HAVE_SHARED, reason=f"the spec folder {SHARED} (golden values, stand-in checkpoint tool) is absent")
+GOLDEN = ROOT / "tests" / "golden"          # the published code's expected outputs (tests/golden/README.md)
+REFERENCE = ROOT / "tests" / "reference"    # the published summary of the authors' per-image files
 
 RTOL, ATOL = 1e-4, 1e-6
+
+
+def pytest_collection_modifyitems(items):
+    """A test that reads a full-size stand-in checkpoint runs a real backbone on the CPU: `slow`."""
+    for item in items:
+        if "checkpoint" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 def close(got, want):
@@ -36,16 +38,12 @@ def golden():
 
 @pytest.fixture(scope="session")
 def checkpoint():
-    """checkpoint(name) → path of the seed-0 stand-in, written by shared/tools once and kept for
-    later runs in .cache/test-checkpoints/<the tool's digest>/ (or $ZSIQA_TEST_CKPT_DIR): a
-    changed tool writes into a new folder."""
-    tool_path = SHARED / "tools" / "make_checkpoints.py"
-    spec = importlib.util.spec_from_file_location("make_checkpoints", tool_path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    digest = hashlib.sha256(tool_path.read_bytes()).hexdigest()[:12]
-    outdir = os.environ.get("ZSIQA_TEST_CKPT_DIR") or str(ROOT / ".cache" / "test-checkpoints" / digest)
-    return lambda name: tool.make(name, outdir, 0)
+    """checkpoint(name) → path of the seed-0 stand-in, written by tests/checkpoints.py once and
+    kept for later runs in .cache/test-checkpoints/<the writer's digest>/ (or $ZSIQA_TEST_CKPT_DIR):
+    a changed writer writes into a new folder."""
+    import checkpoints
+    outdir = checkpoints.cache_dir()
+    return lambda name: checkpoints.make(name, outdir, 0)
 
 
 @pytest.fixture(scope="session")

@@ -175,6 +175,8 @@ def test_an_upper_bound_is_not_explained_by_the_window(capsys):
         assert said in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("unbuffered", ["", "1"])
 def test_stdout_full_or_closed_is_one_line(unbuffered):
     """A full disk under stdout (/dev/full) or a closed stdout: one line and 2, not a traceback

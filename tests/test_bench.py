@@ -1,9 +1,12 @@
 """bench.py runs end to end at a tiny size (its speed figures are reported, never asserted)."""
 import json
 
+import pytest
+
 import bench
 
 
+@pytest.mark.slow
 def test_bench_runs_tiny(capsys, tmp_path):
     """Every figure, --via-run included: the eval command on the same set, from the benchmark's
     random weights saved as a CLIP file, gives the engine's scores pair for pair."""
@@ -53,6 +56,7 @@ def test_bench_data_folder_is_its_own_or_refused(capsys, tmp_path):
     assert (other / "photo.png").read_bytes() == b"x" and not (other / "Train_Ref").exists()
 
 
+@pytest.mark.slow
 def test_bench_without_the_loop_prints_no_nan(capsys):
     """--loop-pairs 0 (as docs/speed.md shows it): the loop is said to be untimed; no 'nan' or
     'None' printed for its rate, the speedup or the agreement."""

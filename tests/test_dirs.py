@@ -33,6 +33,7 @@ def _api(tiny, gt, out, frame, distances):
         dis=[os.path.join(out, p) for p in frame.dis], ref=[os.path.join(gt, p) for p in frame.ref])
 
 
+@pytest.mark.slow
 def test_dirs_files_equal_api_and_summary_equals_scipy(tiny, tmp_path, capsys):
     gt, outs = minidata.make_dirs(str(tmp_path / "d"))
     res = tmp_path / "res"
@@ -69,6 +70,7 @@ def test_dirs_files_equal_api_and_summary_equals_scipy(tiny, tmp_path, capsys):
         assert (res / f"{tiny[0]}_{d}_methods_A+B.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_table_ranks_the_better_method_first(tiny, tmp_path, capsys):
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), levels=(("worse", 4), ("better", 1)), n=6)
     assert _run(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "r"), "--limit", "5") == 0
@@ -110,6 +112,7 @@ def test_label_free_csv_equals_a_dirs_set(tiny, tmp_path, capsys):
     assert rows[0]["mean"] == pytest.approx(other["mean"]) and rows[0]["ci95"] == pytest.approx(other["ci95"])
 
 
+@pytest.mark.slow
 def test_interrupted_dirs_run_resumes_without_recomputing(tiny, tmp_path, monkeypatch):
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=4)
     args = [*_dirs(gt, outs), "-d", "l2,jsd", "--batch-size", "3"]
@@ -150,6 +153,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_torchrun_two_processes_equal_one_on_dirs(tiny_weights, tmp_path):
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=5)
     common = [*_dirs(gt, outs), "-m", "tiny_vit_test", "-d", "l2,wsd", "--device", "cpu", "--no-progress", "--json"]

@@ -5,13 +5,13 @@ import torch
 import torch.nn.functional as F
 from scipy.special import rel_entr, softmax
 
-from conftest import GOLDEN, close, needs_shared
+from conftest import GOLDEN, close
 from zsiqa.distances import DISTANCES, to_columns
 
 NAMES = ["l2", "cos", "skld", "wsd", "jsd"]
 
 
-@needs_shared
+@pytest.mark.golden
 @pytest.mark.parametrize("case", range(6))
 def test_golden_cases(golden, case):
     row = golden["distances"][case]

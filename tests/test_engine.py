@@ -41,6 +41,7 @@ def _loop(scorer, pairs):
     return np.array(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 3, 7, 64])
 def test_engine_equals_one_pair_loop(tiny, mixed_set, batch_size):
     name, weights = tiny
@@ -51,6 +52,7 @@ def test_engine_equals_one_pair_loop(tiny, mixed_set, batch_size):
         np.testing.assert_allclose(got[d].numpy(), want[:, j], rtol=1e-5, atol=1e-7, err_msg=d)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_score_files_equals_api(tiny, mixed_set, workers):
     name, weights = tiny
@@ -76,6 +78,7 @@ def test_input_forms_agree(tiny, mixed_set):
     assert by_batch.shape == (2,) and torch.allclose(by_batch, by_path.expand(2))
 
 
+@pytest.mark.slow
 def test_reference_encoded_once_per_run(tiny, mixed_set, monkeypatch):
     name, weights = tiny
     scorer = Scorer(name, "l2", **ON, weights=weights, batch_size=4)
@@ -108,6 +111,7 @@ def test_api_refuses_tensors_outside_unit_range(tiny):
 
 # ---------------------------------------------------------------- trust: inputs that used to give wrong numbers
 
+@pytest.mark.slow
 def test_mixed_bit_depths_share_a_batch_correctly(tiny, tmp_path):
     """An 8-bit and a 16-bit image in one forward batch: each is scaled to [0, 1] on its own
     (the 16-bit copy of an 8-bit grey image scores as the 8-bit one does, at any batch size)."""
@@ -216,6 +220,7 @@ def test_fixed_batch_padding_changes_nothing(tiny, mixed_set):
         np.testing.assert_allclose(b[d].numpy(), a[d].numpy(), rtol=1e-6, err_msg=d)
 
 
+@pytest.mark.slow
 def test_compiled_backbone_gives_the_same_scores(tiny, mixed_set):
     """compile=True (torch.compile, fixed-shape batches): the same numbers as eager. On this
     CPU it only proves the path; on a GPU bench.py measures what it gains."""
@@ -239,6 +244,7 @@ def test_api_refuses_bad_distance_lists_and_seeds(tiny):
             Scorer(name, **{"distances": "l2", **kwargs}, device="cpu", weights=weights)
 
 
+@pytest.mark.slow
 def test_resize_comes_after_rgb_conversion_for_every_input_kind(tiny, tmp_path):
     """-r N resizes the RGB image (PROTOCOL §1: convert to RGB, then resize), whether the pair
     comes as files, PIL images or tensors: RGBA with transparent pixels and a palette image

@@ -4,13 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import needs_shared
 from zsiqa.errors import UserError
 from zsiqa.images import load_image
 from zsiqa.windows import window_positions, windows
 
 
-@needs_shared
+@pytest.mark.golden
 def test_window_positions_golden(golden):
     for length, want in golden["windows"].items():
         assert list(window_positions(int(length))) == want

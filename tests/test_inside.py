@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import run_single_img
-from conftest import needs_shared, random_image
+from conftest import random_image
 from zsiqa.blocks import parse_layers
 from zsiqa.distances import DISTANCES
 from zsiqa.errors import UserError
@@ -32,6 +32,7 @@ def _split(pairs):
 
 # ---------------------------------------------------------------- per-layer scores, --layers
 
+@pytest.mark.slow
 def test_layer_scores_sum_to_scores_tokens(tiny, pairs):
     name, weights = tiny
     scorer = Scorer(name, ALL, device="cpu", weights=weights, batch_size=3)
@@ -55,7 +56,6 @@ def test_score_files_per_layer_rows(tiny, pairs):
         Scorer(name, "wsd", device="cpu", weights=weights).layer_scores(*pairs[0])
 
 
-@needs_shared
 def test_layer_scores_sum_to_scores_conv(checkpoint, pairs):
     scorer = Scorer("clip_rn50", "l2,cos", device="cpu", precision="fp32", weights=checkpoint("clip_rn50"))
     scores, per = scorer(*_split(pairs[:2])), scorer.layer_scores(*_split(pairs[:2]))
@@ -123,7 +123,6 @@ def test_window_maps_mean_is_window_score(tiny, pairs):
         np.testing.assert_allclose(image[d], total[j] / count, rtol=1e-6, err_msg=d)
 
 
-@needs_shared
 def test_conv_window_maps_mean(checkpoint, pairs):
     scorer = Scorer("clip_rn50", "l2,cos", device="cpu", precision="fp32", weights=checkpoint("clip_rn50"))
     dis, ref = pairs[1]
@@ -169,6 +168,7 @@ def test_cli_writes_maps(tiny, pairs, tmp_path, capsys):
 
 # ---------------------------------------------------------------- gradients and the loss
 
+@pytest.mark.slow
 @pytest.mark.parametrize("d", ALL)
 def test_eager_distances_gradcheck(d):
     torch.manual_seed(0)
@@ -248,6 +248,7 @@ def test_loss_refuses_bad_input(tiny, bad, match):
                                                                                    (1, 3, 224, 224)))
 
 
+@pytest.mark.slow
 def test_loss_takes_float16_and_float64_images(tiny):
     """Float images of any precision are float images in [0, 1]: same value as float32."""
     name, weights = tiny

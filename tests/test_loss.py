@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import needs_shared
 from zsiqa import PerceptualLoss, Scorer
 from zsiqa.cli import FLAGS
 from zsiqa.errors import UserError
@@ -269,7 +268,6 @@ def test_score_command_checks_its_input_before_reading_weights(tiny, tmp_path, c
     fails_one_line(capsys, lambda: run_single_img.main(args), match)
 
 
-@needs_shared
 def test_training_example_runs(checkpoint):
     """examples/loss_example.py as the README shows it: a few unclamped steps, no backbone saved."""
     import subprocess

@@ -5,10 +5,9 @@ about 420 MB on this CPU, the blockwise comparison about 200."""
 import subprocess
 import sys
 
-from conftest import ROOT, needs_shared
+from conftest import ROOT
 
 
-@needs_shared
 def test_large_pair_peaks_near_a_small_one(checkpoint, tmp_path):
     """clip_vitb32 on this CPU: a 2400×2400 pair peaks within 300 MB of a 256×256 one."""
     def peak(size):

@@ -6,6 +6,8 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
 import minidata
 import run
 from conftest import ROOT
@@ -22,6 +24,8 @@ def test_no_unix_only_module_is_imported():
     assert not found, found
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_commands_import_where_fcntl_does_not_exist():
     """What Windows sees: `import fcntl` fails; every command module still imports."""
     code = ("import sys; sys.modules['fcntl'] = None\n"

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from conftest import ROOT, SHARED, needs_shared
+from conftest import REFERENCE, ROOT
 from zsiqa import cli
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -16,7 +16,7 @@ SCRIPTS = {"run.py": "eval", "run_single_img.py": "score", "calc_scores.py": "co
 
 
 def _summary_rows():
-    text = (SHARED / "reference_results" / "SUMMARY.md").read_text()
+    text = (REFERENCE / "SUMMARY.md").read_text()
     clean, robust = text.split("## Robustness")
     rows = {}
     for part, key in ((clean, "clean"), (robust, "robust")):
@@ -27,7 +27,7 @@ def _summary_rows():
     return rows
 
 
-@needs_shared
+@pytest.mark.golden
 def test_accuracy_table_matches_summary():
     rows = _summary_rows()
     readme = (ROOT / "README.md").read_text()

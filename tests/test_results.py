@@ -220,6 +220,8 @@ def test_bad_numbers_refused_up_front(tiny, tmp_path, capsys, args, match):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_second_run_on_the_same_file_stops_at_once(tiny_weights, tmp_path):
     """Two real processes: the second meets the first's lock, names its pid, writes nothing."""
     root = _pipal(tmp_path, n_ref=2, n_dis=3)

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import GOLDEN, needs_shared
+from conftest import GOLDEN
 from zsiqa.errors import UserError
 from zsiqa.robustness import Transform, transform
 
 
-@needs_shared
+@pytest.mark.golden
 def test_golden_pixels(golden):
     z = np.load(GOLDEN / "robustness.npz")
     assert len(golden["robustness"]) == 36

@@ -79,6 +79,7 @@ def test_seed_naming_with_saveas(tiny, tmp_path):
     assert (tmp_path / "r" / "kadid10k_mine_sca-2.csv").is_file()
 
 
+@pytest.mark.slow
 def test_robustness_run_scores_transformed_pairs(tiny, tmp_path):
     root = minidata.make_pipal(str(tmp_path / "p"), size=(260, 240))
     for kind in ("tra", "sca", "rot"):
@@ -93,6 +94,7 @@ def test_robustness_run_scores_transformed_pairs(tiny, tmp_path):
         np.testing.assert_allclose(frame.pred, api.numpy(), rtol=1e-6, err_msg=kind)
 
 
+@pytest.mark.slow
 def test_sweep_reuses_references_and_matches_single_runs(tiny, tmp_path, monkeypatch):
     root = minidata.make_pipal(str(tmp_path / "p"), size=(260, 240))
     encoded = []
@@ -180,6 +182,8 @@ def test_limit(tiny, tmp_path):
     assert len(_rows(tmp_path / "r" / f"kadid10k_{tiny[0]}_l2.csv")) == 4
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_torchrun_two_processes_equal_one(tiny_weights, tmp_path):
     root = minidata.make_pipal(str(tmp_path / "p"), n_ref=3, n_dis=3)
     common = ["-dat", "pipal", "--root", root, "-m", "tiny_vit_test", "-d", "l2,wsd", "--device", "cpu",

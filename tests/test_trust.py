@@ -147,6 +147,7 @@ def _replace_with(path, text):
     os.replace(tmp, path)
 
 
+@pytest.mark.slow
 def test_file_replaced_during_a_run_keeps_every_row(tiny_weights, tmp_path):
     root = minidata.make_pipal(str(tmp_path / "p"), n_ref=2, n_dis=3)
     path = tmp_path / "r" / "pipal_tiny_vit_test_l2.csv"
@@ -160,6 +161,7 @@ def test_file_replaced_during_a_run_keeps_every_row(tiny_weights, tmp_path):
     assert len(frame) == 6 and frame.dis.is_unique
 
 
+@pytest.mark.slow
 def test_rows_removed_during_a_run_are_an_error_then_scored(tiny, tiny_weights, tmp_path, capsys, monkeypatch):
     root = minidata.make_pipal(str(tmp_path / "p"), n_ref=2, n_dis=3)
     out, path = tmp_path / "r", tmp_path / "r" / "pipal_tiny_vit_test_l2.csv"
@@ -243,6 +245,7 @@ def test_charts_of_other_sets_are_kept(tiny, tmp_path):
 
 # ---------------------------------------------------------------- special files, empty values, absurd numbers
 
+@pytest.mark.slow
 def test_fifo_among_the_outputs_is_refused_not_waited_on(tiny_weights, tmp_path):
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), levels=(("A", 1),), n=3, sub=False)
     os.remove(os.path.join(outs[0], "2.png"))
@@ -411,6 +414,7 @@ def test_name_guessed_label_direction_is_said(tiny, tmp_path, capsys):
     assert "its labels are taken as live's" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_file_truncated_during_a_run_is_written_again(tiny_weights, tmp_path):
     root = minidata.make_pipal(str(tmp_path / "p"), n_ref=2, n_dis=3)
     path = tmp_path / "r" / "pipal_tiny_vit_test_l2.csv"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import run_single_img
-from conftest import GOLDEN, close, golden_api_scores, golden_cli_mismatches, needs_shared
+from conftest import GOLDEN, close, golden_api_scores, golden_cli_mismatches
 from tinymodel import TINY_VIT, TINY_WEIGHTS
 from zsiqa import models, weights
 from zsiqa.errors import UserError
@@ -22,7 +22,7 @@ ENTRIES = {"openclip_vitb32": ("openclip_vitb32_laion", "openclip_vitb32_laion_t
            "embed_openclip_convnext_base": ("embed_openclip_convnext_base", "embed_openclip_convnext_laion_tecoa4")}
 
 
-@needs_shared
+@pytest.mark.golden
 def test_every_models_more_row_via_api(golden, checkpoint):
     """The first weight set's entry of each architecture (features computed once per model)."""
     rows = golden["models_more"]
@@ -32,7 +32,7 @@ def test_every_models_more_row_via_api(golden, checkpoint):
     assert len(rows) == 69 and not bad, bad
 
 
-@needs_shared
+@pytest.mark.golden
 def test_every_models_more_row_via_cli(golden, checkpoint, tmp_path, capsys):
     """The other weight set's entry where there are two (TeCoA4), else the same entry."""
     checked, bad = golden_cli_mismatches(golden["models_more"], checkpoint, tmp_path, capsys,
@@ -40,7 +40,7 @@ def test_every_models_more_row_via_cli(golden, checkpoint, tmp_path, capsys):
     assert checked == 69 and not bad, bad
 
 
-@needs_shared
+@pytest.mark.golden
 def test_dinov1_reads_the_hugging_face_layout(checkpoint, tmp_path):
     """facebook/dino-vitb16 holds the same values in Hugging Face names: same scores."""
     from safetensors.torch import save_file
@@ -68,6 +68,7 @@ def test_dinov1_reads_the_hugging_face_layout(checkpoint, tmp_path):
 NEW = ["dinov2_reg4", "dinov3", "siglip2", "eva02_clip"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NEW)
 def test_newer_backbones_with_random_timm_weights(name, tmp_path):
     """Random weights saved as timm's hub files are (at the model's native size, so loading
@@ -146,7 +147,7 @@ def test_a_new_backbone_is_one_registry_entry(monkeypatch, tiny_weights, tmp_pat
     assert "my_new_vit" in capsys.readouterr().out
 
 
-@needs_shared
+@pytest.mark.golden
 def test_conv_map_backbone_through_run_py(checkpoint, tmp_path):
     """run.py with clip_rn50 (five map groups, the published NaN/inf cosine quirk) gives the
     API's scores."""
