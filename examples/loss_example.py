@@ -5,7 +5,7 @@
   python examples/loss_example.py --steps 5 --weights dino_vitbase16_pretrain.pth
   python examples/loss_example.py --device cuda --crop 0            # the whole 384x288 image
 
-A three-layer CNN learns to remove Gaussian noise from a crop of examples/ref.png. Nothing is
+A three-layer CNN learns to remove Gaussian noise from a crop of the bundled ref.png. Nothing is
 clamped: the network's output is scored as it is, even where it leaves [0, 1]. The crop is
 160 px, under the metric's 224-px window, so the loss resizes both images (resize=224,
 bilinear, differentiable). The loss moves with .to(device) like any module, and the network's
@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without install
 
 import torch  # noqa: E402
 
-from zsiqa import PerceptualLoss  # noqa: E402
+from zsiqa import PerceptualLoss, example  # noqa: E402
 from zsiqa.images import load_image  # noqa: E402
 
 
@@ -42,7 +42,7 @@ class Denoiser(torch.nn.Module):
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image", default=os.path.join(HERE, "ref.png"), help="clean image (default examples/ref.png)")
+    p.add_argument("--image", default=example("ref.png"), help="clean image (default: the bundled example ref.png)")
     p.add_argument("-m", "--model", default="dinov1", help="backbone (default dinov1)")
     p.add_argument("-d", "--distance", default="l2", help="distance (default l2, the loss's default)")
     p.add_argument("--weights", help="checkpoint file (else the usual lookup)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the bundled example pair images (procedural, seeded; no third-party content).
+"""Write the bundled example pair images into zsiqa/data/examples/ (procedural, seeded; no third-party content).
 
 ref.png is a 384×288 synthetic scene; dis_*.png are the same scene blurred, JPEG-compressed
 (quality 12) and with Gaussian noise (σ = 20/255). Re-running gives the same files."""
@@ -9,7 +9,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zsiqa", "data", "examples")
 
 
 def scene(w=384, h=288, seed=7):
@@ -29,13 +29,13 @@ def scene(w=384, h=288, seed=7):
 
 def main():
     ref = scene()
-    ref.save(os.path.join(HERE, "ref.png"))
-    ref.filter(ImageFilter.GaussianBlur(2.5)).save(os.path.join(HERE, "dis_blur.png"))
+    ref.save(os.path.join(OUT, "ref.png"))
+    ref.filter(ImageFilter.GaussianBlur(2.5)).save(os.path.join(OUT, "dis_blur.png"))
     buf = io.BytesIO()
     ref.save(buf, "JPEG", quality=12)
-    Image.open(buf).convert("RGB").save(os.path.join(HERE, "dis_jpeg.png"))
+    Image.open(buf).convert("RGB").save(os.path.join(OUT, "dis_jpeg.png"))
     noisy = np.asarray(ref, np.float32) + np.random.default_rng(1).normal(0, 20, (ref.height, ref.width, 3))
-    Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8)).save(os.path.join(HERE, "dis_noise.png"))
+    Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8)).save(os.path.join(OUT, "dis_noise.png"))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import sys
 import pytest
 import tomllib
 
-from conftest import GOLDEN, ROOT, close, needs_shared, random_image
+from conftest import GOLDEN, ROOT, close, random_image
 
 USER_MODULES = {
     "models.py": "MARK = 'the user models'\n",
@@ -25,8 +25,9 @@ def installed(tmp_path_factory):
     """The checkout installed with pip into a fresh folder (built from a copy of its sources, so
     no build folder of the checkout is involved); returns that folder."""
     src, target = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("site")
-    shutil.copytree(ROOT / "zsiqa", src / "zsiqa", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    for folder in ("zsiqa", "tools"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                            "--target", str(target), str(src)], capture_output=True, text=True)
@@ -60,6 +61,8 @@ def test_every_module_of_the_checkout_is_installed(installed):
     assert ours == sorted(p.relative_to(installed).as_posix() for p in (installed / "zsiqa").rglob("*.py"))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_project_with_its_own_modules_imports_zsiqa_and_scores(installed, project, tiny):
     """Both sides intact: the user's models/utils/datasets are theirs, zsiqa comes from the
     installed copy (not the checkout) and scores a pair as the checkout does."""
@@ -91,6 +94,8 @@ print(json.dumps({{"models": models.MARK, "utils": utils.MARK, "datasets": load_
     assert got["score"] == pytest.approx(want, rel=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_help_needs_no_torch(installed, project):
     """`python -m zsiqa score --help` parses and prints without importing torch (a fast first answer)."""
     code = "import sys, runpy; sys.argv = ['zsiqa', 'score', '--help']\n" \
@@ -101,7 +106,7 @@ def test_help_needs_no_torch(installed, project):
     assert proc.returncode == 0 and proc.stdout.strip().endswith("False"), proc.stdout + proc.stderr
 
 
-@needs_shared
+@pytest.mark.golden
 def test_installed_command_prints_what_the_script_prints(installed, project, golden, checkpoint):
     """`zsiqa score` (the console script pip wrote) from another folder prints what
     run_single_img.py prints: the golden values of the published protocol."""

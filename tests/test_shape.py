@@ -14,8 +14,8 @@ LAYERS = [
     ("errors", "options", "output", "windows", "images", "fused", "distances", "blocks"),     # protocol
     ("weights", "models"),                                                                    # backbones
     ("core", "loading", "engine", "maps", "scorer", "loss", "metric", "torchmetric"),          # scoring
-    ("robustness", "folders", "datasets", "results", "stats",
-     "metric_compare", "plots", "report", "distributed", "config", "comparison"),  # evaluation
+    ("robustness", "folders", "datasets", "results", "stats", "metric_compare", "plots", "report",
+     "distributed", "config", "comparison", "bundled"),  # evaluation
     ("evaluate", "correlate", "benchmark", "cli", "__main__", "__init__"),                    # commands
 ]
 LAYER = {m: k for k, group in enumerate(LAYERS) for m in group}

@@ -5,6 +5,7 @@ Similarity Metrics" (ICASSP 2025).
     import zsiqa
     metric = zsiqa.create_metric("dinov1_wsd")        # = Scorer("dinov1", "wsd"), a torch module
     metric("dis.png", "ref.png")                      # tensor([score]), float32; lower = more alike
+    metric(zsiqa.example("dis_blur.png"), zsiqa.example("ref.png"))   # the bundled example pair
     criterion = zsiqa.create_metric("dinov1_l2", as_loss=True)  # = PerceptualLoss("dinov1", "l2")
 
 The public names:
@@ -18,6 +19,7 @@ The public names:
     LAYOUTS         the dataset layouts the eval command reads
     list_models     one row per backbone (what `zsiqa models` prints)
     UserError       the error raised for bad input, with a one-line message
+    example         the path of a bundled example image (ref.png, dis_blur.png, dis_jpeg.png, dis_noise.png)
 They are imported on first use, so `import zsiqa` and the command line's --help stay light
 (torch is loaded only when a model or distance is needed, torchmetrics only for TorchMetric).
 """
@@ -30,11 +32,13 @@ __version__ = "0.9.0"
 
 _EXPORTS = {"Scorer": "zsiqa.scorer", "PerceptualLoss": "zsiqa.loss", "DISTANCES": "zsiqa.distances",
             "BACKBONES": "zsiqa.models", "list_models": "zsiqa.models", "LAYOUTS": "zsiqa.datasets",
-            "create_metric": "zsiqa.metric", "list_metrics": "zsiqa.metric", "TorchMetric": "zsiqa.torchmetric"}
+            "create_metric": "zsiqa.metric", "list_metrics": "zsiqa.metric", "TorchMetric": "zsiqa.torchmetric",
+            "example": "zsiqa.bundled"}
 __all__ = ["BACKBONES", "DISTANCES", "LAYOUTS", "PerceptualLoss", "Scorer", "TorchMetric", "UserError", "__version__",
-           "create_metric", "list_metrics", "list_models"]
+           "create_metric", "example", "list_metrics", "list_models"]
 
 if TYPE_CHECKING:  # what static tools and IDEs see
+    from zsiqa.bundled import example
     from zsiqa.datasets import LAYOUTS
     from zsiqa.distances import DISTANCES
     from zsiqa.loss import PerceptualLoss

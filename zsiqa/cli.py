@@ -17,6 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
+import zsiqa
 from zsiqa.errors import ImageNoteWarning, ScoreWarning, UserError, warn_line
 from zsiqa.folders import check_name
 from zsiqa.options import MAX_RESIZE, MAX_WORKERS
@@ -176,6 +177,9 @@ FLAGS = {
                                                       "default from the record or the file name")),
     "file": (("-f", "--file"), dict(type=non_empty, action="append", help="results file with header "
                                     "dis,ref,mos,pred; repeat to compare metrics on the same pairs")),
+    "published": (("--published",), dict(metavar="NAME", type=non_empty, action="append", help="one of the paper "
+                                         "authors' per-image files shipped with zsiqa, by name (`list`: their names); "
+                                         "repeat, or add -f files, to compare metrics")),
     "resample": (("--resample",), dict(choices=["pairs", "refs"], help="several files: what a bootstrap resample "
                                        "draws (default refs when references repeat, else pairs)")),
     "seed": (("--seed",), dict(type=int_in(0), help="several files: the bootstrap's seed (default 0)")),
@@ -259,6 +263,7 @@ CORR_DOC = """Correlations between predictions and labels from a results file (`
   zsiqa corr -dat pipal -f results/pipal_dinov1_wsd.csv [--byref] [--json] [--plot out.png]
   zsiqa corr --per-layer results/pipal_dinov1_l2_layers.csv [--json] [--plot srcc.png]
   zsiqa corr -f results/pipal_dinov1_wsd.csv -f results/pipal_clip_vitb32_l2.csv [--resample refs] [--json]
+  zsiqa corr --published pipal_dinov1_wsd      (--published list: the authors' files shipped with zsiqa)
 
 SRCC, PLCC (plain Pearson) and KRCC over all pairs, signed so that agreement is positive,
 plus PLCC after the standard 5-parameter logistic fit. --byref averages each coefficient over
@@ -299,7 +304,7 @@ COMMANDS = {
                                "workers", "limit", "skip_missing", "per_layer", "compile", "worst_maps", "report",
                                "report_worst", "json", "no_progress"),
                     "zsiqa.evaluate:main"),
-    "corr": Command(CORR_DOC, ("corr_dataset", "file", "per_layer_file", "byref", "label_higher_better",
+    "corr": Command(CORR_DOC, ("corr_dataset", "file", "published", "per_layer_file", "byref", "label_higher_better",
                                "pred_higher_better", "plot", "resample", "seed", "n_boot", "json"),
                     "zsiqa.correlate:main"),
     "bench": Command(BENCH_DOC, ("device", "model", "distance", "precision", "weights", "size", "refs", "pairs",
@@ -478,11 +483,13 @@ def first_sentence(doc):
 def main(argv=None):
     """`zsiqa COMMAND ...` and `python -m zsiqa COMMAND ...`."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        sys.exit(guarded(lambda: print(f"zsiqa {zsiqa.__version__}")))
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             sys.stderr.write(f"error: unknown command {argv[0]!r}: use one of {', '.join(COMMANDS)} (zsiqa --help)\n")
             sys.exit(2)
-        usage = ("usage: zsiqa {" + ",".join(COMMANDS) + "} ...  (zsiqa COMMAND --help for each)\n\n"
+        usage = ("usage: zsiqa {" + ",".join(COMMANDS) + "} ...  (zsiqa COMMAND --help for each; zsiqa --version)\n\n"
                  + "".join(f"  {n:7} {first_sentence(c.doc)}\n" for n, c in COMMANDS.items()))
         sys.exit(guarded(lambda: print(usage, end="") if MISSING is None else _raise(MISSING)))
     code = run_command(argv[0], argv[1:], prog=f"zsiqa {argv[0]}")

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from zsiqa import metric_compare, plots, results
+from zsiqa import bundled, metric_compare, plots, results
 from zsiqa.datasets import LAYOUTS
 from zsiqa.errors import UserError, check_readable
 from zsiqa.output import to_json
@@ -49,7 +49,7 @@ def label_direction(args, record):
                         "the record beside its results file, and there is none; pass --label-higher-better yes "
                         "(a mos column) or no (dmos)")
     if dataset in LAYOUTS and dataset != "csv":
-        if record is None and not args.dataset:  # a published file: its name is all there is to go by
+        if record is None and not args.dataset and not bundled.is_published(args.file):  # its name is all we have
             sys.stderr.write(f"warning: {args.file} has no record beside it: its labels are taken as {dataset}'s "
                              f"({LAYOUTS[dataset].summary.split('(')[-1].rstrip(')')}) from its name; pass -dat or "
                              "--label-higher-better if it is another list\n")
@@ -150,8 +150,13 @@ def main(a):
     """Correlations of a results file (-f) or of each block of a per-layer file (--per-layer)."""
     if a.dataset is not None and a.dataset not in LAYOUTS:
         raise UserError(f"unknown dataset layout '{a.dataset}'; known: {', '.join(LAYOUTS)}")
+    if "list" in (a.published or ()):
+        print("\n".join(bundled.published_names()))
+        return 0
+    a.file = [*(a.file or ()), *(bundled.published(name) for name in a.published or ())]
     if bool(a.file) == bool(a.per_layer):
-        raise UserError("give a results file (-f X.csv) or a per-layer file (--per-layer X_layers.csv)")
+        raise UserError("give results files (-f X.csv, --published NAME: either one repeated) or a per-layer file "
+                        "(--per-layer X_layers.csv)")
     bootstrap = any(v is not None for v in (a.resample, a.seed, a.n_boot))
     if a.per_layer:
         if bootstrap:
