@@ -71,7 +71,7 @@ def _readme_rows():
 
 @pytest.mark.parametrize("name", FILES)
 def test_shipped_files_reproduce_the_readme_table(name, capsys):
-    """`zsiqa corr` on the per-image files in results/published/ gives the README's figures."""
+    """`zsiqa corr` on the per-image files in zsiqa/data/published/ gives the README's figures."""
     dataset, method = name.split("_", 1)
     calc_scores.main(["-f", str(PUBLISHED / f"{name}.csv"), "--json"])
     got = json.loads(capsys.readouterr().out)
