@@ -230,3 +230,10 @@ def test_clip_backbones_with_the_openai_clip_distribution(golden, checkpoint, op
     """pyiqa's `openai-clip` installs the same `clip` folder as clip-anytorch, with a slightly
     different model.py (its attention pool queries every position): golden scores unchanged."""
     _check(_clip_scores(openai_clip, checkpoint), golden, openai_clip)
+
+
+def test_sdist_carries_the_build_backend():
+    """pyproject.toml names an in-tree backend: an sdist without it could not be built into a wheel."""
+    system = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
+    path = f"{system['backend-path'][0]}/{system['build-backend']}.py"
+    assert (ROOT / path).is_file() and f"include {path}" in (ROOT / "MANIFEST.in").read_text().splitlines()
