@@ -6,6 +6,7 @@ backend, so no display is needed. A chart that cannot be written is one UserErro
 """
 import io
 import os
+import tempfile
 
 import numpy as np
 
@@ -145,12 +146,12 @@ def heatmap(rgb, values, path, title, colorbar_label):
 
 def check_folder(folder):
     """Create an output folder if needed; UserError when it cannot be written (checked before
-    any work, so an unwritable folder fails at once)."""
+    any work, so an unwritable folder fails at once). The probe is a new file of a random name
+    (created exclusively), so a symlink or file already in the folder is never opened."""
     try:
         os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".zsiqa_write_test")
-        with open(probe, "w"):
-            pass
+        fd, probe = tempfile.mkstemp(prefix=".zsiqa_write_test.", dir=folder)
+        os.close(fd)
         os.remove(probe)
     except OSError as e:
         raise UserError(f"cannot write to {folder}: {e.strerror or e}") from None
