@@ -476,6 +476,7 @@ def read_torchscript(path):
     `torch.jit.load(path).state_dict()` keys them, read without running any of its code:
     data.pkl is unpickled with only tensor-rebuilding globals allowed (UserError otherwise)."""
     with zipfile.ZipFile(path) as archive:
+        check_record_names(archive, path)
         roots = [n[:-len("/data.pkl")] for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if not roots:
             raise ValueError("no data.pkl record")
@@ -576,11 +577,28 @@ class _StorageSizes(pickle.Unpickler):
         return _Inert()
 
 
+def check_record_names(archive, path):
+    """UserError when two records of the zip `archive` (the weights file `path`) have one name, or
+    names alike but for ASCII case: torch's zip reader looks a record up ignoring case and, among
+    records of one name, finds any one, so the record it reads could be another than the one
+    checked here (a decompression bomb beside a checked twin)."""
+    seen = {}
+    for name in archive.namelist():
+        key = name.encode("utf-8", "surrogateescape").lower()  # bytes: ASCII letters only, as torch's reader
+        if key in seen:
+            twin = seen[key]
+            alike = "twice" if twin == name else f"and as {twin!r} (alike but for case)"
+            raise UserError(f"refusing weights file {path}: it holds the record {name!r} {alike}, which torch.save "
+                            "never writes; nothing from it was read")
+        seen[key] = name
+
+
 def check_storage_records(path):
     """UserError unless every storage record of the torch.save zip archive `path` declares the
     size of the tensor its data.pkl says it holds (torch.load reads a record whole, at its
     declared size, before anything could check it); data.pkl is read within MAX_META_BYTES."""
     with zipfile.ZipFile(path) as archive:
+        check_record_names(archive, path)
         for pkl in [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]:
             prefix = pkl[:-len("/data.pkl")]
             unpickler = _StorageSizes(read_record(archive, pkl, path))
