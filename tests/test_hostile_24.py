@@ -85,7 +85,6 @@ def test_an_archive_with_no_twin_still_loads(tmp_path):
 
 # ---------------------------------------------------------------- names in report.md
 
-@pytest.mark.xfail(strict=True, reason="report._md_name does not escape $: GitHub's Markdown typesets $x^2$ as math")
 def test_a_dollar_in_a_method_name_is_shown_literally_in_markdown():
     names = ["$x^2$", "b"]
     scores = {m: {f"{k}.png": 1.0 + 0.1 * k + j for k in range(6)} for j, m in enumerate(names)}

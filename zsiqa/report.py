@@ -258,8 +258,8 @@ def _md(text):
 def _md_name(text):
     """A method's name (or any text from the user or the file system) as Markdown shows it
     literally, on one line: every character that could start markup (emphasis, a link, an HTML
-    tag or entity, a cell's end, a heading) escaped with a backslash."""
-    return "".join("\\" + ch if ch in "\\`*_[]<>|~&#" else ch for ch in one_line(text))
+    tag or entity, a cell's end, a heading, maths) escaped with a backslash."""
+    return "".join("\\" + ch if ch in "\\`*_[]<>|~&#$" else ch for ch in one_line(text))
 
 
 def one_line(text):
