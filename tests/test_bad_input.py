@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import run_single_img
-from conftest import ROOT
+from helpers import ROOT, fails_one_line
 
 
 @pytest.fixture
@@ -21,12 +21,7 @@ def imgs(tmp_path):
 
 
 def _fails(capsys, argv, match):
-    with pytest.raises(SystemExit) as e:
-        run_single_img.main(argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert match in err, err
+    return fails_one_line(capsys, lambda: run_single_img.main(argv), match, warnings=False)
 
 
 def _base(tiny, ref, dis, *extra):

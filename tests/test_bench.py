@@ -77,7 +77,7 @@ def test_bench_data_that_is_no_folder_fails_in_one_line(capsys, tmp_path, monkey
     before the model is built and before anything is written."""
     import os
 
-    from conftest import fails_one_line
+    from helpers import fails_one_line
     from zsiqa import benchmark
     monkeypatch.setattr(benchmark, "Scorer", None)  # built after the set is checked: never reached
     (tmp_path / "file").write_text("mine")
@@ -115,7 +115,7 @@ def test_bench_damaged_or_incomplete_set_fails_in_one_line(capsys, tmp_path, mon
     the set, or ended in Pillow's traceback); the untouched set is reused."""
     import shutil
 
-    from conftest import fails_one_line
+    from helpers import fails_one_line
     from zsiqa import benchmark
     clean = tmp_path / "clean"
     pairs = benchmark.make_set(str(clean), 224, 1, 2)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sp
 
-from conftest import run_tiny
+from helpers import run_tiny
 from minidata import _distort, _img
 from zsiqa import plots
 from zsiqa import report as rep

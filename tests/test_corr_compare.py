@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 import calc_scores
-from conftest import ROOT
+from helpers import ROOT
 from zsiqa import metric_compare
 from zsiqa.stats import fit_logistic
 

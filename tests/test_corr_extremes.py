@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 import calc_scores
-from conftest import fails_one_line
+from helpers import fails_one_line
 
 
 def test_paths_that_are_no_file_are_named(tmp_path, capsys):

@@ -14,14 +14,8 @@ from PIL import Image
 from scipy import stats
 
 import minidata
-import run
-from conftest import ROOT, count_scored, interrupt_after
+from helpers import ROOT, count_scored, interrupt_after, run_tiny
 from zsiqa.scorer import Scorer
-
-
-def _run(tiny, *args):
-    name, weights = tiny
-    return run.main([*args, "-m", name, "--weights", weights, "--device", "cpu", "--no-progress"])
 
 
 def _dirs(gt, outs):
@@ -37,7 +31,7 @@ def _api(tiny, gt, out, frame, distances):
 def test_dirs_files_equal_api_and_summary_equals_scipy(tiny, tmp_path, capsys):
     gt, outs = minidata.make_dirs(str(tmp_path / "d"))
     res = tmp_path / "res"
-    assert _run(tiny, *_dirs(gt, outs), "-d", "l2,wsd", "-sdir", str(res), "--json") == 0
+    assert run_tiny(tiny, *_dirs(gt, outs), "-d", "l2,wsd", "-sdir", str(res), "--json") == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 4 and {r["set"] for r in rows} == {"A", "B"}
     frames = {}
@@ -73,7 +67,7 @@ def test_dirs_files_equal_api_and_summary_equals_scipy(tiny, tmp_path, capsys):
 @pytest.mark.slow
 def test_table_ranks_the_better_method_first(tiny, tmp_path, capsys):
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), levels=(("worse", 4), ("better", 1)), n=6)
-    assert _run(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "r"), "--limit", "5") == 0
+    assert run_tiny(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "r"), "--limit", "5") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "l2 (lower = more alike to the reference)"
     first, second = lines[2].split(), lines[3].split()
@@ -91,7 +85,7 @@ def test_reference_encoded_once_across_methods(tiny, tmp_path, monkeypatch):
         calls.append(1)
         yield from original_files(self, *a, **k)
     monkeypatch.setattr(Scorer, "score_files", score_files)
-    _run(tiny, *_dirs(gt, outs), "-d", "l2,cos", "-sdir", str(tmp_path / "r"))
+    run_tiny(tiny, *_dirs(gt, outs), "-d", "l2,cos", "-sdir", str(tmp_path / "r"))
     assert len(calls) == 1
     n_windows = 2  # 224×232 → 1×2 windows
     assert sum(encoded) == n_windows * (3 + 3 * 3)  # 3 references once each, 9 outputs
@@ -101,12 +95,12 @@ def test_label_free_csv_equals_a_dirs_set(tiny, tmp_path, capsys):
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), levels=(("A", 2),), n=4, sub=False)
     lst = tmp_path / "d" / "mine.csv"
     lst.write_text("ref,dis\n" + "".join(f"GT/{k}.png,A/{k}.png\n" for k in range(4)))
-    assert _run(tiny, "-dat", "csv", "--csv", str(lst), "-d", "l2", "-sdir", str(tmp_path / "r"), "--json") == 0
+    assert run_tiny(tiny, "-dat", "csv", "--csv", str(lst), "-d", "l2", "-sdir", str(tmp_path / "r"), "--json") == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and rows[0]["set"] == "mine" and rows[0]["n"] == 4 and "srcc" not in rows[0]
     frame = pd.read_csv(tmp_path / "r" / f"mine_{tiny[0]}_l2.csv")
     assert list(frame.columns) == ["dis", "ref", "pred"] and list(frame.ref) == [f"GT/{k}.png" for k in range(4)]
-    _run(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "r2"), "--json")
+    run_tiny(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "r2"), "--json")
     other = json.loads(capsys.readouterr().out)[0]
     np.testing.assert_allclose(frame.pred, pd.read_csv(tmp_path / "r2" / f"A_{tiny[0]}_l2.csv").pred, rtol=1e-6)
     assert rows[0]["mean"] == pytest.approx(other["mean"]) and rows[0]["ci95"] == pytest.approx(other["ci95"])
@@ -116,16 +110,16 @@ def test_label_free_csv_equals_a_dirs_set(tiny, tmp_path, capsys):
 def test_interrupted_dirs_run_resumes_without_recomputing(tiny, tmp_path, monkeypatch):
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=4)
     args = [*_dirs(gt, outs), "-d", "l2,jsd", "--batch-size", "3"]
-    _run(tiny, *args, "-sdir", str(tmp_path / "full"))
+    run_tiny(tiny, *args, "-sdir", str(tmp_path / "full"))
     restore = interrupt_after(monkeypatch, 3)
     part = tmp_path / "part"
     with pytest.raises(SystemExit) as e:
-        _run(tiny, *args, "-sdir", str(part))
+        run_tiny(tiny, *args, "-sdir", str(part))
     assert e.value.code == 130
     assert sum(len(pd.read_csv(part / f"{m}_{tiny[0]}_l2.csv")) for m in "AB") == 3
     restore()
     seen = count_scored(monkeypatch)
-    _run(tiny, *args, "-sdir", str(part))
+    run_tiny(tiny, *args, "-sdir", str(part))
     assert len(seen) == 8 - 3  # only the missing pairs were scored
     for m in "AB":
         for d in ("l2", "jsd"):
@@ -139,10 +133,10 @@ def test_record_tells_reference_folders_apart(tiny, tmp_path, capsys):
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), levels=(("A", 1),), n=2)
     other = tmp_path / "GT2"
     os.rename(gt, other)
-    _run(tiny, *_dirs(str(other), outs), "-d", "l2", "-sdir", str(tmp_path / "r"))
+    run_tiny(tiny, *_dirs(str(other), outs), "-d", "l2", "-sdir", str(tmp_path / "r"))
     minidata.make_dirs(str(tmp_path / "d"), levels=(), n=2)  # a second reference folder, same file names
     with pytest.raises(SystemExit) as e:
-        _run(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "r"))
+        run_tiny(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "r"))
     err = capsys.readouterr().err
     assert e.value.code == 2 and "was made with ref_dir" in err and len(err.strip().splitlines()) == 1
 
@@ -209,7 +203,7 @@ def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys, case, match):
     elif case == "sizes":
         Image.new("RGB", (230, 232)).save(os.path.join(outs[1], "1.png"))
     with pytest.raises(SystemExit) as e:
-        _run(tiny, *args, "-d", "l2", "-sdir", str(tmp_path / "r"))
+        run_tiny(tiny, *args, "-d", "l2", "-sdir", str(tmp_path / "r"))
     err = capsys.readouterr().err
     assert e.value.code == 2 and match in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
@@ -218,18 +212,18 @@ def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys, case, match):
 def test_skip_missing_scores_the_pairs_found(tiny, tmp_path, capsys):
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=3, sub=False)
     os.remove(os.path.join(outs[1], "1.png"))
-    assert _run(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "r"), "--skip-missing", "--json") == 0
+    assert run_tiny(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "r"), "--skip-missing", "--json") == 0
     rows = {r["set"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["A"]["n"] == 3 and rows["B"]["n"] == 2 and rows["B"]["n_common"] == 2
 
 
 def test_sweep_on_dirs_matches_a_single_robustness_run(tiny, tmp_path, capsys):
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=2, sub=False)
-    assert _run(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "s"), "--kinds", "rot,sca",
+    assert run_tiny(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "s"), "--kinds", "rot,sca",
                 "--pcts", "2") == 0
     out = capsys.readouterr().out
     assert "[clean]" in out and "[rot-2]" in out and "[sca-2]" in out
-    _run(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "one"), "-rob", "rot", "-pct", "2")
+    run_tiny(tiny, *_dirs(gt, outs), "-d", "l2", "-sdir", str(tmp_path / "one"), "-rob", "rot", "-pct", "2")
     for m in "AB":
         np.testing.assert_allclose(pd.read_csv(tmp_path / "s" / f"{m}_{tiny[0]}_l2_rot-2.csv").pred,
                                    pd.read_csv(tmp_path / "one" / f"{m}_{tiny[0]}_l2_rot-2.csv").pred, rtol=1e-6)
@@ -255,7 +249,7 @@ def test_label_free_files_keep_complete_rows_only(tmp_path):
 def _refused(tiny, capsys, args, sdir, match):
     """run.py exits 2 with one line holding `match`, writing nothing under `sdir`."""
     with pytest.raises(SystemExit) as e:
-        _run(tiny, *args, "-d", "l2", "-sdir", sdir)
+        run_tiny(tiny, *args, "-d", "l2", "-sdir", sdir)
     err = capsys.readouterr().err
     assert e.value.code == 2 and match in err and len(err.strip().splitlines()) == 1, err
     assert not os.path.exists(sdir)
@@ -281,7 +275,7 @@ def test_label_free_list_with_repeated_references(tiny, tmp_path, capsys):
     lst = tmp_path / "d" / "mine.csv"
     lst.write_text("ref,dis\n" + "".join(f"GT/{k}.png,{m}/{k}.png\n" for k in range(2) for m in "AB"))
     out, rep = tmp_path / "r", tmp_path / "rep"
-    assert _run(tiny, "-dat", "csv", "--csv", str(lst), "-d", "l2", "-sdir", str(out), "--json",
+    assert run_tiny(tiny, "-dat", "csv", "--csv", str(lst), "-d", "l2", "-sdir", str(out), "--json",
                 "--report", str(rep), "--report-worst", "4") == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["n"] == 4

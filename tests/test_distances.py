@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import rel_entr, softmax
 
-from conftest import GOLDEN, close
+from helpers import GOLDEN, close
 from zsiqa.distances import DISTANCES, to_columns
 
 NAMES = ["l2", "cos", "skld", "wsd", "jsd"]

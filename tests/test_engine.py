@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import random_image
+from helpers import random_image
 from zsiqa.distances import DISTANCES
 from zsiqa.images import load_image
 from zsiqa.scorer import Scorer

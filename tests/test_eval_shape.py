@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from conftest import ROOT
+from helpers import ROOT
 from zsiqa import cli, config, report
 from zsiqa import stats as zstats
 from zsiqa.errors import UserError

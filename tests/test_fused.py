@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import GOLDEN, ROOT
+from helpers import GOLDEN, ROOT
 
 pytest.importorskip("triton", reason="Triton is not installed; the fused GPU path is then never used")
 

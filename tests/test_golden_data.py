@@ -7,7 +7,7 @@ import re
 import pytest
 
 import checkpoints
-from conftest import GOLDEN, ROOT
+from helpers import GOLDEN, ROOT
 
 
 def _listed_digests():

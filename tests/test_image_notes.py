@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import run_tiny
+from helpers import run_tiny
 from zsiqa.errors import ImageNoteWarning
 from zsiqa.images import load_image, pair_problems
 

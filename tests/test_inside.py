@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import run_single_img
-from conftest import random_image
+from helpers import random_image
 from zsiqa.blocks import parse_layers
 from zsiqa.distances import DISTANCES
 from zsiqa.errors import UserError

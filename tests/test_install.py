@@ -11,7 +11,7 @@ import sys
 import pytest
 import tomllib
 
-from conftest import GOLDEN, ROOT, close, random_image
+from helpers import GOLDEN, ROOT, close, random_image
 
 USER_MODULES = {
     "models.py": "MARK = 'the user models'\n",

@@ -201,7 +201,7 @@ def test_loss_forward_takes_the_distorted_image_first():
 def test_the_reference_is_the_second_argument(tiny, tmp_path, monkeypatch):
     """Behaviour, not only names: a reference shared by three distorted images is encoded once,
     whichever way the images are given (positional or keyword)."""
-    from conftest import random_image
+    from helpers import random_image
     ref = random_image(tmp_path / "r.png", 230, 224, 0)
     dises = [random_image(tmp_path / f"d{k}.png", 230, 224, k + 1) for k in range(3)]
     scorer = Scorer(tiny[0], "l2", device="cpu", weights=tiny[1])
@@ -256,7 +256,7 @@ def test_messages_name_python_parameters(tmp_path, monkeypatch):
                                          ("sizes", "sizes differ"), ("distance", "unknown distance")])
 def test_score_command_checks_its_input_before_reading_weights(tiny, tmp_path, capsys, monkeypatch, case, match):
     import run_single_img
-    from conftest import fails_one_line, random_image
+    from helpers import fails_one_line, random_image
     from zsiqa import models
     monkeypatch.setattr(models, "resolve_weights", lambda *a, **k: pytest.fail("the weights were looked for"))
     ref = random_image(tmp_path / "r.png", 300, 300, 0) if case != "small" else random_image(tmp_path / "r.png", 200,
@@ -273,7 +273,7 @@ def test_training_example_runs(checkpoint):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "loss_example.py"), "--steps", "3", "--every", "1",
                            "-m", "clip_vitb32", "--weights", checkpoint("clip_vitb32")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -5,7 +5,7 @@ about 420 MB on this CPU, the blockwise comparison about 200."""
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_large_pair_peaks_near_a_small_one(checkpoint, tmp_path):

@@ -255,7 +255,7 @@ def test_the_engine_runs_from_a_spec_without_a_scorer(tiny, tmp_path):
 def test_map_terms_are_the_distance_terms(tiny, tmp_path):
     """l2's and cos's maps are their registry terms laid out: per token, the mean over channels of
     the squared difference and 1 − cosine, computed here by hand from the features."""
-    from conftest import random_image
+    from helpers import random_image
     name, weights = tiny
     scorer = Scorer(name, "l2,cos", device="cpu", weights=weights)
     ref, dis = random_image(tmp_path / "r.png", 224, 224, 0), random_image(tmp_path / "d.png", 224, 224, 1)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 BLOCKED = """import runpy, sys
 blocked = sys.argv[1]

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import GOLDEN, ROOT, close, golden_api_scores, golden_cli_mismatches
+from helpers import GOLDEN, ROOT, close, golden_api_scores, golden_cli_mismatches
 
 pytestmark = pytest.mark.golden
 DEVICE = os.environ.get("ZSIQA_TEST_DEVICE", "cpu")  # the API parity test also runs on a GPU in strict fp32

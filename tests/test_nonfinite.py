@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import run_single_img
-from conftest import random_image
+from helpers import random_image
 from zsiqa.errors import ScoreWarning
 from zsiqa.scorer import Scorer
 

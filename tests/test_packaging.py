@@ -15,7 +15,7 @@ import zipfile
 import pytest
 import tomllib
 
-from conftest import GOLDEN, ROOT, close
+from helpers import GOLDEN, ROOT, close
 from zsiqa import __version__, cli
 
 README = (ROOT / "README.md").read_text()

@@ -9,14 +9,9 @@ from scipy import stats
 
 import calc_scores
 import minidata
-import run
+from helpers import run_tiny
 from zsiqa import results
 from zsiqa.scorer import Scorer
-
-
-def _run(tiny, *args):
-    name, weights = tiny
-    return run.main([*args, "-m", name, "--weights", weights, "--device", "cpu", "--no-progress"])
 
 
 def _pipal(tmp_path):
@@ -27,7 +22,8 @@ def _pipal(tmp_path):
 def test_bad_layers_one_line_exit_2_nothing_written(tiny, tmp_path, capsys, spec):
     root = _pipal(tmp_path)
     with pytest.raises(SystemExit) as e:
-        _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r" / "sub"), "--layers", spec)
+        run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2",
+                 "-sdir", str(tmp_path / "r" / "sub"), "--layers", spec)
     err = capsys.readouterr().err
     assert e.value.code == 2 and "layer selection" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
@@ -35,9 +31,9 @@ def test_bad_layers_one_line_exit_2_nothing_written(tiny, tmp_path, capsys, spec
 
 def test_all_blocks_equal_default_and_subset_is_sum_of_columns(tiny, tmp_path):
     root = _pipal(tmp_path)
-    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2,wsd", "-sdir", str(tmp_path / "a"), "--per-layer")
-    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2,wsd", "-sdir", str(tmp_path / "b"), "--layers", "1-2")
-    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "c"), "--layers", "2")
+    run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2,wsd", "-sdir", str(tmp_path / "a"), "--per-layer")
+    run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2,wsd", "-sdir", str(tmp_path / "b"), "--layers", "1-2")
+    run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "c"), "--layers", "2")
     for d in ("l2", "wsd"):
         a = pd.read_csv(tmp_path / "a" / f"pipal_{tiny[0]}_{d}.csv")
         b = pd.read_csv(tmp_path / "b" / f"pipal_{tiny[0]}_{d}.csv")
@@ -54,13 +50,13 @@ def test_all_blocks_equal_default_and_subset_is_sum_of_columns(tiny, tmp_path):
 
 def test_resume_with_other_layers_refused(tiny, tmp_path, capsys):
     root, out = _pipal(tmp_path), str(tmp_path / "r")
-    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", out, "--layers", "1")
+    run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", out, "--layers", "1")
     capsys.readouterr()
     for other in (["--layers", "2"], []):
         with pytest.raises(SystemExit) as e:
-            _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", out, *other)
+            run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", out, *other)
         assert e.value.code == 2 and "layers" in capsys.readouterr().err
-    assert _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", out, "--layers", "1") == 0
+    assert run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", out, "--layers", "1") == 0
 
 
 def test_old_record_without_layers_compares_as_all_blocks():
@@ -78,7 +74,7 @@ def test_per_layer_files_sum_to_results(tiny, tmp_path, layout):
         gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=3, sub=False)
         where = ["-dat", "dirs", "--ref-dir", gt, "--dis-dir", outs[0]]
         stems = {d: f"A_{tiny[0]}_{d}" for d in ("l2", "cos")}
-    assert _run(tiny, *where, "-d", "l2,cos,wsd", "-sdir", str(out), "--per-layer") == 0
+    assert run_tiny(tiny, *where, "-d", "l2,cos,wsd", "-sdir", str(out), "--per-layer") == 0
     blocks = Scorer(tiny[0], "l2", device="cpu", weights=tiny[1]).blocks
     for stem in stems.values():
         res, per = pd.read_csv(out / f"{stem}.csv"), pd.read_csv(out / f"{stem}_layers.csv")
@@ -92,8 +88,8 @@ def test_per_layer_files_sum_to_results(tiny, tmp_path, layout):
 
 def test_per_layer_resume_scores_pairs_missing_from_layers_file(tiny, tmp_path):
     root, out = _pipal(tmp_path), tmp_path / "r"
-    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out))
-    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out), "--per-layer")
+    run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out))
+    run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out), "--per-layer")
     res, per = pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv"), pd.read_csv(out / f"pipal_{tiny[0]}_l2_layers.csv")
     assert len(res) == len(per) == 6 and list(res.dis) == list(per.dis)
     np.testing.assert_allclose(per.filter(like="block_").sum(axis=1), res.pred, rtol=1e-6)
@@ -101,7 +97,7 @@ def test_per_layer_resume_scores_pairs_missing_from_layers_file(tiny, tmp_path):
 
 def test_calc_scores_per_layer_equals_scipy(tiny, tmp_path, capsys):
     out = tmp_path / "r"
-    _run(tiny, "-dat", "pipal", "--root", _pipal(tmp_path), "-d", "l2", "-sdir", str(out), "--per-layer")
+    run_tiny(tiny, "-dat", "pipal", "--root", _pipal(tmp_path), "-d", "l2", "-sdir", str(out), "--per-layer")
     capsys.readouterr()
     path = str(out / f"pipal_{tiny[0]}_l2_layers.csv")
     png = tmp_path / "srcc.png"
@@ -121,7 +117,7 @@ def test_calc_scores_per_layer_equals_scipy(tiny, tmp_path, capsys):
 def test_per_layer_needs_a_per_layer_distance(tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Scorer, "__init__", lambda *a, **k: pytest.fail("the model loaded"))
     with pytest.raises(SystemExit) as e:
-        _run(tiny, "-dat", "pipal", "--root", _pipal(tmp_path), "-d", "wsd", "-sdir", str(tmp_path / "r"),
+        run_tiny(tiny, "-dat", "pipal", "--root", _pipal(tmp_path), "-d", "wsd", "-sdir", str(tmp_path / "r"),
              "--per-layer")
     err = capsys.readouterr().err
     assert e.value.code == 2 and "l2, cos" in err and len(err.strip().splitlines()) == 1, err
@@ -136,7 +132,7 @@ def test_compile_flag_off_and_auto_on_cpu(tiny, tmp_path, monkeypatch, mode):
         seen.append(k.get("compile"))
         original(self, *a, **k)
     monkeypatch.setattr(Scorer, "__init__", spy)
-    assert _run(tiny, "-dat", "pipal", "--root", _pipal(tmp_path), "-d", "l2", "-sdir", str(tmp_path / "r"),
+    assert run_tiny(tiny, "-dat", "pipal", "--root", _pipal(tmp_path), "-d", "l2", "-sdir", str(tmp_path / "r"),
                 "--compile", mode) == 0
     assert seen == [False]
 
@@ -164,7 +160,7 @@ def test_compile_auto_on_cuda_counts_jobs(monkeypatch):
 def test_unlabelled_summary_names_the_blocks(tiny, tmp_path):
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=2, sub=False)
     out = tmp_path / "r"
-    assert _run(tiny, "-dat", "dirs", "--ref-dir", gt, "--dis-dir", outs[0], "-d", "l2", "-sdir", str(out),
+    assert run_tiny(tiny, "-dat", "dirs", "--ref-dir", gt, "--dis-dir", outs[0], "-d", "l2", "-sdir", str(out),
                 "--layers", "2") == 0
     summary = pd.read_csv(out / "summary_unlabelled.csv", dtype=str, keep_default_na=False)
     assert list(summary.layers) == ["2"] and list(summary.distance) == ["l2"]
@@ -174,7 +170,7 @@ def test_calc_scores_per_layer_leaves_out_a_nan_pair(tiny, tmp_path, capsys):
     """A pair the engine scored NaN (a run's record beside the file): one warning, the other pairs'
     correlations as scipy gives them (it failed with 'not a finite number')."""
     out = tmp_path / "r"
-    _run(tiny, "-dat", "pipal", "--root", _pipal(tmp_path), "-d", "l2", "-sdir", str(out), "--per-layer")
+    run_tiny(tiny, "-dat", "pipal", "--root", _pipal(tmp_path), "-d", "l2", "-sdir", str(out), "--per-layer")
     path = out / f"pipal_{tiny[0]}_l2_layers.csv"
     lines = path.read_text().splitlines(keepends=True)
     cells = lines[2].rstrip("\n").split(",")
@@ -195,22 +191,22 @@ def test_per_layer_name_of_another_runs_results_refused(tiny, tmp_path, capsys):
     clears its per-layer file) would replace the other run's results file, in either order."""
     root, out = _pipal(tmp_path), str(tmp_path / "r")
     base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", out]
-    assert _run(tiny, *base, "-s", "foo_layers") == 0
+    assert run_tiny(tiny, *base, "-s", "foo_layers") == 0
     kept = (tmp_path / "r" / "pipal_foo_layers.csv").read_bytes()
     capsys.readouterr()
     for extra in (["--per-layer"], []):
         with pytest.raises(SystemExit) as e:
-            _run(tiny, *base, "-s", "foo", *extra)
+            run_tiny(tiny, *base, "-s", "foo", *extra)
         err = capsys.readouterr().err
         assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "another run" in err, err
     assert (tmp_path / "r" / "pipal_foo_layers.csv").read_bytes() == kept
     assert not (tmp_path / "r" / "pipal_foo.csv").exists()
     # the other order: foo first, then a run whose results file would be foo's per-layer file
     other = str(tmp_path / "o")
-    assert _run(tiny, *base[:-1], other, "-s", "foo", "--per-layer") == 0
+    assert run_tiny(tiny, *base[:-1], other, "-s", "foo", "--per-layer") == 0
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        _run(tiny, *base[:-1], other, "-s", "foo_layers", "--overwrite")
+        run_tiny(tiny, *base[:-1], other, "-s", "foo_layers", "--overwrite")
     err = capsys.readouterr().err
     assert e.value.code == 2 and "per-layer file of" in err, err
     assert list(pd.read_csv(tmp_path / "o" / "pipal_foo_layers.csv").columns)[:4] == ["dis", "ref", "mos", "block_1"]

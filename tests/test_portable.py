@@ -10,7 +10,7 @@ import pytest
 
 import minidata
 import run
-from conftest import ROOT
+from helpers import ROOT
 
 UNIX_ONLY = {"fcntl", "termios", "resource", "pwd", "grp", "posix"}
 

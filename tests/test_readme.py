@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from conftest import REFERENCE, ROOT
+from helpers import REFERENCE, ROOT
 from zsiqa import cli
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

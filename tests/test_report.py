@@ -23,7 +23,7 @@ from scipy import stats as sp
 
 import minidata
 import run
-from conftest import fails_one_line, run_tiny
+from helpers import fails_one_line, run_tiny
 from zsiqa import models
 from zsiqa import report as report_module
 from zsiqa import stats as zstats
@@ -371,7 +371,7 @@ def test_a_method_with_no_readable_output_is_ranked_last(tiny, tmp_path, capsys)
 def test_report_written_before_a_reader_stops(tiny_weights, tmp_path):
     """`run.py ... --report DIR | head -1`: the report and every file exist before the first printed
     line (the reader was gone before the tables; the report came after them and was lost)."""
-    from conftest import ROOT
+    from helpers import ROOT
     gt, outs = minidata.make_dirs(str(tmp_path / "d"), n=3, sub=False)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # each line written at once: the first print meets the closed pipe
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "tiny_run.py"), tiny_weights, "-dat", "dirs",

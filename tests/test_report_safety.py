@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import run
-from conftest import count_scored, fails_one_line, random_image
+from helpers import count_scored, fails_one_line, random_image
 from zsiqa import plots, report, results
 from zsiqa.errors import UserError
 from zsiqa.stats import compare_methods

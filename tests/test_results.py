@@ -18,27 +18,16 @@ from scipy import stats
 
 import calc_scores
 import minidata
-import run
-from conftest import ROOT, count_scored
+from helpers import ROOT, count_scored, fails_one_line, run_tiny
 from zsiqa import results
 from zsiqa.errors import UserError
 from zsiqa.store import csvfiles, summaries
 from zsiqa.store import rows as store_rows
 
 
-def _run(tiny, *args):
-    name, weights = tiny
-    return run.main([*args, "-m", name, "--weights", weights, "--device", "cpu", "--no-progress"])
-
-
 def _fails(capsys, tiny, args, match):
     """run.py exits 2 with one line on stderr holding `match`; returns that line."""
-    with pytest.raises(SystemExit) as e:
-        _run(tiny, *args)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert match in err, err
-    return err
+    return fails_one_line(capsys, lambda: run_tiny(tiny, *args), match, warnings=False)
 
 
 def _pipal(tmp_path, **kw):
@@ -48,7 +37,7 @@ def _pipal(tmp_path, **kw):
 def test_record_beside_every_results_file(tiny, tmp_path):
     root = _pipal(tmp_path)
     out = tmp_path / "r"
-    assert _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2,wsd", "-sdir", str(out), "-rob", "sca", "-pct",
+    assert run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2,wsd", "-sdir", str(out), "-rob", "sca", "-pct",
                 "2") == 0
     frame = pd.read_csv(out / f"pipal_{tiny[0]}_l2_sca-2.csv")
     assert list(frame.columns) == ["dis", "ref", "mos", "pred"]  # the published layout, unchanged
@@ -74,7 +63,7 @@ def test_resume_only_with_the_same_settings(tiny, tmp_path, capsys, monkeypatch)
     root = _pipal(tmp_path)
     out = tmp_path / "r"
     base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)]
-    _run(tiny, *base, "--limit", "3")
+    run_tiny(tiny, *base, "--limit", "3")
     path = out / f"pipal_{tiny[0]}_l2.csv"
     before = path.read_bytes()
     err = _fails(capsys, tiny, [*base, "--model-norm"], "model_norm")
@@ -82,10 +71,10 @@ def test_resume_only_with_the_same_settings(tiny, tmp_path, capsys, monkeypatch)
     _fails(capsys, tiny, [*base, "-r", "240"], "resize")
     assert path.read_bytes() == before  # refused: nothing touched
     seen = count_scored(monkeypatch)
-    assert _run(tiny, *base, "--model-norm", "--overwrite") == 0
+    assert run_tiny(tiny, *base, "--model-norm", "--overwrite") == 0
     assert len(seen) == 6  # afresh: the three earlier rows discarded
     fresh = tmp_path / "fresh"
-    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(fresh), "--model-norm")
+    run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(fresh), "--model-norm")
     np.testing.assert_allclose(pd.read_csv(path).pred, pd.read_csv(fresh / path.name).pred, rtol=1e-6)
     assert json.loads((out / f"pipal_{tiny[0]}_l2.json").read_text())["model_norm"] is True
 
@@ -96,7 +85,7 @@ def test_resume_on_another_device_refused(tiny, tmp_path, capsys):
     root = _pipal(tmp_path)
     out = tmp_path / "r"
     base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)]
-    _run(tiny, *base, "--limit", "3")
+    run_tiny(tiny, *base, "--limit", "3")
     rec_path = out / f"pipal_{tiny[0]}_l2.json"
     rec = json.loads(rec_path.read_text())
     assert rec["device"] == "cpu"
@@ -104,7 +93,7 @@ def test_resume_on_another_device_refused(tiny, tmp_path, capsys):
     err = _fails(capsys, tiny, base, "device")
     assert "cuda" in err and "cpu" in err
     rec_path.write_text(json.dumps({k: v for k, v in rec.items() if k != "device"}))  # an older record
-    assert _run(tiny, *base) == 0 and len(pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv")) == 6
+    assert run_tiny(tiny, *base) == 0 and len(pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv")) == 6
     assert json.loads(rec_path.read_text())["device"] == "cpu"
 
 
@@ -112,10 +101,10 @@ def test_file_without_record_is_not_resumed(tiny, tmp_path, capsys):
     root = _pipal(tmp_path)
     out = tmp_path / "r"
     base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)]
-    _run(tiny, *base, "--limit", "2")
+    run_tiny(tiny, *base, "--limit", "2")
     os.remove(out / f"pipal_{tiny[0]}_l2.json")  # as a published or older file
     _fails(capsys, tiny, base, "no record")
-    assert _run(tiny, *base, "--overwrite") == 0
+    assert run_tiny(tiny, *base, "--overwrite") == 0
     assert len(pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv")) == 6
 
 
@@ -123,7 +112,7 @@ def test_edited_label_resumes_with_the_current_labels(tiny, tmp_path, capsys, mo
     root = _pipal(tmp_path)
     out = tmp_path / "r"
     base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out), "--json"]
-    _run(tiny, *base, "--limit", "3")
+    run_tiny(tiny, *base, "--limit", "3")
     digest = json.loads((out / f"pipal_{tiny[0]}_l2.json").read_text())["labels_sha256"]
     label = os.path.join(root, "Train_Label", "A0001.txt")
     lines = open(label).read().splitlines()
@@ -131,7 +120,7 @@ def test_edited_label_resumes_with_the_current_labels(tiny, tmp_path, capsys, mo
     open(label, "w").write("\n".join(lines) + "\n")
     capsys.readouterr()
     seen = count_scored(monkeypatch)
-    assert _run(tiny, *base) == 0
+    assert run_tiny(tiny, *base) == 0
     assert len(seen) == 3  # predictions do not depend on labels: only the missing pairs scored
     frame = pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv")
     assert frame.mos[0] == 1234.5
@@ -144,7 +133,7 @@ def test_torn_row_is_scored_again(tiny, tmp_path, monkeypatch):
     root = _pipal(tmp_path)
     out = tmp_path / "r"
     base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)]
-    _run(tiny, *base)
+    run_tiny(tiny, *base)
     path = out / f"pipal_{tiny[0]}_l2.csv"
     full = pd.read_csv(path)
     data = path.read_bytes()
@@ -152,14 +141,14 @@ def test_torn_row_is_scored_again(tiny, tmp_path, monkeypatch):
     path.write_bytes(data[:cut])
     assert results.read_done(str(path)).keys() == {(d, r) for d, r in zip(full.dis[:5], full.ref[:5], strict=True)}
     seen = count_scored(monkeypatch)
-    _run(tiny, *base)
+    run_tiny(tiny, *base)
     assert len(seen) == 1
     again = pd.read_csv(path)
     assert list(again.dis) == list(full.dis)
     np.testing.assert_allclose(again.pred, full.pred, rtol=1e-6)
     # a torn header alone: the file starts afresh
     path.write_bytes(b"dis,re")
-    _run(tiny, *base)
+    run_tiny(tiny, *base)
     np.testing.assert_allclose(pd.read_csv(path).pred, full.pred, rtol=1e-6)
 
 
@@ -193,7 +182,7 @@ def test_full_disk_keeps_written_rows(tiny, tmp_path, capsys, monkeypatch):
     path = out / f"pipal_{tiny[0]}_l2.csv"
     assert path.read_bytes().endswith(b"\n") and len(pd.read_csv(path)) == 3  # valid, torn bytes gone
     monkeypatch.setattr(store_rows, "write_all", original)
-    assert _run(tiny, *base) == 0
+    assert run_tiny(tiny, *base) == 0
     assert len(pd.read_csv(path)) == 6
 
 
@@ -272,13 +261,13 @@ def test_older_summary_header_is_moved_aside(tiny, tmp_path, capsys):
     old = ("dataset,model,distance,robustness,pct,n,srcc,plcc,krcc,plcc_logistic,pairs_per_s\n"
            "pipal,x,l2,none,0,6,0.5,0.5,0.4,0.5,1.0\n")
     (out / "summary.csv").write_text(old)
-    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out))
+    run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out))
     assert "summary.old-1.csv" in capsys.readouterr().err
     assert (out / "summary.old-1.csv").read_text() == old
     logged = list(csv.DictReader(open(out / "summary.csv")))
     assert len(logged) == 1 and logged[0]["model"] == tiny[0] and logged[0]["precision"] == "published"
     # a repeated run adds a row of its own, told apart by its time stamp and run id
-    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out))
+    run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out))
     logged = list(csv.DictReader(open(out / "summary.csv")))
     assert len(logged) == 2 and logged[0]["run_id"] != logged[1]["run_id"] and logged[1]["run_id"]
     stamps = [datetime.datetime.fromisoformat(r["time"]) for r in logged]
@@ -307,7 +296,7 @@ def test_corrupt_body_stops_keeping_finished_rows(tiny, tmp_path, capsys):
 def test_corrupt_body_mid_run_skipped_with_skip_missing(tiny, tmp_path, capsys):
     root = _corrupt_kadid(tmp_path)
     out = tmp_path / "r"
-    assert _run(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(out), "--skip-missing",
+    assert run_tiny(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(out), "--skip-missing",
                 "--json") == 0
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if "I02_01_02.png" in line]
@@ -324,7 +313,7 @@ def test_calc_scores_takes_the_direction_from_the_record(tiny, tmp_path, capsys)
     mine = os.path.join(os.path.dirname(target), "live_mine.csv")
     os.rename(target, mine)
     out = tmp_path / "r"
-    _run(tiny, "-dat", "csv", "--csv", mine, "-d", "l2", "-sdir", str(out), "--json")
+    run_tiny(tiny, "-dat", "csv", "--csv", mine, "-d", "l2", "-sdir", str(out), "--json")
     ran = json.loads(capsys.readouterr().out)[0]
     path = str(out / f"live_mine_{tiny[0]}_l2.csv")
     calc_scores.main(["-f", path, "--json"])
@@ -352,10 +341,10 @@ def test_another_copy_of_the_dataset_is_not_resumed(tiny, tmp_path, capsys):
     holding the same names is another dataset, so its results are not mixed in."""
     a, b = minidata.make_pipal(str(tmp_path / "a")), minidata.make_pipal(str(tmp_path / "b"), n_dis=4)
     out = ["-sdir", str(tmp_path / "r"), "-d", "l2"]
-    _run(tiny, "-dat", "pipal", "--root", a, *out, "--limit", "3")
+    run_tiny(tiny, "-dat", "pipal", "--root", a, *out, "--limit", "3")
     _fails(capsys, tiny, ["-dat", "pipal", "--root", b, *out], "ref_dir")
     la, lb = minidata.make_csv(str(tmp_path / "expA")), minidata.make_csv(str(tmp_path / "expB"))
-    _run(tiny, "-dat", "csv", "--csv", la, *out)
+    run_tiny(tiny, "-dat", "csv", "--csv", la, *out)
     _fails(capsys, tiny, ["-dat", "csv", "--csv", lb, *out], "ref_dir")
 
 
@@ -370,12 +359,12 @@ def test_odd_file_names_round_trip(tiny, tmp_path, capsys, monkeypatch):
             os.rename(os.path.join(folder, f"{k}.png"), os.path.join(folder, name + ".png"))
     out = tmp_path / "r"
     base = ["-dat", "dirs", "--ref-dir", gt, "--dis-dir", outs, "-d", "l2", "-sdir", str(out), "--json"]
-    assert _run(tiny, *base) == 0
+    assert run_tiny(tiny, *base) == 0
     assert json.loads(capsys.readouterr().out)[0]["n"] == 4
     path = str(out / f"A_{tiny[0]}_l2.csv")
     assert sorted(d for d, _ in results.read_done(path)) == sorted(f"{n}.png" for n in names)
     seen = count_scored(monkeypatch)
-    assert _run(tiny, *base) == 0 and seen == []  # resumed: nothing left to score
+    assert run_tiny(tiny, *base) == 0 and seen == []  # resumed: nothing left to score
     assert sorted(pd.read_csv(path).dis) == sorted(f"{n}.png" for n in names)
 
 
@@ -396,12 +385,7 @@ def test_summary_without_a_final_newline_gets_one(tmp_path):
 
 def _one_line_exit_2(capsys, main, argv, *match):
     """main(argv) exits 2 with one line on stderr holding every `match`; returns that line."""
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert all(m in err for m in match), err
-    return err
+    return fails_one_line(capsys, lambda: main(argv), *match, warnings=False)
 
 
 @pytest.mark.parametrize("field,value", [("pred_higher_better", "false"), ("label_higher_better", "false"),
@@ -412,7 +396,7 @@ def test_record_with_a_wrong_type_is_refused(tiny, tmp_path, capsys, field, valu
     target = minidata.make_csv(str(tmp_path / "data"))
     out = tmp_path / "r"
     base = ["-dat", "csv", "--csv", target, "-d", "l2", "-sdir", str(out)]
-    _run(tiny, *base)
+    run_tiny(tiny, *base)
     rec = out / f"list_{tiny[0]}_l2.json"
     record = json.loads(rec.read_text())
     rec.write_text(json.dumps({**record, field: value}))
@@ -440,7 +424,7 @@ def test_row_with_a_non_finite_number_is_scored_again(tiny, tmp_path, monkeypatc
     target = minidata.make_csv(str(tmp_path / "data"))
     out = tmp_path / "r"
     base = ["-dat", "csv", "--csv", target, "-d", "l2", "-sdir", str(out), "--per-layer"]
-    _run(tiny, *base)
+    run_tiny(tiny, *base)
     path, layers = out / f"list_{tiny[0]}_l2.csv", out / f"list_{tiny[0]}_l2_layers.csv"
     full = pd.read_csv(path)
     for victim, value in [(path, "inf"), (path, "nan"), (layers, "-inf")]:
@@ -448,7 +432,7 @@ def test_row_with_a_non_finite_number_is_scored_again(tiny, tmp_path, monkeypatc
         lines[2] = lines[2].rsplit(",", 1)[0] + f",{value}\n"
         victim.write_text("".join(lines))
         seen = count_scored(monkeypatch)
-        _run(tiny, *base)
+        run_tiny(tiny, *base)
         assert len(seen) == 1
         np.testing.assert_allclose(pd.read_csv(path).pred, full.pred, rtol=1e-6)
 
@@ -465,7 +449,7 @@ def test_engine_nan_kept_in_file_left_out_of_summary_with_a_warning(tiny, tmp_pa
         for k, item in enumerate(original(self, *args, **kwargs)):
             yield (item[0], item[1] * np.nan, *item[2:]) if k == 0 else item
     monkeypatch.setattr(Scorer, "score_chunks", one_nan)
-    assert _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out), "--json") == 0
+    assert run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out), "--json") == 0
     captured = capsys.readouterr()
     assert "1 pair(s) scored NaN or inf" in captured.err and len(captured.err.strip().splitlines()) == 1
     frame = pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv")
@@ -478,7 +462,7 @@ def test_engine_nan_kept_in_file_left_out_of_summary_with_a_warning(tiny, tmp_pa
     assert "1 pair(s) scored NaN or inf" in again.err
     monkeypatch.setattr(Scorer, "score_chunks", original)
     seen = count_scored(monkeypatch)
-    assert _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)) == 0
+    assert run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)) == 0
     assert len(seen) == 1 and not pd.read_csv(out / f"pipal_{tiny[0]}_l2.csv").pred.isna().any()  # scored again
 
 
@@ -556,7 +540,7 @@ def test_record_that_is_a_folder_refused_before_overwrite(tiny, tmp_path, capsys
     """--overwrite removed the results file, then failed on a record that was a folder: both lost."""
     root, out = _pipal(tmp_path), tmp_path / "r"
     base = ["-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(out)]
-    assert _run(tiny, *base) == 0
+    assert run_tiny(tiny, *base) == 0
     kept = (out / f"pipal_{tiny[0]}_l2.csv").read_bytes()
     (out / f"pipal_{tiny[0]}_l2.json").unlink()
     (out / f"pipal_{tiny[0]}_l2.json").mkdir()

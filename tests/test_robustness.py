@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import GOLDEN
+from helpers import GOLDEN
 from zsiqa.errors import UserError
 from zsiqa.robustness import Transform, transform
 

@@ -12,15 +12,9 @@ from PIL import Image
 from scipy import stats
 
 import minidata
-import run
-from conftest import ROOT, count_scored, interrupt_after
+from helpers import ROOT, count_scored, interrupt_after, run_tiny
 from zsiqa.robustness import transform
 from zsiqa.scorer import Scorer
-
-
-def _run(tiny, *args):
-    name, weights = tiny
-    return run.main([*args, "-m", name, "--weights", weights, "--device", "cpu", "--no-progress"])
 
 
 def _rows(path):
@@ -34,7 +28,7 @@ def test_each_layout_end_to_end(tiny, tmp_path, capsys, layout):
     target = make(str(tmp_path / "data"))
     where = ["--csv", target] if layout == "csv" else ["--root", target]
     out = tmp_path / "res"
-    assert _run(tiny, "-dat", layout, *where, "-d", "l2,wsd", "-sdir", str(out), "--json") == 0
+    assert run_tiny(tiny, "-dat", layout, *where, "-d", "l2,wsd", "-sdir", str(out), "--json") == 0
     summary = json.loads(capsys.readouterr().out)
     stem = "list" if layout == "csv" else layout
     files = {d: out / f"{stem}_{tiny[0]}_{d}.csv" for d in ("l2", "wsd")}
@@ -74,7 +68,7 @@ def test_label_conventions(tmp_path):
 
 def test_seed_naming_with_saveas(tiny, tmp_path):
     root = minidata.make_kadid(str(tmp_path / "k"))
-    _run(tiny, "-dat", "kadid10k", "--root", root, "-d", "cos", "-s", "mine", "-sdir", str(tmp_path / "r"), "-rob",
+    run_tiny(tiny, "-dat", "kadid10k", "--root", root, "-d", "cos", "-s", "mine", "-sdir", str(tmp_path / "r"), "-rob",
          "sca", "-pct", "2")
     assert (tmp_path / "r" / "kadid10k_mine_sca-2.csv").is_file()
 
@@ -83,7 +77,8 @@ def test_seed_naming_with_saveas(tiny, tmp_path):
 def test_robustness_run_scores_transformed_pairs(tiny, tmp_path):
     root = minidata.make_pipal(str(tmp_path / "p"), size=(260, 240))
     for kind in ("tra", "sca", "rot"):
-        _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"), "-rob", kind, "-pct", "3")
+        run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2",
+                 "-sdir", str(tmp_path / "r"), "-rob", kind, "-pct", "3")
         frame = _rows(tmp_path / "r" / f"pipal_{tiny[0]}_l2_{kind}-3.csv")
         from zsiqa.images import pil_to_tensor
         pairs = [transform(Image.open(os.path.join(root, r)).convert("RGB"),
@@ -100,7 +95,8 @@ def test_sweep_reuses_references_and_matches_single_runs(tiny, tmp_path, monkeyp
     encoded = []
     original = Scorer.encode
     monkeypatch.setattr(Scorer, "encode", lambda self, w: encoded.append(w.shape[0]) or original(self, w))
-    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2,cos", "-sdir", str(tmp_path / "s"), "--kinds", "tra,sca,rot",
+    run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2,cos",
+             "-sdir", str(tmp_path / "s"), "--kinds", "tra,sca,rot",
          "--pcts", "1,4")
     n_windows = 4  # 260×240 → 2×2 windows
     # 2 refs × (1 plain ref + 2 translated refs) + 6 pairs × 7 variants
@@ -109,7 +105,8 @@ def test_sweep_reuses_references_and_matches_single_runs(tiny, tmp_path, monkeyp
     assert len(table) == 2 * 7 and set(table.robustness) == {"none", "tra", "sca", "rot"}
     png = tmp_path / "s" / f"pipal_{tiny[0]}_sweep.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    _run(tiny, "-dat", "pipal", "--root", root, "-d", "cos", "-sdir", str(tmp_path / "single"), "-rob", "rot", "-pct",
+    run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "cos",
+             "-sdir", str(tmp_path / "single"), "-rob", "rot", "-pct",
          "4")
     np.testing.assert_allclose(_rows(tmp_path / "s" / f"pipal_{tiny[0]}_cos_rot-4.csv").pred,
                                _rows(tmp_path / "single" / f"pipal_{tiny[0]}_cos_rot-4.csv").pred, rtol=1e-6)
@@ -118,16 +115,16 @@ def test_sweep_reuses_references_and_matches_single_runs(tiny, tmp_path, monkeyp
 def test_interrupted_run_resumes_without_recomputing(tiny, tmp_path, monkeypatch):
     root = minidata.make_pipal(str(tmp_path / "p"), n_ref=3, n_dis=3)
     full = tmp_path / "full"
-    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2,jsd", "-sdir", str(full), "--batch-size", "3")
+    run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2,jsd", "-sdir", str(full), "--batch-size", "3")
     restore = interrupt_after(monkeypatch, 4)
     part = tmp_path / "part"
     with pytest.raises(SystemExit) as e:
-        _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2,jsd", "-sdir", str(part), "--batch-size", "3")
+        run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2,jsd", "-sdir", str(part), "--batch-size", "3")
     assert e.value.code == 130
     assert len(_rows(part / f"pipal_{tiny[0]}_l2.csv")) == 4  # a valid file with the finished rows
     restore()
     seen = count_scored(monkeypatch)
-    _run(tiny, "-dat", "pipal", "--root", root, "-d", "l2,jsd", "-sdir", str(part), "--batch-size", "3")
+    run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2,jsd", "-sdir", str(part), "--batch-size", "3")
     assert len(seen) == 9 - 4  # only the missing pairs were scored
     for d in ("l2", "jsd"):
         a, b = _rows(full / f"pipal_{tiny[0]}_{d}.csv"), _rows(part / f"pipal_{tiny[0]}_{d}.csv")
@@ -141,13 +138,13 @@ def test_missing_images_listed_up_front(tiny, tmp_path, capsys):
     open(os.path.join(root, "distorted_images", "i02_01_1.bmp"), "w").write("broken")
     _huge_png_header(os.path.join(root, "distorted_images", "i01_01_1.bmp"), 20000, 10000)  # 200 Mpx declared
     with pytest.raises(SystemExit) as e:
-        _run(tiny, "-dat", "tid2013", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"))
+        run_tiny(tiny, "-dat", "tid2013", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"))
     err = capsys.readouterr().err
     assert e.value.code == 2 and "3 of 6 pair(s) unusable" in err and len(err.strip().splitlines()) == 1, err
     assert "missing; too large; unreadable" in err and "decompression-bomb limit" in err
     assert "i01_01_2.bmp (missing)" in err.lower()
     assert not (tmp_path / "r").exists()
-    assert _run(tiny, "-dat", "tid2013", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"),
+    assert run_tiny(tiny, "-dat", "tid2013", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"),
                 "--skip-missing") == 0
     assert len(_rows(tmp_path / "r" / f"tid2013_{tiny[0]}_l2.csv")) == 3
 
@@ -171,14 +168,14 @@ def test_bad_dataset_arguments(tiny, tmp_path, capsys):
                         (["-dat", "tid2013", "--root", str(tmp_path)], "TID2013 label file not found"),
                         (["-dat", "csv"], "needs --csv")]:
         with pytest.raises(SystemExit) as e:
-            _run(tiny, *args, "-sdir", str(tmp_path / "r"))
+            run_tiny(tiny, *args, "-sdir", str(tmp_path / "r"))
         err = capsys.readouterr().err
         assert e.value.code == 2 and match in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_limit(tiny, tmp_path):
     root = minidata.make_kadid(str(tmp_path / "k"))
-    _run(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"), "--limit", "4")
+    run_tiny(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"), "--limit", "4")
     assert len(_rows(tmp_path / "r" / f"kadid10k_{tiny[0]}_l2.csv")) == 4
 
 
@@ -212,14 +209,15 @@ def test_mis_sized_pairs_found_before_scoring(tiny, tmp_path, capsys):
     root = minidata.make_kadid(str(tmp_path / "k"), n_ref=2, n_dis=2, size=(230, 240))
     Image.new("RGB", (300, 240)).save(os.path.join(root, "images", "I02_01_02.png"))  # wrong size
     with pytest.raises(SystemExit) as e:
-        _run(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"))
+        run_tiny(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"))
     err = capsys.readouterr().err
     assert e.value.code == 2 and "1 of 4 pair(s) unusable" in err and "sizes differ" in err
     with pytest.raises(SystemExit):  # a 3 % shift leaves 230 − 7 = 223 px: caught up front too
-        _run(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"), "-rob", "tra", "-pct",
+        run_tiny(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2",
+                 "-sdir", str(tmp_path / "r"), "-rob", "tra", "-pct",
              "3")
     assert "under 224 px after the shift" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
-    assert _run(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"),
+    assert run_tiny(tiny, "-dat", "kadid10k", "--root", root, "-d", "l2", "-sdir", str(tmp_path / "r"),
                 "--skip-missing") == 0
     assert len(_rows(tmp_path / "r" / f"kadid10k_{tiny[0]}_l2.csv")) == 3

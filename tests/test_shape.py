@@ -4,8 +4,9 @@ and complexity, not a function's length), imports that name the package and run 
 functions), lazy imports only for heavy or optional third-party modules (and in the CLI's
 entry points), and no private member reached across modules."""
 import ast
+import re
 
-from conftest import ROOT
+from helpers import ROOT
 
 MAX_LINES = 60
 PACKAGE = ROOT / "zsiqa"
@@ -133,3 +134,18 @@ def test_no_private_member_used_across_modules():
                     and node.attr.startswith("_") and not node.attr.startswith("__"):
                 bad.append(f"{name}:{node.lineno} uses {node.value.id}.{node.attr}")
     assert not bad, bad
+
+
+def test_tests_share_one_helpers_module_and_docs_place_every_file():
+    """Tests import shared functions from tests/helpers.py (never from conftest.py, which holds the
+    fixtures), none defines its own runner of the eval command or its own one-line-error
+    assertion, and docs/tests.md's table names every test file."""
+    tests = sorted((ROOT / "tests").glob("test_*.py"))
+    docs = (ROOT / "docs" / "tests.md").read_text()
+    for path in tests:
+        text = path.read_text()
+        assert not re.search(r"^\s*(from conftest import|import conftest)", text, re.M), path.name
+        assert not re.search(r"^def _run\(tiny", text, re.M), f"{path.name}: use helpers.run_tiny"
+        assert "len(err.strip().splitlines()) == 1" + ' and "Traceback"' not in text, \
+            f"{path.name}: use helpers.fails_one_line"
+        assert f"`{path.name}`" in docs, f"docs/tests.md does not place {path.name}"

@@ -17,7 +17,7 @@ from PIL import Image
 import calc_scores
 import minidata
 import run_single_img
-from conftest import ROOT, count_scored, fails_one_line, interrupt_after, random_image, run_tiny
+from helpers import ROOT, count_scored, fails_one_line, interrupt_after, random_image, run_tiny
 from zsiqa import results
 from zsiqa.errors import UserError
 from zsiqa.scorer import Scorer

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 PUBLIC = ["zsiqa/__init__.py", "zsiqa/scorer.py", "zsiqa/loss.py", "zsiqa/metric.py", "zsiqa/core.py",
           "zsiqa/errors.py", "zsiqa/distances.py", "zsiqa/models.py", "zsiqa/torchmetric.py"]

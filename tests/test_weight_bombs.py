@@ -12,7 +12,7 @@ import zlib
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 
 BOMB = 1 << 30  # what the record inflates to
 SLACK_MB = 100  # a bomb's reading may peak this far above a correct file's (the record inflates to 1024 MB)

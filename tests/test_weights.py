@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import run_single_img
-from conftest import ROOT
+from helpers import ROOT, fails_one_line
 from zsiqa import models, weights
 from zsiqa.errors import UserError
 
@@ -221,11 +221,7 @@ def pair(tmp_path):
 
 
 def _fails(capsys, argv, match):
-    with pytest.raises(SystemExit) as e:
-        run_single_img.main(argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert match in err, err
+    return fails_one_line(capsys, lambda: run_single_img.main(argv), match, warnings=False)
 
 
 def test_cli_refuses_crafted_weights(tmp_path, monkeypatch, capsys, pair):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import run_single_img
-from conftest import GOLDEN, close, golden_api_scores, golden_cli_mismatches
+from helpers import GOLDEN, close, golden_api_scores, golden_cli_mismatches
 from tinymodel import TINY_VIT, TINY_WEIGHTS
 from zsiqa import models, weights
 from zsiqa.errors import UserError
