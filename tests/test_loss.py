@@ -257,8 +257,8 @@ def test_messages_name_python_parameters(tmp_path, monkeypatch):
 def test_score_command_checks_its_input_before_reading_weights(tiny, tmp_path, capsys, monkeypatch, case, match):
     import run_single_img
     from helpers import fails_one_line, random_image
-    from zsiqa import models
-    monkeypatch.setattr(models, "resolve_weights", lambda *a, **k: pytest.fail("the weights were looked for"))
+    from zsiqa import extractor
+    monkeypatch.setattr(extractor, "resolve_weights", lambda *a, **k: pytest.fail("the weights were looked for"))
     ref = random_image(tmp_path / "r.png", 300, 300, 0) if case != "small" else random_image(tmp_path / "r.png", 200,
                                                                                               300, 0)
     dis = {"small": random_image(tmp_path / "s.png", 200, 300, 1), "missing": str(tmp_path / "nope.png"),

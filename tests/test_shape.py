@@ -13,7 +13,7 @@ PACKAGE = ROOT / "zsiqa"
 # each module's layer; a module imports only from its own layer or below
 LAYERS = [
     ("errors", "options", "output", "windows", "images", "fused", "distances", "blocks"),     # protocol
-    ("weights", "models"),                                                                    # backbones
+    ("torchscript", "keymaps", "weights", "families", "registry", "extractor", "models"),       # backbones
     ("core", "loading", "engine", "maps", "scorer", "loss", "metric", "torchmetric"),          # scoring
     ("robustness", "folders", "datasets", "results", "stats", "metric_compare", "plots", "report",
      "distributed", "config", "comparison", "bundled"),  # evaluation
