@@ -13,7 +13,7 @@ from scipy import stats
 
 import minidata
 from helpers import ROOT, count_scored, interrupt_after, run_tiny
-from zsiqa.robustness import transform
+from zsiqa.robustness import Transform
 from zsiqa.scorer import Scorer
 
 
@@ -81,8 +81,8 @@ def test_robustness_run_scores_transformed_pairs(tiny, tmp_path):
                  "-sdir", str(tmp_path / "r"), "-rob", kind, "-pct", "3")
         frame = _rows(tmp_path / "r" / f"pipal_{tiny[0]}_l2_{kind}-3.csv")
         from zsiqa.images import pil_to_tensor
-        pairs = [transform(Image.open(os.path.join(root, r)).convert("RGB"),
-                           Image.open(os.path.join(root, d)).convert("RGB"), kind, 3)
+        pairs = [Transform(kind, 3)(Image.open(os.path.join(root, r)).convert("RGB"),
+                                    Image.open(os.path.join(root, d)).convert("RGB"))
                  for r, d in zip(frame.ref, frame.dis, strict=False)]
         api = Scorer(tiny[0], "l2", device="cpu", weights=tiny[1])(dis=[pil_to_tensor(d) for _, d in pairs],
                                                                    ref=[pil_to_tensor(r) for r, _ in pairs])

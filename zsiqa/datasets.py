@@ -30,20 +30,12 @@ class Dataset:
     labelled: bool = True  # False: a set of outputs to score without labels (-dat dirs, a ref,dis list)
     ref_root: str = None   # the folder reference paths are relative to, when not `root` (-dat dirs)
 
-    def path(self, rel):
-        return os.path.join(self.root, rel)
-
     def ref_path(self, rel):
         """A reference's path on disk: under `ref_root` when it has one, else under `root`."""
         return os.path.join(self.ref_root or self.root, rel)
 
     def dis_path(self, rel):
         return os.path.join(self.root, rel)
-
-    def missing(self):
-        """Paths (on disk) of images that do not exist (each listed once)."""
-        seen = dict.fromkeys(p for r, d, _ in self.pairs for p in (self.ref_path(r), self.dis_path(d)))
-        return [p for p in seen if not os.path.isfile(p)]
 
 
 def _need(path, what):

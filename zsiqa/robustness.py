@@ -53,12 +53,6 @@ def check(kind, pct):
         raise UserError(f"-rob sca -pct {pct}: a zoom-in takes 0 to 100 (%)")
 
 
-def transform(ref, dis, kind, pct=1):
-    """(ref, dis) Pillow images → transformed (ref, dis); kind in tra|sca|rot (see `check`)."""
-    check(kind, pct)
-    return TRANSFORMS[kind](ref, dis, pct)
-
-
 class Transform:
     """A picklable (kind, pct) transform for DataLoader workers; refuses what `check` refuses."""
 
