@@ -14,7 +14,7 @@ PACKAGE = ROOT / "zsiqa"
 LAYERS = [
     ("errors", "options", "output", "windows", "images", "fused", "distances", "blocks"),     # protocol
     ("torchscript", "keymaps", "weights", "families", "registry", "extractor", "models"),       # backbones
-    ("core", "loading", "engine", "maps", "scorer", "loss", "metric", "torchmetric"),          # scoring
+    ("core", "loading", "engine", "maps", "scorer", "loss", "metric", "torchmetric", "baselines"),  # scoring
     ("robustness", "folders", "datasets", "results", "stats", "metric_compare", "plots", "report",
      "distributed", "config", "comparison", "bundled"),  # evaluation
     ("evaluate", "correlate", "benchmark", "cli", "__main__", "__init__"),                    # commands
@@ -25,8 +25,8 @@ STORE = ("store", "store.summaries", "store.resume", "store.rows", "store.tables
          "store.csvfiles", "store.locks")
 LAYER.update(dict.fromkeys(STORE, LAYER["results"]))
 # third-party modules imported inside functions: heavy (timm 1.5 s, scipy.stats, matplotlib, pandas,
-# clip's pkg_resources) or optional (huggingface_hub, triton)
-LAZY_OK = {"timm", "clip", "matplotlib", "scipy", "pandas", "huggingface_hub", "triton"}
+# clip's pkg_resources) or optional (huggingface_hub, triton, torchmetrics)
+LAZY_OK = {"timm", "clip", "matplotlib", "scipy", "pandas", "huggingface_hub", "triton", "torchmetrics"}
 
 
 def _files():

@@ -117,6 +117,10 @@ FLAGS = {
                                                "stopping at missing, unreadable or mis-sized images")),
     # the metric
     "model": (("-m", "--model"), dict(default="dinov1", help="backbone (`zsiqa models` lists them; default dinov1)")),
+    "eval_model": (("-m", "--model"), dict(default="dinov1", help="backbone (`zsiqa models` lists them; default "
+                                           "dinov1), or a classical baseline: psnr, ssim, ms_ssim, lpips_alex")),
+    "baselines": (("--baselines",), dict(metavar="LIST", help="without labels: also rank these classical baselines "
+                                         "(comma list of psnr, ssim, ms_ssim, lpips_alex; needs torchmetrics)")),
     "distance": (("-d", "--distance", "--distances"), dict(default="wsd", help="distance, comma list or 'all' "
                                                            "(default %(default)s)")),
     "layers": (("--layers",), dict(metavar="SPEC", help="compare only these blocks, 1-based, e.g. 1-6,9 (default "
@@ -299,7 +303,8 @@ file, --json gives every detail."""
 METRIC = ("model", "distance", "weights", "device", "precision", "model_norm", "layers", "resize")
 COMMANDS = {
     "score": Command(SCORE_DOC, ("ref", "dis", *METRIC, "maps", "json", "list_models"), "zsiqa.cli:score"),
-    "eval": Command(EVAL_DOC, ("dataset", "root", "csv", "label_higher_better", "ref_dir", "dis_dir", *METRIC,
+    "eval": Command(EVAL_DOC, ("dataset", "root", "csv", "label_higher_better", "ref_dir", "dis_dir", "eval_model",
+                               *METRIC[1:], "baselines",
                                "saveas", "savedir", "overwrite", "robustness", "pct", "kinds", "pcts", "batch_size",
                                "workers", "limit", "skip_missing", "per_layer", "compile", "worst_maps", "report",
                                "report_worst", "json", "no_progress"),
@@ -322,7 +327,7 @@ def build_parser(name, prog=None):
     parser = ArgParser(command.doc, prog=prog)
     for flag in command.flags:
         strings, options = FLAGS[flag]
-        options = {**options, "dest": flag.removeprefix("corr_").removesuffix("_file")}
+        options = {**options, "dest": flag.removeprefix("corr_").removeprefix("eval_").removesuffix("_file")}
         if flag in command.defaults:
             options["default"] = command.defaults[flag]
         parser.add_argument(*strings, **options)

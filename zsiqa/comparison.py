@@ -35,13 +35,24 @@ REPORT_LOCK = ".zsiqa-report.lock"  # inside --report DIR: one run writes a repo
 class Outcome:
     """A label-free run's results, for the maps and reports of its worst pairs: the settings,
     the Scorer, the Plan, the summary rows, every image's score {(variant index, distance):
-    {set: {image: score}}} and the run's `time` and `run_id`."""
+    {set: {image: score}}}, the run's `time` and `run_id`, and the --baselines (psnr, …: more
+    columns of the tables, each ranked in its own direction)."""
     config: EvalConfig
     scorer: object
     plan: object
     rows: list
     scores: dict
     stamp: dict
+    baselines: tuple = ()
+
+    @property
+    def distances(self):
+        """The columns of the comparison: the Scorer's distances, then the baselines."""
+        return tuple(self.scorer.distances) + tuple(b for b in self.baselines if b not in self.scorer.distances)
+
+    def lower_better(self, name):
+        """Whether a lower score of `name` (a distance or a baseline) means more alike, from its rows' records."""
+        return next(r["lower_better"] for r in self.rows if r["distance"] == name)
 
 
 def summarise_unlabelled(config: EvalConfig, plan, finished: Finished):
@@ -177,15 +188,16 @@ def write_variant_report(outcome: Outcome, v, worst, shown):
     variant = config.variants[v]
     kind = variant[0] or "none"
     mine = [r for r in outcome.rows if (r["robustness"], r["pct"]) == (kind, variant[1] if variant[0] else 0)]
-    tables = {d: [r for r in mine if r["distance"] == d] for d in scorer.distances}
+    names = outcome.distances
+    tables = {d: [r for r in mine if r["distance"] == d] for d in names}
     images = {i for per in scores[(v, scorer.distances[0])].values() for i in per}
     about = (f"{scorer.backbone.name}, precision {scorer.precision} on {scorer.device.type}; {len(images)} images; "
              f"references in {_base_name(plan.sets[0].ref_root or plan.sets[0].root)}; "
              + (f"robustness {variant[0]} {variant[1]}; " if variant[0] else "")
              + f"run {outcome.stamp['run_id']}, {outcome.stamp['time']}")
     k = config.worst_shown
-    comparison = Comparison(tables, {d: scores[(v, d)] for d in scorer.distances},
-                            {d: DISTANCES[d].lower_better for d in scorer.distances}, scorer.distances[0],
+    comparison = Comparison(tables, {d: scores[(v, d)] for d in names},
+                            {d: outcome.lower_better(d) for d in names}, names[0],
                             {m: items[:k] for m, items in worst.items() if k}, about, shown)
     paths = write_report(report_folder(config.report, config.sweep, variant), comparison)
     return f"report: {paths[-1]} (with {', '.join(os.path.basename(p) for p in paths[:-1])})"
@@ -330,7 +342,7 @@ def worst_outputs(outcome: Outcome):
             if config.worst_maps and not failed:
                 failed += _attempt(remove_stale_maps, root)
             for image, ref, dis, score in worst_pairs(plan, s, scores[(v, primary)][ds.name], k,
-                                                      DISTANCES[primary].lower_better):
+                                                      outcome.lower_better(primary)):
                 r, d = pair_images(ds, ref, dis, config.resize, variant)
                 maps = scorer.maps(d, r)
                 if len(worst[ds.name]) < (config.worst_maps or 0) and not failed:

@@ -36,6 +36,7 @@ class EvalConfig:
     model_norm: bool = False
     layers: str | None = None
     resize: int | None = None
+    baselines: str | None = None  # --baselines psnr,ssim,…: more columns of a label-free comparison (baselines.py)
     # how it runs
     batch_size: int | None = None
     workers: int | None = None

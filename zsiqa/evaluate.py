@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zsiqa import comparison, distributed, plots, results, robustness
+from zsiqa.baselines import BASELINES, BaselineScorer, is_baseline, parse_baselines
 from zsiqa.config import EvalConfig, FileKey, Finished, Group, Scored
 from zsiqa.datasets import load_dataset, load_dirs
 from zsiqa.distances import DISTANCES, parse_distances
@@ -161,22 +162,57 @@ class RunFiles:
 def results_files(config: EvalConfig, plan):
     """The run's files (RunFiles), their names checked; distances checked against the backbone
     (without loading it)."""
-    names = parse_distances(config.distance, get_backbone(config.model))
+    names = metric_names(config)
     paths, specs = {}, []
     for s, dataset in enumerate(plan.sets):
         specs.append({})
         for v, variant in enumerate(config.variants):
             for d in names:  # label-free sets: the distance always in the name (n_distances 0)
-                path = results.results_path(config.savedir, dataset.name, config.model, d, variant, config.saveas,
-                                            len(names) if dataset.labelled else 0)
+                if d in BASELINES:  # <set>_<baseline>.csv (-m NAME -s X: <set>_X.csv)
+                    path = results.results_path(config.savedir, dataset.name, d, d, variant,
+                                                (config.saveas if d == config.model else None) or d, 1)
+                else:
+                    path = results.results_path(config.savedir, dataset.name, config.model, d, variant,
+                                                config.saveas, len(names) if dataset.labelled else 0)
                 paths[FileKey(s, v, d)] = path
-                specs[s][path] = (d, variant, not DISTANCES[d].lower_better)
+                specs[s][path] = (d, variant, higher_better(d))
     results.check_utf8(paths.values(), "results file", "choose another -sdir or -s")
     results.check_file_names(paths.values())
     check_output_names(config, plan, names, paths)
     layers = {key.layer_file(): results.layers_path(path) for key, path in paths.items()
-              if config.per_layer and DISTANCES[key.distance].per_layer}
+              if config.per_layer and key.distance in DISTANCES and DISTANCES[key.distance].per_layer}
     return RunFiles(paths, layers, specs)
+
+
+def metric_names(config: EvalConfig):
+    """What a run scores, in order: the backbone's distances (-d, checked against it without
+    loading it) or the baseline of -m, then the --baselines."""
+    own = (config.model,) if is_baseline(config.model) else parse_distances(config.distance,
+                                                                            get_backbone(config.model))
+    return own + tuple(b for b in parse_baselines(config.baselines) if b not in own)
+
+
+def higher_better(name):
+    """Whether a higher score means more alike, for a distance (never) or a baseline (psnr, ssim, ms_ssim)."""
+    return BASELINES[name].higher_better if name in BASELINES else not DISTANCES[name].lower_better
+
+
+def check_baselines(config: EvalConfig, plan):
+    """The baselines' flags, before any work: --baselines on a label-free run, -m NAME of a
+    baseline without the backbones' own flags (-d, --layers, --model-norm, --per-layer) and
+    without --report/--maps N (whose worst images need a backbone's maps)."""
+    extra = parse_baselines(config.baselines)
+    if extra and plan.labelled:
+        raise UserError("--baselines adds columns to a comparison without labels (-dat dirs, or a -dat csv list of "
+                        "ref,dis); on a labelled dataset score a baseline as its own method: -m psnr")
+    if not is_baseline(config.model):
+        return
+    used = [flag for flag, on in (("-d", config.distance != "wsd"), ("--layers", config.layers),
+                                  ("--model-norm", config.model_norm), ("--per-layer", config.per_layer),
+                                  ("--report", config.report), ("--maps N", config.worst_maps)) if on]
+    if used:
+        raise UserError(f"-m {config.model} is a classical baseline, not a backbone: {used[0]} does not apply "
+                        f"(a comparison report: -m BACKBONE --baselines {config.model})")
 
 
 def check_output_names(config: EvalConfig, plan, names, paths):
@@ -209,12 +245,19 @@ def check_per_layer(model, distance):
 @dataclass(frozen=True)
 class Run:
     """One run's parts, from planning to its summary: the settings, the ranks (distributed),
-    the Scorer, the Plan and its files."""
+    the Scorer (a BaselineScorer for -m psnr, …), the Plan and its files, and the --baselines'
+    BaselineScorer (else None)."""
     config: EvalConfig
     dist: object
     scorer: Scorer
     plan: Plan
     files: RunFiles
+    extra: BaselineScorer | None = None
+
+    @property
+    def scorers(self):
+        """Every scorer of the run, each its own pass over the pairs: the Scorer, then the --baselines'."""
+        return (self.scorer,) + ((self.extra,) if self.extra is not None else ())
 
 
 def prepare(run: Run):
@@ -225,9 +268,15 @@ def prepare(run: Run):
         ({path: record}, {path: (dis, ref) it holds}) for every results and per-layer file.
     """
     plan, scorer, files = run.plan, run.scorer, run.files
-    per_set = [results.make_records(dataset, scorer.settings, files.specs[s],
-                                    results.save_stamps(run.config.savedir, stamps))
-               for s, (dataset, stamps) in enumerate(zip(plan.sets, plan.stamps, strict=True))]
+    def settings(d):
+        return next((b.settings_of(d) for b in run.scorers if isinstance(b, BaselineScorer) and d in b.distances),
+                    None) or scorer.settings
+    per_set = []
+    for s, (dataset, stamps) in enumerate(zip(plan.sets, plan.stamps, strict=True)):
+        images = results.save_stamps(run.config.savedir, stamps)
+        per_set.append({})
+        for path, spec in files.specs[s].items():  # each file with its own metric's settings
+            per_set[-1].update(results.make_records(dataset, settings(spec[0]), {path: spec}, images))
     layers = {files.paths[key.results_file()]: (lpath, scorer.blocks) for key, lpath in files.layers.items()}
     sets = [(per_set[s], results.labels_of(dataset.pairs), plan.order(s), plan.stamps[s])
             for s, dataset in enumerate(plan.sets)]
@@ -236,7 +285,11 @@ def prepare(run: Run):
 
 
 def make_scorer(config: EvalConfig, device):
-    """The Scorer (compiled at once with --compile on; with auto once the jobs are known)."""
+    """The Scorer (compiled at once with --compile on; with auto once the jobs are known), or for
+    -m NAME of a baseline its BaselineScorer (LPIPS' weights from --weights, else looked for)."""
+    if is_baseline(config.model):
+        return BaselineScorer(metric_names(config), device, config.resize, workers=config.workers,
+                              weights=config.weights)
     return Scorer(config.model, config.distance, device=device, precision=config.precision, weights=config.weights,
                   batch_size=config.batch_size, workers=config.workers, resize=config.resize,
                   model_norm=config.model_norm, layers=config.layers, compile=config.compile == "on")
@@ -287,9 +340,10 @@ class Writers:
         self.rows = results.RowWriter({k: target(p) for k, p in files.items()}, columns,
                                       held={k: done[p] for k, p in files.items()})
 
-    def write(self, group, dis, ref, mos, scored):
-        """Write one ScoredPair of Group `group` into each of its files."""
-        for j, d in enumerate(self.scorer.distances):
+    def write(self, group, dis, ref, mos, scored, names=None):
+        """Write one ScoredPair of Group `group` into each of its files (`names`: its scores' names,
+        default the Scorer's distances)."""
+        for j, d in enumerate(names or self.scorer.distances):
             key = FileKey(*group, d)
             self.rows.write(key, dis, ref, mos, [scored.row[j]])
             if key.layer_file() in self.rows.paths:
@@ -325,21 +379,23 @@ def score(run: Run, done, todo):
         sys.stderr.write(f"warning: skipped {disk[job[1]][0]}: {message}\n")
     progress = None
     if not config.no_progress and dist.rank == 0:
-        progress = tqdm(total=len(todo), unit="pair", dynamic_ncols=True, desc=f"{plan.name} {config.model}",
-                        disable=None, file=sys.stderr)
+        progress = tqdm(total=len(todo) * len(run.scorers), unit="pair", dynamic_ncols=True,
+                        desc=f"{plan.name} {config.model}", disable=None, file=sys.stderr)
     count, started = 0, time.perf_counter()
     writer = Writers(dist, run.scorer, plan, run.files.all(), done)
     extra = {**({"on_error": skip} if config.skip_missing else {}), **({"per_layer": True} if run.files.layers else {})}
     try:
-        for item in run.scorer.score_files(disk, transforms, jobs=dist.shard(disk, todo), **extra):
-            scored = ScoredPair(*item)
-            v, i = scored.job
-            s, k = plan.index[i]
-            ref, dis, mos = plan.pairs[s][k]
-            writer.write(Group(s, v), dis, ref, mos, scored)
-            count += 1
-            if progress is not None:
-                progress.update(dist.world)
+        for n, scorer in enumerate(run.scorers):  # the --baselines: a pass of their own, after the backbone's
+            options = extra if n == 0 else {k: f for k, f in extra.items() if k == "on_error"}
+            for item in scorer.score_files(disk, transforms, jobs=dist.shard(disk, todo), **options):
+                scored = ScoredPair(*item)
+                v, i = scored.job
+                s, k = plan.index[i]
+                ref, dis, mos = plan.pairs[s][k]
+                writer.write(Group(s, v), dis, ref, mos, scored, scorer.distances)
+                count += n == 0  # pairs/s: the pairs scored, once
+                if progress is not None:
+                    progress.update(dist.world)
     finally:
         writer.close()
         if progress is not None:
@@ -427,10 +483,12 @@ def main(config: EvalConfig):
     """Check everything that can be checked before the model loads (arguments, results
     folder, labels, image headers, the lock), then score what the results files lack."""
     with distributed.session() as dist:
-        if config.per_layer:
+        if config.per_layer and not is_baseline(config.model):
             check_per_layer(config.model, config.distance)
+        parse_baselines(config.baselines)
         plan = dist.from_rank0(lambda: load_plan(config))
         dist.from_rank0(lambda: check_outputs(config, plan))
+        dist.from_rank0(lambda: check_baselines(config, plan))
         files = results_files(config, plan)
         locks = [results.lock_path(p) for p in files.paths.values()]
         report_lock_file = os.path.join(config.report, comparison.REPORT_LOCK) if config.report else None
@@ -440,7 +498,10 @@ def main(config: EvalConfig):
             report_lock = dist.from_rank0(lambda: comparison.lock_report(config.report), share=False)
             with lock or contextlib.nullcontext(), report_lock or contextlib.nullcontext():
                 scorer = make_scorer(config, dist.device(config.device))
-                run_scoring(Run(config, dist, scorer, plan, files))
+                extra = [b for b in parse_baselines(config.baselines) if b not in scorer.distances]
+                baselines = BaselineScorer(extra, dist.device(config.device), config.resize,
+                                           workers=config.workers) if extra else None
+                run_scoring(Run(config, dist, scorer, plan, files, baselines))
     return 0
 
 
@@ -464,7 +525,9 @@ def run_scoring(run: Run):
     rows, scores = comparison.summarise_unlabelled(config, plan, finished)
     written, failed = [], None  # every file before the first printed line (a reader may stop early)
     if config.report or config.worst_maps:
-        written, failed = comparison.worst_outputs(comparison.Outcome(config, run.scorer, plan, rows, scores, stamp))
+        outcome = comparison.Outcome(config, run.scorer, plan, rows, scores, stamp,
+                                     run.extra.distances if run.extra is not None else ())
+        written, failed = comparison.worst_outputs(outcome)
     comparison.report_unlabelled(timed(config.started, scored, rows), config.json, config.savedir)
     if not config.json:
         for line in written:
