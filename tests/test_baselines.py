@@ -90,10 +90,12 @@ def test_baselines_columns_in_the_comparison_ranked_in_their_own_direction(tiny,
         assert json.loads((res / f"{m}_ssim.json").read_text())["pred_higher_better"] is True
     assert frames["A"].pred.mean() > frames["B"].pred.mean()
     md = (report / "report.md").read_text()
-    for name in ("psnr", "ssim", "l2"):
-        assert f"## {name}" in md or f"# {name}" in md or f" {name}" in md
-    psnr_part = md[md.index("psnr"):]
-    assert psnr_part.index("A") < psnr_part.index("B")
+    for name, direction in (("psnr", "higher"), ("ssim", "higher"), ("l2", "lower")):
+        section = md[md.index(f"## {name} ("):]
+        section = section[:section.find("\n## ", 1) if "\n## " in section else None]
+        assert section.startswith(f"## {name} ({direction} = more alike")
+        rows = [line.split(" | ")[:2] for line in section.splitlines() if line.startswith(("| 1 ", "| 2 "))]
+        assert rows == [["| 1", "**A**"], ["| 2", "B"]], section  # best first (bold), in the metric's own direction
     scores = pd.read_csv(report / "scores.csv")
     assert {"psnr", "ssim", "l2"} <= set(scores.distance)
 
