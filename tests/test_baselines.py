@@ -3,6 +3,8 @@ command (-m psnr) and as --baselines columns of a label-free comparison, checked
 by hand and torchmetrics' functional forms; their directions in records, corr and rankings."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -13,7 +15,7 @@ from scipy import stats
 
 import minidata
 import run
-from conftest import fails_one_line, run_tiny
+from conftest import ROOT, fails_one_line, run_tiny
 from zsiqa.cli import main as cli_main
 
 tm_image = pytest.importorskip("torchmetrics.functional.image", reason="the baselines need torchmetrics")
@@ -184,3 +186,14 @@ def test_lpips_with_weights_present_equals_torchmetrics(tmp_path, monkeypatch):
                                                               reduction="none", normalize=True)
     np.testing.assert_allclose(frame.pred, want.numpy().reshape(-1), rtol=1e-5)
     assert (frame.pred > 0).all()
+
+
+def test_without_torchmetrics_a_baseline_is_one_line_naming_the_extra(tmp_path):
+    from test_missing_dependency import BLOCKED
+    gt, outs = minidata.make_dirs(str(tmp_path / "d"), levels=(("A", 1),), n=2)
+    res = tmp_path / "res"
+    proc = subprocess.run([sys.executable, "-c", BLOCKED, "torchmetrics", "eval", *_dirs(gt, outs), "-m", "psnr",
+                           "-sdir", str(res), "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "pip install zsiqa[torchmetrics]" in proc.stderr
+    assert not res.exists()

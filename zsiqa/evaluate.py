@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zsiqa import comparison, distributed, plots, results, robustness
-from zsiqa.baselines import BASELINES, BaselineScorer, is_baseline, parse_baselines
+from zsiqa.baselines import BASELINES, BaselineScorer, is_baseline, parse_baselines, require_torchmetrics
 from zsiqa.config import EvalConfig, FileKey, Finished, Group, Scored
 from zsiqa.datasets import load_dataset, load_dirs
 from zsiqa.distances import DISTANCES, parse_distances
@@ -485,7 +485,8 @@ def main(config: EvalConfig):
     with distributed.session() as dist:
         if config.per_layer and not is_baseline(config.model):
             check_per_layer(config.model, config.distance)
-        parse_baselines(config.baselines)
+        if parse_baselines(config.baselines) or is_baseline(config.model):
+            require_torchmetrics()  # the optional extra, asked for before any work
         plan = dist.from_rank0(lambda: load_plan(config))
         dist.from_rank0(lambda: check_outputs(config, plan))
         dist.from_rank0(lambda: check_baselines(config, plan))
