@@ -15,7 +15,7 @@ from scipy import stats
 
 import minidata
 import run
-from conftest import ROOT, fails_one_line, run_tiny
+from helpers import ROOT, fails_one_line, run_tiny
 from zsiqa.cli import main as cli_main
 
 tm_image = pytest.importorskip("torchmetrics.functional.image", reason="the baselines need torchmetrics")
