@@ -9,10 +9,12 @@ columns. Inputs are promoted to float32: half-precision features are compared in
 `DISTANCES` is the one table: adding a distance is one entry, and every backbone whose
 features it applies to takes it.
 """
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -112,18 +114,108 @@ def _finish(value):
     return torch.where(zero, 0, torch.where(zero, 1, squashed) ** 0.25)
 
 
+TILE_VALUES = 1 << 14  # values per side in one CPU tile (64 KiB in float32): a tile's temporaries stay in L2
+
+
+def tiled_on(*ts):
+    """The CPU path for these stacks: on the CPU, no gradient asked (ZSIQA_TILED=0: the eager
+    formulas). It computes skld, jsd and wsd tile of columns by tile, on one thread."""
+    return (os.environ.get("ZSIQA_TILED", "1") != "0" and all(t.device.type == "cpu" for t in ts)
+            and not any(t.requires_grad for t in ts))
+
+
+@contextlib.contextmanager
+def one_thread(on=True):
+    """Torch's intra-op threads set to 1 inside the block (restored after). The CPU distances
+    are many short memory-bound ops: split over threads, each op waits for the slowest, which on
+    a busy 2-core machine costs more than the op (a tiled pass went from 70 ms to 800 ms)."""
+    threads = torch.get_num_threads()
+    if not on or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def column_values(x, y, names, tile=TILE_VALUES):
+    """Per-column raw values of the distribution distances among `names`, the same formulas
+    as skld, jsd and wsd below, computed tile of columns by tile so that every intermediate
+    stays in cache (eagerly each of ~90 passes reads and writes the whole column tensor).
+
+    Args:
+        x, y: column tensors [N, 64, M] (to_columns, float32 or float64).
+        names: the distances wanted (others in it are ignored).
+        tile: values per side in one tile.
+
+    Returns:
+        {'sq': Σ_rows (x − y)² [N, M], and for each of 'skld', 'jsd', 'wsd' asked for its value
+        per column before the mean over columns (the L2 term added for skld and wsd)}.
+    """
+    n, rows, m = x.shape
+    want = [k for k in ("skld", "jsd", "wsd") if k in names]
+    raw = x.new_empty(4, n, m)  # Σ_rows of: (x − y)², (p − q)(log p − log q), the two jsd terms, |cdf gap|
+    width = max(8, tile // (rows * n))
+    u, v = (torch.softmax(x, dim=-1), torch.softmax(y, dim=-1)) if "wsd" in want else (None, None)
+    for c in range(0, m, width):  # tiles of columns (~30 ops each), never single columns
+        s = slice(c, c + width)
+        xb, yb = x[..., s], y[..., s]
+        torch.sum((xb - yb).pow_(2), 1, out=raw[0, :, s])
+        if "skld" in want or "jsd" in want:
+            _row_terms(xb, yb, want, raw[1, :, s], raw[2, :, s])
+        if u is not None:
+            torch.sum(u[..., s].cumsum(1).sub_(v[..., s].cumsum(1))[:, :-1].abs_(), 1, out=raw[3, :, s])
+    out = {"sq": raw[0]}
+    if "skld" in want:
+        kld = raw[1] / 2
+        out["skld"] = kld + raw[0] * _l2_weight(kld)
+    if "jsd" in want:
+        out["jsd"] = raw[2] / 2
+    if "wsd" in want:
+        out["wsd"] = raw[3] + raw[0] * _l2_weight(raw[3])
+    return out
+
+
+def _row_terms(xb, yb, want, kld_out, js_out):
+    """One tile's row-softmax terms: Σ_rows (p − q)(log p − log q) into kld_out and
+    Σ_rows p(log p − log m) + q(log q − log m) into js_out (the formulas of skld and jsd)."""
+    p, q = _softmax_rows(xb), _softmax_rows(yb)
+    log_p, log_q = p.log(), q.log()
+    if "skld" in want:
+        torch.sum((p - q).mul_(log_p - log_q), 1, out=kld_out)
+    if "jsd" in want:
+        log_m = (p + q).div_(2).add_(1e-17).log_()
+        torch.add(log_p.sub_(log_m).mul_(p).sum(1), log_q.sub_(log_m).mul_(q).sum(1), out=js_out)
+
+
 class Shared:
     """Intermediates that skld, jsd and wsd have in common (column layout, squared
-    difference, row softmaxes and their logs), computed once when several are asked for."""
+    difference, row softmaxes and their logs), computed once when several are asked for.
+    names: the distances that will be asked for (the CPU path computes those in one pass)."""
 
-    def __init__(self, f_dis, f_ref):
-        self.f_dis, self.f_ref = f_dis, f_ref
+    def __init__(self, f_dis, f_ref, names=()):
+        self.f_dis, self.f_ref, self.names = f_dis, f_ref, tuple(names)
+        self.tiled = tiled_on(f_dis, f_ref)
         self._cache = {}
 
     def get(self, name):
         if name not in self._cache:
             self._cache[name] = getattr(self, "_" + name)()
         return self._cache[name]
+
+    def column_value(self, name):
+        """A distribution distance's value per column [N, M] (the CPU path), computed with the
+        others of `names` in one tiled pass."""
+        values = self.get("columns")
+        if name not in values:  # asked for without being named: one more pass
+            values.update(column_values(*self.get("layout"), (name,)))
+        return values[name]
+
+    def _columns(self):
+        with one_thread():
+            return column_values(*self.get("layout"), self.names)
 
     def _layout(self):
         return tuple(to_columns(f) for f in _fp32(self.f_dis, self.f_ref))
@@ -140,7 +232,9 @@ class Shared:
 
 def skld(f_dis, f_ref, shared=None):
     """Symmetric KL between softmax-over-rows column distributions, plus a weighted L2 term."""
-    shared = shared or Shared(f_dis, f_ref)
+    shared = shared or Shared(f_dis, f_ref, ("skld",))
+    if shared.tiled:
+        return _finish(shared.column_value("skld"))
     _, _, sq = shared.get("cols")
     p, q, log_p, log_q = shared.get("rows")
     # p(log p − log q) + q(log q − log p) = (p − q)(log p − log q). The published code set
@@ -151,7 +245,9 @@ def skld(f_dis, f_ref, shared=None):
 
 def jsd(f_dis, f_ref, shared=None):
     """Jensen-Shannon divergence between softmax-over-rows column distributions (no L2 term)."""
-    shared = shared or Shared(f_dis, f_ref)
+    shared = shared or Shared(f_dis, f_ref, ("jsd",))
+    if shared.tiled:
+        return _finish(shared.column_value("jsd"))
     p, q, log_p, log_q = shared.get("rows")
     log_m = _op(_op(_op(p + q, "div", 2), "add", 1e-17), "log")
     value = (_op(log_p - log_m, "mul", p).sum(1) + _op(log_q - log_m, "mul", q).sum(1)) / 2
@@ -162,12 +258,23 @@ def wsd(f_dis, f_ref, shared=None):
     """1-D Wasserstein-1 per column on support 0…63 with softmax-over-columns weights (not
     re-normalised per column, as POT 0.9 wasserstein_1d saw them), plus a weighted L2 term.
     With a shared integer support, W = Σ_{x<63} |cdf_u(x) − cdf_v(x)| exactly."""
-    shared = shared or Shared(f_dis, f_ref)
+    shared = shared or Shared(f_dis, f_ref, ("wsd",))
+    if shared.tiled:
+        return _finish(shared.column_value("wsd"))
     x, y, sq = shared.get("cols")
     cu = torch.softmax(x, dim=-1).cumsum(1)
     cv = torch.softmax(y, dim=-1).cumsum(1)
     w = (cu - cv)[:, :-1].abs().sum(1)
     return _finish(w + sq * _l2_weight(w))
+
+
+def _sort_last(t):
+    """t sorted along its last axis. On the CPU without a gradient by numpy, whose SIMD sort is
+    some 30× faster than torch's there (the same values: a sort has one answer; ZSIQA_TILED=0:
+    torch's)."""
+    if tiled_on(t):
+        return torch.from_numpy(np.sort(t.numpy(), axis=-1))
+    return t.sort(-1).values
 
 
 def swd(f_dis, f_ref, seed=0):
@@ -178,8 +285,8 @@ def swd(f_dis, f_ref, seed=0):
     gen = torch.Generator().manual_seed(seed)
     dirs = F.normalize(torch.randn(layers, layers, generator=gen), dim=1)
     dirs = dirs.to(f_dis.device, f_dis.dtype, non_blocking=True)
-    proj_dis = torch.einsum("kl,nlp->nkp", dirs, f_dis.reshape(n, layers, -1)).sort(-1).values
-    proj_ref = torch.einsum("kl,nlp->nkp", dirs, f_ref.reshape(n, layers, -1)).sort(-1).values
+    proj_dis = _sort_last(torch.einsum("kl,nlp->nkp", dirs, f_dis.reshape(n, layers, -1)))
+    proj_ref = _sort_last(torch.einsum("kl,nlp->nkp", dirs, f_ref.reshape(n, layers, -1)))
     return (proj_dis - proj_ref).pow(2).mean(1).sum(-1)
 
 
@@ -265,12 +372,14 @@ def _fused(names, f_dis, f_ref, shared, cos_skip_nonfinite):
 
 def compute(names, f_dis, f_ref, swd_seed=0, cos_skip_nonfinite=False, fused=True):
     """Several distances of the same stacks → [N, len(names)], intermediates shared. On CUDA
-    the fused kernels of fused.py read each side once or twice instead of ~90 times
-    (fused=False: the eager formulas only, which have a backward)."""
-    shared = Shared(f_dis, f_ref)
+    the fused kernels of fused.py read each side once or twice instead of ~90 times; on the
+    CPU (no gradient) skld/jsd/wsd go tile by tile through the cache, one thread, and swd sorts
+    with numpy (fused=False: the eager formulas only on CUDA, which have a backward)."""
+    shared = Shared(f_dis, f_ref, names)
     fast = _fused(names, f_dis, f_ref, shared, cos_skip_nonfinite) if fused else {}
     options = {"shared": shared, "seed": swd_seed, "skip_nonfinite": cos_skip_nonfinite}
-    return torch.stack([fast[n] if n in fast else DISTANCES[n](f_dis, f_ref, **options) for n in names], dim=1)
+    with one_thread(shared.tiled):  # on the CPU (see one_thread)
+        return torch.stack([fast[n] if n in fast else DISTANCES[n](f_dis, f_ref, **options) for n in names], dim=1)
 
 
 def compute_layers(names, f_dis, f_ref, cos_skip_nonfinite=False):
