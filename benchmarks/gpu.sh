@@ -37,7 +37,7 @@ fi
 if [ $DRY = 1 ]; then   # tiny sizes on the CPU: every step runs, no figure means anything
     DEV=cpu; BF=fp32; BIG="--pairs 4 --refs 1 --size 224"; PIPAL="--pairs 6 --refs 2 --size 224"
     SMALL="--pairs 4 --refs 1 --size 224"
-    ITERS="--forward-iters 1 --batch-size 8"; LIMIT=(300 300 300 300 300); TESTDEV=cpu
+    ITERS="--forward-iters 1 --batch-size 8"; LIMIT=(120 60 120 150 120); TESTDEV=cpu
     TESTS=(tests/test_distances.py -k "batched_equals or golden_cases")
 else
     DEV=cuda; BF=bf16; BIG="--pairs 2000 --refs 20"; PIPAL="--pairs 23200 --refs 200"; SMALL="--pairs 4000 --refs 20"

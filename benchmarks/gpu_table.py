@@ -43,8 +43,9 @@ def row(r, what, target, kind):
     else:
         met = r["engine_pairs_per_s"] >= (4000 if "clip" in what else 2000)
         figure = "—"
-    return (f"| {what} | {r['pairs']:,} | {engine} | {bound} | {figure} | {r['first_call_s']} s | "
-            f"{r['peak_gpu_mem_gib']} GiB | {target}: {'met' if met else 'NOT met'} |")
+    peak = "—" if r["peak_gpu_mem_gib"] is None else f"{r['peak_gpu_mem_gib']} GiB"
+    return (f"| {what} | {r['pairs']:,} | {engine} | {bound} | {figure} | {r['first_call_s']} s | {peak} | "
+            f"{target}: {'met' if met else 'NOT met'} |")
 
 
 def main(folder, dry):
