@@ -14,7 +14,7 @@ from helpers import ROOT
 from zsiqa import metric_compare
 from zsiqa.stats import fit_logistic
 
-PUBLISHED = ROOT / "results" / "published"
+PUBLISHED = ROOT / "zsiqa" / "data" / "published"
 
 
 def _hand_bootstrap(xs, y, groups, n_boot, seed):
