@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from zsiqa import PerceptualLoss, Scorer
 from zsiqa.cli import FLAGS
 from zsiqa.errors import UserError
-from zsiqa.images import prepare
+from zsiqa.images import image_tensor
 
 
 def _pair(seed, shape=(1, 3, 224, 232), noise=0.2):
@@ -249,7 +249,7 @@ def test_messages_name_python_parameters(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="device 'mps'"):
         Scorer("dinov1", "l2", device="mps")
     with pytest.raises(UserError, match=r"got \[0.0, 1.0000004\]"):  # float32 1.0000003: its actual maximum
-        prepare(torch.tensor([0.0, 1.0000003]).repeat(3 * 224 * 112).view(3, 224, 224))
+        image_tensor(torch.tensor([0.0, 1.0000003]).repeat(3 * 224 * 112).view(3, 224, 224))
 
 
 @pytest.mark.parametrize("case, match", [("small", "under 224"), ("missing", "image not found"),

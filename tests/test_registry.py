@@ -19,7 +19,7 @@ def l1(f_dis, f_ref):
 
 @pytest.fixture
 def with_l1(monkeypatch):
-    entry = distances.Distance(l1, ("tokens", "maps"), "Σ_layers mean |difference|")
+    entry = distances.Distance(l1, ("tokens", "grids"), "Σ_layers mean |difference|")
     monkeypatch.setitem(distances.DISTANCES, "l1", entry)
 
 
@@ -48,5 +48,5 @@ def test_a_new_distance_is_one_entry(tiny, with_l1, tmp_path, capsys):
 def test_distance_directions_are_declared():
     assert all(isinstance(d.lower_better, bool) and d.applies_to for d in distances.DISTANCES.values())
     assert distances.applicable("embed") == ("cos",)
-    assert distances.applicable("maps") == ("l2", "cos")
+    assert distances.applicable("grids") == ("l2", "cos")
     assert distances.DISTANCES["l2"](torch.ones(1, 2, 3, 4), torch.zeros(1, 2, 3, 4)).item() == pytest.approx(2.0)

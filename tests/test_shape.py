@@ -12,10 +12,10 @@ MAX_LINES = 60
 PACKAGE = ROOT / "zsiqa"
 # each module's layer; a module imports only from its own layer or below
 LAYERS = [
-    ("errors", "options", "output", "windows", "images", "fused", "distances", "blocks"),     # protocol
+    ("errors", "options", "jsontext", "windows", "images", "fused", "distances", "blocks"),     # protocol
     ("torchscript", "keymaps", "weights", "families", "registry", "extractor", "models"),       # backbones
     ("core", "loading", "engine", "maps", "scorer", "loss", "metric", "torchmetric", "baselines"),  # scoring
-    ("robustness", "folders", "datasets", "results", "stats", "metric_compare", "plots", "report",
+    ("robustness", "pairing", "datasets", "results", "stats", "metric_compare", "plots", "report",
      "distributed", "config", "comparison", "bundled"),  # evaluation
     ("evaluate", "correlate", "benchmark", "cli", "__main__", "__init__"),                    # commands
 ]

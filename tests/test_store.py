@@ -52,7 +52,7 @@ def _prepare(store, toy, path, settings=SETTINGS, overwrite=False, notes=None):
     stamps = results.image_stamps(toy, toy.pairs)
     records = store.records(toy, settings, {path: ("l2", ("", 0), False)}, stamps)
     order = [(d, r) for r, d, _ in toy.pairs]
-    held = store.prepare([(records, results.labels_of(toy.pairs), order, stamps)], overwrite,
+    held = store.ready_files([(records, results.labels_of(toy.pairs), order, stamps)], overwrite,
                          warn=(notes if notes is not None else []).append)
     return held[path], records[path]
 

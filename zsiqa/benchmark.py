@@ -18,7 +18,7 @@ from zsiqa import results
 from zsiqa.distances import DISTANCES
 from zsiqa.errors import UserError, writing
 from zsiqa.images import header_size, load_image
-from zsiqa.output import to_json
+from zsiqa.jsontext import to_json
 from zsiqa.scorer import Scorer
 from zsiqa.windows import window_count, windows
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import zsiqa
 from zsiqa.errors import ImageNoteWarning, ScoreWarning, UserError, warn_line
-from zsiqa.folders import check_name
+from zsiqa.jsontext import to_json
 from zsiqa.options import MAX_RESIZE, MAX_WORKERS
-from zsiqa.output import to_json
+from zsiqa.pairing import check_name
 
 try:  # the flags' choices need Pillow and numpy: without one, every entry point says so in one line
     from PIL import Image
@@ -302,7 +302,7 @@ file, --json gives every detail."""
 
 METRIC = ("model", "distance", "weights", "device", "precision", "model_norm", "layers", "resize")
 COMMANDS = {
-    "score": Command(SCORE_DOC, ("ref", "dis", *METRIC, "maps", "json", "list_models"), "zsiqa.cli:score"),
+    "score": Command(SCORE_DOC, ("ref", "dis", *METRIC, "maps", "json", "list_models"), "zsiqa.cli:score_pair"),
     "eval": Command(EVAL_DOC, ("dataset", "root", "csv", "label_higher_better", "ref_dir", "dis_dir", "eval_model",
                                *METRIC[1:], "baselines",
                                "saveas", "savedir", "overwrite", "robustness", "pct", "kinds", "pcts", "batch_size",
@@ -512,7 +512,7 @@ def models(args):
     print(to_json(rows, indent=1) if args.json else format_model_table(rows, getattr(args, "wide", False)))
 
 
-def score(args):
+def score_pair(args):
     """`zsiqa score`: one pair, one line per distance (or JSON), and its maps with --maps."""
     if args.list_models:
         return models(args)
@@ -540,7 +540,7 @@ def score(args):
     else:
         sys.stdout.write("".join(f"{d}\t{v:.10g}\n" for d, v in values.items()))
     if args.maps:
-        written = plots.write_maps(scorer.maps(args.dis, args.ref), to_float(scorer.prepare(args.dis)), args.maps,
+        written = plots.write_maps(scorer.maps(args.dis, args.ref), to_float(scorer.image_tensor(args.dis)), args.maps,
                                    scorer.backbone.name, values)
         sys.stderr.write(f"wrote {len(written)} files to {args.maps}\n")
     bad = {d: 1 for d, v in values.items() if not math.isfinite(v)}

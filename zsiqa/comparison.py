@@ -23,8 +23,8 @@ from zsiqa.config import EvalConfig, Finished
 from zsiqa.distances import DISTANCES
 from zsiqa.errors import UserError, writing
 from zsiqa.images import open_image, pil_to_tensor, to_float
+from zsiqa.jsontext import to_json
 from zsiqa.maps import SPATIAL
-from zsiqa.output import to_json
 from zsiqa.report import REPORT_FILES, Comparison, Worst, format_table, ranked, shown, significance_mark, write_report
 from zsiqa.stats import compare_methods
 

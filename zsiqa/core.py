@@ -87,7 +87,7 @@ class MetricCore:
         self.resize = resize_option(resize)
         bool_option(model_norm, "model_norm")
         self.extractor = FeatureExtractor(self.backbone, weights, device, precision, model_norm)
-        self.layers = backbone_layers(layers, self.backbone, self.group_sizes)
+        self.block_index = backbone_layers(layers, self.backbone, self.group_sizes)
 
     @property
     def device(self) -> torch.device:
@@ -107,7 +107,8 @@ class MetricCore:
     @property
     def blocks(self) -> Tuple[int, ...]:
         """The 1-based numbers of the blocks compared (all of them by default)."""
-        return tuple(k + 1 for k in (self.layers if self.layers is not None else range(sum(self.group_sizes))))
+        index = self.block_index if self.block_index is not None else range(sum(self.group_sizes))
+        return tuple(k + 1 for k in index)
 
     @property
     def layer_distances(self) -> Tuple[str, ...]:
@@ -127,11 +128,11 @@ class MetricCore:
     # ---- features
     def encode(self, wins: torch.Tensor) -> Groups:
         """Windows [B, 3, 224, 224] float in [0, 1] → feature groups, no autograd record."""
-        return as_groups(self.extractor(wins.to(self.device, non_blocking=True)), self.layers, self.group_sizes)
+        return as_groups(self.extractor(wins.to(self.device, non_blocking=True)), self.block_index, self.group_sizes)
 
     def features(self, wins: torch.Tensor) -> Groups:
         """Windows → feature groups with autograd (the loss)."""
-        return as_groups(self.extractor.run(wins), self.layers, self.group_sizes)
+        return as_groups(self.extractor.run(wins), self.block_index, self.group_sizes)
 
     # ---- features → per-window scores
     def group_scores(self, f_dis: Groups, f_ref: Groups, fused: bool = True) -> torch.Tensor:

@@ -18,7 +18,7 @@ import numpy as np
 from zsiqa import bundled, metric_compare, plots, results
 from zsiqa.datasets import LAYOUTS
 from zsiqa.errors import UserError, check_readable
-from zsiqa.output import to_json
+from zsiqa.jsontext import to_json
 from zsiqa.stats import agreement_sign, block_correlations, correlations, correlations_by_reference
 
 # what corr tells a user whose record is broken (it has no --overwrite of its own)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from zsiqa.errors import UserError, check_readable
-from zsiqa.folders import pair_folders
+from zsiqa.pairing import pair_folders
 
 
 @dataclass
@@ -233,7 +233,7 @@ def load_csv(root, csv_file=None, higher_is_better=None, **_):
 
 def load_dirs(ref_dir, dis_dirs, skip_missing=False, warn=None, skip=()):
     """-dat dirs: one label-free Dataset per output folder (named after its method, paths
-    relative to it; references relative to `ref_dir`), paired by folders.pair_folders (`skip`:
+    relative to it; references relative to `ref_dir`), paired by pairing.pair_folders (`skip`:
     folders not walked)."""
     sets = pair_folders(ref_dir, dis_dirs, skip_missing, warn, skip)
     return [Dataset(s.name, os.path.abspath(s.folder), [(r, d, None) for r, d in s.pairs], labelled=False,

@@ -290,7 +290,8 @@ def swd(f_dis, f_ref, seed=0):
     return (proj_dis - proj_ref).pow(2).mean(1).sum(-1)
 
 
-FEATURE_KINDS = ("tokens", "maps", "embed")  # [N, L, T, D] stacks, conv maps [N, L, C, H, W], embeddings [N, 1, 1, E]
+# token stacks [N, L, T, D], conv feature grids [N, L, C, H, W], embeddings [N, 1, 1, E]
+FEATURE_KINDS = ("tokens", "grids", "embed")
 
 
 @dataclass(frozen=True)
@@ -338,7 +339,7 @@ class Distance:
 
 
 DISTANCES: Dict[str, Distance] = {
-    "l2": Distance(l2, ("tokens", "maps"), "Σ_layers mean squared difference", layers_fn=l2_layers,
+    "l2": Distance(l2, ("tokens", "grids"), "Σ_layers mean squared difference", layers_fn=l2_layers,
                    terms_fn=l2_terms),
     "cos": Distance(cos, FEATURE_KINDS, "Σ_layers mean (1 − cosine) over tokens", ("skip_nonfinite",),
                     layers_fn=cos_layers, terms_fn=cos_terms),
@@ -410,7 +411,7 @@ def parse_distances(distances: Union[str, Sequence[str]], backbone) -> Tuple[str
         if d not in DISTANCES:
             raise UserError(f"unknown distance '{d}'; known: {', '.join(DISTANCES)}")
         if d not in backbone.distances:
-            why = {"maps": " (conv feature maps: the published code defines only l2 and cos on them)",
+            why = {"grids": " (conv feature grids: the published code defines only l2 and cos on them)",
                    "embed": " (an embedding: only cos applies)"}.get(backbone.features, "")
             raise UserError(f"distance '{d}' does not apply to {backbone.name}; "
                             f"it takes: {', '.join(backbone.distances)}{why}")

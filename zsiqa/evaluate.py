@@ -26,8 +26,8 @@ from zsiqa.datasets import load_dataset, load_dirs
 from zsiqa.distances import DISTANCES, parse_distances
 from zsiqa.errors import UserError, warn_line
 from zsiqa.images import pair_problems
+from zsiqa.jsontext import to_json
 from zsiqa.models import get_backbone
-from zsiqa.output import to_json
 from zsiqa.scorer import Scorer
 from zsiqa.stats import correlations
 
@@ -260,9 +260,9 @@ class Run:
         return (self.scorer,) + ((self.extra,) if self.extra is not None else ())
 
 
-def prepare(run: Run):
+def open_results(run: Run):
     """The records of every set's results files (with the images' stamps, kept in the results
-    folder's store) and the files made ready for them (results.prepare).
+    folder's store) and the files made ready for them (results.ready_files).
 
     Returns:
         ({path: record}, {path: (dis, ref) it holds}) for every results and per-layer file.
@@ -280,7 +280,7 @@ def prepare(run: Run):
     layers = {files.paths[key.results_file()]: (lpath, scorer.blocks) for key, lpath in files.layers.items()}
     sets = [(per_set[s], results.labels_of(dataset.pairs), plan.order(s), plan.stamps[s])
             for s, dataset in enumerate(plan.sets)]
-    done = results.prepare(sets, run.config.overwrite, layers, warn=lambda line: sys.stderr.write(line + "\n"))
+    done = results.ready_files(sets, run.config.overwrite, layers, warn=lambda line: sys.stderr.write(line + "\n"))
     return {path: rec for recs in per_set for path, rec in recs.items()}, done
 
 
@@ -366,7 +366,7 @@ def todo_jobs(done, files, plan):
             if keys[i] not in complete[Group(s, v)]]
 
 
-def score(run: Run, done, todo):
+def score_pairs(run: Run, done, todo):
     """Score this rank's share of the jobs, appending rows to the results (torchrun: part)
     files as they finish. Returns what was done (Scored), summed over the ranks."""
     config, dist, plan = run.config, run.dist, run.plan
@@ -509,12 +509,12 @@ def main(config: EvalConfig):
 def run_scoring(run: Run):
     """Records, resume, scoring, then (rank 0) the finished, checked files and the summary."""
     config, plan = run.config, run.plan
-    records, done = run.dist.from_rank0(lambda: prepare(run))
+    records, done = run.dist.from_rank0(lambda: open_results(run))
     files = run.files.all()
     todo = todo_jobs(done, files, plan)
     if config.compile == "auto":
         run.scorer.compile_if_it_pays(len(todo))
-    scored = score(run, done, todo)
+    scored = score_pairs(run, done, todo)
     if run.dist.rank != 0:
         return
     stamp = {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -18,9 +18,6 @@ try:
 except ImportError:  # no Triton: distances.py stays on the eager path
     triton = None
 
-ROWS = 64
-EPS = 1e-10
-
 if triton is not None:
     @triton.jit
     def _l2_weight(d):

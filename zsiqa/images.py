@@ -178,7 +178,7 @@ def resize_tensor(x, size):
 
 # ---------------------------------------------------------------- what the API accepts
 
-def prepare(x, resize=None):
+def image_tensor(x, resize=None):
     """One image as the API takes it → [3, H, W], uint8 (8-bit sources, scaled later) or float
     in [0, 1], resized to N×N when `resize` is given.
 

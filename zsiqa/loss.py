@@ -75,9 +75,10 @@ class PerceptualLoss(FrozenBackbone):
         return self.core.resize
 
     @property
-    def layers(self) -> Optional[Tuple[int, ...]]:
-        """The 0-based blocks compared, or None for all."""
-        return self.core.layers
+    def block_index(self) -> Optional[Tuple[int, ...]]:
+        """The 0-based indices of the blocks compared (`blocks` are their 1-based numbers, as
+        `layers=` gives them), or None for all."""
+        return self.core.block_index
 
     @property
     def sizes(self) -> Tuple[int, ...]:

@@ -44,11 +44,11 @@ def conv_density(terms):
     return rows.sum(1)[..., None]
 
 
-def density(name, f_dis, f_ref, maps_kind, skip_nonfinite=False):
+def density(name, f_dis, f_ref, grids, skip_nonfinite=False):
     """The per-position density of a spatial distance on one feature group → [N, 224, 224]:
     its terms (distances.py, the formulas the score is the mean of) laid out in space."""
     terms = DISTANCES[name].terms(f_dis, f_ref, skip_nonfinite=skip_nonfinite)
-    if maps_kind:
+    if grids:
         dens = conv_density(terms)
     else:
         dens = token_density(terms.mean(-1) if terms.dim() == 4 else terms)  # l2: a token's mean over channels
@@ -57,24 +57,24 @@ def density(name, f_dis, f_ref, maps_kind, skip_nonfinite=False):
 
 def _batch_maps(core, fd, fr):
     """One batch of windows' features → {distance: [b, 224, 224]}."""
-    maps_kind = core.backbone.features == "maps"
+    grids = core.backbone.features == "grids"
     scores = core.window_scores(fd, lambda a, b: [f[a:b] for f in fr]).float()
     out = {}
     for j, d in enumerate(core.distances):
         if d in SPATIAL:
-            out[d] = sum(density(d, a, b, maps_kind, core.skip_nonfinite) for a, b in zip(fd, fr, strict=True))
+            out[d] = sum(density(d, a, b, grids, core.skip_nonfinite) for a, b in zip(fd, fr, strict=True))
         else:
             out[d] = scores[:, j, None, None].expand(-1, WINDOW, WINDOW)
     return out
 
 
-def _pair(prepare, resized, dis, ref):
-    """One pair as the Scorer reads it (`prepare`) → (ref, dis) float tensors [3, H, W] of the
+def _pair(image_tensor, resized, dis, ref):
+    """One pair as the Scorer reads it (`image_tensor`) → (ref, dis) float tensors [3, H, W] of the
     same size (a tensor [1, 3, H, W] is that one image; maps are made for one pair at a time)."""
     for x in (dis, ref):
         if torch.is_tensor(x) and x.dim() == 4 and x.shape[0] != 1:
             raise UserError(f"maps are made for one pair at a time: got a batch of {x.shape[0]} images")
-    ref, dis = (to_float(prepare(x[0] if torch.is_tensor(x) and x.dim() == 4 else x)) for x in (ref, dis))
+    ref, dis = (to_float(image_tensor(x[0] if torch.is_tensor(x) and x.dim() == 4 else x)) for x in (ref, dis))
     check_pair(ref.shape[:0:-1], dis.shape[:0:-1], "pair", resized=resized)
     return ref, dis
 
@@ -88,10 +88,10 @@ def window_batches(core, batch_size, ref, dis):
         yield s, {d: m.cpu() for d, m in _batch_maps(core, fd, fr).items()}
 
 
-def window_maps(core, batch_size, prepare, dis, ref):
-    """{distance: tensor [K, 224, 224]}: each window's map, rows-outer order (`prepare` reads
+def window_maps(core, batch_size, image_tensor, dis, ref):
+    """{distance: tensor [K, 224, 224]}: each window's map, rows-outer order (`image_tensor` reads
     an image as the Scorer does)."""
-    pair = _pair(prepare, bool(core.resize), dis, ref)
+    pair = _pair(image_tensor, bool(core.resize), dis, ref)
     parts = [m for _, m in window_batches(core, batch_size, *pair)]
     return {d: torch.cat([p[d] for p in parts]) for d in core.distances}
 
@@ -105,9 +105,9 @@ def _pixel_index(first, count, pr, pc, w):
     return rows[:, :, None] * w + cols[:, None, :]
 
 
-def image_maps(core, batch_size, prepare, dis, ref):
+def image_maps(core, batch_size, image_tensor, dis, ref):
     """{distance: float32 numpy [H, W]}: window maps placed and overlaps averaged."""
-    ref, dis = _pair(prepare, bool(core.resize), dis, ref)
+    ref, dis = _pair(image_tensor, bool(core.resize), dis, ref)
     h, w = dis.shape[-2:]
     pr, pc = window_positions(h), window_positions(w)
     canvas = {d: torch.zeros(h * w, dtype=torch.float64) for d in core.distances}

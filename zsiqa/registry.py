@@ -17,7 +17,7 @@ from zsiqa.weights import Weights, hf_cache, hub_weights, join_caches, openai_we
 
 @dataclass(frozen=True)
 class Backbone:
-    """One registry entry. `output`: 'layers' or 'embed'; `maps`: conv feature maps (only
+    """One registry entry. `output`: 'layers' or 'embed'; `grid`: conv feature grids (only
     l2 and cos exist for them); `cos_skip_nonfinite`: the published clip_rn50 quirk."""
     name: str
     arch: str
@@ -27,7 +27,7 @@ class Backbone:
     cuda_published: str           # dtype of the published GPU runs: 'fp16' or 'fp32'
     shape: str                    # compared features per 224-px window, for the listing
     published: bool = True
-    maps: bool = False
+    grid: bool = False
     cos_skip_nonfinite: bool = False
     norm: tuple = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # --model-norm mean/std
     expect: dict = field(default_factory=dict)   # key → shape checks on the weights file
@@ -39,14 +39,14 @@ class Backbone:
 
     @property
     def features(self):
-        """'embed', 'maps' (conv feature maps) or 'tokens' (token stacks): distances.FEATURE_KINDS."""
-        return "embed" if self.output == "embed" else "maps" if self.maps else "tokens"
+        """'embed', 'grids' (conv feature grids [N, L, C, H, W]) or 'tokens' (token stacks): distances.FEATURE_KINDS."""
+        return "embed" if self.output == "embed" else "grids" if self.grid else "tokens"
 
 
 def with_embed(layers, shape):
     """A 'layers' entry and its `embed_` twin: same model and weights, the compared output is
     the model's embedding of `shape` (only cos applies to it)."""
-    return layers, replace(layers, name="embed_" + layers.name, output="embed", shape=shape, maps=False,
+    return layers, replace(layers, name="embed_" + layers.name, output="embed", shape=shape, grid=False,
                            cos_skip_nonfinite=False)
 
 
@@ -105,7 +105,7 @@ BACKBONES: Dict[str, Backbone] = {b.name: b for b in [
                 shape="1x197x768"),
     # the published code's other backbones
     *with_embed(Backbone(name="clip_rn50", arch="OpenAI CLIP RN50", family=CLIP_RN50, weights=WEIGHTS_CLIP_RN50,
-                         output="layers", cuda_published="fp16", shape=RN50_MAPS, maps=True,
+                         output="layers", cuda_published="fp16", shape=RN50_MAPS, grid=True,
                          cos_skip_nonfinite=True, expect=KEYS_CLIP_RN50), shape="1x1x1024"),
     *with_embed(Backbone(name="openclip_vitb32_laion", arch="OpenCLIP ViT-B-32 LAION-2B", family=OPENCLIP_VIT_B32,
                          weights=WEIGHTS_OPENCLIP_B32, output="layers", cuda_published="fp32", shape="12x50x768",
@@ -115,11 +115,11 @@ BACKBONES: Dict[str, Backbone] = {b.name: b for b in [
                          cuda_published="fp32", shape="12x50x768", expect=KEYS_CLIP_VIT_B32), shape="1x1x512"),
     *with_embed(Backbone(name="openclip_convnext_base", arch="OpenCLIP ConvNeXt-Base(w) LAION-2B",
                          family=OPENCLIP_CONVNEXT, weights=WEIGHTS_OPENCLIP_CONVNEXT, output="layers",
-                         cuda_published="fp32", shape=CONVNEXT_MAPS, maps=True, expect=KEYS_OPENCLIP_CONVNEXT),
+                         cuda_published="fp32", shape=CONVNEXT_MAPS, grid=True, expect=KEYS_OPENCLIP_CONVNEXT),
                 shape="1x1x640"),
     *with_embed(Backbone(name="openclip_convnext_laion_tecoa4", arch="OpenCLIP ConvNeXt-Base(w), TeCoA4 robust",
                          family=OPENCLIP_CONVNEXT, weights=WEIGHTS_OPENCLIP_CONVNEXT_TECOA4, output="layers",
-                         cuda_published="fp32", shape=CONVNEXT_MAPS, maps=True, expect=KEYS_OPENCLIP_CONVNEXT),
+                         cuda_published="fp32", shape=CONVNEXT_MAPS, grid=True, expect=KEYS_OPENCLIP_CONVNEXT),
                 shape="1x1x640"),
     *with_embed(Backbone(name="dinov2", arch="DINOv2 ViT-B/14", family=DINOV2_VIT_B14, weights=WEIGHTS_DINOV2_B14,
                          output="layers", cuda_published="fp32", shape="12x257x768", norm=IMAGENET_NORM),

@@ -23,7 +23,7 @@ This module is the store's entry point: it re-exports the public names of the mo
 zsiqa/store/, each with one job (imports run one way, top to bottom):
 
     summaries  summary.csv / summary_unlabelled.csv rows, under the summary's lock
-    resume     check_resumable, prepare (before a run), collect and finish (after it)
+    resume     check_resumable, ready_files (before a run), collect and finish (after it)
     rows       the row layout (Columns), the rows a file holds (read_done), RowWriter
     tables     reading results files for correlations (read_table, read_frame, number_frame)
     records    X.json records (make_records, read_record) and the images' stamps
@@ -72,7 +72,7 @@ from zsiqa.store.records import (
     save_stamps,
     stamp,
 )
-from zsiqa.store.resume import check_resumable, collect, finish, prepare, remove_layers
+from zsiqa.store.resume import check_resumable, collect, finish, ready_files, remove_layers
 from zsiqa.store.rows import PRED, Columns, RowWriter, done_keys, read_done
 from zsiqa.store.summaries import SUMMARY_FIELDS, SUMMARY_WAIT_S, UNLABELLED_FIELDS, UNLABELLED_KEY, append_summary
 from zsiqa.store.tables import HEADER, UNLABELLED_HEADER, drop_nonfinite, number_frame, parsed, read_frame, read_table
@@ -89,7 +89,7 @@ __all__ = [
     "ADDED_LATER", "COMPARED", "RECORD_TYPES", "STAMPS", "changed_pairs", "first_difference", "image_stamps",
     "labels_digest", "labels_of", "make_records", "read_record", "save_stamps", "stamp",
     # resume
-    "check_resumable", "collect", "finish", "prepare", "remove_layers",
+    "check_resumable", "collect", "finish", "ready_files", "remove_layers",
     # rows
     "PRED", "Columns", "RowWriter", "done_keys", "read_done",
     # summaries
@@ -110,7 +110,7 @@ class Store:
         store.check(paths.values(), per_layer)            # before any work: nothing is written
         with store.lock(paths.values()):                    # one run at a time on each file
             records = store.records(dataset, settings, files, stamps)
-            held = store.prepare([(records, labels, order, stamps)], overwrite, layers, warn)
+            held = store.ready_files([(records, labels, order, stamps)], overwrite, layers, warn)
             writer = store.writer(paths, columns, held)     # rows appended as they are scored
             ...; writer.close()
             rows = store.finish(path, labels, order)        # each file merged, ordered, relabelled
@@ -162,17 +162,17 @@ class Store:
         `stamps` (`image_stamps`) kept in the folder's store (`save_stamps`) and named in them.
 
         Returns:
-            {path: record}, for `prepare`."""
+            {path: record}, for `ready_files`."""
         return make_records(dataset, settings, files, save_stamps(self.folder, stamps))
 
-    def prepare(self, sets, overwrite=False, layers=None, warn=None):
+    def ready_files(self, sets, overwrite=False, layers=None, warn=None):
         """Every results file made ready for this run: checked resumable, its complete rows
         kept and relabelled, rows of changed images dropped, this run's record written
-        (`prepare`, which documents the arguments).
+        (`ready_files`, which documents the arguments).
 
         Returns:
             {path: set of (dis, ref) it holds}: the `held` of `writer`."""
-        return prepare(sets, overwrite, layers, warn)
+        return ready_files(sets, overwrite, layers, warn)
 
     def writer(self, paths, columns=PRED, held=None):
         """A `RowWriter` appending this run's rows to `paths` {key: path} (`columns`: their

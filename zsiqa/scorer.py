@@ -23,7 +23,7 @@ import torch
 from zsiqa import engine, maps
 from zsiqa.core import PRECISION_OF, DistanceSpec, FrozenBackbone, MetricCore, grey_to_rgb, range_option, to_unit_range
 from zsiqa.errors import ScoreWarning, UserError
-from zsiqa.images import as_list, prepare
+from zsiqa.images import as_list, image_tensor
 from zsiqa.loading import Chunk, load_chunks
 from zsiqa.models import Backbone, FeatureExtractor
 from zsiqa.options import MAX_WORKERS, bool_option, int_option, is_integer
@@ -120,9 +120,10 @@ class Scorer(FrozenBackbone):
         return self.core.device
 
     @property
-    def layers(self) -> Optional[Tuple[int, ...]]:
-        """The 0-based blocks compared, or None for all."""
-        return self.core.layers
+    def block_index(self) -> Optional[Tuple[int, ...]]:
+        """The 0-based indices of the blocks compared (`blocks` are their 1-based numbers, as --layers
+        and `layers=` give them), or None for all."""
+        return self.core.block_index
 
     @property
     def resize(self) -> Optional[int]:
@@ -187,7 +188,7 @@ class Scorer(FrozenBackbone):
         settings = {"model": self.backbone.name, "precision": self.precision, "device": self.device.type,
                     "model_norm": self.model_norm, "resize": self.resize, "swd_seed": self.swd_seed,
                     "weights": self.weights_id}
-        if self.layers is not None:
+        if self.block_index is not None:
             settings["layers"] = ",".join(str(b) for b in self.blocks)
         return settings
 
@@ -241,7 +242,7 @@ class Scorer(FrozenBackbone):
         groups: Dict[Any, List[int]] = collections.OrderedDict()
         for i, k in enumerate(keys):
             groups.setdefault(k, []).append(i)
-        chunks = (Chunk(k, self.prepare(refs[idx[0]]), [self.prepare(dises[i]) for i in idx], idx)
+        chunks = (Chunk(k, self.image_tensor(refs[idx[0]]), [self.image_tensor(dises[i]) for i in idx], idx)
                   for k, idx in groups.items())
         names = self.layer_distances if per_layer else self.distances
         shape = (len(refs), len(names)) + ((len(self.blocks),) if per_layer else ())
@@ -272,14 +273,14 @@ class Scorer(FrozenBackbone):
                     "--precision fp32 (precision='fp32' in the API)")
         return f"{which}: the backbone's features are not finite even in float32 (weights or images of extreme scale?)"
 
-    def prepare(self, x: Image) -> torch.Tensor:
+    def image_tensor(self, x: Image) -> torch.Tensor:
         """One image as this scorer reads it → [3, H, W]: a one-channel tensor as grey (replicated
-        to RGB), a float tensor mapped from `input_range`, then `images.prepare` with its resize."""
+        to RGB), a float tensor mapped from `input_range`, then `images.image_tensor` with its resize."""
         if torch.is_tensor(x) and x.dim() == 3 and x.layout == torch.strided and x.device.type != "meta":
-            x = grey_to_rgb(x, 0).contiguous()  # the message of anything else is images.prepare's
+            x = grey_to_rgb(x, 0).contiguous()  # the message of anything else is images.image_tensor's
             if x.is_floating_point():
                 x = to_unit_range(x, *self.input_range)
-        return prepare(x, self.resize)
+        return image_tensor(x, self.resize)
 
     def maps(self, dis: Image, ref: Image) -> Dict[str, np.ndarray]:
         """Where a pair differs: per distance a map at the image's size (see maps.py).
@@ -291,12 +292,12 @@ class Scorer(FrozenBackbone):
             {distance: float32 numpy array [H, W]}: l2/cos per patch token (or conv map
             position), other distances per window; overlapping windows averaged.
         """
-        return maps.image_maps(self.core, self.batch_size, self.prepare, dis, ref)
+        return maps.image_maps(self.core, self.batch_size, self.image_tensor, dis, ref)
 
     def window_maps(self, dis: Image, ref: Image) -> Scores:
         """Each window's 224×224 map: {distance: tensor [K, 224, 224]}, rows-outer window
         order; a window's mean is its score as the engine computes it (see maps.py)."""
-        return maps.window_maps(self.core, self.batch_size, self.prepare, dis, ref)
+        return maps.window_maps(self.core, self.batch_size, self.image_tensor, dis, ref)
 
     def score_files(self, pairs: Sequence[Tuple[Any, Any]], variants: Optional[Sequence[Optional[Callable]]] = None,
                     jobs: Optional[Iterable[Tuple[int, int]]] = None, on_error: Optional[Callable] = None,

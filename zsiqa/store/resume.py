@@ -1,5 +1,5 @@
 """Resuming results files: before a run, every file is checked to be made with the run's
-settings (`check_resumable`) and made ready (`prepare`: complete rows kept and relabelled, rows
+settings (`check_resumable`) and made ready (`ready_files`: complete rows kept and relabelled, rows
 of images changed since dropped, this run's record written); after it, a file's rows and its
 torchrun part files are merged and rewritten in dataset order (`finish`, `collect`).
 """
@@ -56,7 +56,7 @@ def remove_layers(path):
             os.remove(p)
 
 
-def prepare(sets, overwrite=False, layers=None, warn=None):
+def ready_files(sets, overwrite=False, layers=None, warn=None):
     """Make a run's results files ready: every file of every set is checked before any is touched.
 
     Args:
@@ -82,14 +82,14 @@ def prepare(sets, overwrite=False, layers=None, warn=None):
     done, notes = {}, _Notes(set(), [], [])
     for records, labels, order, stamps in sets:
         for path, record in records.items():
-            done.update(_prepare_one(path, record, (labels, order, stamps), overwrite, layers.get(path), notes))
+            done.update(_ready_one(path, record, (labels, order, stamps), overwrite, layers.get(path), notes))
     notes.say(warn)
     return done
 
 
 @dataclass
 class _Notes:
-    """What `prepare` found about the images behind the rows it kept, said once at the end."""
+    """What `ready_files` found about the images behind the rows it kept, said once at the end."""
     changed: set
     lost: list
     unstamped: list
@@ -110,7 +110,7 @@ class _Notes:
                  "(pass --overwrite if the images changed since)")
 
 
-def _prepare_one(path, record, dataset, overwrite, layer, notes):
+def _ready_one(path, record, dataset, overwrite, layer, notes):
     """Keep a file's complete rows, relabelled, less those of changed images (also from its
     per-layer file), then write this run's record (overwrite: discard the file first).
     dataset: (labels, order, stamps); layer: (per-layer path, blocks) when this run writes one.

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from zsiqa import folders as pairing
+from zsiqa import pairing
 from zsiqa import stats as zstats
 from zsiqa.errors import UserError
 
