@@ -15,7 +15,7 @@ from zsiqa.images import pair_problems
 
 def _usable(dataset):
     """Every pair's two images found on disk and usable, as the evaluation's up-front check
-    (evaluate.check_images → images.pair_problems) reads them from the dataset's paths."""
+    (planning.check_images → images.pair_problems) reads them from the dataset's paths."""
     pairs = [(dataset.ref_path(r), dataset.dis_path(d)) for r, d, _ in dataset.pairs]
     return all(why is None for why, _ in pair_problems(pairs))
 

@@ -5,7 +5,7 @@ bar chart and printed table, and with --maps N / --report DIR each method's wors
 spatial maps as files and the report (report.write_report) per robustness variant.
 
 Every name these write is known before any work (`output_paths`, `report_paths`): the eval
-command checks them before the model loads. `plan` below is the eval command's evaluate.Plan.
+command checks them before the model loads. `plan` below is the eval command's planning.Plan.
 """
 import collections
 import contextlib
