@@ -55,8 +55,9 @@ def density(name, f_dis, f_ref, grids, skip_nonfinite=False):
     return F.interpolate(dens[:, None], size=(WINDOW, WINDOW), mode="nearest")[:, 0]
 
 
-def _batch_maps(core, fd, fr):
-    """One batch of windows' features → {distance: [b, 224, 224]}."""
+def _batch_maps(core, fd, fr, extra=()):
+    """One batch of windows' features → {distance: [b, 224, 224]}, for the core's distances and
+    the spatial distances `extra` (a per-position map beside per-window ones)."""
     grids = core.backbone.features == "grids"
     scores = core.window_scores(fd, lambda a, b: [f[a:b] for f in fr]).float()
     out = {}
@@ -65,6 +66,9 @@ def _batch_maps(core, fd, fr):
             out[d] = sum(density(d, a, b, grids, core.skip_nonfinite) for a, b in zip(fd, fr, strict=True))
         else:
             out[d] = scores[:, j, None, None].expand(-1, WINDOW, WINDOW)
+    for d in extra:
+        if d not in out:
+            out[d] = sum(density(d, a, b, grids, core.skip_nonfinite) for a, b in zip(fd, fr, strict=True))
     return out
 
 
@@ -79,13 +83,13 @@ def _pair(image_tensor, resized, dis, ref):
     return ref, dis
 
 
-def window_batches(core, batch_size, ref, dis):
+def window_batches(core, batch_size, ref, dis, extra=()):
     """Yield (first window index, {distance: [b, 224, 224]}) per batch of windows of a
-    prepared pair (float tensors [3, H, W])."""
+    prepared pair (float tensors [3, H, W]); `extra` spatial distances beside the core's."""
     wr, wd = windows(ref), windows(dis)
     for s in range(0, wr.shape[0], batch_size):
         fr, fd = core.encode(wr[s:s + batch_size]), core.encode(wd[s:s + batch_size])
-        yield s, {d: m.cpu() for d, m in _batch_maps(core, fd, fr).items()}
+        yield s, {d: m.cpu() for d, m in _batch_maps(core, fd, fr, extra).items()}
 
 
 def window_maps(core, batch_size, image_tensor, dis, ref):
@@ -105,16 +109,18 @@ def _pixel_index(first, count, pr, pc, w):
     return rows[:, :, None] * w + cols[:, None, :]
 
 
-def image_maps(core, batch_size, image_tensor, dis, ref):
-    """{distance: float32 numpy [H, W]}: window maps placed and overlaps averaged."""
+def image_maps(core, batch_size, image_tensor, dis, ref, extra=()):
+    """{distance: float32 numpy [H, W]}: window maps placed and overlaps averaged, for the core's
+    distances and the spatial ones in `extra` (e.g. l2's per-position map for a wsd run)."""
     ref, dis = _pair(image_tensor, bool(core.resize), dis, ref)
     h, w = dis.shape[-2:]
     pr, pc = window_positions(h), window_positions(w)
-    canvas = {d: torch.zeros(h * w, dtype=torch.float64) for d in core.distances}
+    names = tuple(dict.fromkeys((*core.distances, *extra)))
+    canvas = {d: torch.zeros(h * w, dtype=torch.float64) for d in names}
     count = torch.zeros(h * w, dtype=torch.float64)
-    for s, batch in window_batches(core, batch_size, ref, dis):
+    for s, batch in window_batches(core, batch_size, ref, dis, extra):
         idx = _pixel_index(s, next(iter(batch.values())).shape[0], pr, pc, w).flatten()
         count.index_add_(0, idx, torch.ones(idx.shape, dtype=torch.float64))
         for d, m in batch.items():
             canvas[d].index_add_(0, idx, m.flatten().double())
-    return {d: (canvas[d] / count).view(h, w).float().numpy() for d in core.distances}
+    return {d: (canvas[d] / count).view(h, w).float().numpy() for d in names}
