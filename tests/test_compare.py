@@ -72,7 +72,8 @@ def _md_rows(text):
 
 def _tex_rows(text):
     body = text.split(r"\midrule")[1].split(r"\bottomrule")[0]
-    return {re.sub(r"\\textbf\{|\$\^\\dagger\$|\}", "", r.split(" & ")[1]): r for r in body.strip().splitlines()}
+    return {re.sub(r"\\textbf\{|\$\^\\dagger\$|\}", "", r.split(" & ")[0].strip()): r  # the name: the first column
+            for r in body.strip().splitlines()}
 
 
 # ---------------------------------------------------------------- score dicts

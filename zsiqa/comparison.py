@@ -24,8 +24,18 @@ from zsiqa.distances import DISTANCES
 from zsiqa.errors import UserError, writing
 from zsiqa.images import open_image, pil_to_tensor, to_float
 from zsiqa.jsontext import to_json
-from zsiqa.maps import SPATIAL
-from zsiqa.report import REPORT_FILES, Comparison, Worst, format_table, ranked, shown, significance_mark, write_report
+from zsiqa.maps import SPATIAL, image_maps
+from zsiqa.report import (
+    REPORT_FILES,
+    Comparison,
+    GridRow,
+    Shot,
+    format_table,
+    ranked,
+    shown,
+    significance_mark,
+    write_report,
+)
 from zsiqa.stats import compare_methods
 
 REPORT_LOCK = ".zsiqa-report.lock"  # inside --report DIR: one run writes a report folder at a time
@@ -180,10 +190,26 @@ def _base_name(folder):
     return os.path.basename(os.path.normpath(os.path.abspath(folder))) or "/"
 
 
-def write_variant_report(outcome: Outcome, v, worst, shown):
+def _precision_words(scorer):
+    """The run's precision in words: 'the published precision (float32)', or 'float16 (asked)'."""
+    dtype = str(getattr(scorer.extractor, "compute_dtype", "")).removeprefix("torch.") or scorer.precision
+    return f"the published precision ({dtype})" if scorer.precision == "published" else f"{dtype} (asked)"
+
+
+def about_line(scorer, images, references, variant, stamp):
+    """The report's line about the run, in words: the backbone, precision and device, the images,
+    the reference folder's own name, the robustness variant, the run's id and time."""
+    device = {"cpu": "the CPU", "cuda": "the GPU", "mps": "the Apple GPU"}.get(scorer.device.type, scorer.device.type)
+    arch = getattr(scorer.backbone, "arch", "") or scorer.backbone.name
+    return (f"{arch} ({scorer.backbone.name}), {_precision_words(scorer)} on {device}; {images} images; "
+            f"references: {references}; " + (f"robustness: {variant[0]} {variant[1]}; " if variant[0] else "")
+            + f"run {stamp['run_id']} at {stamp['time']}")
+
+
+def write_variant_report(outcome: Outcome, v, grid, shown):
     """Write the report of robustness variant v (the clean run: --report DIR itself, or
-    DIR/clean beside DIR/<kind>-<pct> in a sweep), with each method's worst images {method:
-    [Worst]} and `shown` the distance of their maps; returns a line naming its files."""
+    DIR/clean beside DIR/<kind>-<pct> in a sweep), with the worst-images grid [GridRow] and
+    `shown` the distance of their maps; returns a line naming its files."""
     config, scorer, plan, scores = outcome.config, outcome.scorer, outcome.plan, outcome.scores
     variant = config.variants[v]
     kind = variant[0] or "none"
@@ -191,14 +217,11 @@ def write_variant_report(outcome: Outcome, v, worst, shown):
     names = outcome.distances
     tables = {d: [r for r in mine if r["distance"] == d] for d in names}
     images = {i for per in scores[(v, scorer.distances[0])].values() for i in per}
-    about = (f"{scorer.backbone.name}, precision {scorer.precision} on {scorer.device.type}; {len(images)} images; "
-             f"references in {_base_name(plan.sets[0].ref_root or plan.sets[0].root)}; "
-             + (f"robustness {variant[0]} {variant[1]}; " if variant[0] else "")
-             + f"run {outcome.stamp['run_id']}, {outcome.stamp['time']}")
-    k = config.worst_shown
+    about = about_line(scorer, len(images), _base_name(plan.sets[0].ref_root or plan.sets[0].root), variant,
+                       outcome.stamp)
     comparison = Comparison(tables, {d: scores[(v, d)] for d in names},
                             {d: outcome.lower_better(d) for d in names}, names[0],
-                            {m: items[:k] for m, items in worst.items() if k}, about, shown)
+                            grid, about, shown, tuple(ds.name for ds in plan.sets))
     paths = write_report(report_folder(config.report, config.sweep, variant), comparison)
     return f"report: {paths[-1]} (with {', '.join(os.path.basename(p) for p in paths[:-1])})"
 
@@ -322,37 +345,95 @@ def maps_root(savedir, name, set_name, variant):
     return os.path.join(savedir, f"{set_name}_{name}{tag}_maps")
 
 
+def map_distance(distances, backbone):
+    """The distance of the report's maps: the run's first spatial one (l2, cos: a value per
+    position), else l2 or cos where the backbone takes it (skld/jsd/wsd/swd are one value per
+    224-px window: their map is flat squares), else the first distance."""
+    return next((d for d in distances if d in SPATIAL),
+                next((d for d in ("l2", "cos") if d in backbone.distances), distances[0]))
+
+
+def pair_index(plan, s):
+    """{image: (ref, dis)} of set s (`Plan.image_key`)."""
+    key = plan.image_key(s)
+    return {key(dis, ref): (ref, dis) for ref, dis, _ in plan.pairs[s]}
+
+
+def grid_images(picks, k):
+    """The worst-images grid's images: each set's first k worst (`picks` {s: [(image, …)]}) taken
+    in turn (every set's worst, then every set's second worst…), each image once; {image: [sets]}
+    the sets among whose worst it is, in order."""
+    out = {}
+    for j in range(k):
+        for s, items in picks.items():
+            if j < len(items):
+                out.setdefault(items[j][0], []).append(s)
+    return out
+
+
 def worst_outputs(outcome: Outcome):
     """--maps N and --report DIR: each method's worst pairs by the first distance, with their
-    maps (Scorer.maps), written as map files and as one report per robustness variant.
-    Returns (a line per report written, for the caller to print; the UserError of the first map
-    that could not be written, or None: the maps stop there, the reports are still written)."""
+    maps (maps.image_maps, with a spatial map for the report: `map_distance`), written as map
+    files and as one report per robustness variant, whose grid shows every method on each of
+    the methods' worst images. Returns (a line per report written, for the caller to print; the
+    UserError of the first map that could not be written, or None: the maps stop there, the
+    reports are still written)."""
     config, scorer, plan, scores = outcome.config, outcome.scorer, outcome.plan, outcome.scores
     primary = scorer.distances[0]
-    shown = next((d for d in scorer.distances if d in SPATIAL), primary)  # a map that varies within a window
+    shown = map_distance(scorer.distances, scorer.backbone)
     k = max(config.worst_shown if config.report else 0, config.worst_maps or 0)
     written, failed = [], []
     folders = [map_folders(plan, s) if config.worst_maps else {} for s in range(len(plan.sets))]
     if config.report:
         remove_stale_reports(config.report, config.sweep, config.variants)
     for v, variant in enumerate(config.variants):
-        worst = {}
+        shots, refs = {}, {}
+        picks = {s: worst_pairs(plan, s, scores[(v, primary)][ds.name], k, outcome.lower_better(primary))
+                 for s, ds in enumerate(plan.sets)}
         for s, ds in enumerate(plan.sets):
-            worst[ds.name], root = [], maps_root(config.savedir, config.name, ds.name, variant)
+            root = maps_root(config.savedir, config.name, ds.name, variant)
             if config.worst_maps and not failed:
                 failed += _attempt(remove_stale_maps, root)
-            for image, ref, dis, score in worst_pairs(plan, s, scores[(v, primary)][ds.name], k,
-                                                      outcome.lower_better(primary)):
+            for image, ref, dis, score in picks[s][:config.worst_maps or 0]:
+                if failed:
+                    break
                 r, d = pair_images(ds, ref, dis, config.resize, variant)
-                maps = scorer.maps(d, r)
-                if len(worst[ds.name]) < (config.worst_maps or 0) and not failed:
-                    failed += _attempt(plots.write_maps, maps, to_float(pil_to_tensor(d)),
-                                       os.path.join(root, folders[s][image]), scorer.backbone.name,
-                                       {x: scores[(v, x)][ds.name][image] for x in scorer.distances})
-                worst[ds.name].append(Worst(image, score, _rgb8(r), _rgb8(d), maps[shown]))
+                maps = image_maps(scorer.core, scorer.batch_size, scorer.image_tensor, d, r, (shown,))
+                target = os.path.join(root, folders[s][image])
+                failed += _attempt(plots.write_maps, {x: maps[x] for x in scorer.distances},
+                                   to_float(pil_to_tensor(d)), target, scorer.backbone.name,
+                                   {x: scores[(v, x)][ds.name][image] for x in scorer.distances})
+                links = {} if failed else {x: os.path.join(target, f"{x}.png") for x in scorer.distances}
+                shots[(s, image)] = Shot(score, _rgb8(d), maps[shown], links)
+                refs[image] = _rgb8(r)
         if config.report:
-            written.append(write_variant_report(outcome, v, worst, shown))
+            grid = _grid(outcome, v, shown, grid_images({s: p[:config.worst_shown] for s, p in picks.items()},
+                                                        config.worst_shown), (shots, refs))
+            written.append(write_variant_report(outcome, v, grid, shown))
     return written, (failed[0] if failed else None)
+
+
+def _grid(outcome: Outcome, v, shown, images, made):
+    """The worst-images grid of variant v: a GridRow per image of `images` ({image: [sets]},
+    `grid_images`), with every set's Shot of it (those `made` = (shots, refs) by the maps reused,
+    the others' maps computed here)."""
+    config, scorer, plan, scores = outcome.config, outcome.scorer, outcome.plan, outcome.scores
+    shots, refs = made
+    variant, primary = config.variants[v], scorer.distances[0]
+    index = [pair_index(plan, s) for s in range(len(plan.sets))]
+    rows = []
+    for image, worst_of in images.items():
+        for s, ds in enumerate(plan.sets):
+            score = scores[(v, primary)][ds.name].get(image)
+            if (s, image) in shots or image not in index[s] or score is None:
+                continue
+            r, d = pair_images(ds, *index[s][image], config.resize, variant)
+            maps = image_maps(scorer.core, scorer.batch_size, scorer.image_tensor, d, r, (shown,))
+            shots[(s, image)] = Shot(score, _rgb8(d), maps[shown])
+            refs.setdefault(image, _rgb8(r))
+        rows.append(GridRow(image, refs[image], {ds.name: shots[(s, image)] for s, ds in enumerate(plan.sets)
+                                                  if (s, image) in shots}, [plan.sets[s].name for s in worst_of]))
+    return rows
 
 
 def _attempt(write, *args):

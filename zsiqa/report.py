@@ -8,9 +8,11 @@ are Holm-corrected paired Wilcoxon tests against the best method (stats.compare_
 import base64
 import functools
 import io
+import math
 import os
 import re
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
 
 import jinja2
 import numpy as np
@@ -57,6 +59,43 @@ def _count(n, word):
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def decimals(values, sig=3, cap=8):
+    """The decimals one column shows for all its values: enough for `sig` significant digits of
+    its smallest nonzero magnitude (sig 3: 0.2304 and 0.314: 3; 0.06569 and 0.1189: 4), at most 3 more
+    than its largest value needs and at most `cap`; 0 for a column of zeros or no values."""
+    mags = [abs(float(v)) for v in values if v is not None and v == v and v not in (math.inf, -math.inf) and v != 0]
+    if not mags:
+        return 0
+    want = sig - 1 - math.floor(math.log10(min(mags)))
+    most = max(0, sig - 1 - math.floor(math.log10(max(mags)))) + 3
+    return int(min(max(want, 0), most, cap))
+
+
+def fixed(x, places, sign=False):
+    """A number with `places` decimals ('+' before a positive one with `sign`); '—' for none or NaN."""
+    if x is None or x != x:
+        return "—"
+    return f"{x:{'+' if sign else ''}.{places}f}"
+
+
+def _p_fixed(p, places):
+    """A p-value with `places` decimals, or '< 0.0…1' where it would show as zero."""
+    return f"< {10.0 ** -places:.{places}f}" if 0 < p < 0.5 * 10.0 ** -places else f"{p:.{places}f}"
+
+
+def column_places(rows):
+    """The decimals of each column of one distance's table (`decimals`), the same for every
+    row: `mean` (means, medians and their intervals), `std`, `diff` (median differences and
+    their intervals) and `p` (Holm p-values and the smallest they could be)."""
+    shown_ = [shown(r) for r in rows if not empty(r)]
+    tested = [r for r in rows if r.get("median_diff") is not None]
+    return {"mean": decimals([v for s in shown_ for v in (s["mean"], s.get("median"), *s["ci95"])], sig=4),
+            "std": decimals([s.get("std") for s in shown_], sig=4),
+            "diff": decimals([v for r in tested for v in (r["median_diff"], *(r.get("median_diff_ci95") or ()))]),
+            "p": decimals([r.get("p_holm") for r in rows if not is_best(r)]
+                          + [r["p_holm_min"] for r in rows if r.get("verdict") == "n too small"])}
+
+
 def ranking_note(rows):
     """One sentence for a table: which statistic ranks the methods, over which images, and which
     methods are left out of the ranking (counted, not named: names are escaped per format)."""
@@ -99,58 +138,78 @@ def _rank_text(rank, row):
 
 def format_table(rows, lower_better=True):
     """Rows (set, distance, n, mean, std, median, ci95, vs_best...) as a ranked text table with a
-    line saying what ranks; names printed whole; a set with no scored pair ranked last and marked."""
+    line saying what ranks; names printed whole; a set with no scored pair ranked last and marked;
+    each column's numbers with the same decimals (`column_places`)."""
     lines = []
     for distance in dict.fromkeys(r["distance"] for r in rows):
         group = ranked([r for r in rows if r["distance"] == distance], lower_better)
+        places = column_places(group)
         width = max(20, *(len(r["set"]) for r in group))
         left = any(r.get("n_left_out") for r in group)
-        p_width = max(10, *(len(_p_text(r)) for r in group))
+        p_width = max(10, *(len(_p_text(r, places["p"])) for r in group))
         lines.append(f"{distance} ({'lower' if lower_better else 'higher'} = more alike to the reference)")
         lines.append(f"  {'rank':>4} {'set':{width}} {'n':>6}" + (f" {'left out':>8}" if left else "")
                      + f" {'mean':>10} {'std':>10} {'median':>10} {'95% CI of mean':>23} {'p (Holm)':>{p_width}} "
                        f"{'better/worse than best':>22}")
-        lines += [_text_row(rank, r, width, p_width, left) for rank, r in enumerate(group, 1)]
+        lines += [_text_row(rank, r, (width, p_width, left), places) for rank, r in enumerate(group, 1)]
         lines.append(f"  {ranking_note(group)}")
     return "\n".join(lines)
 
 
-def _text_row(rank, row, width, p_width, left):
-    """One method's line of format_table."""
+def _text_row(rank, row, widths, places):
+    """One method's line of format_table (`widths`: the name's, the p column's, and whether a
+    left-out column is shown)."""
+    width, p_width, left = widths
     s = shown(row)
     out = f" {row.get('n_left_out', 0):>8}" if left else ""
     if empty(row):
         return f"  {'—':>4} {row['set']:{width}} {row['n']:>6}{out}  no pair scored"
     wl = "" if is_best(row) or row.get("wins") is None else f"{row['wins']}/{row['losses']}"
-    return (f"  {_rank_text(rank, row):>4} {row['set']:{width}} {s['n']:>6}{out} {s['mean']:10.5g} {s['std']:10.4g} "
-            f"{s['median']:10.5g} [{s['ci95'][0]:10.5g}, {s['ci95'][1]:10.5g}] {_p_text(row):>{p_width}} {wl:>22}")
+    m, sd = places["mean"], places["std"]
+    return (f"  {_rank_text(rank, row):>4} {row['set']:{width}} {s['n']:>6}{out} {fixed(s['mean'], m):>10} "
+            f"{fixed(s['std'], sd):>10} {fixed(s['median'], m):>10} [{fixed(s['ci95'][0], m):>10}, "
+            f"{fixed(s['ci95'][1], m):>10}] {_p_text(row, places['p']):>{p_width}} {wl:>22}")
 
 
 # ---------------------------------------------------------------- the report files (--report DIR)
 
 @dataclass
-class Worst:
-    """One of a method's worst images, as the report shows it: its name (the reference's), its
-    score, the reference and the method's output (H×W×3 uint8) and the difference map (H×W)."""
-    image: str
+class Shot:
+    """One method's output of an image, as the worst-images grid shows it: its score by the
+    primary distance, the output (H×W×3 uint8), its difference map (H×W) and the --maps files
+    written for it ({distance: path of its heatmap .png}, linked from the page)."""
     score: float
-    ref: np.ndarray
     dis: np.ndarray
     map: np.ndarray
+    links: dict = field(default_factory=dict)
+
+
+@dataclass
+class GridRow:
+    """One image of the worst-images grid: its name (the reference's), the reference (H×W×3
+    uint8), each method's Shot of it ({method: Shot}; a method without the image absent) and the
+    methods among whose worst images it is."""
+    image: str
+    ref: np.ndarray
+    shots: dict
+    worst_of: list
 
 
 @dataclass
 class Comparison:
     """What one report shows: per distance the methods' rows (stats.compare_methods, with `set`
     and `distance`) and every image's score, the distances' directions, the primary distance
-    (the worst images are its worst) and its worst images per method, and a line about the run."""
+    (the worst images are its worst), the worst-images grid (one GridRow per image) and a line
+    about the run; `map_distance` the distance of the grid's maps (a spatial one), `methods` the
+    grid's columns in order."""
     tables: dict     # {distance: [rows]}
     scores: dict     # {distance: {method: {image: score}}}
     lower_better: dict
     primary: str
-    worst: dict      # {method: [Worst]}
+    worst: list      # [GridRow]
     about: str
-    map_distance: str = ""  # whose map the worst images show (a spatial one where the run has one)
+    map_distance: str = ""
+    methods: tuple = ()
 
     def ranked(self, distance):
         return ranked(self.tables[distance], self.lower_better[distance])
@@ -169,7 +228,7 @@ def write_report(folder, comparison):
                 [{"image": image, "method": method, "distance": d, "score": score}
                  for d, per_method in comparison.scores.items() for method, per in per_method.items()
                  for image, score in sorted(per.items())])
-    for path, text in zip(paths[1:], (markdown(comparison), latex(comparison), page(comparison))):
+    for path, text in zip(paths[1:], (markdown(comparison), latex(comparison), page(comparison, folder))):
         write_atomic(path, text.encode("utf-8"))  # a symlink there replaced, not followed; never half a file
     return paths
 
@@ -181,29 +240,38 @@ def _g(x, digits=4):
 SUFFIX = {"worse": " *", "better": " better*", "mixed": " mixed"}
 
 
-def _p_text(row):
+def _p_text(row, places=3):
     """A method's Holm p-value against the best: 'best' for the best, '—' without a test, else
-    three significant digits with its mark (stats.verdict): ' *' significantly worse, ' better*'
-    significantly better, ' mixed', or '(n too small: min p = …)' where no outcome of these pairs
-    could reach the level; bare where not significant."""
+    with `places` decimals (the column's) and its mark (stats.verdict): ' *' significantly worse,
+    ' better*' significantly better, ' mixed', or '(n too small: min p = …)' where no outcome of
+    these pairs could reach the level; bare where not significant."""
     if is_best(row):
         return "best"
     if row.get("p_holm") is None:
         return "—"
     if row.get("verdict") == "n too small":
-        return f"{row['p_holm']:.3g} (n too small: min p = {row['p_holm_min']:.3g})"
-    return f"{row['p_holm']:.3g}" + SUFFIX.get(row.get("verdict"), "")
+        return f"{_p_fixed(row['p_holm'], places)} (n too small: min p = {_p_fixed(row['p_holm_min'], places)})"
+    return _p_fixed(row["p_holm"], places) + SUFFIX.get(row.get("verdict"), "")
 
 
-def _cells(row, left=False):
+def _diff_text(row, places):
+    """The median paired difference to the best with its interval, signed, or '—'."""
+    if row.get("median_diff") is None:
+        return "—"
+    low, high = row["median_diff_ci95"]
+    return f"{fixed(row['median_diff'], places, True)} [{fixed(low, places, True)}, {fixed(high, places, True)}]"
+
+
+def _cells(row, left=False, places=None):
     """A method's row as text cells: n, mean, interval (over the shared images: `shown`), Holm p
     (with its mark), median difference with interval, images better / worse than the best, and
-    with `left` the images left out; '—' where a value does not exist."""
-    s = shown(row)
-    diff = "—" if row.get("median_diff") is None else \
-        f"{row['median_diff']:+.4g} [{row['median_diff_ci95'][0]:+.4g}, {row['median_diff_ci95'][1]:+.4g}]"
+    with `left` the images left out; '—' where a value does not exist; numbers with the decimals
+    of their column (`places`: `column_places` of the table, else this row's own)."""
+    places = places or column_places([row])
+    s, m = shown(row), places["mean"]
     wl = "—" if row.get("wins") is None or is_best(row) else f"{row['wins']} / {row['losses']}"
-    cells = [str(s["n"]), _g(s["mean"]), f"[{_g(s['ci95'][0])}, {_g(s['ci95'][1])}]", _p_text(row), diff, wl]
+    cells = [str(s["n"]), fixed(s["mean"], m), f"[{fixed(s['ci95'][0], m)}, {fixed(s['ci95'][1], m)}]",
+             _p_text(row, places["p"]), _diff_text(row, places["diff"]), wl]
     return cells + [str(row.get("n_left_out", 0))] if left else cells
 
 
@@ -240,13 +308,14 @@ def markdown(c):
     out = [f"# {_title(c)}", "", _md_name(c.about), ""]
     for d in c.tables:
         group, left = c.ranked(d), any_left_out(c.tables[d])
+        places = column_places(group)
         out += [f"## {d} ({direction(c.lower_better[d])})", "", ranking_note(group), "",
                 "| rank | method | " + " | ".join(COLUMNS + [LEFT_OUT] * left) + " |",
                 "|---:|---|" + "---:|" * 3 + "---:|---|---:|" + "---:|" * left]
         for rank, row in enumerate(group, 1):
             name = _md_name(row["set"])
             out.append(f"| {_rank_text(rank, row)} | {f'**{name}**' if is_best(row) else name} | "
-                       + " | ".join(_md(x) for x in _cells(row, left)) + " |")
+                       + " | ".join(_md(x) for x in _cells(row, left, places)) + " |")
         out += [""]
     return "\n".join(out + [NOTE, ""])
 
@@ -255,11 +324,14 @@ def _md(text):
     return one_line(text).replace("|", "\\|")
 
 
-def _md_name(text):
+def markdown_name(text):
     """A method's name (or any text from the user or the file system) as Markdown shows it
     literally, on one line: every character that could start markup (emphasis, a link, an HTML
-    tag or entity, a cell's end, a heading, maths) escaped with a backslash."""
+    tag or entity, a cell's end, a heading, math) escaped with a backslash."""
     return "".join("\\" + ch if ch in "\\`*_[]<>|~&#$" else ch for ch in one_line(text))
+
+
+_md_name = markdown_name
 
 
 def one_line(text):
@@ -284,39 +356,81 @@ def tex(text):
                    for i, ch in enumerate(text))
 
 
+def tex_name(text, short=12):
+    """A method's name for a narrow table cell: `tex`, and in a name longer than `short`
+    characters a break allowed after each one (a long name wraps in its column instead of
+    widening the table)."""
+    text = one_line(text)
+    return tex(text) if len(text) <= short else r"\allowbreak{}".join(tex(ch) for ch in text)
+
+
+def stack_cell(top, bottom):
+    """Two lines in one right-aligned cell (a value above its interval): base LaTeX only; the
+    second line braced, so that a '[' there is not read as \\'s optional argument."""
+    return rf"\begin{{tabular}}[t]{{@{{}}r@{{}}}}{top}\\ {{{bottom}}}\end{{tabular}}"
+
+
+TEX_NEEDS = (r"% Needs \usepackage{booktabs,tabularx} in the preamble. Each table is \columnwidth wide (one column "
+             r"of a two-column paper); for the page's width write table* and \textwidth instead.")
+
+
+def _tex_caption(d, c, group, places):
+    """A table's caption: the distance and its direction, what ranks, what the cells and marks mean."""
+    small = sorted({_p_fixed(r["p_holm_min"], places["p"]) for r in group if r.get("verdict") == "n too small"})
+    return (rf"  \caption{{{tex(d)} ({direction(c.lower_better[d])}). {tex(ranking_note(group))} Mean with its "
+            r"95\,\% bootstrap interval below it, Holm-corrected $p$ of the paired Wilcoxon test (two-sided) against "
+            r"the best method and the median paired difference to it (its interval in report.md). Best in bold; $^{*}$ "
+            r"significantly worse than the best, better$^{*}$ significantly better than it on the paired test "
+            r"($p < 0.05$); $^\dagger$ not significantly different from the best ($p \geq 0.05$)"
+            + (rf"; $^\ddagger$ n too small: min p = {' to '.join(small)}, no outcome of so few images could reach "
+               r"$p < 0.05$" if small else "") + ".}")
+
+
 def latex(c):
-    """The comparison as booktabs tables ready for \\input: one table per distance, best in bold,
+    """The comparison as booktabs tables ready for \\input, each \\columnwidth wide (tabularx,
+    \\footnotesize: one column of a two-column paper): one table per distance, best in bold,
     methods not significantly different from the best marked with a dagger, the caption saying
-    what ranks them."""
-    out = []
+    what ranks them; each column's numbers with the same decimals (`column_places`)."""
+    out = [TEX_NEEDS]
     for d in c.tables:
         arrow = r"$\downarrow$" if c.lower_better[d] else r"$\uparrow$"
         group, left = c.ranked(d), any_left_out(c.tables[d])
+        places, counts = column_places(group), len({shown(r)["n"] for r in group}) > 1
         out += [f"% ZS-IQA comparison, {d}: {direction(c.lower_better[d])}. {tex(c.about)}",
-                r"\begin{table}[t]", r"  \centering",
-                rf"  \caption{{{tex(d)} ({direction(c.lower_better[d])}). {tex(ranking_note(group))} Mean with its "
-                r"95\,\% bootstrap interval, Holm-corrected $p$ of the paired Wilcoxon test (two-sided) against the "
-                r"best method and the median paired difference to it. Best in bold; $^{*}$ significantly worse "
-                r"than the best, better$^{*}$ significantly better than it on the paired test ($p < 0.05$); "
-                r"$^\dagger$ not significantly different from the best ($p \geq 0.05$).}",
+                r"\begin{table}[t]", r"  \centering", _tex_caption(d, c, group, places),
                 rf"  \label{{tab:zsiqa-{re.sub(r'[^A-Za-z0-9]+', '-', d)}}}",
-                r"  \begin{tabular}{rlrrlrl" + "r" * left + "}", r"    \toprule",
-                rf"    Rank & Method & $n$ & Mean {arrow} & 95\,\% CI & $p_\mathrm{{Holm}}$ & "
-                r"$\Delta$ median [95\,\% CI]" + " & Left out" * left + r" \\", r"    \midrule"]
-        out += [_tex_row(rank, row, left) for rank, row in enumerate(group, 1)]
-        out += [r"    \bottomrule", r"  \end{tabular}", r"\end{table}", ""]
+                r"  \footnotesize", r"  \setlength{\tabcolsep}{3pt}",
+                r"  \begin{tabularx}{\columnwidth}{@{}>{\raggedright\arraybackslash}X" + "r" * (3 + counts + left)
+                + "@{}}", r"    \toprule",
+                r"    Method" + " & $n$" * counts + " & " + stack_cell(f"Mean {arrow}", r"[95\,\% CI]")
+                + r" & $p_\mathrm{Holm}$ & " + stack_cell(r"$\Delta$", "median")
+                + (" & " + stack_cell("Left", "out")) * left + r" \\", r"    \midrule"]
+        out += [_tex_row(row, (counts, left), places) for row in group]
+        out += [r"    \bottomrule", r"  \end{tabularx}", r"\end{table}", ""]
     return "\n".join(out)
 
 
-def _tex_row(rank, row, left=False):
-    n, mean, ci, p, diff, _, *rest = _cells(row, left)
-    best = is_best(row)
-    tied = row.get("verdict") in ("n.s.", "n too small")  # not significantly different from the best
-    name = tex(row["set"]) + (r"$^\dagger$" if tied else "")
-    p = "--" if p in ("best", "—") else tex(p).replace(" better*", r" better$^{*}$").replace(" *", "$^{*}$")
-    cells = ["--" if unranked(row) else str(rank), rf"\textbf{{{name}}}" if best else name, n,
-             rf"\textbf{{{mean}}}" if best else mean.replace("—", "--"), ci.replace("—", "--"), p,
-             tex(diff).replace("—", "--"), *rest]
+TEX_MARK = {"worse": "$^{*}$", "n too small": r"$^\ddagger$"}
+TEX_WORD = {"better": r"better$^{*}$", "mixed": "mixed"}
+
+
+def _tex_row(row, layout, places):
+    """One method's row: name (a dagger where not significantly different from the best), n (with
+    layout[0]: where the methods' counts differ), mean above its interval, p with its mark, the
+    median difference (its interval is report.md's: one column of a paper has no room for it),
+    and with layout[1] the images left out."""
+    n, mean, ci, _, diff, _, *rest = _cells(row, layout[1], places)
+    best, verdict = is_best(row), row.get("verdict")
+    tied = verdict in ("n.s.", "n too small")  # not significantly different from the best
+    name = tex_name(row["set"]) + (r"$^\dagger$" if tied else "")
+    p = "--"
+    if not best and row.get("p_holm") is not None:
+        p = tex(_p_fixed(row["p_holm"], places["p"])) + TEX_MARK.get(verdict, "")
+        p = stack_cell(p, TEX_WORD[verdict]) if verdict in TEX_WORD else p
+    if mean != "—":
+        mean = stack_cell(rf"\textbf{{{mean}}}" if best else mean, ci)
+    cells = [rf"\textbf{{{name}}}" if best else name, *[n] * layout[0], mean.replace("—", "--"), p,
+             diff.split(" ", 1)[0].replace("—", "--"), *rest]
     return "    " + " & ".join(cells) + r" \\"
 
 
@@ -341,8 +455,8 @@ def thumbnail(rgb, side=160):
 
 
 def heat(values, top, side=160):
-    """A difference map as a PNG data URI, coloured (inferno) on one scale 0…top shared by the
-    report's maps, so that their colours compare."""
+    """A difference map as a PNG data URI, coloured (inferno) on the scale 0…top (its row's, so
+    that the maps of one image compare; `colour_bar` draws the scale)."""
     import matplotlib
     rgba = matplotlib.colormaps["inferno"](np.clip(np.asarray(values, float) / (top or 1.0), 0, 1))
     im = Image.fromarray((rgba[..., :3] * 255).astype(np.uint8))
@@ -350,50 +464,83 @@ def heat(values, top, side=160):
     return _encoded(im, "PNG")
 
 
+def colour_bar(height=160, width=14):
+    """The maps' colour scale (inferno, the top of the bar its maximum) as a PNG data URI; the page
+    labels its ends with each row's 0 and maximum."""
+    import matplotlib
+    ramp = np.linspace(1, 0, height)[:, None].repeat(width, 1)
+    return _encoded(Image.fromarray((matplotlib.colormaps["inferno"](ramp)[..., :3] * 255).astype(np.uint8)), "PNG")
+
+
 def _summary_view(c, d):
     """What the page shows of distance d: its methods ranked, their cells (`_cells`), and its chart."""
     group, left = c.ranked(d), any_left_out(c.tables[d])
+    places = column_places(group)
     buffer = io.BytesIO()
     plots.method_bars([shown(r) for r in group], buffer, f"mean {d} per method, 95% CI",
                       marks=[significance_mark(r) for r in group])
     return {"distance": d, "direction": direction(c.lower_better[d]), "note": ranking_note(group),
             "columns": COLUMNS + [LEFT_OUT] * left, "chart": data_uri(buffer.getvalue(), "image/png"),
-            "rows": [{"rank": _rank_text(rank, r), "name": r["set"], "best": is_best(r), "cells": _cells(r, left)}
-                     for rank, r in enumerate(group, 1)]}
+            "rows": [{"rank": _rank_text(rank, r), "name": r["set"], "best": is_best(r),
+                      "cells": _cells(r, left, places)} for rank, r in enumerate(group, 1)]}
 
 
 def _per_image_view(c):
     """The per-image table: a column per distance and method, a row per image of (exact value
-    for sorting, shown text) cells, NaN where a method lacks the image."""
+    for sorting, shown text) cells, NaN where a method lacks the image; the decimals one per
+    distance (`decimals` of all its scores), so that every column's cells align."""
     columns = [(d, m) for d in c.tables for m in (r["set"] for r in c.ranked(d))]
+    places = {d: decimals([v for per in c.scores[d].values() for v in per.values()], sig=4) for d in c.tables}
     images = sorted({i for d in c.scores for per in c.scores[d].values() for i in per})
     return {"columns": [(m, d) for d, m in columns],
-            "rows": [(i, [(repr(c.scores[d][m].get(i, float("nan"))), _g(c.scores[d][m].get(i))) for d, m in columns])
-                     for i in images]}
+            "rows": [(i, [(repr(c.scores[d][m].get(i, float("nan"))), fixed(c.scores[d][m].get(i), places[d]))
+                          for d, m in columns]) for i in images]}
 
 
-def _worst_view(c):
-    """Each method's worst images: per image its reference, output and map thumbnails (the maps
-    on one colour scale, 0 to the largest value of all)."""
-    top = max([float(np.max(w.map)) for ws in c.worst.values() for w in ws] or [1.0])
-    return {"primary": c.primary, "map_distance": c.map_distance or c.primary, "top": f"{top:.3g}",
-            "methods": [{"name": method, "triples": [
-                {"image": w.image, "figures": [("reference", thumbnail(w.ref)), ("output", thumbnail(w.dis)),
-                                               (f"{w.image}: {_g(w.score)}", heat(w.map, top))]} for w in items]}
-                for method, items in c.worst.items()]}
+def link(path, folder):
+    """A file's address relative to the report folder, for an <a href>: its path from there,
+    each part percent-encoded (a map folder's own %2F stays a name, not a path)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+    return "/".join(urllib.parse.quote(part, safe="") for part in rel.split(os.sep))
+
+
+def _grid_row(c, row, places, folder):
+    """One image of the grid: reference, then per method (`c.methods` order) its output, map
+    (the row's own scale, 0 to its largest value), score, whether it is the row's best, and links
+    to its --maps files; None where the method lacks the image."""
+    top = max(float(np.max(s.map)) for s in row.shots.values())
+    scores = [s.score for s in row.shots.values()]
+    best = min(scores) if c.lower_better[c.primary] else max(scores)
+    cells = [None if m not in row.shots else {
+        "method": m, "score": fixed(row.shots[m].score, places), "best": row.shots[m].score == best,
+        "output": thumbnail(row.shots[m].dis), "map": heat(row.shots[m].map, top),
+        "links": [(d, link(p, folder)) for d, p in row.shots[m].links.items()]} for m in c.methods]
+    return {"image": row.image, "worst_of": ", ".join(row.worst_of), "reference": thumbnail(row.ref),
+            "cells": cells, "top": f"{top:.3g}"}
+
+
+def _worst_view(c, folder):
+    """The worst-images grid: one row per image (reference | each method's output over its map,
+    with its score, the row's best marked), one colour scale per row with its bar."""
+    places = decimals([s.score for row in c.worst for s in row.shots.values()], sig=4)
+    return {"primary": c.primary, "map_distance": c.map_distance or c.primary, "methods": list(c.methods),
+            "per_window": c.map_distance != c.primary, "bar": colour_bar(),
+            "rows": [_grid_row(c, row, places, folder) for row in c.worst]}
 
 
 @functools.cache
-def _template():
-    """The page's template (zsiqa/templates/report.html.j2, package data), every value escaped."""
+def template(name="report.html.j2"):
+    """A page's template (zsiqa/templates/, package data: report.html.j2 this report's,
+    metrics.html.j2 corr's), every value escaped."""
     env = jinja2.Environment(loader=jinja2.PackageLoader("zsiqa", "templates"), autoescape=True,
                              trim_blocks=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    return env.get_template("report.html.j2")
+    return env.get_template(name)
 
 
-def page(c):
+def page(c, folder="."):
     """The comparison as one self-contained HTML page (style, script and images inside it),
-    from the template zsiqa/templates/report.html.j2."""
-    return _template().render(title=_title(c), about=c.about, note=NOTE,
+    from the template zsiqa/templates/report.html.j2; `folder` where it is written (the links to
+    the --maps files are relative to it)."""
+    return template().render(title=_title(c), about=c.about, note=NOTE,
                               summaries=[_summary_view(c, d) for d in c.tables], images=_per_image_view(c),
-                              worst=_worst_view(c) if c.worst else None)
+                              worst=_worst_view(c, folder) if c.worst else None)
