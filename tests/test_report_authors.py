@@ -7,6 +7,7 @@ import base64
 import contextlib
 import html.parser
 import io
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import calc_scores
 import minidata
 import run
 from zsiqa import models
@@ -295,3 +297,55 @@ def test_table_tex_compiles_within_one_column(tmp_path, wsd_run, documentclass):
     assert all("booktabs" in t.splitlines()[0] and "tabularx" in t.splitlines()[0] for t in tables)
     log = _compile(tmp_path, tables, documentclass)
     assert "Overfull \\hbox" not in log and "Output written" in log
+
+
+# ---------------------------------------------------------------- 8. corr --report
+
+def _corr_files(tmp_path):
+    rng = np.random.default_rng(4)
+    n = 40
+    dis, ref = [f"d{i}.png" for i in range(n)], [f"r{i % 8}.png" for i in range(n)]
+    mos = rng.normal(size=n)
+    paths = []
+    for name, noise in (("pipal_<b>A<|b>_50%_&_$x$_a_rather_long_metric_name.csv", 0.4), ("pipal_B|C*.csv", 1.0)):
+        path = tmp_path / name
+        pd.DataFrame({"dis": dis, "ref": ref, "mos": mos, "pred": -(mos + noise * rng.normal(size=n))}).to_csv(
+            path, index=False)
+        paths.append(str(path))
+    return paths
+
+
+def test_corr_report_files_hold_the_numbers_of_corr_json(tmp_path, capsys):
+    """`zsiqa corr -f A -f B --report DIR`: report.md, table.tex and a self-contained report.html
+    with the coefficients `--json` gives, names escaped in each."""
+    paths = _corr_files(tmp_path)
+    args = [x for p in paths for x in ("-f", p)] + ["--n-boot", "200"]
+    assert calc_scores.main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert calc_scores.main([*args, "--report", str(tmp_path / "rep")]) == 0
+    assert "report.html" in capsys.readouterr().out
+    md = (tmp_path / "rep" / "report.md").read_text()
+    tex = (tmp_path / "rep" / "table.tex").read_text()
+    page = (tmp_path / "rep" / "report.html").read_text()
+    names = [os.path.basename(p) for p in paths]
+    for row, name in zip(result["metrics"], names):
+        line = next(x for x in md.splitlines() if x.startswith("| " + rep.markdown_name(name) + " | "))
+        for c in ("srcc", "plcc", "plcc_logistic", "krcc"):
+            value, (low, high) = row[c], row[f"{c}_ci95"]
+            if value is None:  # the logistic fit failed: no coefficient
+                assert "—" in line
+                continue
+            assert f"{value:.4f}" in line and f"[{low:.4f}, {high:.4f}]" in line
+            assert f"{value:.4f}" in tex and f"{value:.4f}" in page
+        assert rep.tex(name) in tex.replace(r"\allowbreak{}", "")
+    assert "<b>A<" not in page and "&lt;b&gt;A&lt;|b&gt;" in page
+    assert not re.search(r"src=|href=|url\(|@import|https?://", page)
+
+
+@pytest.mark.skipif(not shutil.which("pdflatex"), reason="pdflatex is not installed")
+def test_corr_table_tex_compiles_within_one_column(tmp_path, capsys):
+    paths = _corr_files(tmp_path)
+    assert calc_scores.main([x for p in paths for x in ("-f", p)] + ["--n-boot", "50", "--report",
+                                                                    str(tmp_path / "rep")]) == 0
+    log = _compile(tmp_path, [(tmp_path / "rep" / "table.tex").read_text()], r"[twocolumn]{article}")
+    assert "Overfull \\hbox" not in log

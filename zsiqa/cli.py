@@ -189,6 +189,8 @@ FLAGS = {
     "seed": (("--seed",), dict(type=int_in(0), help="several files: the bootstrap's seed (default 0)")),
     "n_boot": (("--n-boot",), dict(type=int_in(1, 10**6), help="several files: bootstrap resamples (default "
                                    "2000)")),
+    "corr_report": (("--report",), dict(type=non_empty, metavar="DIR", help="write the comparison of the files' "
+                                        "metrics into DIR: report.md, table.tex, report.html")),
     "per_layer_file": (("--per-layer",), dict(metavar="FILE", type=non_empty,
                                               help="a per-layer file X_layers.csv: SRCC/PLCC per block")),
     "byref": (("--byref",), dict(action="store_true", help="average the coefficients over references")),
@@ -267,6 +269,7 @@ CORR_DOC = """Correlations between predictions and labels from a results file (`
   zsiqa corr -dat pipal -f results/pipal_dinov1_wsd.csv [--byref] [--json] [--plot out.png]
   zsiqa corr --per-layer results/pipal_dinov1_l2_layers.csv [--json] [--plot srcc.png]
   zsiqa corr -f results/pipal_dinov1_wsd.csv -f results/pipal_clip_vitb32_l2.csv [--resample refs] [--json]
+            [--report DIR]
   zsiqa corr --published pipal_dinov1_wsd      (--published list: the authors' files shipped with zsiqa)
 
 SRCC, PLCC (plain Pearson) and KRCC over all pairs, signed so that agreement is positive,
@@ -310,7 +313,7 @@ COMMANDS = {
                                "report_worst", "json", "no_progress"),
                     "zsiqa.evaluate:main"),
     "corr": Command(CORR_DOC, ("corr_dataset", "file", "published", "per_layer_file", "byref", "label_higher_better",
-                               "pred_higher_better", "plot", "resample", "seed", "n_boot", "json"),
+                               "pred_higher_better", "plot", "resample", "seed", "n_boot", "corr_report", "json"),
                     "zsiqa.correlate:main"),
     "bench": Command(BENCH_DOC, ("device", "model", "distance", "precision", "weights", "size", "refs", "pairs",
                                  "loop_pairs", "batch_size", "workers", "forward_iters", "compile", "via_run", "data",

@@ -17,13 +17,14 @@ import numpy as np
 
 from zsiqa import bundled, metric_compare, plots, results
 from zsiqa.datasets import LAYOUTS
-from zsiqa.errors import UserError, check_readable
+from zsiqa.errors import UserError, check_readable, writing
 from zsiqa.jsontext import to_json
 from zsiqa.stats import agreement_sign, block_correlations, correlations, correlations_by_reference
 
 # what corr tells a user whose record is broken (it has no --overwrite of its own)
 CORR_FIX = "correct or remove it (corr then reads the file without a record), or rerun run.py with --overwrite"
 # prediction columns that are similarities (higher = better), negated as the published tables did
+REPORT_LOCK = ".zsiqa-report.lock"  # comparison.REPORT_LOCK: one run writes a report folder at a time
 SIMILARITY_METRICS = ("psnr", "ssim", "msssim", "ms_ssim", "fsim", "vif", "gmsd_sim")
 
 
@@ -159,12 +160,13 @@ def main(a):
                         "(--per-layer X_layers.csv)")
     bootstrap = any(v is not None for v in (a.resample, a.seed, a.n_boot))
     if a.per_layer:
-        if bootstrap:
-            raise UserError("--resample, --seed and --n-boot compare results files (-f), not a per-layer file")
+        if bootstrap or a.report:
+            raise UserError("--resample, --seed, --n-boot and --report compare results files (-f), not a per-layer "
+                            "file")
         return per_layer_main(a)
     for path in a.file:
         check_readable(path, "results file")  # a folder, FIFO or device named as such, not "not found"
-    if len(a.file) > 1 or bootstrap:
+    if len(a.file) > 1 or bootstrap or a.report:
         return compare_main(a)
     a.file = a.file[0]
     frame, record = results.read_frame(a.file, CORR_FIX)
@@ -219,5 +221,19 @@ def compare_main(a):
     for row, path, hb, (count, _) in zip(result["metrics"], a.file, preds, matched["left_out"], strict=True):
         row.update(file=path, pred_higher_better=hb, left_out=count)
     result = {"dataset": dataset, "label_higher_better": label_hb, **result}
+    written = write_report(a.report, result, dataset) if a.report else None
     print(to_json(result) if a.json else metric_compare.format_table(result, dataset))
+    if written and not a.json:
+        print(written)
     return 0
+
+
+def write_report(folder, result, dataset):
+    """corr --report DIR: the comparison of metrics written into DIR (`metric_compare.write_metric_report`)
+    while holding DIR's report lock, so that a second run writing DIR stops in one line; returns
+    a line naming the files."""
+    with writing(folder, "nothing was written"):
+        os.makedirs(folder, exist_ok=True)
+    with results.Lock([folder], "choose another --report", name=lambda f: os.path.join(f, REPORT_LOCK)):
+        paths = metric_compare.write_metric_report(folder, result, dataset)
+    return f"report: {paths[-1]} (with {', '.join(os.path.basename(p) for p in paths[:-1])})"
