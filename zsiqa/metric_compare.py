@@ -540,7 +540,7 @@ def metric_markdown(result, dataset=None):
            "| metric | n | " + " | ".join(f"{LABELS[c]} [95% CI]" for c in COEFFICIENTS) + " |",
            "|---|---:|" + "---:|" * len(COEFFICIENTS)]
     for r in rows:
-        cells = [f"**{v}** {ci}" if best_of(result, c) == r["metric"] else f"{v} {ci}"
+        cells = [("—" if ci == "—" else f"**{v}** {ci}" if best_of(result, c) == r["metric"] else f"{v} {ci}")
                  for c, (v, ci) in zip(COEFFICIENTS, coefficient_cells(r), strict=True)]
         out.append(f"| {escape(r['metric'])} | {r['n']} | " + " | ".join(x.strip() for x in cells) + " |")
     out += ["", f"Against the best (bootstrap of the difference on the same resamples; p two-sided, Holm over the "
@@ -594,7 +594,7 @@ def metric_view(result, dataset):
     return {"title": f"ZS-IQA comparison of {len(rows)} metrics", "about": header_line(result, dataset),
             "coefficients": [LABELS[c] for c in COEFFICIENTS], "tested": [LABELS[c] for c in TESTED],
             "rows": [{"name": r["metric"], "n": r["n"],
-                      "cells": [(f"{v} {ci}".strip(), best_of(result, c) == r["metric"])
+                      "cells": [("—" if ci == "—" else f"{v} {ci}", best_of(result, c) == r["metric"])
                                 for c, (v, ci) in zip(COEFFICIENTS, coefficient_cells(r), strict=True)],
                       "tests": [x for cell in test_cells(r) for x in (f"{cell[0]} {cell[1]}".strip(), *cell[2:])]}
                      for r in rows], "alpha": ALPHA}
