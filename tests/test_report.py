@@ -151,7 +151,7 @@ def test_names_print_literally_in_markdown_and_latex(name):
     """A method's name is shown as written: in Markdown every markup character escaped (an HTML
     tag, emphasis or a link rendered by a previewer), in LaTeX no < > | (¡ ¿ — in its default
     font encoding) and no special character left bare."""
-    cell = report_module._md_name(name)
+    cell = report_module.markdown_name(name)
     assert _unescape(cell) == name
     assert not re.search(r"(?<!\\)[<>*_|`\[\]~&]", re.sub(r"\\.", "", cell))
     latex = tex(name)

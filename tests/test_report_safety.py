@@ -133,7 +133,7 @@ def test_chart_labels_are_drawn_literally(tmp_path):
 
 def test_tex_and_markdown_never_break_a_line():
     for text in ("a\nb", "a\rb", "a\r\nb", "a\u2028b", "a\x85b", "a\x0bb\x0cc"):
-        for out in (report.tex(text), report._md_name(text)):
+        for out in (report.tex(text), report.markdown_name(text)):
             assert len(out.splitlines()) == 1 and "\n" not in out and "\r" not in out
 
 

@@ -12,11 +12,11 @@ MAX_LINES = 60
 PACKAGE = ROOT / "zsiqa"
 # each module's layer; a module imports only from its own layer or below
 LAYERS = [
-    ("errors", "options", "jsontext", "windows", "images", "fused", "distances", "blocks"),     # protocol
+    ("errors", "escaping", "options", "jsontext", "windows", "images", "fused", "distances", "blocks"),     # protocol
     ("torchscript", "keymaps", "weights", "families", "registry", "extractor", "models"),       # backbones
     ("core", "loading", "engine", "maps", "scorer", "loss", "metric", "torchmetric", "baselines"),  # scoring
     ("robustness", "pairing", "datasets", "results", "stats", "metric_compare", "plots", "report",
-     "distributed", "config", "planning", "comparison", "bundled"),  # evaluation
+     "distributed", "config", "planning", "comparison", "bundled", "metric_report"),  # evaluation
     ("evaluate", "correlate", "benchmark", "exits", "cli", "__main__", "__init__"),                  # commands
 ]
 LAYER = {m: k for k, group in enumerate(LAYERS) for m in group}

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from zsiqa import bundled, metric_compare, plots, results
+from zsiqa import bundled, metric_compare, metric_report, plots, results
 from zsiqa.datasets import LAYOUTS
 from zsiqa.errors import UserError, check_readable, writing
 from zsiqa.jsontext import to_json
@@ -214,7 +214,7 @@ def compare_main(a):
     for path, (count, examples) in zip(a.file, matched["left_out"], strict=True):
         if count:
             sys.stderr.write(f"warning: {path}: {count} pair(s) not in every file left out (e.g. "
-                             f"{', '.join(map(metric_compare.printable, examples))})\n")
+                             f"{', '.join(map(metric_report.printable, examples))})\n")
     dataset, label_hb = labels[a.file[0]]
     result = metric_compare.compare_metrics(names, matched["preds"], matched["mos"], matched["ref"], label_hb, preds,
                                             a.resample, a.n_boot or metric_compare.N_BOOT, a.seed or 0)
@@ -222,18 +222,18 @@ def compare_main(a):
         row.update(file=path, pred_higher_better=hb, left_out=count)
     result = {"dataset": dataset, "label_higher_better": label_hb, **result}
     written = write_report(a.report, result, dataset) if a.report else None
-    print(to_json(result) if a.json else metric_compare.format_table(result, dataset))
+    print(to_json(result) if a.json else metric_report.format_table(result, dataset))
     if written and not a.json:
         print(written)
     return 0
 
 
 def write_report(folder, result, dataset):
-    """corr --report DIR: the comparison of metrics written into DIR (`metric_compare.write_metric_report`)
+    """corr --report DIR: the comparison of metrics written into DIR (`metric_report.write_metric_report`)
     while holding DIR's report lock, so that a second run writing DIR stops in one line; returns
     a line naming the files."""
     with writing(folder, "nothing was written"):
         os.makedirs(folder, exist_ok=True)
     with results.Lock([folder], "choose another --report", name=lambda f: os.path.join(f, REPORT_LOCK)):
-        paths = metric_compare.write_metric_report(folder, result, dataset)
+        paths = metric_report.write_metric_report(folder, result, dataset)
     return f"report: {paths[-1]} (with {', '.join(os.path.basename(p) for p in paths[:-1])})"

@@ -66,23 +66,22 @@ class RunFiles:
 def results_files(config: EvalConfig, plan):
     """The run's files (RunFiles), their names checked; distances checked against the backbone
     (without loading it)."""
-    names = metric_names(config)
+    names, store = metric_names(config), results.Store(config.savedir)
     paths, specs = {}, []
     for s, dataset in enumerate(plan.sets):
         specs.append({})
         for v, variant in enumerate(config.variants):
             for d in names:  # label-free sets: the distance always in the name (n_distances 0)
                 if d in BASELINES:  # <set>_<baseline>.csv (-m NAME -s X: <set>_X.csv)
-                    path = results.results_path(config.savedir, dataset.name, d, d, variant,
-                                                (config.saveas if d == config.model else None) or d, 1)
+                    path = store.path(dataset.name, d, d, variant, (config.saveas if d == config.model else None) or d,
+                                      1)
                 else:
-                    path = results.results_path(config.savedir, dataset.name, config.model, d, variant,
-                                                config.saveas, len(names) if dataset.labelled else 0)
+                    path = store.path(dataset.name, config.model, d, variant, config.saveas,
+                                      len(names) if dataset.labelled else 0)
                 paths[FileKey(s, v, d)] = path
                 specs[s][path] = (d, variant, higher_better(d))
-    results.check_utf8(paths.values(), "results file", "choose another -sdir or -s")
-    results.check_file_names(paths.values())
-    check_output_names(config, plan, names, paths)
+    store.check(paths.values(), config.per_layer)  # results files, records, locks, per-layer files
+    check_output_names(config, plan, names)
     layers = {key.layer_file(): results.layers_path(path) for key, path in paths.items()
               if config.per_layer and key.distance in DISTANCES and DISTANCES[key.distance].per_layer}
     return RunFiles(paths, layers, specs)
@@ -119,16 +118,11 @@ def check_baselines(config: EvalConfig, plan):
                         f"(a comparison report: -m BACKBONE --baselines {config.model})")
 
 
-def check_output_names(config: EvalConfig, plan, names, paths):
-    """Every name the run writes, checked before any work (results.check_lengths: no name over
-    NAME_MAX, no path over PATH_MAX): the results files with their records, locks and per-layer
-    files, the sweep's table and plot, and the label-free comparison's charts, report and --maps
-    files (comparison.output_paths)."""
-    derived = [(p, results.record_path(p), results.lock_path(p)) for p in paths.values()]
-    if config.per_layer:
-        derived += [(results.layers_path(p), results.lock_path(results.layers_path(p))) for p in paths.values()]
-    results.check_lengths([p for group in derived for p in group], "results file",
-                          "choose a shorter -sdir, -s or method name")
+def check_output_names(config: EvalConfig, plan, names):
+    """Every name the run writes besides its results files (results.Store.check has those),
+    checked before any work (results.check_lengths: no name over NAME_MAX, no path over
+    PATH_MAX): the sweep's table and plot, and the label-free comparison's charts, report and
+    --maps files (comparison.output_paths)."""
     outputs = [] if plan.labelled else comparison.output_paths(config, plan, names)
     if config.sweep:
         stem = os.path.join(config.savedir, f"{plan.name}_{config.name}_sweep")
@@ -166,25 +160,27 @@ class Run:
 
 def open_results(run: Run):
     """The records of every set's results files (with the images' stamps, kept in the results
-    folder's store) and the files made ready for them (results.ready_files).
+    folder's store) and the files made ready for them (results.Store: records, ready_files).
 
     Returns:
         ({path: record}, {path: (dis, ref) it holds}) for every results and per-layer file.
     """
-    plan, scorer, files = run.plan, run.scorer, run.files
+    plan, scorer, files, store = run.plan, run.scorer, run.files, results.Store(run.config.savedir)
     def settings(d):
         return next((b.settings_of(d) for b in run.scorers if isinstance(b, BaselineScorer) and d in b.distances),
                     None) or scorer.settings
     per_set = []
     for s, (dataset, stamps) in enumerate(zip(plan.sets, plan.stamps, strict=True)):
-        images = results.save_stamps(run.config.savedir, stamps)
         per_set.append({})
-        for path, spec in files.specs[s].items():  # each file with its own metric's settings
-            per_set[-1].update(results.make_records(dataset, settings(spec[0]), {path: spec}, images))
+        by_metric = {}  # the backbone's files share its settings; a baseline's files have their own
+        for path, spec in files.specs[s].items():
+            by_metric.setdefault(spec[0] if spec[0] in BASELINES else "", {})[path] = spec
+        for metric, specs in by_metric.items():
+            per_set[-1].update(store.records(dataset, settings(metric) if metric else scorer.settings, specs, stamps))
     layers = {files.paths[key.results_file()]: (lpath, scorer.blocks) for key, lpath in files.layers.items()}
     sets = [(per_set[s], results.labels_of(dataset.pairs), plan.order(s), plan.stamps[s])
             for s, dataset in enumerate(plan.sets)]
-    done = results.ready_files(sets, run.config.overwrite, layers, warn=lambda line: sys.stderr.write(line + "\n"))
+    done = store.ready_files(sets, run.config.overwrite, layers, warn=lambda line: sys.stderr.write(line + "\n"))
     return {path: rec for recs in per_set for path, rec in recs.items()}, done
 
 
@@ -319,8 +315,8 @@ def _rate_text(rate):
     return "—" if rate is None else f"{rate:.2f}"
 
 
-def finish_files(plan, files, scored, blocks):
-    """Finish every file of the run (dataset order, current labels, parts merged) and check that
+def finish_files(store, plan, files, scored, blocks):
+    """Finish every file of the run through the results `store` (dataset order, current labels, parts merged) and check that
     each holds what it should: the planned pairs, less those skipped mid-run, read from the file
     on disk.
 
@@ -332,7 +328,7 @@ def finish_files(plan, files, scored, blocks):
     finished, short = {}, []
     for key, path in files.items():
         order = plan.order(key.set)
-        rows = results.finish(path, results.labels_of(plan.sets[key.set].pairs), order, blocks if key.layers else ())
+        rows = store.finish(path, results.labels_of(plan.sets[key.set].pairs), order, blocks if key.layers else ())
         finished[path] = rows
         held = {(dis, ref) for dis, ref, *_ in rows} | scored.skipped.get(key.group, set())
         missing = [k for k in order if k not in held]
@@ -358,7 +354,7 @@ def summarise(config: EvalConfig, plan, finished: Finished):
         summary.append({**rec, **c, "n_skipped": int(plan.skipped[key.set] + finished.scored.n_skipped(key.group)
                                                      + nonfinite),
                         "pairs_per_s": finished.scored.rate(), "file": path, **finished.stamp})
-    results.append_summary(config.savedir, summary)
+    results.Store(config.savedir).summarise(summary)
     if config.sweep:
         stem = os.path.join(config.savedir, f"{plan.name}_{config.name}_sweep")
         table = results.write_table(stem + ".csv", SWEEP_FIELDS, summary)
@@ -399,7 +395,7 @@ def main(config: EvalConfig):
         report_lock_file = os.path.join(config.report, comparison.REPORT_LOCK) if config.report else None
         with new_folders_undone(config.savedir, locks), (  # the lock's folder goes again if the Scorer refuses
                 new_folders_undone(config.report, [report_lock_file]) if config.report else contextlib.nullcontext()):
-            lock = dist.from_rank0(lambda: results.Lock(files.paths.values()), share=False)
+            lock = dist.from_rank0(lambda: results.Store(config.savedir).lock(files.paths.values()), share=False)
             report_lock = dist.from_rank0(lambda: comparison.lock_report(config.report), share=False)
             with lock or contextlib.nullcontext(), report_lock or contextlib.nullcontext():
                 scorer = make_scorer(config, dist.device(config.device))
@@ -423,7 +419,8 @@ def run_scoring(run: Run):
         return
     stamp = {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
              "run_id": time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)}
-    finished = Finished(run.files.paths, records, finish_files(plan, files, scored, run.scorer.blocks), scored, stamp)
+    rows = finish_files(results.Store(run.config.savedir), plan, files, scored, run.scorer.blocks)
+    finished = Finished(run.files.paths, records, rows, scored, stamp)
     if plan.labelled:
         report(timed(config.started, scored, summarise(config, plan, finished)), config.json)
         return

@@ -4,11 +4,13 @@ with intervals, robustness sweeps, spatial heatmaps.
 matplotlib is imported on first use (it is heavy, and only plotting needs it) with the Agg
 backend, so no display is needed. A chart that cannot be written is one UserError line.
 """
+import base64
 import io
 import os
 import tempfile
 
 import numpy as np
+from PIL import Image
 
 from zsiqa.errors import UserError, writing
 from zsiqa.results import write_atomic
@@ -182,3 +184,42 @@ def write_maps(maps, dis_image, folder, model, scores):
         heatmap(rgb, m, png, f"{model} {d}: score {scores[d]:.4g}", f"{d} (higher = more different)")
         written += [npy, png]
     return written
+
+
+# ---------------------------------------------------------------- pictures for a page (data: URIs)
+
+def data_uri(data, kind):
+    """Bytes as a data: URI (the page loads nothing from anywhere)."""
+    return f"data:{kind};base64," + base64.b64encode(data).decode("ascii")
+
+
+def encoded(image, fmt):
+    """A PIL image as a data: URI of its JPEG or PNG encoding."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **({"quality": 88} if fmt == "JPEG" else {}))
+    return data_uri(buffer.getvalue(), f"image/{fmt.lower()}")
+
+
+def thumbnail(rgb, side=160):
+    """An H×W×3 uint8 picture as a JPEG data URI at most `side` px wide or high."""
+    im = Image.fromarray(rgb)
+    im.thumbnail((side, side), Image.BILINEAR)
+    return encoded(im, "JPEG")
+
+
+def heat(values, top, side=160):
+    """A difference map as a PNG data URI, coloured (inferno) on the scale 0…top (its row's, so
+    that the maps of one image compare; `colour_bar` draws the scale)."""
+    import matplotlib
+    rgba = matplotlib.colormaps["inferno"](np.clip(np.asarray(values, float) / (top or 1.0), 0, 1))
+    im = Image.fromarray((rgba[..., :3] * 255).astype(np.uint8))
+    im.thumbnail((side, side), Image.NEAREST)
+    return encoded(im, "PNG")
+
+
+def colour_bar(height=160, width=14):
+    """The maps' colour scale (inferno, the top of the bar its maximum) as a PNG data URI; the page
+    labels its ends with each row's 0 and maximum."""
+    import matplotlib
+    ramp = np.linspace(1, 0, height)[:, None].repeat(width, 1)
+    return encoded(Image.fromarray((matplotlib.colormaps["inferno"](ramp)[..., :3] * 255).astype(np.uint8)), "PNG")

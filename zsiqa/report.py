@@ -5,7 +5,6 @@ tables, a bar chart, a sortable per-image table and each method's worst images (
 and script: the jinja2 template zsiqa/templates/report.html.j2, every value escaped). p-values
 are Holm-corrected paired Wilcoxon tests against the best method (stats.compare_methods).
 """
-import base64
 import functools
 import io
 import math
@@ -16,10 +15,10 @@ from dataclasses import dataclass, field
 
 import jinja2
 import numpy as np
-from PIL import Image
 
 from zsiqa import plots
 from zsiqa.errors import writing
+from zsiqa.escaping import markdown_name, one_line, stack_cell, tex, tex_name
 from zsiqa.results import write_atomic, write_table
 
 
@@ -305,7 +304,7 @@ def direction(lower_better):
 
 def markdown(c):
     """The comparison as Markdown: per distance a table of methods, best first."""
-    out = [f"# {_title(c)}", "", _md_name(c.about), ""]
+    out = [f"# {_title(c)}", "", markdown_name(c.about), ""]
     for d in c.tables:
         group, left = c.ranked(d), any_left_out(c.tables[d])
         places = column_places(group)
@@ -313,7 +312,7 @@ def markdown(c):
                 "| rank | method | " + " | ".join(COLUMNS + [LEFT_OUT] * left) + " |",
                 "|---:|---|" + "---:|" * 3 + "---:|---|---:|" + "---:|" * left]
         for rank, row in enumerate(group, 1):
-            name = _md_name(row["set"])
+            name = markdown_name(row["set"])
             out.append(f"| {_rank_text(rank, row)} | {f'**{name}**' if is_best(row) else name} | "
                        + " | ".join(_md(x) for x in _cells(row, left, places)) + " |")
         out += [""]
@@ -322,52 +321,6 @@ def markdown(c):
 
 def _md(text):
     return one_line(text).replace("|", "\\|")
-
-
-def markdown_name(text):
-    """A method's name (or any text from the user or the file system) as Markdown shows it
-    literally, on one line: every character that could start markup (emphasis, a link, an HTML
-    tag or entity, a cell's end, a heading, math) escaped with a backslash."""
-    return "".join("\\" + ch if ch in "\\`*_[]<>|~&#$" else ch for ch in one_line(text))
-
-
-_md_name = markdown_name
-
-
-def one_line(text):
-    """Text with every line break (\\n, \\r and the other characters Python, TeX or a browser may
-    break a line at) and other control character made a space: it cannot end a comment, a table
-    row or a line of a file we write."""
-    return "".join(" " if ch in "\x85\u2028\u2029" or ord(ch) < 32 or ord(ch) == 127 else ch for ch in str(text))
-
-
-TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-       "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
-       ">": r"\textgreater{}", "|": r"\textbar{}",  # < > | print as ¡ ¿ — in LaTeX's default font encoding
-       "`": r"\textasciigrave{}", "'": r"\textquotesingle{}",  # ` ' " would print as curly quotes
-       '"': r"\textquotedbl{}"}  # (and " is a command under babel's German)
-LIGATURES = "-,"  # -- and ---, ,, join into dashes and a low quote: a {} after the first keeps them apart
-
-
-def tex(text):
-    """Text as LaTeX typesets it literally (method names may hold _, &, %, --)."""
-    text = one_line(text)  # a line break would end a comment (\\input{…} on a live line) or a row
-    return "".join(TEX.get(ch, ch) + ("{}" if ch in LIGATURES and text[i + 1:i + 2] == ch else "")
-                   for i, ch in enumerate(text))
-
-
-def tex_name(text, short=12):
-    """A method's name for a narrow table cell: `tex`, and in a name longer than `short`
-    characters a break allowed after each one (a long name wraps in its column instead of
-    widening the table)."""
-    text = one_line(text)
-    return tex(text) if len(text) <= short else r"\allowbreak{}".join(tex(ch) for ch in text)
-
-
-def stack_cell(top, bottom):
-    """Two lines in one right-aligned cell (a value above its interval): base LaTeX only; the
-    second line braced, so that a '[' there is not read as \\'s optional argument."""
-    return rf"\begin{{tabular}}[t]{{@{{}}r@{{}}}}{top}\\ {{{bottom}}}\end{{tabular}}"
 
 
 TEX_NEEDS = (r"% Needs \usepackage{booktabs,tabularx} in the preamble. Each table is \columnwidth wide (one column "
@@ -436,42 +389,6 @@ def _tex_row(row, layout, places):
 
 # ---------------------------------------------------------------- the HTML page
 
-def data_uri(data, kind):
-    """Bytes as a data: URI (the page loads nothing from anywhere)."""
-    return f"data:{kind};base64," + base64.b64encode(data).decode("ascii")
-
-
-def _encoded(image, fmt):
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **({"quality": 88} if fmt == "JPEG" else {}))
-    return data_uri(buffer.getvalue(), f"image/{fmt.lower()}")
-
-
-def thumbnail(rgb, side=160):
-    """An H×W×3 uint8 picture as a JPEG data URI at most `side` px wide or high."""
-    im = Image.fromarray(rgb)
-    im.thumbnail((side, side), Image.BILINEAR)
-    return _encoded(im, "JPEG")
-
-
-def heat(values, top, side=160):
-    """A difference map as a PNG data URI, coloured (inferno) on the scale 0…top (its row's, so
-    that the maps of one image compare; `colour_bar` draws the scale)."""
-    import matplotlib
-    rgba = matplotlib.colormaps["inferno"](np.clip(np.asarray(values, float) / (top or 1.0), 0, 1))
-    im = Image.fromarray((rgba[..., :3] * 255).astype(np.uint8))
-    im.thumbnail((side, side), Image.NEAREST)
-    return _encoded(im, "PNG")
-
-
-def colour_bar(height=160, width=14):
-    """The maps' colour scale (inferno, the top of the bar its maximum) as a PNG data URI; the page
-    labels its ends with each row's 0 and maximum."""
-    import matplotlib
-    ramp = np.linspace(1, 0, height)[:, None].repeat(width, 1)
-    return _encoded(Image.fromarray((matplotlib.colormaps["inferno"](ramp)[..., :3] * 255).astype(np.uint8)), "PNG")
-
-
 def _summary_view(c, d):
     """What the page shows of distance d: its methods ranked, their cells (`_cells`), and its chart."""
     group, left = c.ranked(d), any_left_out(c.tables[d])
@@ -480,7 +397,7 @@ def _summary_view(c, d):
     plots.method_bars([shown(r) for r in group], buffer, f"mean {d} per method, 95% CI",
                       marks=[significance_mark(r) for r in group])
     return {"distance": d, "direction": direction(c.lower_better[d]), "note": ranking_note(group),
-            "columns": COLUMNS + [LEFT_OUT] * left, "chart": data_uri(buffer.getvalue(), "image/png"),
+            "columns": COLUMNS + [LEFT_OUT] * left, "chart": plots.data_uri(buffer.getvalue(), "image/png"),
             "rows": [{"rank": _rank_text(rank, r), "name": r["set"], "best": is_best(r),
                       "cells": _cells(r, left, places)} for rank, r in enumerate(group, 1)]}
 
@@ -513,9 +430,9 @@ def _grid_row(c, row, places, folder):
     best = min(scores) if c.lower_better[c.primary] else max(scores)
     cells = [None if m not in row.shots else {
         "method": m, "score": fixed(row.shots[m].score, places), "best": row.shots[m].score == best,
-        "output": thumbnail(row.shots[m].dis), "map": heat(row.shots[m].map, top),
+        "output": plots.thumbnail(row.shots[m].dis), "map": plots.heat(row.shots[m].map, top),
         "links": [(d, link(p, folder)) for d, p in row.shots[m].links.items()]} for m in c.methods]
-    return {"image": row.image, "worst_of": ", ".join(row.worst_of), "reference": thumbnail(row.ref),
+    return {"image": row.image, "worst_of": ", ".join(row.worst_of), "reference": plots.thumbnail(row.ref),
             "cells": cells, "top": f"{top:.3g}"}
 
 
@@ -524,7 +441,7 @@ def _worst_view(c, folder):
     with its score, the row's best marked), one colour scale per row with its bar."""
     places = decimals([s.score for row in c.worst for s in row.shots.values()], sig=4)
     return {"primary": c.primary, "map_distance": c.map_distance or c.primary, "methods": list(c.methods),
-            "per_window": c.map_distance != c.primary, "bar": colour_bar(),
+            "per_window": c.map_distance != c.primary, "bar": plots.colour_bar(),
             "rows": [_grid_row(c, row, places, folder) for row in c.worst]}
 
 
