@@ -316,9 +316,9 @@ def _rate_text(rate):
 
 
 def finish_files(store, plan, files, scored, blocks):
-    """Finish every file of the run through the results `store` (dataset order, current labels, parts merged) and check that
-    each holds what it should: the planned pairs, less those skipped mid-run, read from the file
-    on disk.
+    """Finish every file of the run through the results `store` (dataset order, current labels,
+    parts merged) and check that each holds what it should: the planned pairs, less those skipped
+    mid-run, read from the file on disk.
 
     Returns:
         {path: rows [(dis, ref, mos, (values…))]}. UserError, with every row kept, when a file
