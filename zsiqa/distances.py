@@ -411,7 +411,7 @@ def parse_distances(distances: Union[str, Sequence[str]], backbone) -> Tuple[str
         if d not in DISTANCES:
             raise UserError(f"unknown distance '{d}'; known: {', '.join(DISTANCES)}")
         if d not in backbone.distances:
-            why = {"grids": " (conv feature grids: the published code defines only l2 and cos on them)",
+            why = {"grids": " (conv feature maps: the published code defines only l2 and cos on them)",
                    "embed": " (an embedding: only cos applies)"}.get(backbone.features, "")
             raise UserError(f"distance '{d}' does not apply to {backbone.name}; "
                             f"it takes: {', '.join(backbone.distances)}{why}")
