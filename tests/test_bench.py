@@ -4,6 +4,7 @@ import json
 import pytest
 
 import bench
+from helpers import fails_one_line
 
 
 @pytest.mark.slow
@@ -26,21 +27,15 @@ def test_bench_runs_tiny(capsys, tmp_path):
 
 
 def test_bench_refuses_bad_sizes(capsys):
-    import pytest
     for args, match in [(["--refs", "0"], "at least 1"), (["--pairs", "0"], "at least 1"),
                         (["--loop-pairs", "-1"], "at least 0"), (["--size", "100"], "at least 224"),
                         (["--batch-size", "0"], "at least 1"), (["--forward-iters", "0"], "at least 1")]:
-        with pytest.raises(SystemExit) as e:
-            bench.main(["--device", "cpu", *args])
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and match in err, (args, err)
+        fails_one_line(capsys, lambda args=args: bench.main(["--device", "cpu", *args]), match, warnings=False)
 
 
 def test_bench_data_folder_is_its_own_or_refused(capsys, tmp_path):
     """--data holding anything but a set made with the same settings is refused in one line (its
     images were timed and scored as the set asked for); the same settings reuse it."""
-    import pytest
-
     from zsiqa import benchmark
     folder = tmp_path / "set"
     first = benchmark.make_set(str(folder), 224, 1, 2)
@@ -49,10 +44,9 @@ def test_bench_data_folder_is_its_own_or_refused(capsys, tmp_path):
     other.mkdir()
     (other / "photo.png").write_bytes(b"x")
     for data, size in [(folder, "256"), (other, "224")]:
-        with pytest.raises(SystemExit) as e:
-            bench.main(["--device", "cpu", "--size", size, "--refs", "1", "--pairs", "2", "--data", str(data)])
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "give an empty or new folder" in err
+        fails_one_line(capsys, lambda data=data, size=size: bench.main(
+            ["--device", "cpu", "--size", size, "--refs", "1", "--pairs", "2", "--data", str(data)]),
+            "give an empty or new folder", warnings=False)
     assert (other / "photo.png").read_bytes() == b"x" and not (other / "Train_Ref").exists()
 
 
@@ -77,7 +71,6 @@ def test_bench_data_that_is_no_folder_fails_in_one_line(capsys, tmp_path, monkey
     before the model is built and before anything is written."""
     import os
 
-    from helpers import fails_one_line
     from zsiqa import benchmark
     monkeypatch.setattr(benchmark, "Scorer", None)  # built after the set is checked: never reached
     (tmp_path / "file").write_text("mine")
@@ -115,7 +108,6 @@ def test_bench_damaged_or_incomplete_set_fails_in_one_line(capsys, tmp_path, mon
     the set, or ended in Pillow's traceback); the untouched set is reused."""
     import shutil
 
-    from helpers import fails_one_line
     from zsiqa import benchmark
     clean = tmp_path / "clean"
     pairs = benchmark.make_set(str(clean), 224, 1, 2)

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 import calc_scores
-from helpers import ROOT
+from helpers import ROOT, fails_one_line
 from zsiqa import metric_compare
 from zsiqa.stats import fit_logistic
 
@@ -178,10 +178,7 @@ def _pair_files(tmp_path, n=30):
 
 
 def _refused(argv, capsys, match):
-    with pytest.raises(SystemExit) as e:
-        calc_scores.main(argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and match in err and len([x for x in err.splitlines() if x.startswith("error")]) == 1, err
+    fails_one_line(capsys, lambda: calc_scores.main(argv), match)
 
 
 def test_the_same_file_twice_is_refused_and_a_copy_ties(tmp_path, capsys):

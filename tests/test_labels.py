@@ -8,6 +8,7 @@ import pytest
 
 import minidata
 import run
+from helpers import fails_one_line
 from zsiqa.datasets import load_dataset
 from zsiqa.errors import UserError
 from zsiqa.images import pair_problems
@@ -63,11 +64,8 @@ def test_pair_listed_twice_named(tmp_path, capsys):
     label = os.path.join(root, "mos_with_names.txt")
     lines = open(label).read().splitlines()
     open(label, "w").write("\n".join(lines + [lines[1].replace(lines[1].split()[0], "3.0")]) + "\n")
-    with pytest.raises(SystemExit) as e:
-        run.main(["-dat", "tid2013", "--root", root, "-sdir", str(tmp_path / "r")])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "listed twice" in err and f"{label} line 2 and {label} line 7" in err
+    fails_one_line(capsys, lambda: run.main(["-dat", "tid2013", "--root", root, "-sdir", str(tmp_path / "r")]),
+                   "listed twice", f"{label} line 2 and {label} line 7", warnings=False)
     target = minidata.make_csv(str(tmp_path / "c"))
     rows = open(target).read().splitlines()
     open(target, "w").write("\n".join(rows + [rows[1]]) + "\n")
@@ -137,12 +135,9 @@ def test_folder_in_place_of_label_file(tmp_path, capsys, layout):
     root, label = _label_files(tmp_path)[layout]
     os.remove(label)
     os.makedirs(label)
-    with pytest.raises(SystemExit) as e:
-        run.main(["-dat", layout] + (["--csv", label] if layout == "csv" else ["--root", root])
-                 + ["-sdir", str(tmp_path / "r")])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
-    assert f"{label} is a folder, not a file" in err
+    where = ["--csv", label] if layout == "csv" else ["--root", root]
+    fails_one_line(capsys, lambda: run.main(["-dat", layout, *where, "-sdir", str(tmp_path / "r")]),
+                   f"{label} is a folder, not a file", warnings=False)
 
 
 # ---------------------------------------------------------------- CSV lists: every row as wide as the header
@@ -170,11 +165,9 @@ def test_list_rows_refused_with_file_and_line(tmp_path, capsys, header, rows, me
     """A decimal comma (4,5) was read as 4; a short row gave a TypeError (label-free) or 'label
     None' without a line. Each now stops in one line naming the file and line."""
     target = _write_list(tmp_path, header, *rows)
-    with pytest.raises(SystemExit) as e:
-        run.main(["-dat", "csv", "--csv", target, "-sdir", str(tmp_path / "r")])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
-    assert re.search(f"{re.escape(target)}:? .*{message}", err), err
+    line = fails_one_line(capsys, lambda: run.main(["-dat", "csv", "--csv", target, "-sdir", str(tmp_path / "r")]),
+                          warnings=False)
+    assert re.search(f"{re.escape(target)}:? .*{message}", line), line
 
 
 @pytest.mark.parametrize("layout", ["kadid10k", "csv"])
@@ -250,11 +243,9 @@ def test_live_mat_files_refused_in_one_line(tmp_path, capsys, name, how, message
     TypeError: each is now one line naming the file, exit 2."""
     root = minidata.make_live(str(tmp_path / "l"))
     _damage(os.path.join(root, name), how)
-    with pytest.raises(SystemExit) as e:
-        run.main(["-dat", "live", "--root", root, "-sdir", str(tmp_path / "r")])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
-    assert os.path.join(root, name) in err and re.search(message, err), err
+    line = fails_one_line(capsys, lambda: run.main(["-dat", "live", "--root", root, "-sdir", str(tmp_path / "r")]),
+                          os.path.join(root, name), warnings=False)
+    assert re.search(message, line), line
 
 
 def test_live_refnames_as_char_matrix_read(tmp_path):

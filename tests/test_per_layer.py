@@ -9,7 +9,7 @@ from scipy import stats
 
 import calc_scores
 import minidata
-from helpers import run_tiny
+from helpers import fails_one_line, run_tiny
 from zsiqa import results
 from zsiqa.scorer import Scorer
 
@@ -21,11 +21,9 @@ def _pipal(tmp_path):
 @pytest.mark.parametrize("spec", ["0", "3", "2-1", "a", ""])
 def test_bad_layers_one_line_exit_2_nothing_written(tiny, tmp_path, capsys, spec):
     root = _pipal(tmp_path)
-    with pytest.raises(SystemExit) as e:
-        run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2",
-                 "-sdir", str(tmp_path / "r" / "sub"), "--layers", spec)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "layer selection" in err and len(err.strip().splitlines()) == 1, err
+    fails_one_line(capsys, lambda: run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2",
+                                            "-sdir", str(tmp_path / "r" / "sub"), "--layers", spec),
+                   "layer selection", warnings=False)
     assert not (tmp_path / "r").exists()
 
 
@@ -53,9 +51,8 @@ def test_resume_with_other_layers_refused(tiny, tmp_path, capsys):
     run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", out, "--layers", "1")
     capsys.readouterr()
     for other in (["--layers", "2"], []):
-        with pytest.raises(SystemExit) as e:
-            run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", out, *other)
-        assert e.value.code == 2 and "layers" in capsys.readouterr().err
+        fails_one_line(capsys, lambda other=other: run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2",
+                                                            "-sdir", out, *other), "layers")
     assert run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "l2", "-sdir", out, "--layers", "1") == 0
 
 
@@ -116,11 +113,9 @@ def test_calc_scores_per_layer_equals_scipy(tiny, tmp_path, capsys):
 
 def test_per_layer_needs_a_per_layer_distance(tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Scorer, "__init__", lambda *a, **k: pytest.fail("the model loaded"))
-    with pytest.raises(SystemExit) as e:
-        run_tiny(tiny, "-dat", "pipal", "--root", _pipal(tmp_path), "-d", "wsd", "-sdir", str(tmp_path / "r"),
-             "--per-layer")
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "l2, cos" in err and len(err.strip().splitlines()) == 1, err
+    root = _pipal(tmp_path)
+    fails_one_line(capsys, lambda: run_tiny(tiny, "-dat", "pipal", "--root", root, "-d", "wsd",
+                                            "-sdir", str(tmp_path / "r"), "--per-layer"), "l2, cos", warnings=False)
     assert not (tmp_path / "r").exists()
 
 
@@ -195,18 +190,14 @@ def test_per_layer_name_of_another_runs_results_refused(tiny, tmp_path, capsys):
     kept = (tmp_path / "r" / "pipal_foo_layers.csv").read_bytes()
     capsys.readouterr()
     for extra in (["--per-layer"], []):
-        with pytest.raises(SystemExit) as e:
-            run_tiny(tiny, *base, "-s", "foo", *extra)
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "another run" in err, err
+        fails_one_line(capsys, lambda extra=extra: run_tiny(tiny, *base, "-s", "foo", *extra), "another run",
+                       warnings=False)
     assert (tmp_path / "r" / "pipal_foo_layers.csv").read_bytes() == kept
     assert not (tmp_path / "r" / "pipal_foo.csv").exists()
     # the other order: foo first, then a run whose results file would be foo's per-layer file
     other = str(tmp_path / "o")
     assert run_tiny(tiny, *base[:-1], other, "-s", "foo", "--per-layer") == 0
     capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run_tiny(tiny, *base[:-1], other, "-s", "foo_layers", "--overwrite")
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "per-layer file of" in err, err
+    fails_one_line(capsys, lambda: run_tiny(tiny, *base[:-1], other, "-s", "foo_layers", "--overwrite"),
+                   "per-layer file of")
     assert list(pd.read_csv(tmp_path / "o" / "pipal_foo_layers.csv").columns)[:4] == ["dis", "ref", "mos", "block_1"]

@@ -148,6 +148,7 @@ def test_tests_share_one_helpers_module_and_docs_place_every_file():
         assert not re.search(r"^def _run\(tiny", text, re.M), f"{path.name}: use helpers.run_tiny"
         assert "len(err.strip().splitlines()) == 1" + ' and "Traceback"' not in text, \
             f"{path.name}: use helpers.fails_one_line"
+        assert "e.value.code" + " == 2" not in text, f"{path.name}: use helpers.fails_one_line"
         assert f"`{path.name}`" in docs, f"docs/tests.md does not place {path.name}"
 
 
