@@ -100,3 +100,19 @@ def test_bootstrap_intervals_are_scipys_percentile_intervals(n):
 def test_bootstrap_interval_of_one_value_is_that_value():
     assert zstats.summarize([2.5])["ci95"] == [2.5, 2.5]
     assert zstats.median_difference([3.0], [1.0]) == (2.0, [2.0, 2.0])
+
+
+def test_every_command_outside_the_command_line_takes_typed_settings():
+    """The argparse namespace stops in cli.py: every command whose code lives in another module
+    gets a frozen config.*Config built from its flags (eval, corr, bench); score and models run in
+    cli.py itself."""
+
+    outside = {name for name, command in cli.COMMANDS.items() if not command.run.startswith("zsiqa.cli:")}
+    assert outside == set(cli.TYPED)
+    argv = {"eval": ["-dat", "pipal", "--root", "x"], "corr": ["-f", "a.csv", "-f", "b.csv"], "bench": []}
+    for name in outside:
+        kind = getattr(config, cli.TYPED[name])
+        settings = kind.from_flags(vars(cli.build_parser(name).parse_args(argv[name])))
+        assert isinstance(settings, kind) and dataclasses.is_dataclass(settings)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            settings.json = True

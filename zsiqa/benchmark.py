@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from zsiqa import results
+from zsiqa.config import BenchConfig
 from zsiqa.distances import DISTANCES
 from zsiqa.errors import UserError, writing
 from zsiqa.images import header_size, load_image
@@ -133,7 +134,7 @@ def _check_complete(folder, size, refs, pairs, labels):
                         f"unreadable or changed (first {path}: {why}); delete the folder to make the set again")
 
 
-def time_run(a, scorer, root, tmp):
+def time_run(a: BenchConfig, scorer, root, tmp):
     """The eval command end to end on the same set, in a process of its own, as a user runs it:
     (wall seconds, its first summary row: scoring rate, seconds before and after scoring, and
     its results files' folder). Random weights are saved for it first, in the format the
@@ -217,7 +218,7 @@ def time_forward(scorer, iters):
     return iters * scorer.batch_size / (time.perf_counter() - t)
 
 
-def main(a):
+def main(a: BenchConfig):
     """Time (a) the engine, (b) the one-pair loop, (c) the forward pass and, with --via-run, (d)
     the eval command end to end on the same set; print the figures."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -242,7 +243,7 @@ def main(a):
     return 0
 
 
-def measure(a, scorer, pairs):
+def measure(a: BenchConfig, scorer, pairs):
     """The engine, loop and forward-only figures on the set's pairs [(dis, ref)], and the
     engine's scores {pair index: scores in the scorer's distance order}."""
     gpu = scorer.device.type == "cuda"

@@ -324,6 +324,9 @@ COMMANDS = {
 }
 
 
+TYPED = {"eval": "EvalConfig", "corr": "CorrConfig", "bench": "BenchConfig"}  # config.py: each command's settings
+
+
 def build_parser(name, prog=None):
     """The parser of command `name`: its text and its flags, each as FLAGS defines it."""
     command = COMMANDS[name]
@@ -357,9 +360,9 @@ def run_command(name, argv, prog=None):
             raise MISSING
         args = build_parser(name, prog).parse_args(argv)
         args.started = time.perf_counter()  # what a command reports as its fixed cost is counted from here
-        if name == "eval":  # the evaluation takes its settings typed and checked, not argparse's namespace
-            from zsiqa.config import EvalConfig
-            args = EvalConfig.from_flags(vars(args))
+        if name in TYPED:  # a command's code takes its settings typed and checked, not argparse's namespace
+            from zsiqa import config
+            args = getattr(config, TYPED[name]).from_flags(vars(args))
         module, function = COMMANDS[name].run.split(":")
         __import__(module)
         with warnings.catch_warnings():  # a command says in its own line which scores are NaN or inf, and

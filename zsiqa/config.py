@@ -6,7 +6,7 @@ file of a run (set, robustness variant, distance, per-layer or not) and `Group` 
 one variant; `Scored` is what scoring did and `Finished` the finished files the summaries read.
 """
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from zsiqa import results, robustness
 from zsiqa.errors import UserError
@@ -179,3 +179,59 @@ class Finished:
         were NaN or inf (kept in the file, left out of the statistics, warned about)."""
         rows, nonfinite = results.drop_nonfinite(path, self.rows[path], lambda r: r[3][0], lambda r: r[0])
         return [(dis, ref, mos, values[0]) for dis, ref, mos, values in rows], nonfinite
+
+
+@dataclass(frozen=True)
+class CorrConfig:
+    """The corr command's settings (cli.FLAGS has each flag's meaning): `file` the results files
+    (-f, then --published NAME's shipped files), `per_layer` a per-layer file, the label and
+    prediction directions as given ('yes'/'no' or None), and the bootstrap's and report's options."""
+    file: tuple
+    published: tuple
+    per_layer: Optional[str]
+    dataset: Optional[str]
+    byref: bool
+    label_higher_better: Optional[str]
+    pred_higher_better: Optional[str]
+    plot: Optional[str]
+    resample: Optional[str]
+    seed: Optional[int]
+    n_boot: Optional[int]
+    report: Optional[str]
+    json: bool
+    started: float = 0.0
+
+    @classmethod
+    def from_flags(cls, flags):
+        """The settings from the corr command's parsed flags {name: value}."""
+        flags = dict(flags)
+        return cls(**{**flags, "file": tuple(flags["file"] or ()), "published": tuple(flags["published"] or ())})
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The bench command's settings (cli.FLAGS has each flag's meaning): the backbone and its
+    distances, precision and device, the synthetic set (`size`, `refs`, `pairs`, or `data`, a
+    folder that keeps it) and what is timed (`loop_pairs`, `forward_iters`, `via_run`)."""
+    model: str
+    distance: str
+    device: str
+    precision: str
+    weights: Optional[str]
+    size: int
+    refs: int
+    pairs: int
+    loop_pairs: Optional[int]
+    batch_size: Optional[int]
+    workers: Optional[int]
+    forward_iters: Optional[int]
+    compile: str
+    via_run: bool
+    data: Optional[str]
+    json: bool
+    started: float = 0.0
+
+    @classmethod
+    def from_flags(cls, flags):
+        """The settings from the bench command's parsed flags {name: value}."""
+        return cls(**flags)

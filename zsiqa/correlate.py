@@ -7,15 +7,16 @@ dataset prefix (published files have no record); a prediction column from a simi
 (PSNR, SSIM, …: higher = better) is flipped too.
 """
 import contextlib
-import copy
 import os
 import re
 import sys
 import warnings
+from dataclasses import replace
 
 import numpy as np
 
 from zsiqa import bundled, metric_compare, metric_report, plots, results
+from zsiqa.config import CorrConfig
 from zsiqa.datasets import LAYOUTS
 from zsiqa.errors import UserError, check_readable, writing
 from zsiqa.jsontext import to_json
@@ -126,9 +127,9 @@ def one_line_warnings(path):
                          f"({first}); one that could not be computed is nan\n")
 
 
-def per_layer_main(a):
+def per_layer_main(a: CorrConfig):
     """--per-layer: SRCC/PLCC per block, as a table, JSON, or SRCC against the block (--plot)."""
-    a.file = a.per_layer
+    a = replace(a, file=a.per_layer)
     frame, blocks, record = read_layers(a.file)
     _, label_hb = label_direction(a, record)
     sign = agreement_sign(label_hb, pred_direction(a, record))
@@ -147,14 +148,14 @@ def per_layer_main(a):
     return 0
 
 
-def main(a):
+def main(a: CorrConfig):
     """Correlations of a results file (-f) or of each block of a per-layer file (--per-layer)."""
     if a.dataset is not None and a.dataset not in LAYOUTS:
         raise UserError(f"unknown dataset layout '{a.dataset}'; known: {', '.join(LAYOUTS)}")
     if "list" in (a.published or ()):
         print("\n".join(bundled.published_names()))
         return 0
-    a.file = [*(a.file or ()), *(bundled.published(name) for name in a.published or ())]
+    a = replace(a, file=(*a.file, *(bundled.published(name) for name in a.published)))
     if bool(a.file) == bool(a.per_layer):
         raise UserError("give results files (-f X.csv, --published NAME: either one repeated) or a per-layer file "
                         "(--per-layer X_layers.csv)")
@@ -168,7 +169,7 @@ def main(a):
         check_readable(path, "results file")  # a folder, FIFO or device named as such, not "not found"
     if len(a.file) > 1 or bootstrap or a.report:
         return compare_main(a)
-    a.file = a.file[0]
+    a = replace(a, file=a.file[0])
     frame, record = results.read_frame(a.file, CORR_FIX)
     dataset, label_hb = label_direction(a, record)
     pred_hb = pred_direction(a, record)
@@ -192,7 +193,7 @@ def main(a):
     return 0
 
 
-def compare_main(a):
+def compare_main(a: CorrConfig):
     """Several results files (-f A.csv -f B.csv …), or one with --n-boot/--resample/--seed: each
     metric's coefficients with bootstrap intervals and paired tests against the best
     (`metric_compare`), on the pairs every file has; a table, or JSON."""
@@ -201,8 +202,7 @@ def compare_main(a):
     names, frames, labels, preds = metric_compare.metric_names(a.file), [], {}, []
     for path in a.file:
         frame, record = results.read_frame(path, CORR_FIX)
-        one = copy.copy(a)
-        one.file = path
+        one = replace(a, file=path)
         labels[path] = label_direction(one, record)
         preds.append(pred_direction(one, record))
         frames.append(frame)
