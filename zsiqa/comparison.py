@@ -38,8 +38,6 @@ from zsiqa.report import (
 )
 from zsiqa.stats import compare_methods
 
-REPORT_LOCK = ".zsiqa-report.lock"  # inside --report DIR: one run writes a report folder at a time
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -168,7 +166,7 @@ def output_paths(config: EvalConfig, plan, names):
     outputs = [chart_path(config.savedir, config.name, plan, v, d) for v in config.variants for d in names]
     if config.report:
         outputs += report_paths(config.report, config.sweep, config.variants) + [
-            os.path.join(config.report, REPORT_LOCK)]
+            os.path.join(config.report, results.REPORT_LOCK)]
     for s, dataset in enumerate(plan.sets):
         folders = map_folders(plan, s) if config.worst_maps else {}
         longest = max(folders.values(), key=lambda n: len(n.encode("utf-8")), default=None)
@@ -182,7 +180,7 @@ def lock_report(folder):
     run, so that a second run writing the same report stops at once in one line; else None."""
     if not folder:
         return None
-    return results.Lock([folder], "choose another --report", name=lambda f: os.path.join(f, REPORT_LOCK))
+    return results.report_lock(folder)
 
 
 def _base_name(folder):

@@ -202,6 +202,22 @@ class FrozenBackbone(nn.Module):
         return f"name={self.name!r}, device={self.core.device}"
 
     @property
+    def block_index(self) -> Optional[Tuple[int, ...]]:
+        """The 0-based indices of the blocks compared (`blocks` are their 1-based numbers, as --layers
+        and `layers=` give them), or None for all."""
+        return self.core.block_index
+
+    @property
+    def resize(self) -> Optional[int]:
+        """The side images are resized to first (-r; None: as they are)."""
+        return self.core.resize
+
+    @property
+    def swd_seed(self) -> int:
+        """The seed of swd's random projections."""
+        return self.core.swd_seed
+
+    @property
     def lower_better(self) -> bool:
         """True: a lower score means more alike (every distance here)."""
         return all(DISTANCES[d].lower_better for d in self.core.distances)

@@ -25,7 +25,6 @@ from zsiqa.stats import agreement_sign, block_correlations, correlations, correl
 # what corr tells a user whose record is broken (it has no --overwrite of its own)
 CORR_FIX = "correct or remove it (corr then reads the file without a record), or rerun run.py with --overwrite"
 # prediction columns that are similarities (higher = better), negated as the published tables did
-REPORT_LOCK = ".zsiqa-report.lock"  # comparison.REPORT_LOCK: one run writes a report folder at a time
 SIMILARITY_METRICS = ("psnr", "ssim", "msssim", "ms_ssim", "fsim", "vif", "gmsd_sim")
 
 
@@ -234,6 +233,6 @@ def write_report(folder, result, dataset):
     a line naming the files."""
     with writing(folder, "nothing was written"):
         os.makedirs(folder, exist_ok=True)
-    with results.Lock([folder], "choose another --report", name=lambda f: os.path.join(f, REPORT_LOCK)):
+    with results.report_lock(folder):
         paths = metric_report.write_metric_report(folder, result, dataset)
     return f"report: {paths[-1]} (with {', '.join(os.path.basename(p) for p in paths[:-1])})"

@@ -392,7 +392,7 @@ def main(config: EvalConfig):
         dist.from_rank0(lambda: check_baselines(config, plan))
         files = results_files(config, plan)
         locks = [results.lock_path(p) for p in files.paths.values()]
-        report_lock_file = os.path.join(config.report, comparison.REPORT_LOCK) if config.report else None
+        report_lock_file = os.path.join(config.report, results.REPORT_LOCK) if config.report else None
         with new_folders_undone(config.savedir, locks), (  # the lock's folder goes again if the Scorer refuses
                 new_folders_undone(config.report, [report_lock_file]) if config.report else contextlib.nullcontext()):
             lock = dist.from_rank0(lambda: results.Store(config.savedir).lock(files.paths.values()), share=False)

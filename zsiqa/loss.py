@@ -67,20 +67,6 @@ class PerceptualLoss(FrozenBackbone):
         return self.core.extractor.model
 
     @property
-    def swd_seed(self) -> int:
-        return self.core.swd_seed
-
-    @property
-    def resize(self) -> Optional[int]:
-        return self.core.resize
-
-    @property
-    def block_index(self) -> Optional[Tuple[int, ...]]:
-        """The 0-based indices of the blocks compared (`blocks` are their 1-based numbers, as
-        `layers=` gives them), or None for all."""
-        return self.core.block_index
-
-    @property
     def sizes(self) -> Tuple[int, ...]:
         """Blocks per feature group of the backbone."""
         return self.core.group_sizes

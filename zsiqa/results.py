@@ -43,7 +43,7 @@ from zsiqa.store.csvfiles import (
     write_atomic,
     write_table,
 )
-from zsiqa.store.locks import Lock, acquire, lock_path
+from zsiqa.store.locks import REPORT_LOCK, Lock, acquire, lock_path, report_lock
 from zsiqa.store.naming import (
     SUMMARY_NAME,
     check_file_names,
@@ -81,7 +81,7 @@ __all__ = [
     # csvfiles
     "FORMULA_START", "TMP_NAME_MAX", "complete_text", "from_cell", "to_cell", "write_atomic", "write_table",
     # locks
-    "Lock", "acquire", "lock_path",
+    "Lock", "REPORT_LOCK", "acquire", "lock_path", "report_lock",
     # naming
     "SUMMARY_NAME", "check_file_names", "check_lengths", "check_names", "check_utf8", "check_writable", "exists",
     "layers_path", "part_path", "record_path", "results_path",

@@ -120,20 +120,6 @@ class Scorer(FrozenBackbone):
         return self.core.device
 
     @property
-    def block_index(self) -> Optional[Tuple[int, ...]]:
-        """The 0-based indices of the blocks compared (`blocks` are their 1-based numbers, as --layers
-        and `layers=` give them), or None for all."""
-        return self.core.block_index
-
-    @property
-    def resize(self) -> Optional[int]:
-        return self.core.resize
-
-    @property
-    def swd_seed(self) -> int:
-        return self.core.swd_seed
-
-    @property
     def distance_batch(self) -> int:
         """Windows compared at a time (core.py)."""
         return self.core.distance_batch

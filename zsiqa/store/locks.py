@@ -96,3 +96,12 @@ def _lock_one(path, hint, name):
         f.truncate(0)
         f.write(f"{os.getpid()}\n".encode())
     return lock
+
+
+REPORT_LOCK = ".zsiqa-report.lock"  # inside a report folder (--report DIR): one run writes it at a time
+
+
+def report_lock(folder):
+    """The lock of a report folder (`REPORT_LOCK` in it), for eval's and corr's --report DIR: a
+    second run writing the same folder stops at once in one line. Held until released."""
+    return Lock([folder], "choose another --report", name=lambda f: os.path.join(f, REPORT_LOCK))
