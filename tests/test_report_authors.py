@@ -22,7 +22,8 @@ from PIL import Image
 import calc_scores
 import minidata
 import run
-from zsiqa import models
+from helpers import fails_one_line
+from zsiqa import models, results
 from zsiqa import report as rep
 from zsiqa import stats as zstats
 
@@ -357,3 +358,15 @@ def test_corr_table_tex_compiles_within_one_column(tmp_path, capsys):
                                                                     str(tmp_path / "rep")]) == 0
     log = _compile(tmp_path, [(tmp_path / "rep" / "table.tex").read_text()], r"[twocolumn]{article}")
     assert "Overfull \\hbox" not in log
+
+
+def test_a_corr_report_folder_another_run_writes_is_refused_in_one_line(tmp_path, capsys):
+    """corr --report takes the same report-folder lock as eval's: while another run holds it, one
+    line and exit 2, and nothing is written into the folder."""
+    paths, folder = _corr_files(tmp_path), tmp_path / "rep"
+    folder.mkdir()
+    with results.report_lock(str(folder)):
+        fails_one_line(capsys, lambda: calc_scores.main([x for p in paths for x in ("-f", p)]
+                                                        + ["--n-boot", "20", "--report", str(folder)]),
+                       "choose another --report")
+    assert sorted(p.name for p in folder.iterdir()) == [results.REPORT_LOCK]
