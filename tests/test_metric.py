@@ -215,6 +215,7 @@ def _synced_worker(rank, world, rendezvous, weights, folder):
         metric = zsiqa.TorchMetric("tiny_vit_test_l2", device="cpu", weights=weights)
         metric.update(*_images(20 + rank, n=rank + 1))  # 1 and 2 pairs: a mean of means would differ
         torch.save(metric.compute(), os.path.join(folder, f"{rank}.pt"))
+        dist.barrier()  # neither process tears the group down while the other is still in a collective
     finally:
         dist.destroy_process_group()
 
